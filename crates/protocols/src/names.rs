@@ -1,0 +1,109 @@
+//! Names users see: environment variables, metric names and label names. Defined once here;
+//! a test in the e2e crate checks them against `../shared/spec`.
+
+/// Environment variables the binaries read (libraries never read the environment).
+pub mod env {
+    pub const NATS_SERVER: &str = "NATS_SERVER";
+    pub const DYN_HTTP_PORT: &str = "DYN_HTTP_PORT";
+    pub const DYN_HTTP_BODY_LIMIT_MB: &str = "DYN_HTTP_BODY_LIMIT_MB";
+    pub const DYN_SYSTEM_PORT: &str = "DYN_SYSTEM_PORT";
+    pub const DYN_SYSTEM_STARTING_HEALTH_STATUS: &str = "DYN_SYSTEM_STARTING_HEALTH_STATUS";
+    pub const DYN_SYSTEM_HEALTH_PATH: &str = "DYN_SYSTEM_HEALTH_PATH";
+    pub const DYN_SYSTEM_LIVE_PATH: &str = "DYN_SYSTEM_LIVE_PATH";
+    pub const DYN_LOG: &str = "DYN_LOG";
+    pub const DYN_LOGGING_JSONL: &str = "DYN_LOGGING_JSONL";
+    pub const DYN_ROUTER_MODE: &str = "DYN_ROUTER_MODE";
+    pub const DYN_NAMESPACE: &str = "DYN_NAMESPACE";
+    pub const DYN_MODEL_CACHE: &str = "DYN_MODEL_CACHE";
+    pub const DYN_ENABLE_FORCE_INCLUDE_USAGE: &str = "DYN_ENABLE_FORCE_INCLUDE_USAGE";
+}
+
+/// Prometheus label names.
+pub mod labels {
+    pub const NAMESPACE: &str = "dynamo_namespace";
+    pub const COMPONENT: &str = "dynamo_component";
+    pub const ENDPOINT: &str = "dynamo_endpoint";
+    pub const MODEL: &str = "model";
+    pub const ERROR_TYPE: &str = "error_type";
+}
+
+/// `dynamo_component_*`: work-handler metrics of every served endpoint.
+pub mod component {
+    pub const REQUESTS_TOTAL: &str = "dynamo_component_requests_total";
+    pub const REQUEST_BYTES_TOTAL: &str = "dynamo_component_request_bytes_total";
+    pub const RESPONSE_BYTES_TOTAL: &str = "dynamo_component_response_bytes_total";
+    pub const INFLIGHT_REQUESTS: &str = "dynamo_component_inflight_requests";
+    pub const REQUEST_DURATION_SECONDS: &str = "dynamo_component_request_duration_seconds";
+    pub const ERRORS_TOTAL: &str = "dynamo_component_errors_total";
+    pub const UPTIME_SECONDS: &str = "dynamo_component_uptime_seconds";
+    pub const TOTAL_BLOCKS: &str = "dynamo_component_total_blocks";
+    pub const GPU_CACHE_USAGE_PERCENT: &str = "dynamo_component_gpu_cache_usage_percent";
+    pub const MODEL_LOAD_TIME_SECONDS: &str = "dynamo_component_model_load_time_seconds";
+}
+
+/// `dynamo_frontend_*`: HTTP-level metrics of the frontend.
+pub mod frontend {
+    pub const REQUESTS_TOTAL: &str = "dynamo_frontend_requests_total";
+    pub const INFLIGHT_REQUESTS: &str = "dynamo_frontend_inflight_requests";
+    pub const QUEUED_REQUESTS: &str = "dynamo_frontend_queued_requests";
+    pub const DISCONNECTED_CLIENTS: &str = "dynamo_frontend_disconnected_clients";
+    pub const REQUEST_DURATION_SECONDS: &str = "dynamo_frontend_request_duration_seconds";
+    pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "dynamo_frontend_time_to_first_token_seconds";
+    pub const INTER_TOKEN_LATENCY_SECONDS: &str = "dynamo_frontend_inter_token_latency_seconds";
+    pub const INPUT_SEQUENCE_TOKENS: &str = "dynamo_frontend_input_sequence_tokens";
+    pub const OUTPUT_SEQUENCE_TOKENS: &str = "dynamo_frontend_output_sequence_tokens";
+    pub const OUTPUT_TOKENS_TOTAL: &str = "dynamo_frontend_output_tokens_total";
+    pub const CACHED_TOKENS: &str = "dynamo_frontend_cached_tokens";
+    pub const TOKENIZER_LATENCY_MS: &str = "dynamo_frontend_tokenizer_latency_ms";
+    pub const MODEL_TOTAL_KV_BLOCKS: &str = "dynamo_frontend_model_total_kv_blocks";
+    pub const MODEL_MAX_NUM_SEQS: &str = "dynamo_frontend_model_max_num_seqs";
+    pub const MODEL_MAX_NUM_BATCHED_TOKENS: &str = "dynamo_frontend_model_max_num_batched_tokens";
+    pub const MODEL_CONTEXT_LENGTH: &str = "dynamo_frontend_model_context_length";
+    pub const MODEL_KV_CACHE_BLOCK_SIZE: &str = "dynamo_frontend_model_kv_cache_block_size";
+}
+
+/// Every metric name defined above, for the spec check.
+pub const ALL_METRICS: &[&str] = &[
+    component::REQUESTS_TOTAL,
+    component::REQUEST_BYTES_TOTAL,
+    component::RESPONSE_BYTES_TOTAL,
+    component::INFLIGHT_REQUESTS,
+    component::REQUEST_DURATION_SECONDS,
+    component::ERRORS_TOTAL,
+    component::UPTIME_SECONDS,
+    component::TOTAL_BLOCKS,
+    component::GPU_CACHE_USAGE_PERCENT,
+    component::MODEL_LOAD_TIME_SECONDS,
+    frontend::REQUESTS_TOTAL,
+    frontend::INFLIGHT_REQUESTS,
+    frontend::QUEUED_REQUESTS,
+    frontend::DISCONNECTED_CLIENTS,
+    frontend::REQUEST_DURATION_SECONDS,
+    frontend::TIME_TO_FIRST_TOKEN_SECONDS,
+    frontend::INTER_TOKEN_LATENCY_SECONDS,
+    frontend::INPUT_SEQUENCE_TOKENS,
+    frontend::OUTPUT_SEQUENCE_TOKENS,
+    frontend::OUTPUT_TOKENS_TOTAL,
+    frontend::CACHED_TOKENS,
+    frontend::TOKENIZER_LATENCY_MS,
+    frontend::MODEL_TOTAL_KV_BLOCKS,
+    frontend::MODEL_MAX_NUM_SEQS,
+    frontend::MODEL_MAX_NUM_BATCHED_TOKENS,
+    frontend::MODEL_CONTEXT_LENGTH,
+    frontend::MODEL_KV_CACHE_BLOCK_SIZE,
+];
+
+/// Every env var defined above, for the spec check.
+pub const ALL_ENV: &[&str] = &[
+    env::NATS_SERVER,
+    env::DYN_HTTP_PORT,
+    env::DYN_HTTP_BODY_LIMIT_MB,
+    env::DYN_SYSTEM_PORT,
+    env::DYN_SYSTEM_STARTING_HEALTH_STATUS,
+    env::DYN_SYSTEM_HEALTH_PATH,
+    env::DYN_SYSTEM_LIVE_PATH,
+    env::DYN_LOG,
+    env::DYN_LOGGING_JSONL,
+    env::DYN_ROUTER_MODE,
+    env::DYN_ENABLE_FORCE_INCLUDE_USAGE,
+];

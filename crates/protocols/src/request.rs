@@ -1,0 +1,128 @@
+//! The request the frontend sends to a worker (token ids plus sampling and stop conditions)
+//! and the items a worker streams back.
+
+use serde::{Deserialize, Serialize};
+
+/// A tokenized request, as sent over the request plane to one worker instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreprocessedRequest {
+    /// Served model name the request was addressed to.
+    pub model: String,
+    /// Prompt token ids (chat template already applied).
+    pub token_ids: Vec<u32>,
+    #[serde(default)]
+    pub sampling: SamplingOptions,
+    #[serde(default)]
+    pub stop: StopConditions,
+}
+
+/// Sampling parameters; `None` means the engine default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SamplingOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+}
+
+/// When the engine must stop generating.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StopConditions {
+    /// Maximum number of new tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Minimum number of new tokens before EOS / stop tokens are honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tokens: Option<u32>,
+    /// Token ids that end generation (in addition to the model's EOS unless `ignore_eos`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_token_ids: Vec<u32>,
+    /// Keep generating past EOS.
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS or a stop token id.
+    Eos,
+    /// A stop string matched (set by the frontend).
+    Stop,
+    /// `max_tokens` or the context length reached.
+    Length,
+    /// The request was cancelled.
+    Cancelled,
+    /// The engine failed the request.
+    Error,
+}
+
+impl FinishReason {
+    /// OpenAI's `finish_reason` string.
+    pub fn as_openai(&self) -> &'static str {
+        match self {
+            FinishReason::Eos | FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+/// Token accounting reported by the worker with the last item.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Prompt tokens served from the prefix cache.
+    #[serde(default)]
+    pub cached_tokens: u32,
+}
+
+/// One streamed item: new token ids, and on the last item a finish reason and usage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineOutput {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_ids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_with_defaults() {
+        let json = r#"{"model":"m","token_ids":[1,2,3]}"#;
+        let req: PreprocessedRequest = serde_json::from_str(json).unwrap();
+        assert_eq!(req.token_ids, vec![1, 2, 3]);
+        assert_eq!(req.sampling, SamplingOptions::default());
+        let back = serde_json::to_string(&req).unwrap();
+        let again: PreprocessedRequest = serde_json::from_str(&back).unwrap();
+        assert_eq!(req, again);
+    }
+
+    #[test]
+    fn finish_reasons_map_to_openai() {
+        assert_eq!(FinishReason::Eos.as_openai(), "stop");
+        assert_eq!(FinishReason::Length.as_openai(), "length");
+        let s = serde_json::to_string(&FinishReason::Cancelled).unwrap();
+        assert_eq!(s, "\"cancelled\"");
+    }
+}

@@ -1,0 +1,226 @@
+//! Serving an endpoint: subscribe to the instance's subject, run the handler for each request
+//! on its own task, stream its items back on the reply subject as envelopes, honour
+//! cancellation messages, and record the `dynamo_component_*` work-handler metrics.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_nats::{Client, HeaderMap, Message};
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::addressing::EndpointId;
+use crate::error::{ErrorKind, HandlerError};
+use crate::metrics::WorkHandlerMetrics;
+use crate::wire::{self, Envelope};
+
+/// The stream of items a handler produces for one request.
+pub type HandlerStream<T> = Pin<Box<dyn Stream<Item = Result<T, HandlerError>> + Send>>;
+
+/// Per-request context handed to a handler.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Internal request id (the caller's `x-dynamo-request-id`).
+    pub request_id: String,
+    /// The client's `x-request-id`, if any.
+    pub x_request_id: Option<String>,
+    /// W3C `traceparent` of the caller's span, if any.
+    pub traceparent: Option<String>,
+    /// Fires when the caller cancels or the process stops.
+    pub cancel: CancellationToken,
+}
+
+/// Something that turns a request into a stream of responses. Implemented by engines.
+pub trait Handler<Req, Resp>: Send + Sync + 'static {
+    fn generate(&self, request: Req, ctx: RequestContext) -> HandlerStream<Resp>;
+}
+
+/// Shared state of one served endpoint.
+pub(crate) struct Ingress<Req, Resp> {
+    pub client: Client,
+    pub id: EndpointId,
+    pub handler: Arc<dyn Handler<Req, Resp>>,
+    pub metrics: WorkHandlerMetrics,
+    pub labels: [String; 3],
+    pub inflight: Mutex<HashMap<String, CancellationToken>>,
+}
+
+fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
+    h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
+}
+
+impl<Req, Resp> Ingress<Req, Resp>
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+{
+    fn count_error(&self, kind: &str) {
+        let [n, c, e] = &self.labels;
+        self.metrics
+            .errors
+            .with_label_values(&[n.as_str(), c.as_str(), e.as_str(), kind])
+            .inc();
+    }
+
+    async fn send(&self, reply: &async_nats::Subject, env: Envelope<Resp>) -> Result<(), ()> {
+        // Serialize before awaiting so the future does not hold a borrow of `Resp`.
+        let payload = serde_json::to_vec(&env).map_err(|_| ());
+        drop(env);
+        let payload = payload?;
+        let len = payload.len() as u64;
+        self.client
+            .publish(reply.clone(), payload.into())
+            .await
+            .map_err(|_| ())?;
+        self.metrics
+            .response_bytes
+            .with_label_values(&self.labels)
+            .inc_by(len);
+        Ok(())
+    }
+
+    /// Cancel one in-flight request (a cancellation message arrived).
+    pub fn cancel(&self, request_id: &str) {
+        if let Some(tok) = self.inflight.lock().unwrap().get(request_id) {
+            tok.cancel();
+        }
+    }
+
+    pub async fn handle(self: Arc<Self>, msg: Message, process_stop: CancellationToken) {
+        let start = Instant::now();
+        let m = &self.metrics;
+        m.requests.with_label_values(&self.labels).inc();
+        m.request_bytes
+            .with_label_values(&self.labels)
+            .inc_by(msg.payload.len() as u64);
+        let inflight = m.inflight.with_label_values(&self.labels);
+        inflight.inc();
+        self.serve_one(msg, process_stop).await;
+        inflight.dec();
+        m.duration
+            .with_label_values(&self.labels)
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    async fn serve_one(&self, msg: Message, process_stop: CancellationToken) {
+        let Some(reply) = msg.reply.clone() else {
+            self.count_error("invalid_message");
+            tracing::warn!(subject = %msg.subject, "request without reply subject dropped");
+            return;
+        };
+        let headers = msg.headers.as_ref();
+        let request_id = header(headers, wire::REQUEST_ID_HEADER)
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        let request: Req = match serde_json::from_slice(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_error("deserialization");
+                let env = Envelope::Error {
+                    kind: ErrorKind::Deserialization,
+                    message: format!("cannot decode request: {e}"),
+                };
+                let _ = self.send(&reply, env).await;
+                return;
+            }
+        };
+        let cancel = process_stop.child_token();
+        self.inflight
+            .lock()
+            .unwrap()
+            .insert(request_id.clone(), cancel.clone());
+        let ctx = RequestContext {
+            request_id: request_id.clone(),
+            x_request_id: header(headers, wire::X_REQUEST_ID_HEADER),
+            traceparent: header(headers, wire::TRACEPARENT_HEADER),
+            cancel: cancel.clone(),
+        };
+        if self.send(&reply, Envelope::Ack).await.is_err() {
+            self.count_error("publish_response");
+        }
+        let mut stream = self.handler.generate(request, ctx);
+        let mut failed = false;
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    tracing::debug!(%request_id, endpoint = %self.id, "request cancelled");
+                    break;
+                }
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { break };
+            match item {
+                Ok(resp) => {
+                    if self.send(&reply, Envelope::Data { d: resp }).await.is_err() {
+                        self.count_error("publish_response");
+                        failed = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.count_error("generate");
+                    let env = Envelope::Error {
+                        kind: e.kind,
+                        message: e.message,
+                    };
+                    if self.send(&reply, env).await.is_err() {
+                        self.count_error("publish_response");
+                    }
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        drop(stream);
+        let cancelled = cancel.is_cancelled();
+        self.inflight.lock().unwrap().remove(&request_id);
+        if !failed && !cancelled && self.send(&reply, Envelope::Final).await.is_err() {
+            self.count_error("publish_final");
+        }
+    }
+}
+
+/// Run the subscription loops of one endpoint until `stop` fires; requests run on `tracker`.
+pub(crate) async fn run<Req, Resp>(
+    ingress: Arc<Ingress<Req, Resp>>,
+    mut requests: async_nats::Subscriber,
+    mut cancels: async_nats::Subscriber,
+    stop: CancellationToken,
+    process_stop: CancellationToken,
+    tracker: TaskTracker,
+) where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = requests.next() => {
+                let Some(msg) = msg else { break };
+                let ing = ingress.clone();
+                tracker.spawn(ing.handle(msg, process_stop.clone()));
+            }
+            msg = cancels.next() => {
+                if let Some(msg) = msg {
+                    if let Ok(id) = std::str::from_utf8(&msg.payload) {
+                        ingress.cancel(id);
+                    }
+                }
+            }
+        }
+    }
+    let _ = requests.unsubscribe().await;
+    // Keep honouring cancellations while in-flight requests drain.
+    tokio::spawn(async move {
+        while let Some(msg) = cancels.next().await {
+            if let Ok(id) = std::str::from_utf8(&msg.payload) {
+                ingress.cancel(id);
+            }
+        }
+    });
+}

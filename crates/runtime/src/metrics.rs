@@ -1,0 +1,180 @@
+//! The process's Prometheus registry: `dynamo_component_uptime_seconds`, the work-handler
+//! metrics of each served endpoint, and extra text sources (an engine's own registry) appended
+//! on every scrape.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::addressing::EndpointId;
+
+const NAMESPACE: &str = "dynamo_namespace";
+const COMPONENT: &str = "dynamo_component";
+const ENDPOINT: &str = "dynamo_endpoint";
+
+type TextSource = Box<dyn Fn() -> String + Send + Sync>;
+
+/// A registry plus the uptime gauge, shared by everything in one process.
+#[derive(Clone)]
+pub struct MetricsRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    uptime: Gauge,
+    start: Instant,
+    extra: Mutex<Vec<TextSource>>,
+    handler: Mutex<Option<WorkHandlerMetrics>>,
+}
+
+impl MetricsRegistry {
+    pub fn new(start: Instant) -> Self {
+        let registry = Registry::new();
+        let uptime = Gauge::new(
+            "dynamo_component_uptime_seconds",
+            "Seconds since the distributed runtime started",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(uptime.clone()))
+            .expect("first registration");
+        MetricsRegistry {
+            inner: Arc::new(Inner {
+                registry,
+                uptime,
+                start,
+                extra: Mutex::new(Vec::new()),
+                handler: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The underlying registry, for registering more collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Register a collector; a name registered twice is a programming error reported as `Err`.
+    pub fn register(
+        &self,
+        c: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.inner.registry.register(c)
+    }
+
+    /// Append the text of another registry on every scrape (e.g. an engine's `sglang:` metrics).
+    pub fn add_text_source(&self, f: impl Fn() -> String + Send + Sync + 'static) {
+        self.inner.extra.lock().unwrap().push(Box::new(f));
+    }
+
+    /// The work-handler metric families (created on first use, shared by all endpoints).
+    pub fn work_handler(&self) -> WorkHandlerMetrics {
+        let mut h = self.inner.handler.lock().unwrap();
+        if let Some(m) = h.as_ref() {
+            return m.clone();
+        }
+        let m = WorkHandlerMetrics::new(&self.inner.registry);
+        *h = Some(m.clone());
+        m
+    }
+
+    /// Prometheus text exposition of everything in this process.
+    pub fn render(&self) -> String {
+        self.inner
+            .uptime
+            .set(self.inner.start.elapsed().as_secs_f64());
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.inner.registry.gather(), &mut buf)
+            .expect("text encoding of valid metrics");
+        let mut out = String::from_utf8(buf).expect("utf-8 text");
+        for src in self.inner.extra.lock().unwrap().iter() {
+            out.push_str(&src());
+        }
+        out
+    }
+}
+
+/// `dynamo_component_*` metrics recorded around every request an endpoint serves.
+#[derive(Clone)]
+pub struct WorkHandlerMetrics {
+    pub requests: IntCounterVec,
+    pub request_bytes: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub inflight: IntGaugeVec,
+    pub duration: HistogramVec,
+    pub errors: IntCounterVec,
+}
+
+impl WorkHandlerMetrics {
+    fn new(r: &Registry) -> Self {
+        let l = &[NAMESPACE, COMPONENT, ENDPOINT];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let requests = counter(
+            "dynamo_component_requests_total",
+            "Requests handled by the endpoint",
+            l,
+        );
+        let request_bytes = counter(
+            "dynamo_component_request_bytes_total",
+            "Request payload bytes received",
+            l,
+        );
+        let response_bytes = counter(
+            "dynamo_component_response_bytes_total",
+            "Response payload bytes sent",
+            l,
+        );
+        let errors = counter(
+            "dynamo_component_errors_total",
+            "Errors in the work handler, by error_type",
+            &[NAMESPACE, COMPONENT, ENDPOINT, "error_type"],
+        );
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "dynamo_component_inflight_requests",
+                "Requests currently being processed",
+            ),
+            l,
+        )
+        .expect("valid metric");
+        r.register(Box::new(inflight.clone()))
+            .expect("unique metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "dynamo_component_request_duration_seconds",
+                "Handler time from receipt to final response",
+            ),
+            l,
+        )
+        .expect("valid metric");
+        r.register(Box::new(duration.clone()))
+            .expect("unique metric");
+        WorkHandlerMetrics {
+            requests,
+            request_bytes,
+            response_bytes,
+            inflight,
+            duration,
+            errors,
+        }
+    }
+
+    /// Label values for one endpoint.
+    pub fn labels(id: &EndpointId) -> [String; 3] {
+        [
+            id.namespace.clone(),
+            id.component.clone(),
+            id.endpoint.clone(),
+        ]
+    }
+}

@@ -1,0 +1,276 @@
+//! `DistributedRuntime`: the process's NATS connection and everything hanging off it (served
+//! endpoints with their discovery leases, instance watchers, metrics, health), plus the
+//! graceful shutdown sequence: deregister, stop accepting, drain, cancel what is left.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_nats::jetstream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::addressing::EndpointId;
+use crate::config::RuntimeConfig;
+use crate::discovery::{self, InstanceMap, InstanceRecord};
+use crate::egress::{self, CallOptions, ResponseStream};
+use crate::error::RuntimeError;
+use crate::ingress::{self, Handler, Ingress};
+use crate::metrics::{MetricsRegistry, WorkHandlerMetrics};
+use crate::system_status::{self, HealthState, StatusPaths};
+
+/// Handle to the runtime; cheap to clone.
+#[derive(Clone)]
+pub struct DistributedRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    metrics: MetricsRegistry,
+    health: HealthState,
+    /// Stops accepting requests and stops leases.
+    stop: CancellationToken,
+    /// Cancels in-flight requests (after the drain grace) and background tasks.
+    process_stop: CancellationToken,
+    tracker: TaskTracker,
+    leases: Mutex<Vec<JoinHandle<()>>>,
+    endpoints: Mutex<Vec<String>>,
+}
+
+impl DistributedRuntime {
+    /// Connect to NATS. Fails (without retrying) if the server does not answer now; after that
+    /// the connection reconnects forever.
+    pub async fn connect(config: RuntimeConfig, health: HealthState) -> Result<Self, RuntimeError> {
+        let start = Instant::now();
+        let client = async_nats::ConnectOptions::new()
+            .max_reconnects(None)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .event_callback(|ev| async move {
+                match ev {
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            })
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| RuntimeError::Connect {
+                url: config.nats_url.clone(),
+                reason: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        Ok(DistributedRuntime {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                js,
+                metrics: MetricsRegistry::new(start),
+                health,
+                stop: CancellationToken::new(),
+                process_stop: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                leases: Mutex::new(Vec::new()),
+                endpoints: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    pub fn metrics(&self) -> &MetricsRegistry {
+        &self.inner.metrics
+    }
+
+    pub fn health(&self) -> &HealthState {
+        &self.inner.health
+    }
+
+    /// Fires when shutdown begins.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.stop.clone()
+    }
+
+    /// Start the system status server (`/metrics`, `/health`, `/live`).
+    pub async fn start_system_server(
+        &self,
+        addr: SocketAddr,
+        paths: StatusPaths,
+    ) -> Result<SocketAddr, RuntimeError> {
+        system_status::serve(
+            addr,
+            paths,
+            self.inner.health.clone(),
+            self.inner.metrics.clone(),
+            self.inner.process_stop.clone(),
+        )
+        .await
+    }
+
+    /// Serve `id` with `handler` as a new instance; register it in discovery with `card`.
+    /// Returns the instance id once the instance is subscribed and registered.
+    pub async fn serve_endpoint<Req, Resp>(
+        &self,
+        id: EndpointId,
+        handler: Arc<dyn Handler<Req, Resp>>,
+        card: serde_json::Value,
+        system_port: Option<u16>,
+    ) -> Result<u64, RuntimeError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+    {
+        let inner = &self.inner;
+        if inner.stop.is_cancelled() {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        let instance_id = loop {
+            let v: u64 = rand::random();
+            if v != 0 {
+                break v;
+            }
+        };
+        inner.health.set_endpoint(&id.endpoint, false);
+        let client = &inner.client;
+        let requests = client
+            .subscribe(id.instance_subject(instance_id))
+            .await
+            .map_err(|e| RuntimeError::Nats(e.to_string()))?;
+        let cancels = client
+            .subscribe(id.cancel_subject(instance_id))
+            .await
+            .map_err(|e| RuntimeError::Nats(e.to_string()))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| RuntimeError::Nats(e.to_string()))?;
+        let metrics = inner.metrics.work_handler();
+        let labels = WorkHandlerMetrics::labels(&id);
+        // Export the families at 0 before the first request.
+        metrics.requests.with_label_values(&labels);
+        metrics.inflight.with_label_values(&labels);
+        let ing = Arc::new(Ingress {
+            client: client.clone(),
+            id: id.clone(),
+            handler,
+            metrics,
+            labels,
+            inflight: Default::default(),
+        });
+        tokio::spawn(ingress::run(
+            ing,
+            requests,
+            cancels,
+            inner.stop.clone(),
+            inner.process_stop.clone(),
+            inner.tracker.clone(),
+        ));
+
+        let record = InstanceRecord {
+            namespace: id.namespace.clone(),
+            component: id.component.clone(),
+            endpoint: id.endpoint.clone(),
+            instance_id,
+            subject: id.instance_subject(instance_id),
+            card,
+            system_port,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lease = tokio::spawn(discovery::run_lease(
+            inner.js.clone(),
+            inner.config.discovery_bucket.clone(),
+            inner.config.lease_ttl,
+            inner.config.heartbeat_interval,
+            id.discovery_key(instance_id),
+            record,
+            inner.stop.clone(),
+            tx,
+        ));
+        inner.leases.lock().unwrap().push(lease);
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(RuntimeError::ShuttingDown),
+        }
+        inner.endpoints.lock().unwrap().push(id.endpoint.clone());
+        inner.health.set_endpoint(&id.endpoint, true);
+        tracing::info!(endpoint = %id, instance_id = %format!("{instance_id:x}"), "serving");
+        Ok(instance_id)
+    }
+
+    /// Watch live instances whose discovery key starts with `prefix` (e.g. `instances.dynamo`).
+    pub fn watch_instances(&self, prefix: &str) -> watch::Receiver<InstanceMap> {
+        let (tx, rx) = watch::channel(InstanceMap::default());
+        tokio::spawn(discovery::run_watcher(
+            self.inner.js.clone(),
+            self.inner.config.discovery_bucket.clone(),
+            self.inner.config.lease_ttl,
+            prefix.to_string(),
+            tx,
+            self.inner.process_stop.clone(),
+        ));
+        rx
+    }
+
+    /// Call one instance. `alive` is polled while waiting so a request to an instance that
+    /// left discovery fails instead of hanging.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        instance: &InstanceRecord,
+        request: &Req,
+        opts: CallOptions,
+        alive: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<ResponseStream<Resp>, RuntimeError> {
+        egress::call(
+            &self.inner.client,
+            &instance.endpoint_id(),
+            instance.instance_id,
+            request,
+            opts,
+            self.inner.config.ack_timeout,
+            self.inner.config.stream_timeout,
+            alive,
+        )
+        .await
+    }
+
+    /// Graceful shutdown: deregister from discovery at once, stop accepting requests, let
+    /// in-flight requests finish within the drain grace, then cancel whatever is left.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stop.cancel();
+        for ep in inner.endpoints.lock().unwrap().iter() {
+            inner.health.set_endpoint(ep, false);
+        }
+        let leases: Vec<_> = inner.leases.lock().unwrap().drain(..).collect();
+        for l in leases {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), l).await;
+        }
+        inner.tracker.close();
+        let n = inner.tracker.len();
+        if n > 0 {
+            tracing::info!(inflight = n, grace = ?inner.config.drain_grace, "draining in-flight requests");
+        }
+        if tokio::time::timeout(inner.config.drain_grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(left = inner.tracker.len(), "drain grace expired; cancelling the rest");
+        }
+        inner.process_stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), inner.tracker.wait()).await;
+        let _ = inner.client.flush().await;
+    }
+}
