@@ -1,1 +1,143 @@
-fn main() {}
+//! `dynamo-mocker`: a worker that registers like a real one (model card from a real model, so
+//! the frontend preprocesses for real) but simulates the engine. Flags → config → wiring.
+
+#[path = "../../common/runtime_args.rs"]
+mod runtime_args;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use dynamo_llm::model::{self, LoadedModel};
+use dynamo_mocker::{MockEngine, MockerConfig};
+use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
+use dynamo_runtime::error::ErrorKind;
+use dynamo_runtime::{DistributedRuntime, EndpointId, Handler, HandlerError, HandlerStream, RequestContext};
+use futures::StreamExt;
+
+#[derive(Debug, Parser)]
+#[command(name = "dynamo-mocker", version, about = "Simulated LLM worker for routing and load tests")]
+struct Cli {
+    /// Model: a .gguf file, a Hugging Face directory, or `SmolLM2-135M-Instruct` (fetched into
+    /// the model cache when missing).
+    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
+    model: String,
+    /// Name clients use in `model` (default: the model name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Model cache directory (default ~/.cache/dynamo/models).
+    #[arg(long, env = "DYN_MODEL_CACHE")]
+    model_cache: Option<PathBuf>,
+    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
+    namespace: String,
+    #[arg(long, default_value = "backend")]
+    component: String,
+    #[arg(long, default_value = "generate")]
+    endpoint: String,
+    /// Divide all simulated times by this (100000 ≈ no simulated compute).
+    #[arg(long, default_value_t = 1.0)]
+    speedup_ratio: f64,
+    /// Most sequences running at once.
+    #[arg(long, default_value_t = 256)]
+    max_num_seqs: usize,
+    /// Most prompt tokens prefilled per iteration.
+    #[arg(long, default_value_t = 8192)]
+    max_num_batched_tokens: usize,
+    /// KV blocks in the simulated pool.
+    #[arg(long, default_value_t = 16384)]
+    num_gpu_blocks: usize,
+    /// KV block size in tokens (the real engine's --page-size).
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Override the model's context length.
+    #[arg(long)]
+    context_length: Option<usize>,
+    #[command(flatten)]
+    rt: runtime_args::RuntimeArgs,
+}
+
+struct MockHandler(MockEngine);
+
+impl Handler<PreprocessedRequest, EngineOutput> for MockHandler {
+    fn generate(&self, req: PreprocessedRequest, _ctx: RequestContext) -> HandlerStream<EngineOutput> {
+        match self.0.generate(req) {
+            Ok(rx) => futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|o| (Ok(o), rx))
+            })
+            .boxed(),
+            Err(e) => futures::stream::once(async move {
+                Err(HandlerError::new(ErrorKind::InvalidRequest, e.to_string()))
+            })
+            .boxed(),
+        }
+    }
+}
+
+fn default_cache() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cache/dynamo/models")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cli.rt.init_logging()?;
+    anyhow::ensure!(cli.speedup_ratio > 0.0, "--speedup-ratio must be > 0");
+    anyhow::ensure!(cli.block_size > 0, "--block-size must be > 0");
+    anyhow::ensure!(cli.max_num_seqs > 0, "--max-num-seqs must be > 0");
+    let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
+    let system_addr = cli.rt.system_addr()?;
+
+    let cache = cli.model_cache.clone().unwrap_or_else(default_cache);
+    let spec = cli.model.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let src = model::resolve(&spec, &cache, true)?;
+        LoadedModel::load(src)
+    })
+    .await?
+    .with_context(|| format!("loading model {:?}", cli.model))?;
+    let served = cli.served_model_name.clone().unwrap_or_else(|| {
+        if model::is_default_name(&cli.model) {
+            model::DEFAULT_MODEL_NAME.to_string()
+        } else {
+            loaded.name.clone()
+        }
+    });
+    let cfg = MockerConfig {
+        block_size: cli.block_size,
+        num_blocks: cli.num_gpu_blocks,
+        max_num_seqs: cli.max_num_seqs,
+        max_num_batched_tokens: cli.max_num_batched_tokens,
+        speedup_ratio: cli.speedup_ratio,
+        context_length: cli.context_length.unwrap_or(loaded.context_length as usize),
+        ..MockerConfig::default()
+    };
+    let card = ModelCard {
+        served_model_name: served.clone(),
+        source: loaded.source.path().display().to_string(),
+        context_length: cfg.context_length as u32,
+        kv_cache_block_size: cfg.block_size as u32,
+        total_kv_blocks: cfg.num_blocks as u64,
+        max_num_seqs: cfg.max_num_seqs as u64,
+        max_num_batched_tokens: cfg.max_num_batched_tokens as u64,
+    };
+
+    let drt = DistributedRuntime::connect(cli.rt.runtime_config(), cli.rt.health_state()?).await?;
+    let system_port = match system_addr {
+        Some(addr) => Some(drt.start_system_server(addr, cli.rt.status_paths()).await?.port()),
+        None => None,
+    };
+    let engine = MockEngine::start(cfg);
+    let instance = drt
+        .serve_endpoint(id.clone(), Arc::new(MockHandler(engine)), serde_json::to_value(&card)?, system_port)
+        .await?;
+    tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "mocker ready");
+
+    runtime_args::shutdown_signal().await;
+    drt.shutdown().await;
+    tracing::info!("mocker stopped");
+    Ok(())
+}
