@@ -3,6 +3,8 @@
 
 #[path = "../../common/runtime_args.rs"]
 mod runtime_args;
+#[path = "../../common/system_args.rs"]
+mod system_args;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,11 +15,17 @@ use dynamo_llm::model::{self, LoadedModel};
 use dynamo_mocker::{MockEngine, MockerConfig};
 use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
-use dynamo_runtime::{DistributedRuntime, EndpointId, Handler, HandlerError, HandlerStream, RequestContext};
+use dynamo_runtime::{
+    DistributedRuntime, EndpointId, Handler, HandlerError, HandlerStream, RequestContext,
+};
 use futures::StreamExt;
 
 #[derive(Debug, Parser)]
-#[command(name = "dynamo-mocker", version, about = "Simulated LLM worker for routing and load tests")]
+#[command(
+    name = "dynamo-mocker",
+    version,
+    about = "Simulated LLM worker for routing and load tests"
+)]
 struct Cli {
     /// Model: a .gguf file, a Hugging Face directory, or `SmolLM2-135M-Instruct` (fetched into
     /// the model cache when missing).
@@ -55,17 +63,26 @@ struct Cli {
     context_length: Option<usize>,
     #[command(flatten)]
     rt: runtime_args::RuntimeArgs,
+    #[command(flatten)]
+    system: system_args::SystemArgs,
 }
 
 struct MockHandler(MockEngine);
 
 impl Handler<PreprocessedRequest, EngineOutput> for MockHandler {
-    fn generate(&self, req: PreprocessedRequest, _ctx: RequestContext) -> HandlerStream<EngineOutput> {
+    fn generate(
+        &self,
+        req: PreprocessedRequest,
+        _ctx: RequestContext,
+    ) -> HandlerStream<EngineOutput> {
         match self.0.generate(req) {
-            Ok(rx) => futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|o| (Ok(o), rx))
-            })
-            .boxed(),
+            Ok(rx) => {
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|o| (Ok(o), rx)) },
+                )
+                .boxed()
+            }
             Err(e) => futures::stream::once(async move {
                 Err(HandlerError::new(ErrorKind::InvalidRequest, e.to_string()))
             })
@@ -89,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(cli.block_size > 0, "--block-size must be > 0");
     anyhow::ensure!(cli.max_num_seqs > 0, "--max-num-seqs must be > 0");
     let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
-    let system_addr = cli.rt.system_addr()?;
+    let system_addr = cli.system.system_addr()?;
 
     let cache = cli.model_cache.clone().unwrap_or_else(default_cache);
     let spec = cli.model.clone();
@@ -125,14 +142,24 @@ async fn main() -> anyhow::Result<()> {
         max_num_batched_tokens: cfg.max_num_batched_tokens as u64,
     };
 
-    let drt = DistributedRuntime::connect(cli.rt.runtime_config(), cli.rt.health_state()?).await?;
+    let drt =
+        DistributedRuntime::connect(cli.rt.runtime_config(), cli.system.health_state()?).await?;
     let system_port = match system_addr {
-        Some(addr) => Some(drt.start_system_server(addr, cli.rt.status_paths()).await?.port()),
+        Some(addr) => Some(
+            drt.start_system_server(addr, cli.system.status_paths())
+                .await?
+                .port(),
+        ),
         None => None,
     };
     let engine = MockEngine::start(cfg);
     let instance = drt
-        .serve_endpoint(id.clone(), Arc::new(MockHandler(engine)), serde_json::to_value(&card)?, system_port)
+        .serve_endpoint(
+            id.clone(),
+            Arc::new(MockHandler(engine)),
+            serde_json::to_value(&card)?,
+            system_port,
+        )
         .await?;
     tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "mocker ready");
 

@@ -67,13 +67,19 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let prefix = self
             .tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)
+            .decode(
+                &self.ids[self.prefix_offset..self.read_offset],
+                self.skip_special,
+            )
             .unwrap_or_default();
         let full = self
             .tok
             .decode(&self.ids[self.prefix_offset..], self.skip_special)
             .unwrap_or_default();
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
             let new = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -207,7 +213,11 @@ mod tests {
             (&["end"], &["the en"], "the en", false),
         ];
         for (stops, pieces, want, stopped) in cases {
-            assert_eq!(run(stops, pieces), (want.to_string(), *stopped), "{stops:?} {pieces:?}");
+            assert_eq!(
+                run(stops, pieces),
+                (want.to_string(), *stopped),
+                "{stops:?} {pieces:?}"
+            );
         }
     }
 

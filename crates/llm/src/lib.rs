@@ -4,6 +4,11 @@
 //! worker selection, and the HTTP service with its `dynamo_frontend_*` metrics.
 
 pub mod detok;
+pub mod http;
 pub mod model;
+pub mod models;
+pub mod openai;
+pub mod preprocess;
+pub mod router;
 pub mod template;
 pub mod tokenizer;

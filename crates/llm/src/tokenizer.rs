@@ -36,7 +36,8 @@ fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..=255u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).expect("latin-1")
         } else {
@@ -171,8 +172,14 @@ impl Tokenizer {
         let bos = text_of(tok_config.and_then(|c| c.get("bos_token")));
         let eos = text_of(tok_config.and_then(|c| c.get("eos_token")));
         let mut eos_ids: Vec<u32> = match config.get("eos_token_id") {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|v| v as u32).into_iter().collect()
+            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect(),
             _ => vec![],
         };
         if let Some(id) = eos.as_deref().and_then(|t| inner.token_to_id(t)) {

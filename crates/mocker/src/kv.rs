@@ -75,7 +75,10 @@ impl BlockPool {
     /// Reference the prompt's full blocks (`hashes`) plus `extra` private blocks. Returns
     /// false (and changes nothing) when the pool cannot hold them.
     pub fn acquire(&mut self, hashes: &[u64], extra: usize) -> bool {
-        let new_shared = hashes.iter().filter(|h| !self.cached.contains_key(h)).count();
+        let new_shared = hashes
+            .iter()
+            .filter(|h| !self.cached.contains_key(h))
+            .count();
         // Matched-but-unreferenced blocks leave the evictable set, so count them as needed.
         let revived = hashes
             .iter()

@@ -56,7 +56,9 @@ impl Default for MockerConfig {
 /// A request the mocker cannot take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MockerError {
-    #[error("prompt of {prompt} tokens plus max_tokens {max} exceeds the context length {context}")]
+    #[error(
+        "prompt of {prompt} tokens plus max_tokens {max} exceeds the context length {context}"
+    )]
     TooLong {
         prompt: usize,
         max: usize,

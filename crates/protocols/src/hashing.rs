@@ -22,7 +22,10 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
     if block_size == 0 {
         return Vec::new();
     }
-    tokens.chunks_exact(block_size).map(local_block_hash).collect()
+    tokens
+        .chunks_exact(block_size)
+        .map(local_block_hash)
+        .collect()
 }
 
 /// Chain local hashes into sequence hashes: `seq[0] = local[0]`,

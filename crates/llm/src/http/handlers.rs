@@ -1,0 +1,348 @@
+//! HTTP handlers: parse and validate the body (every failure becomes an OpenAI-style error with
+//! its status), preprocess, and hand over to the pipeline; plus models, health, liveness and
+//! metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use dynamo_protocols::{PreprocessedRequest, StopConditions};
+use dynamo_runtime::CallOptions;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::pipeline::{self, Job, Kind, RequestGuard};
+use super::AppState;
+use crate::models::Lookup;
+use crate::openai::request::{
+    normalize_messages, parse_prompt, ChatCompletionRequest, CompletionRequest, PromptInput,
+};
+use crate::openai::response::{unix_now, ModelList, ModelObject};
+use crate::openai::{ApiError, ErrorClass};
+
+/// Prompts longer than this are tokenized on the blocking pool.
+const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
+
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorClass::PayloadTooLarge,
+                "request body is larger than the server's limit",
+            )
+        } else {
+            ApiError::validation(format!("cannot read request body: {r}"))
+        }
+    })?;
+    // Malformed JSON and wrong field types both come back from serde with a position.
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::validation(format!("malformed JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::validation("request body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::validation(format!("Validation: {e}")))
+}
+
+fn request_ids(headers: &HeaderMap) -> (String, Option<String>) {
+    let internal = format!("{:032x}", rand::random::<u128>());
+    let x = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(str::to_string);
+    (internal, x)
+}
+
+fn with_request_id(mut resp: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+struct Parsed {
+    model: String,
+    params: crate::openai::request::GenParams,
+    prompt: Prompt,
+}
+
+enum Prompt {
+    Chat(Vec<serde_json::Value>),
+    Completion(PromptInput),
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    kind: Kind,
+    parsed: Result<Parsed, (String, ApiError)>,
+) -> Response {
+    let start = Instant::now();
+    let (internal_id, x_request_id) = request_ids(&headers);
+    let shown_id = x_request_id.clone().unwrap_or_else(|| internal_id.clone());
+    let resp = match run(
+        state.clone(),
+        &headers,
+        kind,
+        parsed,
+        start,
+        internal_id,
+        x_request_id,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err((model, stream, e)) => {
+            state
+                .metrics
+                .count(&model, kind.endpoint_label(), stream, Some(e.class.label()));
+            e.into_response()
+        }
+    };
+    with_request_id(resp, &shown_id)
+}
+
+async fn run(
+    state: Arc<AppState>,
+    headers: &HeaderMap,
+    kind: Kind,
+    parsed: Result<Parsed, (String, ApiError)>,
+    start: Instant,
+    internal_id: String,
+    x_request_id: Option<String>,
+) -> Result<Response, (String, bool, ApiError)> {
+    let p = parsed.map_err(|(m, e)| (m, false, e))?;
+    let stream = p.params.stream;
+    let model = p.model.clone();
+    let fail = |e: ApiError| (model.clone(), stream, e);
+    let (entry, instances) = match state.models.lookup(&p.model) {
+        Lookup::Ready(e, i) => (e, i),
+        Lookup::Unknown => {
+            return Err(fail(ApiError::new(
+                ErrorClass::NotFound,
+                format!("Model not found: {}", p.model),
+            )))
+        }
+        Lookup::Loading => {
+            return Err(fail(ApiError::new(
+                ErrorClass::Unavailable,
+                format!("model {} is still loading", p.model),
+            )))
+        }
+        Lookup::NoInstances => {
+            return Err(fail(ApiError::new(
+                ErrorClass::Unavailable,
+                format!("no live worker serves model {}", p.model),
+            )))
+        }
+    };
+    let pre = entry.pre.clone();
+    let t0 = Instant::now();
+    let token_ids = {
+        let pre = pre.clone();
+        let work = move || -> Result<Vec<u32>, ApiError> {
+            match p.prompt {
+                Prompt::Chat(msgs) => pre.tokenize(&PromptInput::Text(pre.render_chat(&msgs)?)),
+                Prompt::Completion(input) => pre.tokenize(&input),
+            }
+        };
+        let big = match &parsed_prompt_len_hint(headers) {
+            Some(n) => *n > INLINE_TOKENIZE_BYTES,
+            None => false,
+        };
+        if big {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| fail(ApiError::new(ErrorClass::Internal, e.to_string())))?
+        } else {
+            work()
+        }
+    }
+    .map_err(fail)?;
+    state
+        .metrics
+        .tokenize_ms
+        .observe(t0.elapsed().as_secs_f64() * 1e3);
+    let max_tokens = pre
+        .check_length(token_ids.len(), p.params.max_tokens)
+        .map_err(fail)?;
+    state
+        .metrics
+        .isl
+        .with_label_values(&[&model])
+        .observe(token_ids.len() as f64);
+    let id_prefix = match kind {
+        Kind::Chat => "chatcmpl-",
+        Kind::Completion => "cmpl-",
+    };
+    let job = Job {
+        kind,
+        model: model.clone(),
+        id: format!("{id_prefix}{internal_id}"),
+        created: unix_now(),
+        request: PreprocessedRequest {
+            model: model.clone(),
+            token_ids,
+            sampling: p.params.sampling.clone(),
+            stop: StopConditions {
+                max_tokens: Some(max_tokens),
+                min_tokens: p.params.min_tokens,
+                stop_token_ids: vec![],
+                ignore_eos: p.params.ignore_eos,
+            },
+        },
+        params: p.params,
+        pre,
+        instances,
+        call: CallOptions {
+            request_id: internal_id,
+            x_request_id,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            tracestate: headers
+                .get("tracestate")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        },
+        start,
+    };
+    let guard = RequestGuard::new(state.clone(), &model, kind, stream, start);
+    if stream {
+        let rx = pipeline::streaming(state, job, guard).await.map_err(fail)?;
+        let body = Body::from_stream(
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+                .map(Ok::<_, std::convert::Infallible>),
+        );
+        Ok((
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response())
+    } else {
+        let body = pipeline::unary(state, job, guard).await.map_err(fail)?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    }
+}
+
+fn parsed_prompt_len_hint(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let force = state.config.force_include_usage;
+    let parsed = parse_body::<ChatCompletionRequest>(body)
+        .map_err(|e| (String::new(), e))
+        .and_then(|r| {
+            let model = r.model.clone();
+            let params = r.common.validate(force).map_err(|e| (model.clone(), e))?;
+            let msgs = normalize_messages(&r.messages).map_err(|e| (model.clone(), e))?;
+            Ok(Parsed {
+                model,
+                params,
+                prompt: Prompt::Chat(msgs),
+            })
+        });
+    handle(state, headers, Kind::Chat, parsed).await
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let force = state.config.force_include_usage;
+    let parsed = parse_body::<CompletionRequest>(body)
+        .map_err(|e| (String::new(), e))
+        .and_then(|r| {
+            let model = r.model.clone();
+            let params = r.common.validate(force).map_err(|e| (model.clone(), e))?;
+            let prompt = parse_prompt(&r.prompt).map_err(|e| (model.clone(), e))?;
+            Ok(Parsed {
+                model,
+                params,
+                prompt: Prompt::Completion(prompt),
+            })
+        });
+    handle(state, headers, Kind::Completion, parsed).await
+}
+
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
+    let names = state.models.list();
+    let created = unix_now();
+    let body = ModelList {
+        object: "list",
+        data: names
+            .iter()
+            .map(|n| ModelObject {
+                id: n,
+                object: "model",
+                created,
+                owned_by: "nvidia",
+            })
+            .collect(),
+    };
+    axum::Json(serde_json::to_value(&body).expect("serializable")).into_response()
+}
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let inst = state.models.all_instances();
+    if inst.is_empty() {
+        return axum::Json(
+            json!({"status": "unhealthy", "message": "No endpoints available", "instances": []}),
+        )
+        .into_response();
+    }
+    let mut endpoints: Vec<String> = inst.iter().map(|i| i.endpoint_id().uri()).collect();
+    endpoints.sort();
+    endpoints.dedup();
+    let instances: Vec<_> = inst
+        .iter()
+        .map(|i| {
+            json!({
+                "component": i.component,
+                "endpoint": i.endpoint,
+                "instance_id": i.instance_id,
+                "namespace": i.namespace,
+                "transport": {"nats_tcp": i.subject},
+            })
+        })
+        .collect();
+    axum::Json(json!({"status": "healthy", "endpoints": endpoints, "instances": instances}))
+        .into_response()
+}
+
+pub async fn live() -> Response {
+    axum::Json(json!({"status": "live", "message": "Service is live"})).into_response()
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.registry.render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> Response {
+    ApiError::new(ErrorClass::NotFound, "no such route").into_response()
+}

@@ -1,0 +1,80 @@
+//! The frontend's HTTP service (axum): OpenAI routes, `/health`, `/live`, `/metrics`; its
+//! shared state; and serving with `TCP_NODELAY` so streamed chunks are not held back by
+//! Nagle's algorithm.
+
+mod handlers;
+pub mod metrics;
+mod pipeline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use dynamo_runtime::{CancellationToken, DistributedRuntime, MetricsRegistry};
+
+use crate::models::ModelManager;
+use crate::router::{Router as WorkerRouter, RouterMode};
+pub use metrics::FrontendMetrics;
+
+/// Frontend settings (from flags).
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub router_mode: RouterMode,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// Always send a usage chunk on streams (`DYN_ENABLE_FORCE_INCLUDE_USAGE`).
+    pub force_include_usage: bool,
+}
+
+/// State shared by all handlers.
+pub struct AppState {
+    pub drt: DistributedRuntime,
+    pub models: ModelManager,
+    pub router: WorkerRouter,
+    pub metrics: FrontendMetrics,
+    pub registry: MetricsRegistry,
+    pub config: HttpConfig,
+}
+
+/// Build the axum router.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/models", get(handlers::list_models))
+        .route("/health", get(handlers::health))
+        .route("/live", get(handlers::live))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Bind `addr` and serve until `shutdown` fires. Returns the bound address once listening.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let app = app(state);
+    let handle = tokio::spawn(async move {
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok((local, handle))
+}

@@ -1,0 +1,201 @@
+//! The models the frontend serves, derived from discovery: which models have live instances,
+//! their model cards, and their preprocessors (loaded once, off the async threads, when the
+//! first instance of a model appears).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use dynamo_protocols::ModelCard;
+use dynamo_runtime::{InstanceMap, InstanceRecord};
+use tokio::sync::watch;
+
+use crate::http::metrics::FrontendMetrics;
+use crate::model::{self, LoadedModel};
+use crate::preprocess::Preprocessor;
+
+/// One served model.
+pub struct ModelEntry {
+    pub card: ModelCard,
+    pub pre: Arc<Preprocessor>,
+}
+
+/// A consistent view: models with at least one live instance, and their instances.
+#[derive(Default)]
+pub struct Snapshot {
+    pub instances: HashMap<String, Vec<Arc<InstanceRecord>>>,
+}
+
+/// Tracks models and instances; cheap to clone.
+#[derive(Clone)]
+pub struct ModelManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rx: watch::Receiver<InstanceMap>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    loaded: RwLock<HashMap<String, Arc<ModelEntry>>>,
+    cache_dir: PathBuf,
+    metrics: FrontendMetrics,
+}
+
+/// Outcome of looking a model up.
+pub enum Lookup {
+    Ready(Arc<ModelEntry>, Vec<Arc<InstanceRecord>>),
+    /// Instances exist but the preprocessor is still loading (or failed to load).
+    Loading,
+    /// Known earlier, no live instance now.
+    NoInstances,
+    Unknown,
+}
+
+fn card_of(rec: &InstanceRecord) -> Option<ModelCard> {
+    serde_json::from_value(rec.card.clone()).ok()
+}
+
+impl ModelManager {
+    /// Start tracking `rx`; models are loaded from their card's `source` (resolved locally,
+    /// the default model through `cache_dir`).
+    pub fn start(
+        rx: watch::Receiver<InstanceMap>,
+        cache_dir: PathBuf,
+        metrics: FrontendMetrics,
+    ) -> Self {
+        let mm = ModelManager {
+            inner: Arc::new(Inner {
+                rx: rx.clone(),
+                snapshot: RwLock::default(),
+                loaded: RwLock::default(),
+                cache_dir,
+                metrics,
+            }),
+        };
+        let this = mm.clone();
+        tokio::spawn(async move {
+            let mut rx = rx;
+            loop {
+                let map = rx.borrow_and_update().clone();
+                this.apply(&map);
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        mm
+    }
+
+    fn apply(&self, map: &InstanceMap) {
+        let mut instances: HashMap<String, Vec<Arc<InstanceRecord>>> = HashMap::new();
+        let mut cards: HashMap<String, ModelCard> = HashMap::new();
+        let mut sorted: Vec<&InstanceRecord> = map.values().collect();
+        sorted.sort_by_key(|r| r.instance_id);
+        for rec in sorted {
+            let Some(card) = card_of(rec) else { continue };
+            instances
+                .entry(card.served_model_name.clone())
+                .or_default()
+                .push(Arc::new(rec.clone()));
+            cards.entry(card.served_model_name.clone()).or_insert(card);
+        }
+        *self.inner.snapshot.write().unwrap() = Arc::new(Snapshot { instances });
+        for (name, card) in cards {
+            if self.inner.loaded.read().unwrap().contains_key(&name) {
+                continue;
+            }
+            self.load(name, card);
+        }
+    }
+
+    fn load(&self, name: String, card: ModelCard) {
+        // Reserve the name so concurrent updates do not load twice.
+        static LOADING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        {
+            let mut l = LOADING.lock().unwrap();
+            if l.contains(&name) {
+                return;
+            }
+            l.push(name.clone());
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let src = model::resolve(&card.source, &this.inner.cache_dir, false)
+                .or_else(|_| model::resolve(&card.served_model_name, &this.inner.cache_dir, true));
+            let res = src.and_then(LoadedModel::load);
+            match res {
+                Ok(m) => {
+                    let pre = Arc::new(Preprocessor::new(m, Some(card.context_length)));
+                    let met = &this.inner.metrics;
+                    let set = |g: &prometheus::IntGaugeVec, v: u64| {
+                        g.with_label_values(&[name.as_str()]).set(v as i64)
+                    };
+                    set(&met.model_total_kv_blocks, card.total_kv_blocks);
+                    set(&met.model_max_num_seqs, card.max_num_seqs);
+                    set(
+                        &met.model_max_num_batched_tokens,
+                        card.max_num_batched_tokens,
+                    );
+                    set(&met.model_context_length, card.context_length as u64);
+                    set(
+                        &met.model_kv_cache_block_size,
+                        card.kv_cache_block_size as u64,
+                    );
+                    tracing::info!(model = %name, source = %card.source, "model ready");
+                    this.inner
+                        .loaded
+                        .write()
+                        .unwrap()
+                        .insert(name.clone(), Arc::new(ModelEntry { card, pre }));
+                }
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e, "cannot load model for preprocessing")
+                }
+            }
+            LOADING.lock().unwrap().retain(|n| n != &name);
+        });
+    }
+
+    /// Models with at least one live instance and a loaded preprocessor, sorted.
+    pub fn list(&self) -> Vec<String> {
+        let snap = self.inner.snapshot.read().unwrap().clone();
+        let loaded = self.inner.loaded.read().unwrap();
+        let mut v: Vec<String> = snap
+            .instances
+            .keys()
+            .filter(|k| loaded.contains_key(*k))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn lookup(&self, model: &str) -> Lookup {
+        let snap = self.inner.snapshot.read().unwrap().clone();
+        let entry = self.inner.loaded.read().unwrap().get(model).cloned();
+        match (entry, snap.instances.get(model)) {
+            (Some(e), Some(i)) if !i.is_empty() => Lookup::Ready(e, i.clone()),
+            (None, Some(_)) => Lookup::Loading,
+            (Some(_), _) => Lookup::NoInstances,
+            (None, None) => Lookup::Unknown,
+        }
+    }
+
+    /// Every live instance (for `/health`).
+    pub fn all_instances(&self) -> Vec<Arc<InstanceRecord>> {
+        let snap = self.inner.snapshot.read().unwrap().clone();
+        let mut v: Vec<_> = snap.instances.values().flatten().cloned().collect();
+        v.sort_by_key(|r| r.instance_id);
+        v
+    }
+
+    /// Whether an instance is still in discovery.
+    pub fn is_alive(&self, instance_id: u64) -> bool {
+        self.inner.rx.borrow().contains_key(&instance_id)
+    }
+
+    /// A closure answering [`Self::is_alive`] for one instance.
+    pub fn alive_fn(&self, instance_id: u64) -> Box<dyn Fn() -> bool + Send + Sync> {
+        let rx = self.inner.rx.clone();
+        Box::new(move || rx.borrow().contains_key(&instance_id))
+    }
+}

@@ -1,0 +1,8 @@
+//! The OpenAI surface: request types with validation, response and chunk types, and the
+//! error type every failure is rendered through.
+
+pub mod error;
+pub mod request;
+pub mod response;
+
+pub use error::{ApiError, ErrorClass};

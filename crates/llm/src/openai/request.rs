@@ -1,0 +1,424 @@
+//! OpenAI request bodies (`/v1/chat/completions`, `/v1/completions`) and their validation into
+//! the parameters the pipeline uses. Unsupported features are rejected with a 400 that names
+//! them, never silently ignored.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use dynamo_protocols::SamplingOptions;
+
+use super::error::ApiError;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Dynamo's extension object.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NvExt {
+    pub ignore_eos: Option<bool>,
+    pub top_k: Option<i32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_tokens: Option<u32>,
+    pub backend_instance_id: Option<u64>,
+}
+
+/// Fields shared by chat and completions requests.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CommonParams {
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopSpec>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub n: Option<u32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub ignore_eos: Option<bool>,
+    pub min_tokens: Option<u32>,
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
+    pub best_of: Option<u32>,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub response_format: Option<Value>,
+    pub logit_bias: Option<Value>,
+    pub nvext: Option<NvExt>,
+    pub user: Option<String>,
+}
+
+/// `POST /v1/chat/completions`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<Value>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// `POST /v1/completions`
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Value,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// The validated generation parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenParams {
+    pub max_tokens: Option<u32>,
+    pub min_tokens: Option<u32>,
+    pub sampling: SamplingOptions,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+    pub backend_instance_id: Option<u64>,
+}
+
+fn range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(ApiError::validation(format!(
+            "Validation: {name} must be between {lo} and {hi}, got {x}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn unsupported(what: &str) -> ApiError {
+    ApiError::validation(format!(
+        "Validation: {what} is not supported by this server"
+    ))
+}
+
+impl CommonParams {
+    /// Check ranges and unsupported features; produce the pipeline's parameters.
+    pub fn validate(&self, force_usage: bool) -> Result<GenParams, ApiError> {
+        if let Some(n) = self.n {
+            if n == 0 {
+                return Err(ApiError::validation("Validation: n must be at least 1"));
+            }
+            if n > 1 {
+                return Err(unsupported("n > 1 (multiple choices)"));
+            }
+        }
+        if self.best_of.is_some_and(|b| b > 1) {
+            return Err(unsupported("best_of > 1"));
+        }
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(_) => return Err(unsupported("logprobs")),
+        }
+        if self.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(unsupported("top_logprobs"));
+        }
+        if self.echo == Some(true) {
+            return Err(unsupported("echo"));
+        }
+        if self.suffix.is_some() {
+            return Err(unsupported("suffix"));
+        }
+        if self
+            .tools
+            .as_ref()
+            .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            return Err(unsupported("tools (tool calling)"));
+        }
+        if self
+            .tool_choice
+            .as_ref()
+            .is_some_and(|t| !t.is_null() && t != "none")
+        {
+            return Err(unsupported("tool_choice"));
+        }
+        if let Some(rf) = &self.response_format {
+            let kind = rf.get("type").and_then(|t| t.as_str());
+            if !rf.is_null() && kind != Some("text") {
+                return Err(unsupported("response_format other than text"));
+            }
+        }
+        if self
+            .logit_bias
+            .as_ref()
+            .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+        {
+            return Err(unsupported("logit_bias"));
+        }
+        range("temperature", self.temperature, 0.0, 2.0)?;
+        range("top_p", self.top_p, 0.0, 1.0)?;
+        if self.top_p == Some(0.0) {
+            return Err(ApiError::validation(
+                "Validation: top_p must be greater than 0",
+            ));
+        }
+        range("min_p", self.min_p, 0.0, 1.0)?;
+        range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        let nv = self.nvext.clone().unwrap_or_default();
+        let rep = self.repetition_penalty.or(nv.repetition_penalty);
+        range("repetition_penalty", rep, 0.0, 2.0)?;
+        if rep == Some(0.0) {
+            return Err(ApiError::validation(
+                "Validation: repetition_penalty must be greater than 0",
+            ));
+        }
+        let top_k = self.top_k.or(nv.top_k);
+        if top_k.is_some_and(|k| k < -1) {
+            return Err(ApiError::validation(
+                "Validation: top_k must be -1 (disabled) or positive",
+            ));
+        }
+        // max_completion_tokens wins; max_tokens is its deprecated alias.
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_tokens == Some(0) {
+            return Err(ApiError::validation(
+                "Validation: max_tokens must be at least 1",
+            ));
+        }
+        let stop = match &self.stop {
+            None => vec![],
+            Some(StopSpec::One(s)) => vec![s.clone()],
+            Some(StopSpec::Many(v)) => v.clone(),
+        };
+        if stop.len() > 4 {
+            return Err(ApiError::validation(
+                "Validation: at most 4 stop sequences are allowed",
+            ));
+        }
+        if stop.iter().any(|s| s.is_empty()) {
+            return Err(ApiError::validation(
+                "Validation: stop sequences must not be empty",
+            ));
+        }
+        let stream = self.stream.unwrap_or(false);
+        if self.stream_options.is_some() && !stream {
+            return Err(ApiError::validation(
+                "Validation: stream_options is only allowed when stream is true",
+            ));
+        }
+        let min_tokens = self.min_tokens.or(nv.min_tokens);
+        if let (Some(min), Some(max)) = (min_tokens, max_tokens) {
+            if min > max {
+                return Err(ApiError::validation(
+                    "Validation: min_tokens must not exceed max_tokens",
+                ));
+            }
+        }
+        Ok(GenParams {
+            max_tokens,
+            min_tokens,
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: top_k.and_then(|k| (k > 0).then_some(k as u32)),
+                min_p: self.min_p,
+                seed: self.seed,
+                frequency_penalty: self.frequency_penalty,
+                presence_penalty: self.presence_penalty,
+                repetition_penalty: rep,
+            },
+            stop,
+            stream,
+            include_usage: stream
+                && (force_usage
+                    || self
+                        .stream_options
+                        .as_ref()
+                        .is_some_and(|o| o.include_usage)),
+            ignore_eos: self.ignore_eos.or(nv.ignore_eos).unwrap_or(false),
+            backend_instance_id: nv.backend_instance_id,
+        })
+    }
+}
+
+/// Flatten chat messages into `{role, content: string}` objects for the template.
+pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::validation(
+            "Validation: messages must not be empty",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let obj = m.as_object().ok_or_else(|| {
+                ApiError::validation(format!("Validation: messages[{i}] must be an object"))
+            })?;
+            let role = obj.get("role").and_then(|r| r.as_str()).ok_or_else(|| {
+                ApiError::validation(format!("Validation: messages[{i}].role must be a string"))
+            })?;
+            if !matches!(role, "system" | "user" | "assistant" | "developer" | "tool") {
+                return Err(ApiError::validation(format!(
+                    "Validation: messages[{i}].role {role:?} is not one of system, user, assistant, developer, tool"
+                )));
+            }
+            let content = match obj.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.get("type").and_then(|t| t.as_str()), p.get("text").and_then(|t| t.as_str())) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(unsupported(&format!(
+                                    "content part of type {:?} in messages[{i}]",
+                                    kind.unwrap_or("?")
+                                )))
+                            }
+                        }
+                    }
+                    text
+                }
+                Some(_) => {
+                    return Err(ApiError::validation(format!(
+                        "Validation: messages[{i}].content must be a string or a list of text parts"
+                    )))
+                }
+            };
+            let mut out = serde_json::Map::new();
+            out.insert("role".into(), Value::String(role.to_string()));
+            out.insert("content".into(), Value::String(content));
+            if let Some(name) = obj.get("name") {
+                out.insert("name".into(), name.clone());
+            }
+            Ok(Value::Object(out))
+        })
+        .collect()
+}
+
+/// What a completions `prompt` holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// Accept a string, a one-element list of strings, a token list, or a one-element list of token
+/// lists; batches of several prompts are rejected.
+pub fn parse_prompt(v: &Value) -> Result<PromptInput, ApiError> {
+    let bad = || {
+        ApiError::validation(
+            "Validation: prompt must be a string, a list of token ids, or a list with one of those",
+        )
+    };
+    match v {
+        Value::String(s) => Ok(PromptInput::Text(s.clone())),
+        Value::Array(a) if a.is_empty() => {
+            Err(ApiError::validation("Validation: prompt must not be empty"))
+        }
+        Value::Array(a) if a.iter().all(|x| x.is_u64()) => Ok(PromptInput::Tokens(
+            a.iter()
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|t| u32::try_from(t).ok())
+                        .ok_or_else(bad)
+                })
+                .collect::<Result<_, _>>()?,
+        )),
+        Value::Array(a) if a.len() == 1 => parse_prompt(&a[0]),
+        Value::Array(_) => Err(unsupported("a batch of several prompts")),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(body: Value, ok: bool) {
+        let p: CommonParams = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(p.validate(false).is_ok(), ok, "{body}");
+    }
+
+    #[test]
+    fn validation_cases() {
+        check(json!({}), true);
+        check(
+            json!({"n": 1, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 3}),
+            true,
+        );
+        check(json!({"n": 2}), false);
+        check(json!({"n": 0}), false);
+        check(json!({"temperature": 3.0}), false);
+        check(json!({"top_p": 0.0}), false);
+        check(json!({"max_tokens": 0}), false);
+        check(json!({"stop": ["a","b","c","d","e"]}), false);
+        check(json!({"stop": ""}), false);
+        check(json!({"logprobs": true}), false);
+        check(json!({"logprobs": false}), true);
+        check(json!({"tools": [{"type":"function"}]}), false);
+        check(json!({"response_format": {"type":"json_object"}}), false);
+        check(json!({"response_format": {"type":"text"}}), true);
+        check(json!({"stream_options": {"include_usage": true}}), false);
+        check(
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+            true,
+        );
+        check(json!({"echo": true}), false);
+        check(json!({"top_k": -1}), true);
+        check(json!({"top_k": -5}), false);
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_and_nvext_applies() {
+        let p: CommonParams = serde_json::from_value(json!({
+            "max_tokens": 10, "max_completion_tokens": 5, "nvext": {"ignore_eos": true, "top_k": 7}
+        }))
+        .unwrap();
+        let g = p.validate(false).unwrap();
+        assert_eq!(g.max_tokens, Some(5));
+        assert!(g.ignore_eos);
+        assert_eq!(g.sampling.top_k, Some(7));
+    }
+
+    #[test]
+    fn messages_and_prompts() {
+        assert!(normalize_messages(&[]).is_err());
+        let m = normalize_messages(&[json!({"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]})]).unwrap();
+        assert_eq!(m[0]["content"], "ab");
+        assert!(
+            normalize_messages(&[json!({"role":"user","content":[{"type":"image_url"}]})]).is_err()
+        );
+        assert!(normalize_messages(&[json!({"role":"wizard","content":"x"})]).is_err());
+        assert!(normalize_messages(&[json!({"content":"x"})]).is_err());
+        assert_eq!(
+            parse_prompt(&json!("hi")).unwrap(),
+            PromptInput::Text("hi".into())
+        );
+        assert_eq!(
+            parse_prompt(&json!([1, 2])).unwrap(),
+            PromptInput::Tokens(vec![1, 2])
+        );
+        assert_eq!(
+            parse_prompt(&json!([[1, 2]])).unwrap(),
+            PromptInput::Tokens(vec![1, 2])
+        );
+        assert!(parse_prompt(&json!(["a", "b"])).is_err());
+        assert!(parse_prompt(&json!(5)).is_err());
+        assert!(parse_prompt(&json!([])).is_err());
+    }
+}
