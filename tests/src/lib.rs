@@ -1,1 +1,250 @@
-//! placeholder
+//! The e2e harness: a cluster of real processes (nats-server, `dynamo-frontend`, workers)
+//! started on free ports in a private directory, with readiness polling and HTTP helpers.
+//! Binaries come from the workspace's target directory (`cargo build --bins` first); a missing
+//! binary or nats-server is a loud failure naming the command that provides it.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+pub use dynamo_test_support::{free_port, wait_until, Child, NatsServer};
+
+/// Path of a workspace binary next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --bins` (same profile) before the e2e tests",
+        p.display()
+    );
+    p
+}
+
+/// The model cache the tests use (`DYN_MODEL_CACHE` or ~/.cache/dynamo/models).
+pub fn model_cache() -> PathBuf {
+    std::env::var_os("DYN_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dynamo/models"))
+}
+
+pub const MODEL: &str = "SmolLM2-135M-Instruct";
+
+/// A running worker with its system status port.
+pub struct Worker {
+    pub child: Child,
+    pub system_port: u16,
+}
+
+/// nats-server + frontend + workers.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nats: NatsServer,
+    pub frontend: Option<Child>,
+    pub http_port: u16,
+    pub workers: Vec<Worker>,
+    pub http: reqwest::Client,
+    started: usize,
+}
+
+impl Cluster {
+    /// Start NATS and a frontend with extra env vars.
+    pub fn start(frontend_env: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = NatsServer::start(dir.path());
+        let http_port = free_port();
+        let mut cmd = Command::new(bin("dynamo-frontend"));
+        cmd.env("NATS_SERVER", nats.url())
+            .env("DYN_HTTP_PORT", http_port.to_string())
+            .env("DYN_HTTP_HOST", "127.0.0.1")
+            .env("DYN_MODEL_CACHE", model_cache())
+            .env("DYN_LOG", "info");
+        for (k, v) in frontend_env {
+            cmd.env(k, v);
+        }
+        let frontend = Child::spawn("frontend", cmd, dir.path()).expect("start frontend");
+        let c = Cluster {
+            dir,
+            nats,
+            frontend: Some(frontend),
+            http_port,
+            workers: vec![],
+            http: reqwest::Client::builder().build().expect("http client"),
+            started: 0,
+        };
+        let url = format!("{}/live", c.url());
+        wait_until("frontend /live", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", c.http_port)).ok()
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.frontend_log()));
+        let _ = url;
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn frontend_log(&self) -> String {
+        self.frontend.as_ref().map(|f| f.log_text()).unwrap_or_default()
+    }
+
+    /// Start a mocker with extra flags; waits until its /health is ready.
+    pub fn add_mocker(&mut self, args: &[&str]) -> usize {
+        self.started += 1;
+        let system_port = free_port();
+        let mut cmd = Command::new(bin("dynamo-mocker"));
+        cmd.args(args)
+            .env("NATS_SERVER", self.nats.url())
+            .env("DYN_SYSTEM_PORT", system_port.to_string())
+            .env("DYN_SYSTEM_HOST", "127.0.0.1")
+            .env("DYN_MODEL_CACHE", model_cache())
+            .env("DYN_LOG", "info");
+        let child = Child::spawn(&format!("mocker-{}", self.started), cmd, self.dir.path()).expect("start mocker");
+        let w = Worker { child, system_port };
+        let url = format!("http://127.0.0.1:{system_port}/health");
+        wait_until("mocker /health ready", Duration::from_secs(60), || {
+            let r = blocking_get(&url)?;
+            (r.0 == 200).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.child.log_text()));
+        self.workers.push(w);
+        self.workers.len() - 1
+    }
+
+    /// Wait until the frontend lists `n` instances in /health.
+    pub async fn wait_instances(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(v) = self.get_json("/health").await {
+                if v["instances"].as_array().map(|a| a.len()) == Some(n) {
+                    // The model must also be loaded when instances exist.
+                    if n == 0 || !self.models().await.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("frontend did not see {n} instances within {timeout:?}\n{}", self.frontend_log()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        let r = self.http.get(format!("{}{path}", self.url())).send().await.map_err(|e| e.to_string())?;
+        r.json().await.map_err(|e| e.to_string())
+    }
+
+    pub async fn models(&self) -> Vec<String> {
+        self.get_json("/v1/models")
+            .await
+            .ok()
+            .and_then(|v| v["data"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// POST JSON; returns status, headers and parsed body (or the raw text as a JSON string).
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url()))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, headers, v)
+    }
+
+    /// POST raw bytes with a content type.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// Scrape a worker's /metrics and read one sample (sum over label sets matching `filter`).
+    pub async fn worker_metric(&self, worker: usize, name: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.workers[worker].system_port);
+        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
+        metric_value(&text, name)
+    }
+
+    pub async fn frontend_metrics(&self) -> String {
+        let r = self.http.get(format!("{}/metrics", self.url())).send().await.expect("scrape");
+        r.text().await.expect("text")
+    }
+}
+
+/// Sum of all samples of `name` (any labels) in a Prometheus text body.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (key, val) = line.rsplit_once(' ')?;
+        let base = key.split('{').next().unwrap_or(key);
+        if base == name {
+            *found.get_or_insert(0.0) += val.parse::<f64>().ok()?;
+        }
+    }
+    found
+}
+
+/// A minimal blocking GET (status, body) used for readiness polling outside async code.
+pub fn blocking_get(url: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Read an SSE response to the end: the `data:` payloads (without `[DONE]`), and whether
+/// `[DONE]` was seen.
+pub async fn read_sse(resp: reqwest::Response) -> (Vec<serde_json::Value>, bool) {
+    use futures::StreamExt;
+    let mut buf = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("body chunk")));
+    }
+    let mut events = vec![];
+    let mut done = false;
+    for block in buf.split("\n\n") {
+        for line in block.lines() {
+            if let Some(data) = line.strip_prefix("data: ") {
+                if data == "[DONE]" {
+                    done = true;
+                } else {
+                    events.push(serde_json::from_str(data).expect("chunk is JSON"));
+                }
+            }
+        }
+    }
+    (events, done)
+}
