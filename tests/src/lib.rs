@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-pub use dynamo_test_support::{free_port, wait_until, Child, NatsServer};
+pub use dynamo_test_support::{wait_until, Child, NatsServer};
 
 /// Path of a workspace binary next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
@@ -27,7 +27,9 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn model_cache() -> PathBuf {
     std::env::var_os("DYN_MODEL_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dynamo/models"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dynamo/models")
+        })
 }
 
 pub const MODEL: &str = "SmolLM2-135M-Instruct";
@@ -54,17 +56,18 @@ impl Cluster {
     pub fn start(frontend_env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsServer::start(dir.path());
-        let http_port = free_port();
         let mut cmd = Command::new(bin("dynamo-frontend"));
         cmd.env("NATS_SERVER", nats.url())
-            .env("DYN_HTTP_PORT", http_port.to_string())
+            .env("DYN_HTTP_PORT", "0")
             .env("DYN_HTTP_HOST", "127.0.0.1")
             .env("DYN_MODEL_CACHE", model_cache())
+            .env("DYN_LOGGING_JSONL", "true")
             .env("DYN_LOG", "info");
         for (k, v) in frontend_env {
             cmd.env(k, v);
         }
         let frontend = Child::spawn("frontend", cmd, dir.path()).expect("start frontend");
+        let http_port = bound_port(&frontend, "frontend listening");
         let c = Cluster {
             dir,
             nats,
@@ -74,12 +77,6 @@ impl Cluster {
             http: reqwest::Client::builder().build().expect("http client"),
             started: 0,
         };
-        let url = format!("{}/live", c.url());
-        wait_until("frontend /live", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", c.http_port)).ok()
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.frontend_log()));
-        let _ = url;
         c
     }
 
@@ -88,21 +85,26 @@ impl Cluster {
     }
 
     pub fn frontend_log(&self) -> String {
-        self.frontend.as_ref().map(|f| f.log_text()).unwrap_or_default()
+        self.frontend
+            .as_ref()
+            .map(|f| f.log_text())
+            .unwrap_or_default()
     }
 
     /// Start a mocker with extra flags; waits until its /health is ready.
     pub fn add_mocker(&mut self, args: &[&str]) -> usize {
         self.started += 1;
-        let system_port = free_port();
         let mut cmd = Command::new(bin("dynamo-mocker"));
         cmd.args(args)
             .env("NATS_SERVER", self.nats.url())
-            .env("DYN_SYSTEM_PORT", system_port.to_string())
+            .env("DYN_SYSTEM_PORT", "0")
             .env("DYN_SYSTEM_HOST", "127.0.0.1")
             .env("DYN_MODEL_CACHE", model_cache())
+            .env("DYN_LOGGING_JSONL", "true")
             .env("DYN_LOG", "info");
-        let child = Child::spawn(&format!("mocker-{}", self.started), cmd, self.dir.path()).expect("start mocker");
+        let child = Child::spawn(&format!("mocker-{}", self.started), cmd, self.dir.path())
+            .expect("start mocker");
+        let system_port = bound_port(&child, "system status server listening");
         let w = Worker { child, system_port };
         let url = format!("http://127.0.0.1:{system_port}/health");
         wait_until("mocker /health ready", Duration::from_secs(60), || {
@@ -127,14 +129,22 @@ impl Cluster {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("frontend did not see {n} instances within {timeout:?}\n{}", self.frontend_log()));
+                return Err(format!(
+                    "frontend did not see {n} instances within {timeout:?}\n{}",
+                    self.frontend_log()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
-        let r = self.http.get(format!("{}{path}", self.url())).send().await.map_err(|e| e.to_string())?;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
         r.json().await.map_err(|e| e.to_string())
     }
 
@@ -150,7 +160,11 @@ impl Cluster {
     }
 
     /// POST JSON; returns status, headers and parsed body (or the raw text as a JSON string).
-    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url()))
@@ -177,20 +191,51 @@ impl Cluster {
             .expect("request sent");
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
     }
 
     /// Scrape a worker's /metrics and read one sample (sum over label sets matching `filter`).
     pub async fn worker_metric(&self, worker: usize, name: &str) -> Option<f64> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.workers[worker].system_port);
+        let url = format!(
+            "http://127.0.0.1:{}/metrics",
+            self.workers[worker].system_port
+        );
         let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
         metric_value(&text, name)
     }
 
     pub async fn frontend_metrics(&self) -> String {
-        let r = self.http.get(format!("{}/metrics", self.url())).send().await.expect("scrape");
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .expect("scrape");
         r.text().await.expect("text")
     }
+}
+
+/// Wait for the JSON log line with `message` and read the port of its `local` field (the
+/// process bound port 0 and logged the address it got).
+pub fn bound_port(child: &Child, message: &str) -> u16 {
+    wait_until(message, Duration::from_secs(60), || {
+        child.log_text().lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v["fields"]["message"] != message {
+                return None;
+            }
+            v["fields"]["local"]
+                .as_str()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.log_text()))
 }
 
 /// Sum of all samples of `name` (any labels) in a Prometheus text body.
@@ -216,11 +261,18 @@ pub fn blocking_get(url: &str) -> Option<(u16, String)> {
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
     let mut s = std::net::TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -247,4 +299,28 @@ pub async fn read_sse(resp: reqwest::Response) -> (Vec<serde_json::Value>, bool)
         }
     }
     (events, done)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let tail = |s: String| {
+                s.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            eprintln!("--- frontend log (tail) ---\n{}", tail(self.frontend_log()));
+            for (i, w) in self.workers.iter().enumerate() {
+                eprintln!(
+                    "--- worker {i} log (tail) ---\n{}",
+                    tail(w.child.log_text())
+                );
+            }
+        }
+    }
 }

@@ -29,7 +29,10 @@ async fn generation_and_usage() {
     assert_eq!(v["usage"]["prompt_tokens"], 32);
     assert_eq!(v["usage"]["total_tokens"], 39);
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
-    assert!(headers.get("x-request-id").is_some(), "a request id is always returned");
+    assert!(
+        headers.get("x-request-id").is_some(),
+        "a request id is always returned"
+    );
 
     // x-request-id is honoured and echoed.
     let r = c
@@ -51,7 +54,13 @@ async fn generation_and_usage() {
     // Streaming chat with include_usage: role first, content chunks, finish, usage, [DONE].
     let mut body = chat(true, 6);
     body["stream_options"] = json!({"include_usage": true});
-    let r = c.http.post(format!("{}/v1/chat/completions", c.url())).json(&body).send().await.unwrap();
+    let r = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let (events, done) = read_sse(r).await;
@@ -62,7 +71,10 @@ async fn generation_and_usage() {
         .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert!(!text.is_empty());
-    let finish: Vec<_> = events.iter().filter_map(|e| e["choices"][0]["finish_reason"].as_str()).collect();
+    let finish: Vec<_> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["finish_reason"].as_str())
+        .collect();
     assert_eq!(finish, vec!["length"]);
     let last = events.last().unwrap();
     assert_eq!(last["choices"].as_array().unwrap().len(), 0);
@@ -75,14 +87,20 @@ async fn generation_and_usage() {
 
     // Completions: raw prompt, token-id prompt, and streaming without usage.
     let (st, _, v) = c
-        .post("/v1/completions", &json!({"model": MODEL, "prompt": "Hello world!", "max_tokens": 5}))
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "Hello world!", "max_tokens": 5}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
     assert_eq!(v["usage"]["prompt_tokens"], 3, "Hello world! is 3 tokens");
     assert_eq!(v["usage"]["completion_tokens"], 5);
     let (st, _, v) = c
-        .post("/v1/completions", &json!({"model": MODEL, "prompt": [19556, 905, 17], "max_tokens": 2}))
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": [19556, 905, 17], "max_tokens": 2}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["usage"]["prompt_tokens"], 3);
@@ -95,11 +113,20 @@ async fn generation_and_usage() {
         .unwrap();
     let (events, done) = read_sse(r).await;
     assert!(done);
-    assert!(events.iter().all(|e| e.get("usage").is_none()), "no usage unless asked");
-    assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "length");
+    assert!(
+        events.iter().all(|e| e.get("usage").is_none()),
+        "no usage unless asked"
+    );
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
 
     // Stop strings end the text before the stop string and report "stop".
-    let full = u["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let full = u["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let word = full.split_whitespace().nth(2).unwrap().to_string();
     let mut body = chat(false, 6);
     body["stop"] = json!([word.clone()]);
@@ -111,10 +138,16 @@ async fn generation_and_usage() {
 
     // Frontend metrics saw the traffic.
     let m = c.frontend_metrics().await;
-    assert!(m.contains("dynamo_frontend_requests_total{endpoint=\"chat_completions\""), "{m}");
+    assert!(
+        m.contains("dynamo_frontend_requests_total{endpoint=\"chat_completions\""),
+        "{m}"
+    );
     let out = dynamo_e2e::metric_value(&m, "dynamo_frontend_output_tokens_total").unwrap();
     assert!(out >= 35.0, "output tokens counted: {out}");
-    assert_eq!(dynamo_e2e::metric_value(&m, "dynamo_frontend_inflight_requests"), Some(0.0));
+    assert_eq!(
+        dynamo_e2e::metric_value(&m, "dynamo_frontend_inflight_requests"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,29 +186,54 @@ async fn bad_input_gets_clear_errors_without_hurting_others() {
     for (what, body, want) in cases {
         let (st, v) = c.post_raw("/v1/chat/completions", body).await;
         assert_eq!(st, want, "{what}: {v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
         assert_eq!(v["error"]["code"], want, "{what}: {v}");
         assert!(v["error"]["type"].is_string(), "{what}: {v}");
     }
     // Prompt longer than the context (256 tokens here).
     let long_prompt = "word ".repeat(400);
     let (st, _, v) = c
-        .post("/v1/completions", &json!({"model": MODEL, "prompt": long_prompt}))
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": long_prompt}),
+        )
         .await;
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("context length"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context length"),
+        "{v}"
+    );
     // Body over the 1 MB limit.
-    let big = format!(r#"{{"model":"{MODEL}","prompt":"{}"}}"#, "a".repeat(2 << 20));
+    let big = format!(
+        r#"{{"model":"{MODEL}","prompt":"{}"}}"#,
+        "a".repeat(2 << 20)
+    );
     let (st, v) = c.post_raw("/v1/completions", big.into_bytes()).await;
     assert_eq!(st, 413, "{v}");
     assert_eq!(v["error"]["code"], 413);
     // Unknown route: JSON 404.
-    let r = c.http.get(format!("{}/v1/nothing", c.url())).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/v1/nothing", c.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     let (events, done) = long.await.unwrap();
     assert!(done, "the in-flight stream finished normally");
-    let last = events.iter().rev().find_map(|e| e["choices"][0]["finish_reason"].as_str());
+    let last = events
+        .iter()
+        .rev()
+        .find_map(|e| e["choices"][0]["finish_reason"].as_str());
     assert_eq!(last, Some("length"));
 
     // Errors were counted by class.

@@ -6,4 +6,4 @@ pub mod nats;
 pub mod process;
 
 pub use nats::NatsServer;
-pub use process::{free_port, wait_until, Child};
+pub use process::{wait_until, Child};

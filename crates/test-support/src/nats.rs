@@ -1,4 +1,4 @@
-//! A real `nats-server` (2.11 or newer, JetStream on) for tests, on a free port with a private
+//! A real `nats-server` (2.11 or newer, JetStream on) for tests, on a port it picks itself with a private
 //! store directory; restartable on the same port and store; killed on drop.
 //!
 //! The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`. A missing or too old server
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{free_port, wait_until, Child};
+use crate::process::{wait_until, Child};
 
 /// How to install a suitable server.
 pub const INSTALL_HINT: &str =
@@ -54,7 +54,7 @@ impl NatsServer {
             panic!("{e}");
         }
         let mut s = NatsServer {
-            port: free_port(),
+            port: 0,
             store: tempfile::tempdir().expect("temp dir"),
             logs: log_dir.to_path_buf(),
             child: None,
@@ -66,18 +66,32 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         self.starts += 1;
+        // First start: the server picks a free port (-1) and we read it back from its log;
+        // restarts reuse that port.
+        let port_arg = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
         let mut cmd = Command::new(binary());
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(self.store.path());
+        cmd.args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(self.store.path());
         let child = Child::spawn(&format!("nats-{}", self.starts), cmd, &self.logs)
             .unwrap_or_else(|e| panic!("{e}; {INSTALL_HINT}"));
+        if self.port == 0 {
+            self.port = wait_until(
+                "nats-server to report its port",
+                Duration::from_secs(15),
+                || {
+                    let log = child.log_text();
+                    let line = log
+                        .lines()
+                        .find(|l| l.contains("Listening for client connections on"))?;
+                    line.rsplit(':').next()?.trim().parse::<u16>().ok()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", child.log_text()));
+        }
         self.child = Some(child);
         let port = self.port;
         wait_until(

@@ -1,5 +1,5 @@
 //! Child processes for tests: spawned with captured logs, signalled, killed on drop; plus a
-//! deadline-bound polling helper and a free-port finder.
+//! deadline-bound polling helper. Services bind port 0 and report the port they got.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -86,14 +86,6 @@ impl Drop for Child {
 fn kill(pid: i32, sig: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) }
-}
-
-/// A TCP port that was free a moment ago (bind port 0, read it back, release).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
 }
 
 /// Poll `f` every 50 ms until it returns `Some`, or fail after `timeout` with `what`.
