@@ -64,6 +64,9 @@ pub struct ResponseStream<T> {
     alive_check: Pin<Box<tokio::time::Sleep>>,
     alive: Box<dyn Fn() -> bool + Send + Sync>,
     instance_id: u64,
+    /// A message arrived since the last liveness check (a draining instance is out of
+    /// discovery but still streaming: that is fine).
+    heard: bool,
     done: bool,
     _t: std::marker::PhantomData<fn() -> T>,
 }
@@ -91,6 +94,7 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
         loop {
             match this.sub.poll_next_unpin(cx) {
                 Poll::Ready(Some(msg)) => {
+                    this.heard = true;
                     let deadline = tokio::time::Instant::now() + this.stream_timeout;
                     this.timer.as_mut().reset(deadline);
                     match serde_json::from_slice::<Envelope<T>>(&msg.payload) {
@@ -126,7 +130,7 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
             return Poll::Ready(Some(Err(RuntimeError::StreamTimeout(this.stream_timeout))));
         }
         while this.alive_check.as_mut().poll(cx).is_ready() {
-            if !(this.alive)() {
+            if !std::mem::take(&mut this.heard) && !(this.alive)() {
                 this.finish();
                 return Poll::Ready(Some(Err(RuntimeError::InstanceLost(this.instance_id))));
             }
@@ -207,6 +211,7 @@ pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         alive_check: Box::pin(tokio::time::sleep(ALIVE_CHECK)),
         alive,
         instance_id,
+        heard: false,
         done: false,
         _t: std::marker::PhantomData,
     })
