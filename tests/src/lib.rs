@@ -68,7 +68,7 @@ impl Cluster {
         }
         let frontend = Child::spawn("frontend", cmd, dir.path()).expect("start frontend");
         let http_port = bound_port(&frontend, "frontend listening");
-        let c = Cluster {
+        Cluster {
             dir,
             nats,
             frontend: Some(frontend),
@@ -76,8 +76,7 @@ impl Cluster {
             workers: vec![],
             http: reqwest::Client::builder().build().expect("http client"),
             started: 0,
-        };
-        c
+        }
     }
 
     pub fn url(&self) -> String {
@@ -314,7 +313,17 @@ impl Drop for Cluster {
                     .collect::<Vec<_>>()
                     .join("\n")
             };
-            eprintln!("--- frontend log (tail) ---\n{}", tail(self.frontend_log()));
+            let state = self.frontend.as_mut().map(|f| {
+                if f.is_running() {
+                    "running".to_string()
+                } else {
+                    format!("exited: {:?}", f.wait_timeout(Duration::ZERO))
+                }
+            });
+            eprintln!(
+                "--- frontend ({state:?}) log (tail) ---\n{}",
+                tail(self.frontend_log())
+            );
             for (i, w) in self.workers.iter().enumerate() {
                 eprintln!(
                     "--- worker {i} log (tail) ---\n{}",

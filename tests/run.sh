@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs a current nats-server and the default
+# model when missing, then format check, clippy (warnings fail), build, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/lib.sh
+
+ensure_nats
+ensure_model
+log "nats-server: $(command -v nats-server) ($(nats-server --version))"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+cargo test --workspace --doc --locked
