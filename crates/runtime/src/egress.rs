@@ -64,12 +64,18 @@ pub struct ResponseStream<T> {
     alive_check: Pin<Box<tokio::time::Sleep>>,
     alive: Box<dyn Fn() -> bool + Send + Sync>,
     instance_id: u64,
+    /// Items received but not yet yielded, and whether the stream ended after them.
+    buffered: std::collections::VecDeque<T>,
+    ended: bool,
     /// A message arrived since the last liveness check (a draining instance is out of
     /// discovery but still streaming: that is fine).
     heard: bool,
     done: bool,
     _t: std::marker::PhantomData<fn() -> T>,
 }
+
+// Never pinned structurally: the buffered items are plain values moved out by `pop_front`.
+impl<T> Unpin for ResponseStream<T> {}
 
 impl<T> ResponseStream<T> {
     /// The internal request id of this call.
@@ -88,6 +94,12 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(item) = this.buffered.pop_front() {
+            return Poll::Ready(Some(Ok(item)));
+        }
+        if this.ended {
+            this.finish();
+        }
         if this.done {
             return Poll::Ready(None);
         }
@@ -99,7 +111,22 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
                     this.timer.as_mut().reset(deadline);
                     match serde_json::from_slice::<Envelope<T>>(&msg.payload) {
                         Ok(Envelope::Ack) => continue,
-                        Ok(Envelope::Data { d }) => return Poll::Ready(Some(Ok(d))),
+                        Ok(Envelope::Data { d, end }) => {
+                            this.buffered.extend(d);
+                            if end {
+                                // Nothing more will come: stop cancelling on drop.
+                                this.guard.armed = false;
+                                this.ended = true;
+                            }
+                            match this.buffered.pop_front() {
+                                Some(item) => return Poll::Ready(Some(Ok(item))),
+                                None if end => {
+                                    this.finish();
+                                    return Poll::Ready(None);
+                                }
+                                None => continue,
+                            }
+                        }
                         Ok(Envelope::Final) => {
                             this.finish();
                             return Poll::Ready(None);
@@ -211,6 +238,8 @@ pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         alive_check: Box::pin(tokio::time::sleep(ALIVE_CHECK)),
         alive,
         instance_id,
+        buffered: Default::default(),
+        ended: false,
         heard: false,
         done: false,
         _t: std::marker::PhantomData,

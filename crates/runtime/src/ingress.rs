@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_nats::{Client, HeaderMap, Message};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +16,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::addressing::EndpointId;
 use crate::error::{ErrorKind, HandlerError};
-use crate::metrics::WorkHandlerMetrics;
+use crate::metrics::EndpointMetrics;
 use crate::wire::{self, Envelope};
+
+/// Most items sent in one message.
+const MAX_BATCH: usize = 64;
 
 /// The stream of items a handler produces for one request.
 pub type HandlerStream<T> = Pin<Box<dyn Stream<Item = Result<T, HandlerError>> + Send>>;
@@ -45,8 +48,7 @@ pub(crate) struct Ingress<Req, Resp> {
     pub client: Client,
     pub id: EndpointId,
     pub handler: Arc<dyn Handler<Req, Resp>>,
-    pub metrics: WorkHandlerMetrics,
-    pub labels: [String; 3],
+    pub metrics: EndpointMetrics,
     pub inflight: Mutex<HashMap<String, CancellationToken>>,
 }
 
@@ -60,11 +62,7 @@ where
     Resp: Serialize + Send + 'static,
 {
     fn count_error(&self, kind: &str) {
-        let [n, c, e] = &self.labels;
-        self.metrics
-            .errors
-            .with_label_values(&[n.as_str(), c.as_str(), e.as_str(), kind])
-            .inc();
+        self.metrics.error(kind);
     }
 
     async fn send(&self, reply: &async_nats::Subject, env: Envelope<Resp>) -> Result<(), ()> {
@@ -77,10 +75,7 @@ where
             .publish(reply.clone(), payload.into())
             .await
             .map_err(|_| ())?;
-        self.metrics
-            .response_bytes
-            .with_label_values(&self.labels)
-            .inc_by(len);
+        self.metrics.response_bytes.inc_by(len);
         Ok(())
     }
 
@@ -94,17 +89,12 @@ where
     pub async fn handle(self: Arc<Self>, msg: Message, process_stop: CancellationToken) {
         let start = Instant::now();
         let m = &self.metrics;
-        m.requests.with_label_values(&self.labels).inc();
-        m.request_bytes
-            .with_label_values(&self.labels)
-            .inc_by(msg.payload.len() as u64);
-        let inflight = m.inflight.with_label_values(&self.labels);
-        inflight.inc();
+        m.requests.inc();
+        m.request_bytes.inc_by(msg.payload.len() as u64);
+        m.inflight.inc();
         self.serve_one(msg, process_stop).await;
-        inflight.dec();
-        m.duration
-            .with_label_values(&self.labels)
-            .observe(start.elapsed().as_secs_f64());
+        m.inflight.dec();
+        m.duration.observe(start.elapsed().as_secs_f64());
     }
 
     async fn serve_one(&self, msg: Message, process_stop: CancellationToken) {
@@ -144,7 +134,8 @@ where
         }
         let mut stream = self.handler.generate(request, ctx);
         let mut failed = false;
-        loop {
+        let mut ended = false;
+        while !ended {
             let item = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -154,32 +145,55 @@ where
                 item = stream.next() => item,
             };
             let Some(item) = item else { break };
-            match item {
-                Ok(resp) => {
-                    if self.send(&reply, Envelope::Data { d: resp }).await.is_err() {
-                        self.count_error("publish_response");
-                        failed = true;
+            // Send what is ready now as one message; never wait for more.
+            let mut batch = Vec::new();
+            let mut error = None;
+            let mut next = Some(item);
+            while let Some(item) = next.take() {
+                match item {
+                    Ok(r) => batch.push(r),
+                    Err(e) => {
+                        error = Some(e);
                         break;
                     }
                 }
-                Err(e) => {
-                    self.count_error("generate");
-                    let env = Envelope::Error {
-                        kind: e.kind,
-                        message: e.message,
-                    };
-                    if self.send(&reply, env).await.is_err() {
-                        self.count_error("publish_response");
-                    }
+                if batch.len() >= MAX_BATCH {
+                    break;
+                }
+                match stream.next().now_or_never() {
+                    Some(Some(i)) => next = Some(i),
+                    Some(None) => ended = true,
+                    None => {}
+                }
+            }
+            if !batch.is_empty() {
+                let env = Envelope::Data {
+                    d: batch,
+                    end: ended && error.is_none(),
+                };
+                if self.send(&reply, env).await.is_err() {
+                    self.count_error("publish_response");
                     failed = true;
                     break;
                 }
+            }
+            if let Some(e) = error {
+                self.count_error("generate");
+                let env = Envelope::Error {
+                    kind: e.kind,
+                    message: e.message,
+                };
+                if self.send(&reply, env).await.is_err() {
+                    self.count_error("publish_response");
+                }
+                failed = true;
+                break;
             }
         }
         drop(stream);
         let cancelled = cancel.is_cancelled();
         self.inflight.lock().unwrap().remove(&request_id);
-        if !failed && !cancelled && self.send(&reply, Envelope::Final).await.is_err() {
+        if !failed && !cancelled && !ended && self.send(&reply, Envelope::Final).await.is_err() {
             self.count_error("publish_final");
         }
     }

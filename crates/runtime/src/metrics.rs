@@ -169,6 +169,20 @@ impl WorkHandlerMetrics {
         }
     }
 
+    /// The handles of one endpoint, resolved once (no label lookup per request or message).
+    pub fn for_endpoint(&self, id: &EndpointId) -> EndpointMetrics {
+        let l = Self::labels(id);
+        EndpointMetrics {
+            requests: self.requests.with_label_values(&l),
+            request_bytes: self.request_bytes.with_label_values(&l),
+            response_bytes: self.response_bytes.with_label_values(&l),
+            inflight: self.inflight.with_label_values(&l),
+            duration: self.duration.with_label_values(&l),
+            errors: self.errors.clone(),
+            labels: l,
+        }
+    }
+
     /// Label values for one endpoint.
     pub fn labels(id: &EndpointId) -> [String; 3] {
         [
@@ -176,5 +190,27 @@ impl WorkHandlerMetrics {
             id.component.clone(),
             id.endpoint.clone(),
         ]
+    }
+}
+
+/// Work-handler metric handles of one endpoint.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    pub requests: prometheus::IntCounter,
+    pub request_bytes: prometheus::IntCounter,
+    pub response_bytes: prometheus::IntCounter,
+    pub inflight: prometheus::IntGauge,
+    pub duration: prometheus::Histogram,
+    errors: IntCounterVec,
+    labels: [String; 3],
+}
+
+impl EndpointMetrics {
+    /// Count an error of `error_type` (rare: looked up by label).
+    pub fn error(&self, error_type: &str) {
+        let [n, c, e] = &self.labels;
+        self.errors
+            .with_label_values(&[n.as_str(), c.as_str(), e.as_str(), error_type])
+            .inc();
     }
 }

@@ -20,7 +20,7 @@ use crate::discovery::{self, InstanceMap, InstanceRecord};
 use crate::egress::{self, CallOptions, ResponseStream};
 use crate::error::RuntimeError;
 use crate::ingress::{self, Handler, Ingress};
-use crate::metrics::{MetricsRegistry, WorkHandlerMetrics};
+use crate::metrics::MetricsRegistry;
 use crate::system_status::{self, HealthState, StatusPaths};
 
 /// Handle to the runtime; cheap to clone.
@@ -158,17 +158,13 @@ impl DistributedRuntime {
             .flush()
             .await
             .map_err(|e| RuntimeError::Nats(e.to_string()))?;
-        let metrics = inner.metrics.work_handler();
-        let labels = WorkHandlerMetrics::labels(&id);
-        // Export the families at 0 before the first request.
-        metrics.requests.with_label_values(&labels);
-        metrics.inflight.with_label_values(&labels);
+        // Resolving the handles also exports the families at 0 before the first request.
+        let metrics = inner.metrics.work_handler().for_endpoint(&id);
         let ing = Arc::new(Ingress {
             client: client.clone(),
             id: id.clone(),
             handler,
             metrics,
-            labels,
             inflight: Default::default(),
         });
         tokio::spawn(ingress::run(

@@ -20,9 +20,14 @@ pub enum Envelope<T> {
     /// The worker received the request and started it.
     #[serde(rename = "ack")]
     Ack,
-    /// One streamed response item.
+    /// Streamed response items: usually one, several when the handler had more ready at once
+    /// (fewer messages under load). `end` set: the stream ended right after them.
     #[serde(rename = "data")]
-    Data { d: T },
+    Data {
+        d: Vec<T>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        end: bool,
+    },
     /// The stream ended normally.
     #[serde(rename = "final")]
     Final,
@@ -37,8 +42,10 @@ mod tests {
 
     #[test]
     fn envelope_shapes() {
-        let d: Envelope<u32> = Envelope::Data { d: 7 };
-        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"t":"data","d":7}"#);
+        let d: Envelope<u32> = Envelope::Data { d: vec![7], end: false };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"t":"data","d":[7]}"#);
+        let d: Envelope<u32> = Envelope::Data { d: vec![7, 8], end: true };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"t":"data","d":[7,8],"end":true}"#);
         let e: Envelope<u32> =
             serde_json::from_str(r#"{"t":"error","kind":"invalid_request","message":"too long"}"#)
                 .unwrap();

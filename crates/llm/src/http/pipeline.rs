@@ -10,7 +10,7 @@ use bytes::Bytes;
 use dynamo_protocols::{EngineOutput, FinishReason, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{CallOptions, InstanceRecord, ResponseStream, RuntimeError};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::AppState;
@@ -270,45 +270,46 @@ impl TokenPipe {
     }
 }
 
-/// Per-token timing metrics.
+/// Per-token timing metrics, with the model's metric handles resolved once per request (no
+/// label lookup per token).
 struct Timing {
     last: Instant,
     first: bool,
+    output_tokens: prometheus::IntCounter,
+    ttft: prometheus::Histogram,
+    itl: prometheus::Histogram,
 }
 
 impl Timing {
-    fn on_tokens(
-        &mut self,
-        state: &AppState,
-        guard: &mut RequestGuard,
-        model: &str,
-        start: Instant,
-        n: usize,
-    ) {
+    fn new(state: &AppState, model: &str, start: Instant) -> Self {
+        let m = &state.metrics;
+        Timing {
+            last: start,
+            first: true,
+            output_tokens: m.output_tokens.with_label_values(&[model]),
+            ttft: m.ttft.with_label_values(&[model]),
+            itl: m.itl.with_label_values(&[model]),
+        }
+    }
+
+    fn on_tokens(&mut self, guard: &mut RequestGuard, start: Instant, n: usize) {
         if n == 0 {
             return;
         }
         let now = Instant::now();
-        let m = &state.metrics;
-        m.output_tokens.with_label_values(&[model]).inc_by(n as u64);
+        self.output_tokens.inc_by(n as u64);
         if self.first {
             self.first = false;
             guard.first_token();
-            m.ttft
-                .with_label_values(&[model])
-                .observe(now.duration_since(start).as_secs_f64());
-            if n > 1 {
-                // Tokens that came with the first one: zero gap each.
-                let h = m.itl.with_label_values(&[model]);
-                for _ in 1..n {
-                    h.observe(0.0);
-                }
+            self.ttft.observe(now.duration_since(start).as_secs_f64());
+            // Tokens that came with the first one: zero gap each.
+            for _ in 1..n {
+                self.itl.observe(0.0);
             }
         } else {
             let gap = now.duration_since(self.last).as_secs_f64() / n as f64;
-            let h = m.itl.with_label_values(&[model]);
             for _ in 0..n {
-                h.observe(gap);
+                self.itl.observe(gap);
             }
         }
         self.last = now;
@@ -334,20 +335,11 @@ pub async fn unary(
 ) -> Result<String, ApiError> {
     let mut stream = dispatch(&state, &job).await?;
     let mut pipe = TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
-    let mut timing = Timing {
-        last: job.start,
-        first: true,
-    };
+    let mut timing = Timing::new(&state, &job.model, job.start);
     let mut text = String::new();
     while let Some(item) = stream.next().await {
         let out = item.map_err(map_runtime_error)?;
-        timing.on_tokens(
-            &state,
-            &mut guard,
-            &job.model,
-            job.start,
-            out.token_ids.len(),
-        );
+        timing.on_tokens(&mut guard, job.start, out.token_ids.len());
         text.push_str(&pipe.push(&out));
         if pipe.finish.is_some() {
             break;
@@ -464,17 +456,16 @@ pub async fn streaming(
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let mut pipe = TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
-        let mut timing = Timing {
-            last: job.start,
-            first: true,
-        };
+        let mut timing = Timing::new(&state, &job.model, job.start);
         let include_usage = job.params.include_usage;
         let usage_field = |u: Option<UsageBody>| include_usage.then_some(u);
         let mut sent_role = false;
         let mut next = first.map(Ok);
+        let mut ended = false;
         loop {
             let item = match next.take() {
                 Some(i) => Some(i),
+                None if ended => None,
                 None => tokio::select! {
                     i = stream.next() => i,
                     _ = tx.closed() => return, // client gone: dropping `stream` cancels the worker
@@ -491,14 +482,26 @@ pub async fn streaming(
                     return;
                 }
             };
-            timing.on_tokens(
-                &state,
-                &mut guard,
-                &job.model,
-                job.start,
-                out.token_ids.len(),
-            );
-            let text = pipe.push(&out);
+            timing.on_tokens(&mut guard, job.start, out.token_ids.len());
+            let mut text = pipe.push(&out);
+            // Fold items that are already here into the same chunk (fewer, larger SSE events
+            // under load; never waits for more).
+            while pipe.finish.is_none() {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(o))) => {
+                        timing.on_tokens(&mut guard, job.start, o.token_ids.len());
+                        text.push_str(&pipe.push(&o));
+                    }
+                    Some(other) => {
+                        next = other;
+                        if next.is_none() {
+                            ended = true;
+                        }
+                        break;
+                    }
+                    None => break,
+                }
+            }
             if !text.is_empty() || (!sent_role && job.kind == Kind::Chat && pipe.finish.is_none()) {
                 let c = chunk(&job, Some(&text), !sent_role, None, usage_field(None));
                 sent_role = true;
