@@ -42,10 +42,22 @@ mod tests {
 
     #[test]
     fn envelope_shapes() {
-        let d: Envelope<u32> = Envelope::Data { d: vec![7], end: false };
-        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"t":"data","d":[7]}"#);
-        let d: Envelope<u32> = Envelope::Data { d: vec![7, 8], end: true };
-        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"t":"data","d":[7,8],"end":true}"#);
+        let d: Envelope<u32> = Envelope::Data {
+            d: vec![7],
+            end: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"t":"data","d":[7]}"#
+        );
+        let d: Envelope<u32> = Envelope::Data {
+            d: vec![7, 8],
+            end: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"t":"data","d":[7,8],"end":true}"#
+        );
         let e: Envelope<u32> =
             serde_json::from_str(r#"{"t":"error","kind":"invalid_request","message":"too long"}"#)
                 .unwrap();
