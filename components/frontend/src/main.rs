@@ -54,12 +54,10 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--http-host/--http-port: {e}"))?;
     anyhow::ensure!(cli.body_limit_mb > 0, "--body-limit-mb must be > 0");
-    let cache = cli.model_cache.clone().unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".cache/dynamo/models")
-    });
+    let cache = cli
+        .model_cache
+        .clone()
+        .unwrap_or_else(|| dynamo_llm::model::default_cache_dir(std::env::var_os("HOME")));
 
     let drt = DistributedRuntime::connect(
         cli.rt.runtime_config(),

@@ -91,13 +91,6 @@ impl Handler<PreprocessedRequest, EngineOutput> for MockHandler {
     }
 }
 
-fn default_cache() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join(".cache/dynamo/models")
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -108,7 +101,10 @@ async fn main() -> anyhow::Result<()> {
     let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
     let system_addr = cli.system.system_addr()?;
 
-    let cache = cli.model_cache.clone().unwrap_or_else(default_cache);
+    let cache = cli
+        .model_cache
+        .clone()
+        .unwrap_or_else(|| model::default_cache_dir(std::env::var_os("HOME")));
     let spec = cli.model.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let src = model::resolve(&spec, &cache, true)?;

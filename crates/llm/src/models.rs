@@ -38,6 +38,8 @@ struct Inner {
     loaded: RwLock<HashMap<String, Arc<ModelEntry>>>,
     cache_dir: PathBuf,
     metrics: FrontendMetrics,
+    /// Models whose preprocessor is being loaded now (so updates do not load twice).
+    loading: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Outcome of looking a model up.
@@ -69,6 +71,7 @@ impl ModelManager {
                 loaded: RwLock::default(),
                 cache_dir,
                 metrics,
+                loading: Default::default(),
             }),
         };
         let this = mm.clone();
@@ -108,14 +111,8 @@ impl ModelManager {
     }
 
     fn load(&self, name: String, card: ModelCard) {
-        // Reserve the name so concurrent updates do not load twice.
-        static LOADING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        {
-            let mut l = LOADING.lock().unwrap();
-            if l.contains(&name) {
-                return;
-            }
-            l.push(name.clone());
+        if !self.inner.loading.lock().unwrap().insert(name.clone()) {
+            return;
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -151,7 +148,7 @@ impl ModelManager {
                     tracing::error!(model = %name, error = %e, "cannot load model for preprocessing")
                 }
             }
-            LOADING.lock().unwrap().retain(|n| n != &name);
+            this.inner.loading.lock().unwrap().remove(&name);
         });
     }
 

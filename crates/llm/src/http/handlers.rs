@@ -151,10 +151,7 @@ async fn run(
                 Prompt::Completion(input) => pre.tokenize(&input),
             }
         };
-        let big = match &parsed_prompt_len_hint(headers) {
-            Some(n) => *n > INLINE_TOKENIZE_BYTES,
-            None => false,
-        };
+        let big = content_length(headers).is_some_and(|n| n > INLINE_TOKENIZE_BYTES);
         if big {
             tokio::task::spawn_blocking(work)
                 .await
@@ -234,7 +231,7 @@ async fn run(
     }
 }
 
-fn parsed_prompt_len_hint(headers: &HeaderMap) -> Option<usize> {
+fn content_length(headers: &HeaderMap) -> Option<usize> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

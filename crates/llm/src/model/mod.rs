@@ -45,6 +45,13 @@ impl ModelSource {
     }
 }
 
+/// The model cache used when none is configured: `$HOME/.cache/dynamo/models`.
+pub fn default_cache_dir(home: Option<std::ffi::OsString>) -> PathBuf {
+    home.map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cache/dynamo/models")
+}
+
 /// Whether `spec` names the default model.
 pub fn is_default_name(spec: &str) -> bool {
     spec == DEFAULT_MODEL_NAME || spec == fetch::DEFAULT_MODEL_HF_ID
