@@ -107,7 +107,26 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "dynamo-llm",
         ],
     ),
-    ("tests", &["dynamo-test-support", "dynamo-protocols"]),
+    ("crates/engine", &["dynamo-telemetry", "dynamo-protocols"]),
+    (
+        "components/worker",
+        &[
+            "dynamo-engine",
+            "dynamo-runtime",
+            "dynamo-protocols",
+            "dynamo-telemetry",
+            "dynamo-llm",
+        ],
+    ),
+    (
+        "tests",
+        &[
+            "dynamo-test-support",
+            "dynamo-protocols",
+            "dynamo-engine",
+            "dynamo-llm",
+        ],
+    ),
 ];
 
 #[test]

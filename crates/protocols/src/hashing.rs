@@ -28,6 +28,14 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
         .collect()
 }
 
+/// The sequence hash of a block whose predecessor has sequence hash `prev`.
+pub fn next_sequence_hash(prev: u64, local: u64) -> u64 {
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&prev.to_le_bytes());
+    buf[8..].copy_from_slice(&local.to_le_bytes());
+    xxh3_64_with_seed(&buf, KV_HASH_SEED)
+}
+
 /// Chain local hashes into sequence hashes: `seq[0] = local[0]`,
 /// `seq[i] = xxh3(le(seq[i-1]) ‖ le(local[i]), 1337)`.
 pub fn sequence_hashes(local: &[u64]) -> Vec<u64> {
@@ -36,10 +44,7 @@ pub fn sequence_hashes(local: &[u64]) -> Vec<u64> {
         if i == 0 {
             out.push(h);
         } else {
-            let mut buf = [0u8; 16];
-            buf[..8].copy_from_slice(&out[i - 1].to_le_bytes());
-            buf[8..].copy_from_slice(&h.to_le_bytes());
-            out.push(xxh3_64_with_seed(&buf, KV_HASH_SEED));
+            out.push(next_sequence_hash(out[i - 1], h));
         }
     }
     out

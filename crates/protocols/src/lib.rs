@@ -4,10 +4,12 @@
 //! Everything here is plain serde data: no I/O, no runtime.
 
 pub mod hashing;
+pub mod kv_events;
 pub mod model_card;
 pub mod names;
 pub mod request;
 
+pub use kv_events::{KvCacheEvent, KvCacheEventData, RouterEvent};
 pub use model_card::ModelCard;
 pub use request::{
     EngineOutput, FinishReason, PreprocessedRequest, SamplingOptions, StopConditions, Usage,

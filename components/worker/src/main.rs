@@ -1,0 +1,241 @@
+//! `dynamo-worker`: loads the engine, serves it on `namespace/component/endpoint` of the
+//! request plane, registers a model card for the frontend, and publishes the engine's KV
+//! events for the router. Flags → config → wiring.
+
+#[path = "../../common/runtime_args.rs"]
+mod runtime_args;
+#[path = "../../common/system_args.rs"]
+mod system_args;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use dynamo_engine::{Engine, EngineConfig, EngineError};
+use dynamo_llm::model;
+use dynamo_protocols::kv_events::{kv_events_subject, RouterEvent};
+use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
+use dynamo_runtime::error::ErrorKind;
+use dynamo_runtime::{
+    DistributedRuntime, EndpointId, Handler, HandlerError, HandlerStream, RequestContext,
+};
+use futures::StreamExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dynamo-worker",
+    version,
+    about = "LLM worker: continuous-batching engine with a prefix-shared paged KV cache"
+)]
+struct Cli {
+    /// Model: a .gguf file, a Hugging Face safetensors directory, or `SmolLM2-135M-Instruct`
+    /// (fetched into the model cache when missing).
+    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
+    model: String,
+    /// Name clients use in `model` (default: the model name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Model cache directory (default ~/.cache/dynamo/models).
+    #[arg(long, env = "DYN_MODEL_CACHE")]
+    model_cache: Option<PathBuf>,
+    /// Tokens per KV page; also the KV block size reported to the router.
+    #[arg(long, default_value_t = 16)]
+    page_size: usize,
+    /// Most requests in the running batch.
+    #[arg(long, default_value_t = 64)]
+    max_running_requests: usize,
+    /// KV pool capacity in tokens (default: what --kv-cache-memory-mb holds).
+    #[arg(long)]
+    max_total_tokens: Option<usize>,
+    /// Memory budget of the KV pool in MiB, used when --max-total-tokens is not given.
+    #[arg(long, default_value_t = 1024)]
+    kv_cache_memory_mb: usize,
+    /// Most prompt tokens prefilled per iteration; longer prompts are split into chunks
+    /// that share iterations with decoding requests.
+    #[arg(long, default_value_t = 512)]
+    chunked_prefill_size: usize,
+    /// Override the model's context length.
+    #[arg(long)]
+    context_length: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Device to run on (only `cpu` in this build).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
+    /// Do not share KV blocks between requests with a common prefix.
+    #[arg(long)]
+    disable_radix_cache: bool,
+    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
+    namespace: String,
+    #[arg(long, default_value = "backend")]
+    component: String,
+    #[arg(long, default_value = "generate")]
+    endpoint: String,
+    #[command(flatten)]
+    rt: runtime_args::RuntimeArgs,
+    #[command(flatten)]
+    system: system_args::SystemArgs,
+}
+
+struct EngineHandler(Arc<Engine>);
+
+impl Handler<PreprocessedRequest, EngineOutput> for EngineHandler {
+    fn generate(
+        &self,
+        req: PreprocessedRequest,
+        _ctx: RequestContext,
+    ) -> HandlerStream<EngineOutput> {
+        match self.0.generate(req) {
+            Ok(rx) => {
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|o| (Ok(o), rx)) },
+                )
+                .boxed()
+            }
+            Err(e) => {
+                let kind = match e {
+                    EngineError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+                    _ => ErrorKind::Internal,
+                };
+                futures::stream::once(async move { Err(HandlerError::new(kind, e.to_string())) })
+                    .boxed()
+            }
+        }
+    }
+}
+
+fn engine_config(cli: &Cli, model: PathBuf) -> anyhow::Result<EngineConfig> {
+    if cli.device == DeviceKind::Cuda {
+        anyhow::bail!(
+            "--device cuda is not available in this build yet (CUDA support arrives with the \
+             `cuda` feature); use --device cpu"
+        );
+    }
+    let mut cfg = EngineConfig::new(model);
+    cfg.page_size = cli.page_size;
+    cfg.max_running_requests = cli.max_running_requests;
+    cfg.max_total_tokens = cli.max_total_tokens;
+    cfg.kv_cache_memory_bytes = cli.kv_cache_memory_mb << 20;
+    cfg.chunked_prefill_size = cli.chunked_prefill_size;
+    cfg.context_length = cli.context_length;
+    if let Some(t) = cli.threads {
+        cfg.threads = t;
+    }
+    cfg.enable_prefix_caching = !cli.disable_radix_cache;
+    cfg.kv_events = true;
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cli.rt.init_logging()?;
+    let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
+    let system_addr = cli.system.system_addr()?;
+    let cache = cli
+        .model_cache
+        .clone()
+        .unwrap_or_else(|| model::default_cache_dir(std::env::var_os("HOME")));
+    let spec = cli.model.clone();
+    let source = tokio::task::spawn_blocking(move || model::resolve(&spec, &cache, true))
+        .await?
+        .with_context(|| format!("--model {:?}", cli.model))?;
+    let cfg = engine_config(&cli, source.path().to_path_buf())?;
+    let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
+        .await?
+        .with_context(|| format!("loading {}", source.path().display()))?;
+    let info = engine.info().clone();
+    tracing::info!(
+        model = %source.path().display(),
+        params = info.weights.params,
+        formats = %info.weights.formats(),
+        weight_mb = info.weights.bytes_per_token / (1 << 20),
+        layers = info.model.layers,
+        hidden = info.model.hidden,
+        kv_tokens = info.max_total_tokens,
+        kv_blocks = info.kv_blocks,
+        page_size = info.page_size,
+        kv_mb = info.kv_bytes / (1 << 20),
+        context_length = info.context_length,
+        threads = info.threads,
+        kernels = ?info.isa,
+        load_s = info.load_time.as_secs_f64(),
+        "engine loaded"
+    );
+    let served = cli.served_model_name.clone().unwrap_or_else(|| {
+        if model::is_default_name(&cli.model) {
+            model::DEFAULT_MODEL_NAME.to_string()
+        } else {
+            source
+                .path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| cli.model.clone())
+        }
+    });
+    let card = ModelCard {
+        served_model_name: served.clone(),
+        source: source.path().display().to_string(),
+        context_length: info.context_length as u32,
+        kv_cache_block_size: info.page_size as u32,
+        total_kv_blocks: info.kv_blocks as u64,
+        max_num_seqs: info.max_running_requests as u64,
+        max_num_batched_tokens: info.chunked_prefill_size as u64,
+    };
+
+    let drt =
+        DistributedRuntime::connect(cli.rt.runtime_config(), cli.system.health_state()?).await?;
+    let system_port = match system_addr {
+        Some(addr) => Some(
+            drt.start_system_server(addr, cli.system.status_paths())
+                .await?
+                .port(),
+        ),
+        None => None,
+    };
+    let engine = Arc::new(engine);
+    let events = engine.take_kv_events();
+    let instance = drt
+        .serve_endpoint(
+            id.clone(),
+            Arc::new(EngineHandler(engine.clone())),
+            serde_json::to_value(&card)?,
+            system_port,
+        )
+        .await?;
+    if let Some(mut events) = events {
+        let nats = drt.nats().clone();
+        let subject = kv_events_subject(&cli.namespace, &cli.component);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let ev = RouterEvent {
+                    worker_id: instance,
+                    event,
+                };
+                match serde_json::to_vec(&ev) {
+                    Ok(body) => {
+                        if let Err(e) = nats.publish(subject.clone(), body.into()).await {
+                            tracing::warn!(error = %e, "cannot publish KV event");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot encode KV event"),
+                }
+            }
+        });
+    }
+    tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "worker ready");
+
+    runtime_args::shutdown_signal().await;
+    drt.shutdown().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

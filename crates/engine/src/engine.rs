@@ -1,0 +1,288 @@
+//! The engine's public face: configuration, loading (weights, KV pool sizing, the compute
+//! thread pool, the scheduler thread), request validation and submission, statistics.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest};
+use tokio::sync::mpsc as tmpsc;
+
+use crate::kernels::{self, Isa};
+use crate::kv::{BlockPool, KvCache, PoolStats};
+use crate::model::{self, Model, ModelConfig, WeightSummary};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::scheduler::{Cmd, SchedConfig, Scheduler, Seq};
+use crate::EngineError;
+
+/// Engine settings (the worker's flags).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A `.gguf` file or a Hugging Face directory.
+    pub model: PathBuf,
+    /// Tokens per KV block (also the block size reported for routing).
+    pub page_size: usize,
+    /// Most sequences in the running batch.
+    pub max_running_requests: usize,
+    /// KV pool capacity in tokens; `None` = derived from `kv_cache_memory_bytes`.
+    pub max_total_tokens: Option<usize>,
+    /// Memory budget for the KV pool when `max_total_tokens` is not given.
+    pub kv_cache_memory_bytes: usize,
+    /// Most prompt tokens prefilled per iteration (longer prompts are chunked).
+    pub chunked_prefill_size: usize,
+    /// Override the model's context length.
+    pub context_length: Option<usize>,
+    /// Compute threads.
+    pub threads: usize,
+    /// Share KV blocks between requests with a common prefix.
+    pub enable_prefix_caching: bool,
+    /// Produce KV events (take them with [`Engine::take_kv_events`]).
+    pub kv_events: bool,
+}
+
+impl EngineConfig {
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            model: model.into(),
+            page_size: 16,
+            max_running_requests: 64,
+            max_total_tokens: None,
+            kv_cache_memory_bytes: 1 << 30,
+            chunked_prefill_size: 512,
+            context_length: None,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            enable_prefix_caching: true,
+            kv_events: false,
+        }
+    }
+}
+
+/// What was loaded, for logs, the model card and metrics.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub model: ModelConfig,
+    pub weights: WeightSummary,
+    pub page_size: usize,
+    pub kv_blocks: usize,
+    pub max_total_tokens: usize,
+    pub kv_bytes: usize,
+    pub context_length: usize,
+    pub max_running_requests: usize,
+    pub chunked_prefill_size: usize,
+    pub threads: usize,
+    pub isa: Isa,
+    pub load_time: Duration,
+}
+
+/// Counters and gauges refreshed once per scheduler iteration.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub pool: PoolStats,
+    pub iterations: u64,
+    pub retractions: u64,
+    pub prefill_tokens: u64,
+    pub decode_tokens: u64,
+    pub finished: u64,
+    pub cancelled: u64,
+}
+
+/// A running engine. Dropping it stops the scheduler once in-flight requests end.
+pub struct Engine {
+    tx: Mutex<mpsc::Sender<Cmd>>,
+    info: EngineInfo,
+    stats: Arc<Mutex<EngineStats>>,
+    events: Mutex<Option<tmpsc::UnboundedReceiver<KvCacheEvent>>>,
+    next_id: AtomicU64,
+}
+
+impl Engine {
+    /// Load the model and start the scheduler (blocking; seconds).
+    pub fn load(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        let bad = |m: String| Err(EngineError::Config(m));
+        if cfg.page_size == 0 || cfg.page_size > 1024 {
+            return bad(format!(
+                "--page-size must be in 1..=1024, got {}",
+                cfg.page_size
+            ));
+        }
+        if cfg.max_running_requests == 0 {
+            return bad("--max-running-requests must be > 0".into());
+        }
+        if cfg.chunked_prefill_size == 0 {
+            return bad("--chunked-prefill-size must be > 0".into());
+        }
+        if cfg.threads == 0 {
+            return bad("--threads must be > 0".into());
+        }
+        let t0 = Instant::now();
+        let weights = model::load(&cfg.model)?;
+        let mc = weights.cfg.clone();
+        let context_length = cfg.context_length.unwrap_or(mc.context_length);
+        if context_length == 0 {
+            return bad("--context-length must be > 0".into());
+        }
+        let kv_dim = mc.kv_heads * mc.head_dim;
+        let per_token = KvCache::bytes_per_token(mc.layers, kv_dim);
+        let tokens = cfg
+            .max_total_tokens
+            .unwrap_or(cfg.kv_cache_memory_bytes / per_token);
+        let blocks = tokens / cfg.page_size;
+        if blocks < 2 {
+            return bad(format!(
+                "KV pool of {tokens} tokens is too small (--max-total-tokens or the memory budget)"
+            ));
+        }
+        let kv = KvCache::new(mc.layers, blocks, cfg.page_size, kv_dim);
+        let pool = kernels::ComputePool::new(cfg.threads)
+            .map_err(|e| EngineError::Config(format!("thread pool: {e}")))?;
+        let info = EngineInfo {
+            model: mc.clone(),
+            weights: weights.summary.clone(),
+            page_size: cfg.page_size,
+            kv_blocks: blocks,
+            max_total_tokens: blocks * cfg.page_size,
+            kv_bytes: blocks * cfg.page_size * per_token,
+            context_length,
+            max_running_requests: cfg.max_running_requests,
+            chunked_prefill_size: cfg.chunked_prefill_size,
+            threads: cfg.threads,
+            isa: kernels::isa(),
+            load_time: t0.elapsed(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let (etx, erx) = if cfg.kv_events {
+            let (a, b) = tmpsc::unbounded_channel();
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
+        let sched = Scheduler::new(
+            Model { w: weights },
+            kv,
+            BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching),
+            SchedConfig {
+                max_running: cfg.max_running_requests,
+                chunk: cfg.chunked_prefill_size,
+                context_length,
+            },
+            pool,
+            rx,
+            etx,
+            stats.clone(),
+        );
+        std::thread::Builder::new()
+            .name("engine-scheduler".into())
+            .spawn(move || sched.run())
+            .map_err(|e| EngineError::Config(format!("scheduler thread: {e}")))?;
+        Ok(Engine {
+            tx: Mutex::new(tx),
+            info,
+            stats,
+            events: Mutex::new(erx),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    /// Latest per-iteration statistics.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The KV event stream (once; `None` if not enabled or already taken).
+    pub fn take_kv_events(&self) -> Option<tmpsc::UnboundedReceiver<KvCacheEvent>> {
+        self.events.lock().ok()?.take()
+    }
+
+    /// Drop every unreferenced cached block (emits removed events).
+    pub fn clear_cache(&self) -> Result<(), EngineError> {
+        self.send(Cmd::ClearCache)
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), EngineError> {
+        self.tx
+            .lock()
+            .map_err(|_| EngineError::Stopped)?
+            .send(cmd)
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    /// Validate and queue a request; outputs stream on the returned channel. Dropping the
+    /// receiver cancels the request and frees its KV blocks at the next iteration.
+    pub fn generate(
+        &self,
+        req: PreprocessedRequest,
+    ) -> Result<tmpsc::UnboundedReceiver<EngineOutput>, EngineError> {
+        let inv = |m: String| Err(EngineError::InvalidRequest(m));
+        let prompt = req.token_ids;
+        if prompt.is_empty() {
+            return inv("the prompt is empty".into());
+        }
+        let vocab = self.info.model.vocab;
+        if let Some(t) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return inv(format!(
+                "token id {t} is outside the vocabulary (size {vocab})"
+            ));
+        }
+        let ctx = self.info.context_length;
+        let room = ctx.saturating_sub(prompt.len());
+        if room == 0 {
+            return inv(format!(
+                "the prompt has {} tokens but the context length is {ctx}",
+                prompt.len()
+            ));
+        }
+        let max_new = match req.stop.max_tokens {
+            Some(0) => return inv("max_tokens must be at least 1".into()),
+            Some(m) if m as usize > room => {
+                return inv(format!(
+                    "prompt ({} tokens) plus max_tokens ({m}) exceeds the context length {ctx}",
+                    prompt.len()
+                ))
+            }
+            Some(m) => m as usize,
+            None => room,
+        };
+        let need = (prompt.len() + max_new).div_ceil(self.info.page_size);
+        if need > self.info.kv_blocks {
+            return inv(format!(
+                "prompt plus max_tokens needs {} KV tokens but the pool holds {}",
+                need * self.info.page_size,
+                self.info.max_total_tokens
+            ));
+        }
+        let params =
+            SamplingParams::from_options(&req.sampling).map_err(EngineError::InvalidRequest)?;
+        let mut stop_ids = req.stop.stop_token_ids.clone();
+        if !req.stop.ignore_eos {
+            stop_ids.extend(self.info.model.eos_token_ids.iter().copied());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fallback_seed = id
+            ^ (Instant::now().elapsed().as_nanos() as u64)
+            ^ 0x5DEE_CE66_D1CE_4E5B
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        let sampler = Sampler::new(params, &prompt, fallback_seed);
+        let (tx, rx) = tmpsc::unbounded_channel();
+        let seq = Seq::new(
+            id,
+            prompt,
+            max_new,
+            req.stop.min_tokens.unwrap_or(0) as usize,
+            stop_ids,
+            sampler,
+            tx,
+        );
+        self.send(Cmd::Add(Box::new(seq)))?;
+        Ok(rx)
+    }
+}

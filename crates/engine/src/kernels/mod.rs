@@ -1,0 +1,384 @@
+//! Matrix kernels of the forward pass: weight formats kept as loaded (GGUF Q4_1 / Q8_0 blocks,
+//! or dense f32), activations quantized once per matmul into 8-bit blocks (like llama.cpp's
+//! Q8_1), and integer dot products selected at run time (AVX2+FMA when the CPU has them, a
+//! portable loop otherwise — never a build for the host CPU only).
+//!
+//! Every output element is computed by the same code path in the same order whatever the
+//! batch size or the row tile it falls in, so a sequence gets bit-identical logits alone or
+//! batched (batch invariance).
+
+mod avx2;
+mod scalar;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Elements per quantization block (all formats used here).
+pub const QK: usize = 32;
+/// Bytes of one GGUF Q4_1 block: f16 scale, f16 min, 16 bytes of nibbles.
+pub const Q4_1_BYTES: usize = 20;
+/// Bytes of one GGUF Q8_0 block: f16 scale, 32 signed bytes.
+pub const Q8_0_BYTES: usize = 34;
+
+/// Which instruction set the kernels use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx2,
+    Portable,
+}
+
+/// Detected once per process.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::env::var_os("DYN_ENGINE_PORTABLE_KERNELS").is_some() {
+            return Isa::Portable;
+        }
+        if avx2::available() {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        }
+    })
+}
+
+/// The compute threads a forward pass runs on (every parallel loop of the kernels uses the
+/// pool it is installed in).
+pub struct ComputePool(rayon::ThreadPool);
+
+impl ComputePool {
+    pub fn new(threads: usize) -> Result<Self, String> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("engine-compute-{i}"))
+            .build()
+            .map(ComputePool)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Run `f` with this pool's threads.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.0.install(f)
+    }
+}
+
+/// f16 bits → f32, through a table (the conversion sits in the kernels' inner loops).
+#[inline(always)]
+pub(crate) fn f16_to_f32(bits: u16) -> f32 {
+    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| half::f16::from_bits(b).to_f32())
+            .collect()
+    });
+    t[bits as usize]
+}
+
+/// Activations quantized per 32-element block: `x ≈ d · q`, `s = d · Σq` (both rounded to f16
+/// precision as llama.cpp stores them).
+#[derive(Debug, Default, Clone)]
+pub struct ActQ8 {
+    pub rows: usize,
+    pub k: usize,
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+}
+
+impl ActQ8 {
+    /// Quantize `rows` rows of length `k` (a multiple of 32) from `x`, reusing buffers.
+    pub fn quantize_into(&mut self, x: &[f32], rows: usize, k: usize) {
+        debug_assert_eq!(k % QK, 0);
+        debug_assert!(x.len() >= rows * k);
+        self.rows = rows;
+        self.k = k;
+        let nb = rows * k / QK;
+        self.qs.resize(rows * k, 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        let xs = &x[..rows * k];
+        let job = |((xb, qb), (d, s)): ((&[f32], &mut [i8]), (&mut f32, &mut f32))| {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let dd = amax / 127.0;
+            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in qb.iter_mut().zip(xb) {
+                let r = (v * id).round_ties_even() as i32;
+                *q = r as i8;
+                sum += r;
+            }
+            *d = half::f16::from_f32(dd).to_f32();
+            *s = half::f16::from_f32(sum as f32 * dd).to_f32();
+        };
+        if rows >= 16 {
+            xs.par_chunks(QK)
+                .zip(self.qs.par_chunks_mut(QK))
+                .zip(self.d.par_iter_mut().zip(self.s.par_iter_mut()))
+                .for_each(job);
+        } else {
+            xs.chunks(QK)
+                .zip(self.qs.chunks_mut(QK))
+                .zip(self.d.iter_mut().zip(self.s.iter_mut()))
+                .for_each(job);
+        }
+    }
+
+    fn row(&self, r: usize) -> ActRow<'_> {
+        let nb = self.k / QK;
+        ActRow {
+            qs: &self.qs[r * self.k..(r + 1) * self.k],
+            d: &self.d[r * nb..(r + 1) * nb],
+            s: &self.s[r * nb..(r + 1) * nb],
+        }
+    }
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+/// A weight matrix of `n` output rows by `k` inputs.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// GGUF Q4_1 blocks, row-major.
+    Q4_1(Vec<u8>),
+    /// GGUF Q8_0 blocks, row-major.
+    Q8_0(Vec<u8>),
+    /// Dense f32, row-major.
+    F32(Vec<f32>),
+}
+
+/// A linear layer `y = x · Wᵀ`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub n: usize,
+    pub k: usize,
+    pub w: Weight,
+}
+
+/// The input of a matmul, in the forms the weight formats need.
+pub struct Input<'a> {
+    pub rows: usize,
+    pub f32: &'a [f32],
+    pub q8: Option<&'a ActQ8>,
+}
+
+impl Linear {
+    pub fn new(n: usize, k: usize, w: Weight) -> Result<Self, String> {
+        let ok = match &w {
+            Weight::Q4_1(b) => k % QK == 0 && b.len() == n * k / QK * Q4_1_BYTES,
+            Weight::Q8_0(b) => k % QK == 0 && b.len() == n * k / QK * Q8_0_BYTES,
+            Weight::F32(v) => v.len() == n * k,
+        };
+        if ok {
+            Ok(Linear { n, k, w })
+        } else {
+            Err(format!("weight data does not match shape {n}x{k}"))
+        }
+    }
+
+    /// Whether the input must be quantized for this layer.
+    pub fn needs_q8(&self) -> bool {
+        !matches!(self.w, Weight::F32(_))
+    }
+
+    /// Bytes of weight data (read once per forward).
+    pub fn bytes(&self) -> usize {
+        match &self.w {
+            Weight::Q4_1(b) | Weight::Q8_0(b) => b.len(),
+            Weight::F32(v) => v.len() * 4,
+        }
+    }
+
+    /// Stack layers with the same input size into one (rows concatenated), so one dispatch
+    /// computes them all. Mixed formats are widened to f32.
+    pub fn concat(parts: Vec<Linear>) -> Result<Linear, String> {
+        let k = parts.first().ok_or("nothing to concatenate")?.k;
+        if parts.iter().any(|p| p.k != k) {
+            return Err("input sizes differ".into());
+        }
+        let n = parts.iter().map(|p| p.n).sum();
+        let same = |f: fn(&Weight) -> bool| parts.iter().all(|p| f(&p.w));
+        let w = if same(|w| matches!(w, Weight::Q4_1(_))) {
+            Weight::Q4_1(parts.iter().flat_map(|p| p.raw_bytes()).copied().collect())
+        } else if same(|w| matches!(w, Weight::Q8_0(_))) {
+            Weight::Q8_0(parts.iter().flat_map(|p| p.raw_bytes()).copied().collect())
+        } else {
+            Weight::F32(parts.iter().flat_map(|p| p.to_f32()).collect())
+        };
+        Linear::new(n, k, w)
+    }
+
+    fn raw_bytes(&self) -> &[u8] {
+        match &self.w {
+            Weight::Q4_1(b) | Weight::Q8_0(b) => b,
+            Weight::F32(_) => &[],
+        }
+    }
+
+    /// Dequantized copy of the whole matrix.
+    pub fn to_f32(&self) -> Vec<f32> {
+        (0..self.n).flat_map(|r| self.row_f32(r)).collect()
+    }
+
+    /// Dequantize one row (embedding lookup).
+    pub fn row_f32(&self, r: usize) -> Vec<f32> {
+        let nb = self.k / QK;
+        match &self.w {
+            Weight::F32(v) => v[r * self.k..(r + 1) * self.k].to_vec(),
+            Weight::Q8_0(b) => {
+                let row = &b[r * nb * Q8_0_BYTES..(r + 1) * nb * Q8_0_BYTES];
+                let mut out = Vec::with_capacity(self.k);
+                for blk in row.chunks_exact(Q8_0_BYTES) {
+                    let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+                    out.extend(blk[2..].iter().map(|&q| d * f32::from(q as i8)));
+                }
+                out
+            }
+            Weight::Q4_1(b) => {
+                let row = &b[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES];
+                let mut out = Vec::with_capacity(self.k);
+                for blk in row.chunks_exact(Q4_1_BYTES) {
+                    let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+                    let m = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+                    let q = &blk[4..];
+                    out.extend(q.iter().map(|&b| d * f32::from(b & 0xF) + m));
+                    out.extend(q.iter().map(|&b| d * f32::from(b >> 4) + m));
+                }
+                out
+            }
+        }
+    }
+
+    /// `out[r · n + c] = x[r] · W[c]` for every input row, in parallel on the current rayon
+    /// pool: by input rows when there are many (prefill), by output columns otherwise.
+    pub fn forward(&self, x: &Input<'_>, out: &mut [f32]) {
+        let (t, n) = (x.rows, self.n);
+        assert!(out.len() >= t * n, "output buffer too small");
+        let out = &mut out[..t * n];
+        let threads = rayon::current_num_threads().max(1);
+        if t >= 8 * threads {
+            let per = t.div_ceil(threads * 2).next_multiple_of(4);
+            out.par_chunks_mut(per * n)
+                .enumerate()
+                .for_each(|(i, o)| self.compute(x, i * per, i * per + o.len() / n, 0, n, o));
+        } else {
+            let tasks = if n * t >= 4096 { threads * 2 } else { 1 };
+            let per = n.div_ceil(tasks).next_multiple_of(8);
+            let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per))
+                .into_par_iter()
+                .map(|i| {
+                    let (c0, c1) = (i * per, ((i + 1) * per).min(n));
+                    let mut buf = vec![0f32; t * (c1 - c0)];
+                    self.compute(x, 0, t, c0, c1, &mut buf);
+                    (c0, buf)
+                })
+                .collect();
+            for (c0, buf) in parts {
+                let w = buf.len() / t;
+                for r in 0..t {
+                    out[r * n + c0..r * n + c0 + w].copy_from_slice(&buf[r * w..(r + 1) * w]);
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r1` × columns `c0..c1` into `out` (row stride `c1 - c0`).
+    fn compute(&self, x: &Input<'_>, r0: usize, r1: usize, c0: usize, c1: usize, out: &mut [f32]) {
+        let ld = c1 - c0;
+        let nb = self.k / QK;
+        let avx = isa() == Isa::Avx2;
+        for c in c0..c1 {
+            let mut r = r0;
+            while r < r1 {
+                let take = (r1 - r).min(4);
+                let mut res = [0f32; 4];
+                match &self.w {
+                    Weight::Q4_1(b) => {
+                        let q8 = x.q8.expect("Q4_1 weights need quantized input");
+                        let w = &b[c * nb * Q4_1_BYTES..(c + 1) * nb * Q4_1_BYTES];
+                        let rows: [ActRow; 4] =
+                            std::array::from_fn(|i| q8.row(r + i.min(take - 1)));
+                        if avx {
+                            avx2::q4_1(w, &rows[..take], &mut res[..take])
+                        } else {
+                            scalar::q4_1(w, &rows[..take], &mut res[..take])
+                        }
+                    }
+                    Weight::Q8_0(b) => {
+                        let q8 = x.q8.expect("Q8_0 weights need quantized input");
+                        let w = &b[c * nb * Q8_0_BYTES..(c + 1) * nb * Q8_0_BYTES];
+                        let rows: [ActRow; 4] =
+                            std::array::from_fn(|i| q8.row(r + i.min(take - 1)));
+                        if avx {
+                            avx2::q8_0(w, &rows[..take], &mut res[..take])
+                        } else {
+                            scalar::q8_0(w, &rows[..take], &mut res[..take])
+                        }
+                    }
+                    Weight::F32(v) => {
+                        let w = &v[c * self.k..(c + 1) * self.k];
+                        let rows: [&[f32]; 4] = std::array::from_fn(|i| {
+                            let rr = r + i.min(take - 1);
+                            &x.f32[rr * self.k..(rr + 1) * self.k]
+                        });
+                        if avx {
+                            avx2::f32_dot(w, &rows[..take], &mut res[..take])
+                        } else {
+                            scalar::f32_dot(w, &rows[..take], &mut res[..take])
+                        }
+                    }
+                }
+                for (i, v) in res[..take].iter().enumerate() {
+                    out[(r - r0 + i) * ld + (c - c0)] = *v;
+                }
+                r += take;
+            }
+        }
+    }
+}
+
+/// RMS norm of each `k`-row of `x` into `out`, scaled by `w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let k = w.len();
+    for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+        let ss = (xr.iter().map(|&v| f64::from(v * v)).sum::<f64>() / k as f64) as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// Attention helpers over f16 K/V (SIMD when available): `q · k`.
+pub fn dot_f16(q: &[f32], k: &[u16]) -> f32 {
+    if isa() == Isa::Avx2 {
+        avx2::dot_f16(q, k)
+    } else {
+        scalar::dot_f16(q, k)
+    }
+}
+
+/// `acc += w · v` with `v` in f16.
+pub fn axpy_f16(acc: &mut [f32], w: f32, v: &[u16]) {
+    if isa() == Isa::Avx2 {
+        avx2::axpy_f16(acc, w, v)
+    } else {
+        scalar::axpy_f16(acc, w, v)
+    }
+}
+
+/// f32 → f16 bits (round to nearest even).
+pub fn to_f16(x: &[f32], out: &mut [u16]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = half::f16::from_f32(*v).to_bits();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,86 @@
+//! Portable kernels (any CPU): the same formats and the same per-row arithmetic order as the
+//! SIMD ones, in plain loops. Also the reference the SIMD kernels are tested against.
+
+use super::{f16_to_f32, ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
+
+pub fn q4_1(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
+    for (row, o) in rows.iter().zip(out.iter_mut()) {
+        let mut acc = 0f32;
+        let mut summ = 0f32;
+        for (b, blk) in w.chunks_exact(Q4_1_BYTES).enumerate() {
+            let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+            let mw = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+            let a = &row.qs[b * QK..(b + 1) * QK];
+            let mut isum = 0i32;
+            for (j, &q) in blk[4..].iter().enumerate() {
+                isum += i32::from(q & 0xF) * i32::from(a[j]);
+                isum += i32::from(q >> 4) * i32::from(a[j + 16]);
+            }
+            acc += dw * row.d[b] * isum as f32;
+            summ += mw * row.s[b];
+        }
+        *o = acc + summ;
+    }
+}
+
+pub fn q8_0(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
+    for (row, o) in rows.iter().zip(out.iter_mut()) {
+        let mut acc = 0f32;
+        for (b, blk) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+            let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+            let a = &row.qs[b * QK..(b + 1) * QK];
+            let isum: i32 = blk[2..]
+                .iter()
+                .zip(a)
+                .map(|(&q, &x)| i32::from(q as i8) * i32::from(x))
+                .sum();
+            acc += dw * row.d[b] * isum as f32;
+        }
+        *o = acc;
+    }
+}
+
+pub fn f32_dot(w: &[f32], rows: &[&[f32]], out: &mut [f32]) {
+    for (row, o) in rows.iter().zip(out.iter_mut()) {
+        *o = dot(w, row);
+    }
+}
+
+pub fn dot_f16(q: &[f32], k: &[u16]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let n = q.len().min(k.len());
+    let n8 = n - n % 8;
+    for i in (0..n8).step_by(8) {
+        for l in 0..8 {
+            lanes[l] += q[i + l] * f16_to_f32(k[i + l]);
+        }
+    }
+    let mut s: f32 = lanes.iter().sum();
+    for i in n8..n {
+        s += q[i] * f16_to_f32(k[i]);
+    }
+    s
+}
+
+pub fn axpy_f16(acc: &mut [f32], w: f32, v: &[u16]) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a += w * f16_to_f32(*x);
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, like the SIMD lanes, so long dot products keep precision.
+    let mut lanes = [0f32; 8];
+    let n = a.len().min(b.len());
+    let n8 = n - n % 8;
+    for i in (0..n8).step_by(8) {
+        for l in 0..8 {
+            lanes[l] += a[i + l] * b[i + l];
+        }
+    }
+    let mut s: f32 = lanes.iter().sum();
+    for i in n8..n {
+        s += a[i] * b[i];
+    }
+    s
+}

@@ -1,0 +1,163 @@
+//! Kernel tests: SIMD against the portable loops against a dequantized f32 reference, and the
+//! row-tile invariance the scheduler's batch invariance rests on.
+
+use super::*;
+
+/// Small deterministic generator (no rand dependency in the engine).
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+fn q4_1_weights(n: usize, k: usize, seed: &mut u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..n * k / QK {
+        let d = half::f16::from_f32(0.01 + lcg(seed).abs() * 0.05);
+        let m = half::f16::from_f32(lcg(seed) * 0.2);
+        out.extend(d.to_bits().to_le_bytes());
+        out.extend(m.to_bits().to_le_bytes());
+        for _ in 0..16 {
+            out.push(((lcg(seed).abs() * 255.0) as u8) & 0xFF);
+        }
+    }
+    out
+}
+
+fn q8_0_weights(n: usize, k: usize, seed: &mut u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..n * k / QK {
+        out.extend(
+            half::f16::from_f32(0.01 + lcg(seed).abs() * 0.02)
+                .to_bits()
+                .to_le_bytes(),
+        );
+        for _ in 0..QK {
+            out.push((lcg(seed) * 127.0) as i8 as u8);
+        }
+    }
+    out
+}
+
+fn check(lin: &Linear, t: usize, seed: &mut u64) {
+    let x: Vec<f32> = (0..t * lin.k).map(|_| lcg(seed)).collect();
+    let mut q = ActQ8::default();
+    q.quantize_into(&x, t, lin.k);
+    let input = Input {
+        rows: t,
+        f32: &x,
+        q8: Some(&q),
+    };
+    let mut out = vec![0f32; t * lin.n];
+    lin.forward(&input, &mut out);
+    // Reference: dequantized weights · dequantized activations (what the integer kernel
+    // computes exactly, up to float rounding).
+    let w = lin.to_f32();
+    for r in 0..t {
+        let xr: Vec<f32> = if lin.needs_q8() {
+            (0..lin.k)
+                .map(|j| f32::from(q.qs[r * lin.k + j]) * q.d[(r * lin.k + j) / QK])
+                .collect()
+        } else {
+            x[r * lin.k..(r + 1) * lin.k].to_vec()
+        };
+        for c in 0..lin.n {
+            let want: f32 = (0..lin.k).map(|j| w[c * lin.k + j] * xr[j]).sum();
+            let got = out[r * lin.n + c];
+            assert!(
+                (want - got).abs() <= 1e-3 * (1.0 + want.abs()),
+                "row {r} col {c}: {got} vs {want}"
+            );
+        }
+    }
+    // Batch invariance: each row alone gives bit-identical results.
+    for r in 0..t {
+        let mut q1 = ActQ8::default();
+        q1.quantize_into(&x[r * lin.k..(r + 1) * lin.k], 1, lin.k);
+        let one = Input {
+            rows: 1,
+            f32: &x[r * lin.k..(r + 1) * lin.k],
+            q8: Some(&q1),
+        };
+        let mut o1 = vec![0f32; lin.n];
+        lin.forward(&one, &mut o1);
+        assert_eq!(
+            o1,
+            out[r * lin.n..(r + 1) * lin.n],
+            "row {r} differs alone vs batched"
+        );
+    }
+}
+
+#[test]
+fn q4_1_matches_reference_and_is_tile_invariant() {
+    let mut seed = 7;
+    let (n, k) = (70, 128);
+    let lin = Linear::new(n, k, Weight::Q4_1(q4_1_weights(n, k, &mut seed))).unwrap();
+    for t in [1, 3, 5, 9, 40] {
+        check(&lin, t, &mut seed);
+    }
+}
+
+#[test]
+fn q8_0_matches_reference_and_is_tile_invariant() {
+    let mut seed = 11;
+    let (n, k) = (33, 96);
+    let lin = Linear::new(n, k, Weight::Q8_0(q8_0_weights(n, k, &mut seed))).unwrap();
+    for t in [1, 2, 7, 33] {
+        check(&lin, t, &mut seed);
+    }
+}
+
+#[test]
+fn f32_matches_reference_and_is_tile_invariant() {
+    let mut seed = 13;
+    let (n, k) = (17, 72);
+    let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+    let lin = Linear::new(n, k, Weight::F32(w)).unwrap();
+    for t in [1, 4, 6, 50] {
+        check(&lin, t, &mut seed);
+    }
+}
+
+#[test]
+fn simd_and_portable_agree() {
+    let mut seed = 5;
+    let (n, k) = (8, 256);
+    let w = q4_1_weights(n, k, &mut seed);
+    let x: Vec<f32> = (0..3 * k).map(|_| lcg(&mut seed)).collect();
+    let mut q = ActQ8::default();
+    q.quantize_into(&x, 3, k);
+    let rows: Vec<ActRow> = (0..3).map(|r| q.row(r)).collect();
+    let nb = k / QK;
+    for c in 0..n {
+        let wr = &w[c * nb * Q4_1_BYTES..(c + 1) * nb * Q4_1_BYTES];
+        let mut a = [0f32; 3];
+        let mut b = [0f32; 3];
+        scalar::q4_1(wr, &rows, &mut a);
+        if avx2::available() {
+            avx2::q4_1(wr, &rows, &mut b);
+            for i in 0..3 {
+                assert!(
+                    (a[i] - b[i]).abs() <= 1e-4 * (1.0 + a[i].abs()),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn concat_stacks_rows_and_widens_mixed_formats() {
+    let mut seed = 3;
+    let a = Linear::new(4, 64, Weight::Q4_1(q4_1_weights(4, 64, &mut seed))).unwrap();
+    let b = Linear::new(2, 64, Weight::Q4_1(q4_1_weights(2, 64, &mut seed))).unwrap();
+    let c = Linear::new(3, 64, Weight::Q8_0(q8_0_weights(3, 64, &mut seed))).unwrap();
+    let ab = Linear::concat(vec![a.clone(), b.clone()]).unwrap();
+    assert!(matches!(ab.w, Weight::Q4_1(_)));
+    assert_eq!(ab.row_f32(5), b.row_f32(1));
+    let abc = Linear::concat(vec![a, b, c.clone()]).unwrap();
+    assert!(matches!(abc.w, Weight::F32(_)));
+    assert_eq!(abc.row_f32(8), c.row_f32(2));
+}

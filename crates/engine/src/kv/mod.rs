@@ -1,0 +1,45 @@
+//! KV cache: the paged K/V storage (one f16 slab per layer, addressed by block and offset)
+//! and the block pool with its radix tree of shared prefixes.
+
+mod pool;
+
+pub use pool::{BlockPool, NodeId, PoolStats, ROOT};
+
+/// K and V for every layer as f16 bits, `blocks × page` slots of `kv_heads × head_dim` each.
+pub struct KvCache {
+    pub page: usize,
+    kv_dim: usize,
+    layers: Vec<(Vec<u16>, Vec<u16>)>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, blocks: usize, page: usize, kv_dim: usize) -> Self {
+        let n = blocks * page * kv_dim;
+        KvCache {
+            page,
+            kv_dim,
+            layers: (0..layers)
+                .map(|_| (vec![0u16; n], vec![0u16; n]))
+                .collect(),
+        }
+    }
+
+    /// Bytes per token slot across all layers (K and V).
+    pub fn bytes_per_token(layers: usize, kv_dim: usize) -> usize {
+        layers * 2 * kv_dim * std::mem::size_of::<u16>()
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    pub fn layer(&self, i: usize) -> (&[u16], &[u16]) {
+        let (k, v) = &self.layers[i];
+        (k, v)
+    }
+
+    pub fn layer_mut(&mut self, i: usize) -> (&mut [u16], &mut [u16]) {
+        let (k, v) = &mut self.layers[i];
+        (k, v)
+    }
+}

@@ -1,0 +1,304 @@
+//! The KV block pool and its radix tree of full blocks. A block is free, private to one
+//! sequence (being filled), or a node of the tree (its tokens and prefix fixed, shared by any
+//! number of sequences through reference counts). Unreferenced nodes stay cached and are
+//! evicted leaf-first in LRU order when the free list runs dry. Every node insertion and
+//! eviction becomes a KV event (stored / removed) with the router's block hashes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
+use dynamo_protocols::kv_events::{
+    KvCacheEventData, KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlock,
+};
+
+/// Node index; 0 is the root (no block).
+pub type NodeId = u32;
+pub const ROOT: NodeId = 0;
+
+struct Node {
+    parent: NodeId,
+    children: HashMap<u64, NodeId>,
+    tokens: Box<[u32]>,
+    local_hash: u64,
+    seq_hash: u64,
+    block: u32,
+    refs: u32,
+    last_use: u64,
+    live: bool,
+}
+
+/// Counts for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub total: usize,
+    pub free: usize,
+    /// Blocks in tree nodes nobody references (reclaimable).
+    pub evictable: usize,
+    /// Blocks in tree nodes some sequence references.
+    pub shared_in_use: usize,
+    /// Blocks private to sequences.
+    pub private_in_use: usize,
+}
+
+/// Block pool plus prefix tree.
+pub struct BlockPool {
+    page: usize,
+    total: usize,
+    free: Vec<u32>,
+    nodes: Vec<Node>,
+    free_nodes: Vec<NodeId>,
+    lru: BinaryHeap<Reverse<(u64, NodeId)>>,
+    tick: u64,
+    unreferenced: usize,
+    referenced: usize,
+    events: Vec<KvCacheEventData>,
+    caching: bool,
+}
+
+impl BlockPool {
+    /// `total` blocks of `page` tokens; `caching` off = no prefix sharing (blocks freed at
+    /// sequence end).
+    pub fn new(total: usize, page: usize, caching: bool) -> Self {
+        let root = Node {
+            parent: ROOT,
+            children: HashMap::new(),
+            tokens: Box::new([]),
+            local_hash: 0,
+            seq_hash: 0,
+            block: u32::MAX,
+            refs: 1,
+            last_use: 0,
+            live: true,
+        };
+        BlockPool {
+            page,
+            total,
+            free: (0..total as u32).rev().collect(),
+            nodes: vec![root],
+            free_nodes: Vec::new(),
+            lru: BinaryHeap::new(),
+            tick: 0,
+            unreferenced: 0,
+            referenced: 0,
+            events: Vec::new(),
+            caching,
+        }
+    }
+
+    pub fn page(&self) -> usize {
+        self.page
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Blocks obtainable now: free plus evictable.
+    pub fn available(&self) -> usize {
+        self.free.len() + self.unreferenced
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let shared = self.referenced;
+        PoolStats {
+            total: self.total,
+            free: self.free.len(),
+            evictable: self.unreferenced,
+            shared_in_use: shared,
+            private_in_use: self.total - self.free.len() - self.unreferenced - shared,
+        }
+    }
+
+    /// Take the events produced since the last call.
+    pub fn drain_events(&mut self) -> Vec<KvCacheEventData> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The longest chain of cached full blocks that prefixes `tokens`, at most `max_blocks`.
+    pub fn match_prefix(&self, tokens: &[u32], max_blocks: usize) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        if !self.caching {
+            return out;
+        }
+        let mut cur = ROOT;
+        for blk in tokens.chunks_exact(self.page).take(max_blocks) {
+            let h = local_block_hash(blk);
+            match self.nodes[cur as usize].children.get(&h) {
+                Some(&n) if *self.nodes[n as usize].tokens == *blk => {
+                    out.push(n);
+                    cur = n;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// How many of `nodes` are currently unreferenced (acquiring them lowers `available`).
+    pub fn unreferenced_among(&self, nodes: &[NodeId]) -> usize {
+        nodes
+            .iter()
+            .filter(|&&n| self.nodes[n as usize].refs == 0)
+            .count()
+    }
+
+    pub fn block_of(&self, n: NodeId) -> u32 {
+        self.nodes[n as usize].block
+    }
+
+    /// Reference nodes (a sequence starts using them).
+    pub fn acquire(&mut self, nodes: &[NodeId]) {
+        for &n in nodes {
+            let node = &mut self.nodes[n as usize];
+            if node.refs == 0 {
+                self.unreferenced -= 1;
+                self.referenced += 1;
+            }
+            node.refs += 1;
+        }
+    }
+
+    /// Drop references; nodes nobody uses become evictable (most recently used last).
+    pub fn release(&mut self, nodes: &[NodeId]) {
+        self.tick += 1;
+        for &n in nodes.iter().rev() {
+            let node = &mut self.nodes[n as usize];
+            debug_assert!(node.refs > 0);
+            node.refs -= 1;
+            node.last_use = self.tick;
+            if node.refs == 0 {
+                self.unreferenced += 1;
+                self.referenced -= 1;
+                if node.children.is_empty() {
+                    self.lru.push(Reverse((self.tick, n)));
+                }
+            }
+        }
+    }
+
+    /// A block for a sequence's private use, evicting a cached block if needed.
+    pub fn alloc(&mut self) -> Option<u32> {
+        if let Some(b) = self.free.pop() {
+            return Some(b);
+        }
+        self.evict_one()?;
+        self.free.pop()
+    }
+
+    /// Return a private block.
+    pub fn free_block(&mut self, b: u32) {
+        self.free.push(b);
+    }
+
+    fn evict_one(&mut self) -> Option<()> {
+        while let Some(Reverse((tick, n))) = self.lru.pop() {
+            let node = &self.nodes[n as usize];
+            if !node.live || node.refs > 0 || !node.children.is_empty() || node.last_use != tick {
+                continue; // stale heap entry
+            }
+            let (parent, h, seq_hash, block) =
+                (node.parent, node.local_hash, node.seq_hash, node.block);
+            self.nodes[parent as usize].children.remove(&h);
+            let node = &mut self.nodes[n as usize];
+            node.live = false;
+            node.tokens = Box::new([]);
+            self.free_nodes.push(n);
+            self.free.push(block);
+            self.unreferenced -= 1;
+            self.push_removed(seq_hash);
+            let p = &self.nodes[parent as usize];
+            if parent != ROOT && p.refs == 0 && p.children.is_empty() {
+                self.lru.push(Reverse((p.last_use, parent)));
+            }
+            return Some(());
+        }
+        None
+    }
+
+    /// Make the full private block `block` (holding `tokens`, following `parent`) a shared
+    /// node. Returns the node and whether the caller's block was kept: if an identical node
+    /// already exists, the caller must switch to its block (already referenced for it) and
+    /// its own block has been freed.
+    pub fn insert(&mut self, parent: NodeId, tokens: &[u32], block: u32) -> (NodeId, bool) {
+        debug_assert_eq!(tokens.len(), self.page);
+        let h = local_block_hash(tokens);
+        if let Some(&n) = self.nodes[parent as usize].children.get(&h) {
+            if *self.nodes[n as usize].tokens == *tokens {
+                self.acquire(&[n]);
+                self.free.push(block);
+                return (n, false);
+            }
+            // A local-hash collision with different tokens: keep the block private.
+            return (u32::MAX, true);
+        }
+        let parent_hash = (parent != ROOT).then(|| self.nodes[parent as usize].seq_hash);
+        let seq_hash = parent_hash.map_or(h, |p| next_sequence_hash(p, h));
+        let node = Node {
+            parent,
+            children: HashMap::new(),
+            tokens: tokens.into(),
+            local_hash: h,
+            seq_hash,
+            block,
+            refs: 1,
+            last_use: self.tick,
+            live: true,
+        };
+        let id = match self.free_nodes.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = node;
+                id
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as NodeId
+            }
+        };
+        self.nodes[parent as usize].children.insert(h, id);
+        self.referenced += 1;
+        self.push_stored(parent_hash, seq_hash, h);
+        (id, true)
+    }
+
+    fn push_stored(&mut self, parent_hash: Option<u64>, block_hash: u64, tokens_hash: u64) {
+        let blk = KvCacheStoredBlock {
+            block_hash,
+            tokens_hash,
+            mm_extra_info: None,
+        };
+        if let Some(KvCacheEventData::Stored(s)) = self.events.last_mut() {
+            if parent_hash.is_some() && s.blocks.last().map(|b| b.block_hash) == parent_hash {
+                s.blocks.push(blk);
+                return;
+            }
+        }
+        self.events.push(KvCacheEventData::Stored(KvCacheStoreData {
+            parent_hash,
+            blocks: vec![blk],
+        }));
+    }
+
+    fn push_removed(&mut self, h: u64) {
+        if let Some(KvCacheEventData::Removed(r)) = self.events.last_mut() {
+            r.block_hashes.push(h);
+            return;
+        }
+        self.events
+            .push(KvCacheEventData::Removed(KvCacheRemoveData {
+                block_hashes: vec![h],
+            }));
+    }
+
+    /// Drop every unreferenced cached block (`clear_kv_blocks`); referenced ones stay.
+    pub fn clear_cache(&mut self) -> usize {
+        let mut n = 0;
+        while self.unreferenced > 0 && self.evict_one().is_some() {
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! Block pool and radix tree: prefix matching, sharing, LRU leaf-first eviction, events.
+
+use super::*;
+use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
+
+fn blk(start: u32) -> Vec<u32> {
+    (start..start + 4).collect()
+}
+
+#[test]
+fn insert_match_share_and_evict_in_lru_order() {
+    let mut p = BlockPool::new(4, 4, true);
+    // Sequence A fills two blocks and publishes them.
+    let a0 = p.alloc().unwrap();
+    let (n0, kept) = p.insert(ROOT, &blk(0), a0);
+    assert!(kept);
+    let a1 = p.alloc().unwrap();
+    let (n1, _) = p.insert(n0, &blk(4), a1);
+    let toks: Vec<u32> = (0..8).collect();
+    assert_eq!(p.match_prefix(&toks, 10), vec![n0, n1]);
+    assert_eq!(p.match_prefix(&toks, 1), vec![n0]);
+    // Events: one stored run with the router's hashes.
+    let ev = p.drain_events();
+    let want = sequence_hashes(&block_hashes(&toks, 4));
+    match &ev[..] {
+        [KvCacheEventData::Stored(s)] => {
+            assert_eq!(s.parent_hash, None);
+            let got: Vec<u64> = s.blocks.iter().map(|b| b.block_hash).collect();
+            assert_eq!(got, want);
+            assert_eq!(s.blocks[1].tokens_hash, block_hashes(&toks, 4)[1]);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    // A second sequence shares them; an identical block inserted again dedups.
+    p.acquire(&[n0, n1]);
+    let b = p.alloc().unwrap();
+    let (n, kept) = p.insert(ROOT, &blk(0), b);
+    assert_eq!((n, kept), (n0, false));
+    p.release(&[n0]);
+    assert_eq!(p.stats().shared_in_use, 2);
+    p.release(&[n0, n1]);
+    p.release(&[n0, n1]);
+    assert_eq!(p.stats().evictable, 2);
+    assert_eq!(p.available(), 4);
+    // Exhaust the free list: the leaf goes first, then its parent.
+    let got: Vec<u32> = (0..4).map(|_| p.alloc().unwrap()).collect();
+    assert_eq!(got.len(), 4);
+    assert!(p.alloc().is_none());
+    let ev = p.drain_events();
+    match &ev[..] {
+        [KvCacheEventData::Removed(r)] => assert_eq!(r.block_hashes, vec![want[1], want[0]]),
+        other => panic!("unexpected events {other:?}"),
+    }
+    assert!(p.match_prefix(&toks, 10).is_empty());
+}
+
+#[test]
+fn referenced_blocks_are_never_evicted() {
+    let mut p = BlockPool::new(2, 4, true);
+    let b = p.alloc().unwrap();
+    let (n, _) = p.insert(ROOT, &blk(0), b);
+    let _other = p.alloc().unwrap();
+    assert!(p.alloc().is_none(), "the only cached block is referenced");
+    p.release(&[n]);
+    assert!(p.alloc().is_some());
+}
+
+#[test]
+fn no_caching_means_no_matches() {
+    let mut p = BlockPool::new(2, 4, false);
+    let b = p.alloc().unwrap();
+    p.free_block(b);
+    assert!(p.match_prefix(&blk(0), 1).is_empty());
+}

@@ -1,0 +1,289 @@
+//! The batched Llama forward pass over sequences of different lengths and positions: token
+//! embedding, per layer RMSNorm → stacked QKV → RoPE → write K/V into the paged cache →
+//! grouped-query attention over each sequence's pages → output projection → RMSNorm →
+//! SwiGLU MLP, then the final norm and LM head only for the rows that need logits.
+
+use rayon::prelude::*;
+
+use super::config::RopeStyle;
+use super::load::Weights;
+use crate::kernels::{self, rms_norm, ActQ8, Input, Linear};
+use crate::kv::KvCache;
+
+/// One sequence's slice of a batch: `tokens` at positions `start..start + tokens.len()`,
+/// its page table, and whether the last token's logits are wanted.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub start: usize,
+    pub pages: &'a [u32],
+    pub logits: bool,
+}
+
+/// Buffers reused across forward calls (no per-step allocation once warm).
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    q8: ActQ8,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    tok_seq: Vec<u32>,
+    tok_pos: Vec<u32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// The model ready to run.
+pub struct Model {
+    pub w: Weights,
+}
+
+impl Model {
+    fn lm_head(&self) -> &Linear {
+        self.w.lm_head.as_ref().unwrap_or(&self.w.embed)
+    }
+
+    fn matmul(lin: &Linear, x: &[f32], rows: usize, q8: &mut ActQ8, out: &mut [f32]) {
+        if lin.needs_q8() {
+            q8.quantize_into(x, rows, lin.k);
+        }
+        let input = Input {
+            rows,
+            f32: &x[..rows * lin.k],
+            q8: lin.needs_q8().then_some(&*q8),
+        };
+        lin.forward(&input, out);
+    }
+
+    /// Run one batch; returns the logits (vocab-sized rows) of the sequences with
+    /// `logits: true`, in order. Must run inside the engine's rayon pool.
+    pub fn forward(&self, kv: &mut KvCache, seqs: &[SeqInput<'_>], s: &mut Scratch) -> Vec<f32> {
+        let c = &self.w.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
+        let hdim = c.hidden;
+        let qkv_n = (nh + 2 * nkv) * hd;
+        let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+        if t == 0 {
+            return Vec::new();
+        }
+        s.tok_seq.clear();
+        s.tok_pos.clear();
+        for (i, q) in seqs.iter().enumerate() {
+            for j in 0..q.tokens.len() {
+                s.tok_seq.push(i as u32);
+                s.tok_pos.push((q.start + j) as u32);
+            }
+        }
+        // RoPE tables for this batch's positions.
+        let half = hd / 2;
+        s.cos.resize(t * half, 0.0);
+        s.sin.resize(t * half, 0.0);
+        for (i, &p) in s.tok_pos.iter().enumerate() {
+            for (j, f) in self.w.inv_freq.iter().enumerate() {
+                let a = p as f32 * f;
+                s.cos[i * half + j] = a.cos();
+                s.sin[i * half + j] = a.sin();
+            }
+        }
+        grow(&mut s.x, t * hdim);
+        let mut row = 0;
+        for q in seqs {
+            for &tok in q.tokens {
+                let e = self.w.embed.row_f32(tok as usize % c.vocab);
+                s.x[row * hdim..(row + 1) * hdim].copy_from_slice(&e);
+                row += 1;
+            }
+        }
+        grow(&mut s.h, t * hdim);
+        grow(&mut s.qkv, t * qkv_n);
+        grow(&mut s.att, t * nh * hd);
+        grow(&mut s.tmp, t * hdim);
+        grow(&mut s.gu, t * 2 * c.intermediate);
+        grow(&mut s.act, t * c.intermediate);
+        let page = kv.page;
+        let slot = |seq: usize, pos: usize| -> usize {
+            seqs[seq].pages[pos / page] as usize * page + pos % page
+        };
+
+        for (li, l) in self.w.layers.iter().enumerate() {
+            norm_rows(
+                &s.x[..t * hdim],
+                &l.attn_norm,
+                c.rms_eps,
+                &mut s.h[..t * hdim],
+            );
+            Self::matmul(&l.qkv, &s.h, t, &mut s.q8, &mut s.qkv);
+            // RoPE on q and k heads, then K/V into the cache.
+            let (cos, sin, style) = (&s.cos, &s.sin, c.rope_style);
+            s.qkv[..t * qkv_n]
+                .par_chunks_mut(qkv_n)
+                .with_min_len(16)
+                .enumerate()
+                .for_each(|(i, r)| {
+                    let (cs, sn) = (
+                        &cos[i * half..(i + 1) * half],
+                        &sin[i * half..(i + 1) * half],
+                    );
+                    for h in r[..(nh + nkv) * hd].chunks_exact_mut(hd) {
+                        rope(h, cs, sn, style);
+                    }
+                });
+            let kvd = nkv * hd;
+            let (kc, vc) = kv.layer_mut(li);
+            for i in 0..t {
+                let sl = slot(s.tok_seq[i] as usize, s.tok_pos[i] as usize);
+                let r = &s.qkv[i * qkv_n..(i + 1) * qkv_n];
+                kernels::to_f16(
+                    &r[nh * hd..nh * hd + kvd],
+                    &mut kc[sl * kvd..(sl + 1) * kvd],
+                );
+                kernels::to_f16(&r[nh * hd + kvd..], &mut vc[sl * kvd..(sl + 1) * kvd]);
+            }
+            self.attention(kv, li, seqs, s, t);
+            Self::matmul(&l.o, &s.att, t, &mut s.q8, &mut s.tmp);
+            add_rows(&mut s.x[..t * hdim], &s.tmp[..t * hdim]);
+            norm_rows(
+                &s.x[..t * hdim],
+                &l.ffn_norm,
+                c.rms_eps,
+                &mut s.h[..t * hdim],
+            );
+            Self::matmul(&l.gate_up, &s.h, t, &mut s.q8, &mut s.gu);
+            let inter = c.intermediate;
+            s.act[..t * inter]
+                .par_chunks_mut(inter)
+                .zip(s.gu[..t * 2 * inter].par_chunks(2 * inter))
+                .with_min_len(16)
+                .for_each(|(a, gu)| {
+                    let (g, u) = gu.split_at(inter);
+                    for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
+                        *a = g / (1.0 + (-g).exp()) * u;
+                    }
+                });
+            Self::matmul(&l.down, &s.act, t, &mut s.q8, &mut s.tmp);
+            add_rows(&mut s.x[..t * hdim], &s.tmp[..t * hdim]);
+        }
+
+        // Final norm and LM head for the rows that want logits.
+        let mut last_rows = Vec::new();
+        let mut end = 0;
+        for q in seqs {
+            end += q.tokens.len();
+            if q.logits {
+                last_rows.push(end - 1);
+            }
+        }
+        if last_rows.is_empty() {
+            return Vec::new();
+        }
+        let n = last_rows.len();
+        let mut sel = vec![0f32; n * hdim];
+        for (i, &r) in last_rows.iter().enumerate() {
+            rms_norm(
+                &s.x[r * hdim..(r + 1) * hdim],
+                &self.w.norm,
+                c.rms_eps,
+                &mut sel[i * hdim..(i + 1) * hdim],
+            );
+        }
+        let head = self.lm_head();
+        let mut logits = vec![0f32; n * head.n];
+        Self::matmul(head, &sel, n, &mut s.q8, &mut logits);
+        logits
+    }
+
+    /// Grouped-query attention for every (token, KV head) pair, in parallel.
+    fn attention(&self, kv: &KvCache, li: usize, seqs: &[SeqInput<'_>], s: &mut Scratch, t: usize) {
+        let c = &self.w.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
+        let g = nh / nkv;
+        let qkv_n = (nh + 2 * nkv) * hd;
+        let kvd = nkv * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (kc, vc) = kv.layer(li);
+        let page = kv.page;
+        let (qkv, tok_seq, tok_pos) = (&s.qkv, &s.tok_seq, &s.tok_pos);
+        s.att[..t * nh * hd]
+            .par_chunks_mut(g * hd)
+            .enumerate()
+            .for_each_init(Vec::new, |scores: &mut Vec<f32>, (item, out)| {
+                let (ti, kh) = (item / nkv, item % nkv);
+                let seq = &seqs[tok_seq[ti] as usize];
+                let n = tok_pos[ti] as usize + 1;
+                scores.clear();
+                scores.resize(g * n, 0.0);
+                let q = &qkv[ti * qkv_n + kh * g * hd..ti * qkv_n + (kh + 1) * g * hd];
+                for j in 0..n {
+                    let sl = seq.pages[j / page] as usize * page + j % page;
+                    let k = &kc[sl * kvd + kh * hd..sl * kvd + (kh + 1) * hd];
+                    for h in 0..g {
+                        scores[h * n + j] = kernels::dot_f16(&q[h * hd..(h + 1) * hd], k) * scale;
+                    }
+                }
+                for h in 0..g {
+                    let sc = &mut scores[h * n..(h + 1) * n];
+                    let m = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut sum = 0.0;
+                    for v in sc.iter_mut() {
+                        *v = (*v - m).exp();
+                        sum += *v;
+                    }
+                    let inv = 1.0 / sum;
+                    let o = &mut out[h * hd..(h + 1) * hd];
+                    o.fill(0.0);
+                    for (j, w) in sc.iter().enumerate() {
+                        let sl = seq.pages[j / page] as usize * page + j % page;
+                        kernels::axpy_f16(
+                            o,
+                            w * inv,
+                            &vc[sl * kvd + kh * hd..sl * kvd + (kh + 1) * hd],
+                        );
+                    }
+                }
+            });
+    }
+}
+
+fn rope(h: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = h.len() / 2;
+    match style {
+        RopeStyle::Interleaved => {
+            for i in 0..half {
+                let (a, b) = (h[2 * i], h[2 * i + 1]);
+                h[2 * i] = a * cos[i] - b * sin[i];
+                h[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+        RopeStyle::Halves => {
+            for i in 0..half {
+                let (a, b) = (h[i], h[i + half]);
+                h[i] = a * cos[i] - b * sin[i];
+                h[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+}
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let k = w.len();
+    x.par_chunks(k)
+        .zip(out.par_chunks_mut(k))
+        .with_min_len(16)
+        .for_each(|(xr, or)| rms_norm(xr, w, eps, or));
+}
+
+fn add_rows(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096))
+        .with_min_len(8)
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}

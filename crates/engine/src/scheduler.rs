@@ -1,0 +1,422 @@
+//! The scheduler thread: owns the model, the KV cache and the batch. Each iteration it drops
+//! cancelled requests, gives every running sequence its next tokens (one for decode, a chunk
+//! under the token budget for prefill), admits waiting requests FCFS after matching their
+//! prefix in the radix tree (bounded by KV capacity), retracts the youngest sequence when a
+//! decode step finds no free block, runs one batched forward, samples, streams tokens, and
+//! publishes full blocks to the tree as they are computed.
+
+use std::collections::VecDeque;
+use std::sync::{mpsc, Arc, Mutex};
+
+use dynamo_protocols::{EngineOutput, FinishReason, KvCacheEvent, Usage};
+use rayon::prelude::*;
+use tokio::sync::mpsc as tmpsc;
+
+use crate::engine::EngineStats;
+use crate::kernels::ComputePool;
+use crate::kv::{BlockPool, KvCache, NodeId, ROOT};
+use crate::model::{Model, Scratch, SeqInput};
+use crate::sampling::Sampler;
+
+pub(crate) enum Cmd {
+    Add(Box<Seq>),
+    ClearCache,
+}
+
+/// One request's state on the scheduler thread.
+pub(crate) struct Seq {
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    max_new: usize,
+    min_new: usize,
+    stop_ids: Vec<u32>,
+    sampler: Sampler,
+    tx: tmpsc::UnboundedSender<EngineOutput>,
+    /// Page table; `pages[..nodes.len()]` are shared tree blocks.
+    pages: Vec<u32>,
+    nodes: Vec<NodeId>,
+    /// Tokens whose K/V are in the cache.
+    computed: usize,
+    /// Prompt tokens served from the prefix cache at first admission.
+    cached: Option<usize>,
+    /// False after a hash collision: later blocks stay private.
+    cacheable: bool,
+}
+
+impl Seq {
+    pub(crate) fn new(
+        _id: u64,
+        prompt: Vec<u32>,
+        max_new: usize,
+        min_new: usize,
+        stop_ids: Vec<u32>,
+        sampler: Sampler,
+        tx: tmpsc::UnboundedSender<EngineOutput>,
+    ) -> Self {
+        Seq {
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            max_new,
+            min_new,
+            stop_ids,
+            sampler,
+            tx,
+            pages: Vec::new(),
+            nodes: Vec::new(),
+            computed: 0,
+            cached: None,
+            cacheable: true,
+        }
+    }
+
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+pub(crate) struct SchedConfig {
+    pub max_running: usize,
+    pub chunk: usize,
+    pub context_length: usize,
+}
+
+pub(crate) struct Scheduler {
+    model: Model,
+    kv: KvCache,
+    pool: BlockPool,
+    cfg: SchedConfig,
+    threads: ComputePool,
+    rx: mpsc::Receiver<Cmd>,
+    events: Option<tmpsc::UnboundedSender<KvCacheEvent>>,
+    event_id: u64,
+    stats: Arc<Mutex<EngineStats>>,
+    local: EngineStats,
+    scratch: Scratch,
+    waiting: VecDeque<Box<Seq>>,
+    running: Vec<Box<Seq>>,
+}
+
+impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        model: Model,
+        kv: KvCache,
+        pool: BlockPool,
+        cfg: SchedConfig,
+        threads: ComputePool,
+        rx: mpsc::Receiver<Cmd>,
+        events: Option<tmpsc::UnboundedSender<KvCacheEvent>>,
+        stats: Arc<Mutex<EngineStats>>,
+    ) -> Self {
+        Scheduler {
+            model,
+            kv,
+            pool,
+            cfg,
+            threads,
+            rx,
+            events,
+            event_id: 0,
+            stats,
+            local: EngineStats::default(),
+            scratch: Scratch::default(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Add(s) => self.waiting.push_back(s),
+            Cmd::ClearCache => {
+                self.pool.clear_cache();
+            }
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                self.publish();
+                match self.rx.recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.handle(cmd);
+            }
+            self.drop_cancelled();
+            let plan = self.schedule();
+            if plan.is_empty() {
+                self.publish();
+                if let Ok(cmd) = self.rx.recv_timeout(std::time::Duration::from_millis(5)) {
+                    self.handle(cmd);
+                }
+                continue;
+            }
+            self.step(&plan);
+            self.local.iterations += 1;
+            self.publish();
+        }
+    }
+
+    fn release(&mut self, s: &mut Seq) {
+        self.pool.release(&s.nodes);
+        for &p in &s.pages[s.nodes.len()..] {
+            self.pool.free_block(p);
+        }
+        s.pages.clear();
+        s.nodes.clear();
+        s.computed = 0;
+    }
+
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].tx.is_closed() {
+                let mut s = self.running.remove(i);
+                self.release(&mut s);
+                self.local.cancelled += 1;
+            } else {
+                i += 1;
+            }
+        }
+        let before = self.waiting.len();
+        self.waiting.retain(|s| !s.tx.is_closed());
+        self.local.cancelled += (before - self.waiting.len()) as u64;
+    }
+
+    /// Retract the youngest running sequence: its blocks go back (full ones stay cached),
+    /// it waits at the head of the queue and recomputes its KV when readmitted.
+    fn retract_youngest(&mut self) {
+        if let Some(mut s) = self.running.pop() {
+            self.release(&mut s);
+            self.waiting.push_front(s);
+            self.local.retractions += 1;
+        }
+    }
+
+    /// Make `s` own pages for positions `< upto`; false when the pool is exhausted.
+    fn ensure_pages(pool: &mut BlockPool, s: &mut Seq, upto: usize) -> bool {
+        let page = pool.page();
+        while s.pages.len() * page < upto {
+            match pool.alloc() {
+                Some(b) => s.pages.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Decide this iteration's work: `(index in running, tokens)`.
+    fn schedule(&mut self) -> Vec<(usize, usize)> {
+        let page = self.pool.page();
+        loop {
+            let mut plan = Vec::new();
+            let mut budget = self.cfg.chunk;
+            let mut i = 0;
+            let mut retracted = false;
+            while i < self.running.len() {
+                let s = &mut self.running[i];
+                let remaining = s.tokens.len() - s.computed;
+                if remaining == 1 {
+                    let upto = s.computed + 1;
+                    if Self::ensure_pages(&mut self.pool, s, upto) {
+                        plan.push((i, 1));
+                        i += 1;
+                    } else {
+                        self.retract_youngest();
+                        retracted = true;
+                    }
+                    continue;
+                }
+                // Prefill chunk: within the budget and the pages obtainable.
+                let fit = (s.pages.len() + self.pool.available()) * page - s.computed;
+                let n = remaining.min(budget).min(fit);
+                let upto = s.computed + n;
+                if n > 0 && Self::ensure_pages(&mut self.pool, s, upto) {
+                    plan.push((i, n));
+                    budget -= n;
+                }
+                i += 1;
+            }
+            if retracted {
+                // Indices after a retraction are still valid (only the tail was removed) but
+                // the plan may reference removed entries; rebuild it.
+                plan.retain(|&(i, _)| i < self.running.len());
+            }
+            self.admit(&mut plan, &mut budget);
+            if !plan.is_empty() || self.running.is_empty() {
+                return plan;
+            }
+            // Nothing can run: every running sequence waits for blocks held by others.
+            self.retract_youngest();
+        }
+    }
+
+    fn admit(&mut self, plan: &mut Vec<(usize, usize)>, budget: &mut usize) {
+        let page = self.pool.page();
+        while self.running.len() < self.cfg.max_running && *budget > 0 {
+            let Some(s) = self.waiting.front() else { break };
+            let len = s.tokens.len();
+            let nodes = self.pool.match_prefix(&s.tokens, (len - 1) / page);
+            let need = len.div_ceil(page) - nodes.len();
+            let avail = self.pool.available() - self.pool.unreferenced_among(&nodes);
+            let headroom = self.running.len();
+            if avail < need + headroom && !(self.running.is_empty() && avail >= need) {
+                break;
+            }
+            let mut s = self.waiting.pop_front().expect("front exists");
+            self.pool.acquire(&nodes);
+            s.pages = nodes.iter().map(|&n| self.pool.block_of(n)).collect();
+            s.computed = nodes.len() * page;
+            s.nodes = nodes;
+            s.cached.get_or_insert(s.computed);
+            let n = (len - s.computed).min(*budget);
+            let upto = s.computed + n;
+            let ok = Self::ensure_pages(&mut self.pool, &mut s, upto);
+            debug_assert!(ok, "admission checked capacity");
+            self.running.push(s);
+            plan.push((self.running.len() - 1, n));
+            *budget -= n;
+        }
+    }
+
+    fn step(&mut self, plan: &[(usize, usize)]) {
+        let inputs: Vec<SeqInput<'_>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                SeqInput {
+                    tokens: &s.tokens[s.computed..s.computed + n],
+                    start: s.computed,
+                    pages: &s.pages,
+                    logits: s.computed + n == s.tokens.len(),
+                }
+            })
+            .collect();
+        let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
+        let logits = self.threads.install(|| model.forward(kv, &inputs, scratch));
+        drop(inputs);
+        let vocab = self.model.w.cfg.vocab;
+        let page = self.pool.page();
+
+        // Advance, publish full blocks, collect who samples.
+        let mut samplers: Vec<usize> = Vec::new();
+        for &(i, n) in plan {
+            let s = &mut self.running[i];
+            if s.tokens.len() - s.computed > 1 {
+                self.local.prefill_tokens += n as u64;
+            } else {
+                self.local.decode_tokens += 1;
+            }
+            s.computed += n;
+            if s.computed == s.tokens.len() {
+                samplers.push(i);
+            }
+            while s.cacheable && s.nodes.len() < s.computed / page {
+                let k = s.nodes.len();
+                let parent = s.nodes.last().copied().unwrap_or(ROOT);
+                let (node, kept) =
+                    self.pool
+                        .insert(parent, &s.tokens[k * page..(k + 1) * page], s.pages[k]);
+                if node == u32::MAX {
+                    s.cacheable = false;
+                    break;
+                }
+                if !kept {
+                    s.pages[k] = self.pool.block_of(node);
+                }
+                s.nodes.push(node);
+            }
+        }
+        // Sample in parallel (each sequence's generator is its own). `samplers` is ascending
+        // and in the order of the logits rows.
+        let mut logits = logits;
+        let mut seqs: Vec<&mut Box<Seq>> = self
+            .running
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| samplers.binary_search(i).is_ok())
+            .map(|(_, s)| s)
+            .collect();
+        let picked: Vec<u32> = self.threads.install(|| {
+            seqs.par_iter_mut()
+                .zip(logits.par_chunks_mut(vocab))
+                .map(|(s, row)| {
+                    let banned = if s.generated() < s.min_new {
+                        s.stop_ids.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    s.sampler.sample(row, &banned)
+                })
+                .collect()
+        });
+        for (s, tok) in seqs.iter_mut().zip(picked) {
+            s.sampler.observe(tok);
+            s.tokens.push(tok);
+        }
+        // Emit and finish.
+        let mut done = Vec::new();
+        for &i in &samplers {
+            let s = &mut self.running[i];
+            let tok = *s.tokens.last().expect("sampled");
+            let g = s.generated();
+            let is_stop = g > s.min_new && s.stop_ids.contains(&tok);
+            let reason = if is_stop {
+                Some(FinishReason::Eos)
+            } else if g >= s.max_new || s.tokens.len() >= self.cfg.context_length {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            let out = EngineOutput {
+                token_ids: if is_stop { vec![] } else { vec![tok] },
+                finish_reason: reason,
+                usage: reason.map(|_| Usage {
+                    prompt_tokens: s.prompt_len as u32,
+                    completion_tokens: g as u32,
+                    cached_tokens: s.cached.unwrap_or(0) as u32,
+                }),
+            };
+            let gone = s.tx.send(out).is_err();
+            if reason.is_some() || gone {
+                done.push(i);
+                if gone {
+                    self.local.cancelled += 1;
+                } else {
+                    self.local.finished += 1;
+                }
+            }
+        }
+        done.sort_unstable();
+        for &i in done.iter().rev() {
+            let mut s = self.running.remove(i);
+            self.release(&mut s);
+        }
+    }
+
+    /// Events and statistics, once per iteration.
+    fn publish(&mut self) {
+        let evs = self.pool.drain_events();
+        if let Some(tx) = &self.events {
+            for data in evs {
+                let ev = KvCacheEvent {
+                    event_id: self.event_id,
+                    data,
+                    dp_rank: 0,
+                };
+                self.event_id += 1;
+                let _ = tx.send(ev);
+            }
+        }
+        self.local.running = self.running.len();
+        self.local.waiting = self.waiting.len();
+        self.local.pool = self.pool.stats();
+        if let Ok(mut s) = self.stats.lock() {
+            *s = self.local.clone();
+        }
+    }
+}
