@@ -92,8 +92,18 @@ impl Cluster {
 
     /// Start a mocker with extra flags; waits until its /health is ready.
     pub fn add_mocker(&mut self, args: &[&str]) -> usize {
+        self.add_process("dynamo-mocker", "mocker", args)
+    }
+
+    /// Start a real worker (`dynamo-worker`, the default model on 2 threads unless `args`
+    /// say otherwise); waits until its /health is ready.
+    pub fn add_worker(&mut self, args: &[&str]) -> usize {
+        self.add_process("dynamo-worker", "worker", args)
+    }
+
+    fn add_process(&mut self, binary: &str, role: &str, args: &[&str]) -> usize {
         self.started += 1;
-        let mut cmd = Command::new(bin("dynamo-mocker"));
+        let mut cmd = Command::new(bin(binary));
         cmd.args(args)
             .env("NATS_SERVER", self.nats.url())
             .env("DYN_SYSTEM_PORT", "0")
@@ -101,12 +111,12 @@ impl Cluster {
             .env("DYN_MODEL_CACHE", model_cache())
             .env("DYN_LOGGING_JSONL", "true")
             .env("DYN_LOG", "info");
-        let child = Child::spawn(&format!("mocker-{}", self.started), cmd, self.dir.path())
-            .expect("start mocker");
+        let child = Child::spawn(&format!("{role}-{}", self.started), cmd, self.dir.path())
+            .expect("start worker process");
         let system_port = bound_port(&child, "system status server listening");
         let w = Worker { child, system_port };
         let url = format!("http://127.0.0.1:{system_port}/health");
-        wait_until("mocker /health ready", Duration::from_secs(60), || {
+        wait_until("worker /health ready", Duration::from_secs(120), || {
             let r = blocking_get(&url)?;
             (r.0 == 200).then_some(())
         })

@@ -268,7 +268,11 @@ impl Linear {
                 .enumerate()
                 .for_each(|(i, o)| self.compute(x, i * per, i * per + o.len() / n, 0, n, o));
         } else {
-            let tasks = if n * t >= 4096 { threads * 2 } else { 1 };
+            let tasks = if n * self.k * t >= 1 << 16 {
+                threads * 2
+            } else {
+                1
+            };
             let per = n.div_ceil(tasks).next_multiple_of(8);
             let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per))
                 .into_par_iter()

@@ -1,0 +1,109 @@
+//! Engine benchmark (no NATS, no HTTP), the cells llama.cpp's tools measure: prefill tok/s of
+//! a 512-token prompt (`llama-bench -p 512`), decode tok/s of one sequence (`-n 128`), and
+//! aggregate decode tok/s of 4 and 8 concurrent sequences with 128-token prompts and 128
+//! output tokens (`llama-batched-bench -npp 128 -ntg 128`). Prints one `RESULT name value`
+//! line per cell for `tests/bench/engine_vs_llamacpp.sh`.
+//!
+//! `cargo bench -p dynamo-engine --bench engine` (env: `DYN_BENCH_MODEL`, `DYN_BENCH_THREADS`).
+
+use std::time::Instant;
+
+use dynamo_engine::{Engine, EngineConfig};
+use dynamo_protocols::{PreprocessedRequest, SamplingOptions, StopConditions};
+
+fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
+    PreprocessedRequest {
+        model: "bench".into(),
+        token_ids: prompt,
+        sampling: SamplingOptions {
+            temperature: Some(0.0),
+            ..Default::default()
+        },
+        stop: StopConditions {
+            max_tokens: Some(max),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    }
+}
+
+fn prompt(len: usize, salt: u32) -> Vec<u32> {
+    let mut x = 0x9E37_79B9u32 ^ salt.wrapping_mul(0x85EB_CA6B);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            1000 + x % 30_000
+        })
+        .collect()
+}
+
+/// Run `n` concurrent requests; returns (seconds until every sequence had its first token,
+/// seconds until all finished, tokens generated).
+fn run(eng: &Engine, prompts: Vec<Vec<u32>>, max: u32) -> (f64, f64, usize) {
+    let t0 = Instant::now();
+    let mut rxs: Vec<_> = prompts
+        .into_iter()
+        .map(|p| eng.generate(request(p, max)).expect("request accepted"))
+        .collect();
+    let mut first = 0f64;
+    let mut total = 0;
+    for rx in rxs.iter_mut() {
+        let o = rx.blocking_recv().expect("first token");
+        total += o.token_ids.len();
+        first = first.max(t0.elapsed().as_secs_f64());
+    }
+    for rx in rxs.iter_mut() {
+        while let Some(o) = rx.blocking_recv() {
+            total += o.token_ids.len();
+            if o.finish_reason.is_some() {
+                break;
+            }
+        }
+    }
+    (first, t0.elapsed().as_secs_f64(), total)
+}
+
+fn main() {
+    let model = std::env::var("DYN_BENCH_MODEL").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/dynamo/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let threads: usize = std::env::var("DYN_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let mut cfg = EngineConfig::new(&model);
+    cfg.threads = threads;
+    cfg.chunked_prefill_size = 1024;
+    cfg.max_total_tokens = Some(16_384);
+    cfg.enable_prefix_caching = false;
+    let eng = Engine::load(cfg).expect("model loads (run ./launch/agg.sh or tests/run.sh once)");
+    println!("# {model}, {threads} threads, kernels {:?}", eng.info().isa);
+    // Warm up buffers and pages.
+    run(&eng, vec![prompt(64, 99)], 8);
+
+    let reps = 3;
+    let mut best = f64::MAX;
+    for r in 0..reps {
+        let (first, _, _) = run(&eng, vec![prompt(512, r)], 1);
+        best = best.min(first);
+    }
+    println!("RESULT prefill512_tok_s {:.1}", 512.0 / best);
+
+    let (first, end, n) = run(&eng, vec![prompt(16, 7)], 128);
+    println!("RESULT decode1_tok_s {:.1}", (n - 1) as f64 / (end - first));
+
+    for batch in [4usize, 8] {
+        let prompts = (0..batch).map(|i| prompt(128, 100 + i as u32)).collect();
+        let (first, end, n) = run(&eng, prompts, 128);
+        println!(
+            "RESULT decode{batch}_tok_s {:.1}",
+            (n - batch) as f64 / (end - first)
+        );
+        println!("RESULT total{batch}_tok_s {:.1}", n as f64 / end);
+    }
+}

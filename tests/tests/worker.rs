@@ -1,0 +1,145 @@
+//! The real worker behind the frontend: greedy completions equal llama.cpp's reference text,
+//! chat and streaming work, a repeated prompt reports cached tokens, KV events reach NATS,
+//! bad requests get clear errors, `--device cuda` is refused with a message.
+
+use std::process::Command;
+use std::time::Duration;
+
+use dynamo_e2e::{bin, read_sse, Cluster};
+use futures::StreamExt;
+use serde_json::json;
+
+async fn cluster() -> Cluster {
+    let mut c = Cluster::start(&[]);
+    c.add_worker(&["--threads", "2"]);
+    c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_completion_matches_reference_and_streams() {
+    let c = cluster().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/reference/smollm2-greedy.json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = &reference["cases"][0];
+    let body = json!({"model": dynamo_e2e::MODEL, "prompt": case["prompt"], "max_tokens": 14, "temperature": 0});
+    let (st, _, v) = c.post("/v1/completions", &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["text"], case["text_before_first_near_tie"],
+        "{v}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 14);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    // Streaming gives the same text.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let r = c
+        .http
+        .post(format!("{}/v1/completions", c.url()))
+        .json(&sbody)
+        .send()
+        .await
+        .unwrap();
+    let (chunks, done) = read_sse(r).await;
+    assert!(done);
+    let text: String = chunks
+        .iter()
+        .filter_map(|ch| ch["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, case["text_before_first_near_tie"].as_str().unwrap());
+
+    // Chat through the template ends on the end-of-turn token.
+    let chat = json!({"model": dynamo_e2e::MODEL, "max_tokens": 40, "temperature": 0,
+        "messages": [{"role": "user", "content": "What is 2+2?"}]});
+    let (st, _, v) = c.post("/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains('4'), "{content:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_prefix_is_cached_and_kv_events_are_published() {
+    let c = cluster().await;
+    let nats = async_nats::connect(c.nats.url()).await.unwrap();
+    let mut events = nats
+        .subscribe("namespace.dynamo.component.backend.kv_events")
+        .await
+        .unwrap();
+    let long =
+        "Tell me about the history of the printing press and its effects on Europe. ".repeat(6);
+    let body =
+        json!({"model": dynamo_e2e::MODEL, "prompt": long, "max_tokens": 4, "temperature": 0});
+    let (_, _, a) = c.post("/v1/completions", &body).await;
+    let (_, _, b) = c.post("/v1/completions", &body).await;
+    assert_eq!(
+        a["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{a}"
+    );
+    let prompt = b["usage"]["prompt_tokens"].as_u64().unwrap();
+    let cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        cached,
+        (prompt - 1) / 16 * 16,
+        "all full blocks but the last token's: {b}"
+    );
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+
+    let msg = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ev: dynamo_protocols::RouterEvent = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(ev.event.event_id, 0);
+    match ev.event.data {
+        dynamo_protocols::KvCacheEventData::Stored(s) => {
+            assert_eq!(s.parent_hash, None);
+            assert!(!s.blocks.is_empty());
+        }
+        other => panic!("first event should store blocks: {other:?}"),
+    }
+    let health = c.get_json("/health").await.unwrap();
+    let ids: Vec<u64> = health["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["instance_id"].as_u64())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![ev.worker_id],
+        "events carry the worker's instance id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_rejects_what_it_cannot_serve() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker(&["--threads", "2", "--context-length", "64"]);
+    c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
+    let body = json!({"model": dynamo_e2e::MODEL, "prompt": "word ".repeat(80), "max_tokens": 4});
+    let (st, _, v) = c.post("/v1/completions", &body).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context length"),
+        "{v}"
+    );
+    let ok = json!({"model": dynamo_e2e::MODEL, "prompt": "Hi", "max_tokens": 2});
+    assert_eq!(c.post("/v1/completions", &ok).await.0, 200);
+
+    let out = Command::new(bin("dynamo-worker"))
+        .args(["--device", "cuda"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device cuda is not available"));
+}
