@@ -168,7 +168,7 @@ fn reference_tokens_are_top_choices_under_teacher_forcing() {
                 pages: &pages,
                 logits: true,
             }];
-            let logits = pool.install(|| model.forward(&mut kv, &inp, &mut s));
+            let logits = model.forward(&mut kv, &inp, &mut s, &pool);
             start = toks.len();
             let best = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let behind = best - logits[next as usize];

@@ -4,7 +4,8 @@
 //! output tokens (`llama-batched-bench -npp 128 -ntg 128`). Prints one `RESULT name value`
 //! line per cell for `tests/bench/engine_vs_llamacpp.sh`.
 //!
-//! `cargo bench -p dynamo-engine --bench engine` (env: `DYN_BENCH_MODEL`, `DYN_BENCH_THREADS`).
+//! `cargo bench -p dynamo-engine --bench engine` (env: `DYN_BENCH_MODEL`, `DYN_BENCH_THREADS`,
+//! `DYN_BENCH_ONLY=prefill512,decode1,decode4,decode8`).
 
 use std::time::Instant;
 
@@ -86,18 +87,25 @@ fn main() {
     // Warm up buffers and pages.
     run(&eng, vec![prompt(64, 99)], 8);
 
-    let reps = 3;
+    let only = std::env::var("DYN_BENCH_ONLY").unwrap_or_default();
+    let want = |cell: &str| only.is_empty() || only.split(',').any(|c| c == cell);
+    let reps = if want("prefill512") { 3 } else { 0 };
     let mut best = f64::MAX;
     for r in 0..reps {
         let (first, _, _) = run(&eng, vec![prompt(512, r)], 1);
         best = best.min(first);
     }
-    println!("RESULT prefill512_tok_s {:.1}", 512.0 / best);
-
-    let (first, end, n) = run(&eng, vec![prompt(16, 7)], 128);
-    println!("RESULT decode1_tok_s {:.1}", (n - 1) as f64 / (end - first));
-
+    if reps > 0 {
+        println!("RESULT prefill512_tok_s {:.1}", 512.0 / best);
+    }
+    if want("decode1") {
+        let (first, end, n) = run(&eng, vec![prompt(16, 7)], 128);
+        println!("RESULT decode1_tok_s {:.1}", (n - 1) as f64 / (end - first));
+    }
     for batch in [4usize, 8] {
+        if !want(&format!("decode{batch}")) {
+            continue;
+        }
         let prompts = (0..batch).map(|i| prompt(128, 100 + i as u32)).collect();
         let (first, end, n) = run(&eng, prompts, 128);
         println!(

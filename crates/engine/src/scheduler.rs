@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Mutex};
 
 use dynamo_protocols::{EngineOutput, FinishReason, KvCacheEvent, Usage};
-use rayon::prelude::*;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::engine::EngineStats;
@@ -297,7 +296,7 @@ impl Scheduler {
             })
             .collect();
         let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
-        let logits = self.threads.install(|| model.forward(kv, &inputs, scratch));
+        let logits = model.forward(kv, &inputs, scratch, &self.threads);
         drop(inputs);
         let vocab = self.model.w.cfg.vocab;
         let page = self.pool.page();
@@ -334,30 +333,26 @@ impl Scheduler {
         // Sample in parallel (each sequence's generator is its own). `samplers` is ascending
         // and in the order of the logits rows.
         let mut logits = logits;
-        let mut seqs: Vec<&mut Box<Seq>> = self
+        let mut work: Vec<(&mut Box<Seq>, &mut [f32])> = self
             .running
             .iter_mut()
             .enumerate()
             .filter(|(i, _)| samplers.binary_search(i).is_ok())
             .map(|(_, s)| s)
+            .zip(logits.chunks_mut(vocab))
             .collect();
-        let picked: Vec<u32> = self.threads.install(|| {
-            seqs.par_iter_mut()
-                .zip(logits.par_chunks_mut(vocab))
-                .map(|(s, row)| {
-                    let banned = if s.generated() < s.min_new {
-                        s.stop_ids.clone()
-                    } else {
-                        Vec::new()
-                    };
-                    s.sampler.sample(row, &banned)
-                })
-                .collect()
-        });
-        for (s, tok) in seqs.iter_mut().zip(picked) {
+        self.threads.chunks_mut(&mut work, 1, |_, item| {
+            let (s, row) = &mut item[0];
+            let banned = if s.generated() < s.min_new {
+                s.stop_ids.clone()
+            } else {
+                Vec::new()
+            };
+            let tok = s.sampler.sample(row, &banned);
             s.sampler.observe(tok);
             s.tokens.push(tok);
-        }
+        });
+        drop(work);
         // Emit and finish.
         let mut done = Vec::new();
         for &i in &samplers {

@@ -4,7 +4,7 @@
 #![allow(unsafe_code)]
 
 #[cfg(not(target_arch = "x86_64"))]
-pub use super::scalar::{axpy_f16, dot_f16, f32_dot, q4_1, q8_0};
+pub use super::scalar::{axpy_f16, dot_f16, f32_dot, q4_1, q4_1_region, q8_0_region, quantize};
 
 #[cfg(not(target_arch = "x86_64"))]
 pub fn available() -> bool {
@@ -16,7 +16,7 @@ pub use imp::*;
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use crate::kernels::{ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
+    use crate::kernels::{ActQ8, ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;
 
     pub fn available() -> bool {
@@ -40,58 +40,211 @@ mod imp {
         (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_r<const R: usize>(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
-        let nb = w.len() / Q4_1_BYTES;
+    /// `RW` weight rows × `RA` activation rows of Q4_1 · Q8_1 dot products. Each pair has its
+    /// own accumulators and the same operation sequence whatever the tile shape.
+    #[inline(always)]
+    unsafe fn q4_1_tile<const RW: usize, const RA: usize>(
+        w: &[&[u8]; RW],
+        acts: &[ActRow; RA],
+        out: &mut [[f32; RA]; RW],
+    ) {
+        let nb = w[0].len() / Q4_1_BYTES;
         let mask = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut summ = [0f32; R];
-        let wp = w.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); RA]; RW];
+        let mut summ = [[0f32; RA]; RW];
         for b in 0..nb {
-            let blk = wp.add(b * Q4_1_BYTES);
-            let (dw, mw) = f16x2(blk);
-            let q = _mm_loadu_si128(blk.add(4).cast());
-            let lo = _mm_and_si128(q, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-            let wv = _mm256_set_m128i(hi, lo);
-            for r in 0..R {
-                let row = rows.get_unchecked(r);
-                let av = _mm256_loadu_si256(row.qs.as_ptr().add(b * QK).cast());
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones);
-                let sc = _mm256_set1_ps(dw * *row.d.get_unchecked(b));
-                acc[r] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[r]);
-                summ[r] += mw * *row.s.get_unchecked(b);
+            let mut av = [_mm256_setzero_si256(); RA];
+            let mut ad = [0f32; RA];
+            let mut asum = [0f32; RA];
+            for a in 0..RA {
+                let r = acts.get_unchecked(a);
+                av[a] = _mm256_loadu_si256(r.qs.as_ptr().add(b * QK).cast());
+                ad[a] = *r.d.get_unchecked(b);
+                asum[a] = *r.s.get_unchecked(b);
+            }
+            for i in 0..RW {
+                let blk = w.get_unchecked(i).as_ptr().add(b * Q4_1_BYTES);
+                let (dw, mw) = f16x2(blk);
+                let q = _mm_loadu_si128(blk.add(4).cast());
+                let lo = _mm_and_si128(q, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+                let wv = _mm256_set_m128i(hi, lo);
+                for a in 0..RA {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av[a]), ones);
+                    let sc = _mm256_set1_ps(dw * ad[a]);
+                    acc[i][a] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[i][a]);
+                    summ[i][a] += mw * asum[a];
+                }
             }
         }
-        for r in 0..R {
-            out[r] = hsum(acc[r]) + summ[r];
+        for i in 0..RW {
+            for a in 0..RA {
+                out[i][a] = hsum(acc[i][a]) + summ[i][a];
+            }
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_r<const R: usize>(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
-        let nb = w.len() / Q8_0_BYTES;
+    /// Q8_0 weights · Q8_0 activations, tiled like [`q4_1_tile`].
+    #[inline(always)]
+    unsafe fn q8_0_tile<const RW: usize, const RA: usize>(
+        w: &[&[u8]; RW],
+        acts: &[ActRow; RA],
+        out: &mut [[f32; RA]; RW],
+    ) {
+        let nb = w[0].len() / Q8_0_BYTES;
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let wp = w.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); RA]; RW];
         for b in 0..nb {
-            let blk = wp.add(b * Q8_0_BYTES);
-            let (dw, _) = f16x2(blk);
-            let wv = _mm256_loadu_si256(blk.add(2).cast());
-            let ax = _mm256_sign_epi8(wv, wv);
-            for r in 0..R {
-                let row = rows.get_unchecked(r);
-                let av = _mm256_loadu_si256(row.qs.as_ptr().add(b * QK).cast());
-                let sy = _mm256_sign_epi8(av, wv);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-                let sc = _mm256_set1_ps(dw * *row.d.get_unchecked(b));
-                acc[r] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[r]);
+            let mut av = [_mm256_setzero_si256(); RA];
+            let mut ad = [0f32; RA];
+            for a in 0..RA {
+                let r = acts.get_unchecked(a);
+                av[a] = _mm256_loadu_si256(r.qs.as_ptr().add(b * QK).cast());
+                ad[a] = *r.d.get_unchecked(b);
+            }
+            for i in 0..RW {
+                let blk = w.get_unchecked(i).as_ptr().add(b * Q8_0_BYTES);
+                let (dw, _) = f16x2(blk);
+                let wv = _mm256_loadu_si256(blk.add(2).cast());
+                let ax = _mm256_sign_epi8(wv, wv);
+                for a in 0..RA {
+                    let sy = _mm256_sign_epi8(av[a], wv);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                    let sc = _mm256_set1_ps(dw * ad[a]);
+                    acc[i][a] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[i][a]);
+                }
             }
         }
-        for r in 0..R {
-            out[r] = hsum(acc[r]);
+        for i in 0..RW {
+            for a in 0..RA {
+                out[i][a] = hsum(acc[i][a]);
+            }
         }
+    }
+
+    /// Walk a region of the output in tiles: up to 4 weight rows when there are few
+    /// activation rows (decode), 2 × 4 otherwise (prefill). `out` has row stride `c1 - c0`.
+    macro_rules! region {
+        ($name:ident, $tile:ident, $bytes:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $name(
+                w: &[u8],
+                x: &ActQ8,
+                (r0, r1): (usize, usize),
+                (c0, c1): (usize, usize),
+                out: &mut [f32],
+            ) {
+                let nb = x.k / QK;
+                let rb = nb * $bytes;
+                let ld = c1 - c0;
+                let wide = if r1 - r0 <= 2 { 4 } else { 1 };
+                let mut c = c0;
+                while c < c1 {
+                    let rw = wide.min(c1 - c);
+                    let mut r = r0;
+                    while r < r1 {
+                        let ra = (r1 - r).min(4);
+                        macro_rules! go {
+                            ($rw:literal, $ra:literal) => {{
+                                let ws: [&[u8]; $rw] =
+                                    std::array::from_fn(|i| &w[(c + i) * rb..(c + i + 1) * rb]);
+                                let acts: [ActRow; $ra] = std::array::from_fn(|a| x.row(r + a));
+                                let mut res = [[0f32; $ra]; $rw];
+                                $tile::<$rw, $ra>(&ws, &acts, &mut res);
+                                for i in 0..$rw {
+                                    for a in 0..$ra {
+                                        out[(r - r0 + a) * ld + (c - c0 + i)] = res[i][a];
+                                    }
+                                }
+                            }};
+                        }
+                        match (rw, ra) {
+                            (4, 1) => go!(4, 1),
+                            (4, 2) => go!(4, 2),
+                            (3, 1) => go!(3, 1),
+                            (3, 2) => go!(3, 2),
+                            (2, 1) => go!(2, 1),
+                            (2, 2) => go!(2, 2),
+                            (2, 3) => go!(2, 3),
+                            (2, 4) => go!(2, 4),
+                            (1, 1) => go!(1, 1),
+                            (1, 2) => go!(1, 2),
+                            (1, 3) => go!(1, 3),
+                            (1, 4) => go!(1, 4),
+                            _ => unreachable!("tile {rw}x{ra}"),
+                        }
+                        r += ra;
+                    }
+                    c += rw;
+                }
+            }
+        };
+    }
+    region!(q4_1_region_impl, q4_1_tile, Q4_1_BYTES);
+    region!(q8_0_region_impl, q8_0_tile, Q8_0_BYTES);
+
+    /// Output rows `r0..r1` × columns `c0..c1` of `x · Wᵀ` for Q4_1 weights.
+    pub fn q4_1_region(
+        w: &[u8],
+        x: &ActQ8,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        out: &mut [f32],
+    ) {
+        let nb = x.k / QK;
+        assert!(w.len() >= cols.1 * nb * Q4_1_BYTES && x.rows >= rows.1);
+        assert!(out.len() >= (rows.1 - rows.0) * (cols.1 - cols.0));
+        // SAFETY: `available()` was checked by kernels::isa; bounds asserted above.
+        unsafe { q4_1_region_impl(w, x, rows, cols, out) }
+    }
+
+    /// As [`q4_1_region`] for Q8_0 weights.
+    pub fn q8_0_region(
+        w: &[u8],
+        x: &ActQ8,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        out: &mut [f32],
+    ) {
+        let nb = x.k / QK;
+        assert!(w.len() >= cols.1 * nb * Q8_0_BYTES && x.rows >= rows.1);
+        assert!(out.len() >= (rows.1 - rows.0) * (cols.1 - cols.0));
+        // SAFETY: as above.
+        unsafe { q8_0_region_impl(w, x, rows, cols, out) }
+    }
+
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_one(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
+        for (a, o) in rows.iter().zip(out.iter_mut()) {
+            let mut res = [[0f32; 1]; 1];
+            q4_1_tile::<1, 1>(&[w], &[*a], &mut res);
+            *o = res[0][0];
+        }
+    }
+
+    /// One weight row against each activation row (tests).
+    #[cfg(test)]
+    pub fn q4_1(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
+        let nb = w.len() / Q4_1_BYTES;
+        assert!(rows
+            .iter()
+            .all(|r| r.qs.len() >= nb * QK && r.d.len() >= nb && r.s.len() >= nb));
+        assert!(out.len() >= rows.len());
+        // SAFETY: as above.
+        unsafe { q4_1_one(w, rows, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        crate::kernels::quantize_blocks(x, qs, d, s)
+    }
+
+    /// Quantize with SSE4.1 rounding available (ties-to-even without a libm call).
+    pub fn quantize(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        // SAFETY: as above; the body is safe code compiled with the features enabled.
+        unsafe { quantize_rows(x, qs, d, s) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -131,24 +284,6 @@ mod imp {
                 }
             }
         }};
-    }
-
-    pub fn q4_1(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
-        let nb = w.len() / Q4_1_BYTES;
-        assert!(rows
-            .iter()
-            .all(|r| r.qs.len() >= nb * QK && r.d.len() >= nb && r.s.len() >= nb));
-        assert!(out.len() >= rows.len());
-        by_rows!(q4_1_r, w, rows, out)
-    }
-
-    pub fn q8_0(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
-        let nb = w.len() / Q8_0_BYTES;
-        assert!(rows
-            .iter()
-            .all(|r| r.qs.len() >= nb * QK && r.d.len() >= nb));
-        assert!(out.len() >= rows.len());
-        by_rows!(q8_0_r, w, rows, out)
     }
 
     pub fn f32_dot(w: &[f32], rows: &[&[f32]], out: &mut [f32]) {

@@ -1,4 +1,4 @@
-//! Matrix kernels of the forward pass: weight formats kept as loaded (GGUF Q4_1 / Q8_0 blocks,
+//! Matrix kernels of the forward pass (and the compute thread pool they run on): weight formats kept as loaded (GGUF Q4_1 / Q8_0 blocks,
 //! or dense f32), activations quantized once per matmul into 8-bit blocks (like llama.cpp's
 //! Q8_1), and integer dot products selected at run time (AVX2+FMA when the CPU has them, a
 //! portable loop otherwise — never a build for the host CPU only).
@@ -8,11 +8,12 @@
 //! batched (batch invariance).
 
 mod avx2;
+mod pool;
 mod scalar;
 
-use std::sync::OnceLock;
+pub use pool::ComputePool;
 
-use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Elements per quantization block (all formats used here).
 pub const QK: usize = 32;
@@ -43,26 +44,6 @@ pub fn isa() -> Isa {
     })
 }
 
-/// The compute threads a forward pass runs on (every parallel loop of the kernels uses the
-/// pool it is installed in).
-pub struct ComputePool(rayon::ThreadPool);
-
-impl ComputePool {
-    pub fn new(threads: usize) -> Result<Self, String> {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("engine-compute-{i}"))
-            .build()
-            .map(ComputePool)
-            .map_err(|e| e.to_string())
-    }
-
-    /// Run `f` with this pool's threads.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.0.install(f)
-    }
-}
-
 /// f16 bits → f32, through a table (the conversion sits in the kernels' inner loops).
 #[inline(always)]
 pub(crate) fn f16_to_f32(bits: u16) -> f32 {
@@ -88,7 +69,7 @@ pub struct ActQ8 {
 
 impl ActQ8 {
     /// Quantize `rows` rows of length `k` (a multiple of 32) from `x`, reusing buffers.
-    pub fn quantize_into(&mut self, x: &[f32], rows: usize, k: usize) {
+    pub fn quantize_into(&mut self, x: &[f32], rows: usize, k: usize, pool: &ComputePool) {
         debug_assert_eq!(k % QK, 0);
         debug_assert!(x.len() >= rows * k);
         self.rows = rows;
@@ -98,29 +79,25 @@ impl ActQ8 {
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         let xs = &x[..rows * k];
-        let job = |((xb, qb), (d, s)): ((&[f32], &mut [i8]), (&mut f32, &mut f32))| {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let dd = amax / 127.0;
-            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in qb.iter_mut().zip(xb) {
-                let r = (v * id).round_ties_even() as i32;
-                *q = r as i8;
-                sum += r;
+        let quant = |x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]| {
+            if isa() == Isa::Avx2 {
+                avx2::quantize(x, q, d, s)
+            } else {
+                scalar::quantize(x, q, d, s)
             }
-            *d = half::f16::from_f32(dd).to_f32();
-            *s = half::f16::from_f32(sum as f32 * dd).to_f32();
         };
         if rows >= 16 {
-            xs.par_chunks(QK)
-                .zip(self.qs.par_chunks_mut(QK))
-                .zip(self.d.par_iter_mut().zip(self.s.par_iter_mut()))
-                .for_each(job);
+            // Whole rows per task: quantize into per-row pieces of the three buffers.
+            let nb = k / QK;
+            let per = rows.div_ceil(pool.threads() * 2);
+            pool.chunks_mut3(
+                (&mut self.qs, per * k),
+                (&mut self.d, per * nb),
+                (&mut self.s, per * nb),
+                |i, q, d, s| quant(&xs[i * per * k..i * per * k + q.len()], q, d, s),
+            );
         } else {
-            xs.chunks(QK)
-                .zip(self.qs.chunks_mut(QK))
-                .zip(self.d.iter_mut().zip(self.s.iter_mut()))
-                .for_each(job);
+            quant(xs, &mut self.qs, &mut self.d, &mut self.s);
         }
     }
 
@@ -131,6 +108,30 @@ impl ActQ8 {
             d: &self.d[r * nb..(r + 1) * nb],
             s: &self.s[r * nb..(r + 1) * nb],
         }
+    }
+}
+
+/// Quantize consecutive 32-element blocks: `d = f16(amax / 127)`, `q = round_even(x / d)`,
+/// `s = f16(d · Σq)` (llama.cpp's Q8_1 and Q8_0 activation formats).
+#[inline(always)]
+pub(crate) fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    for (((xb, qb), d), s) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+        .zip(s.iter_mut())
+    {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let dd = amax / 127.0;
+        let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            let r = (v * id).round_ties_even() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        *d = half::f16::from_f32(dd).to_f32();
+        *s = half::f16::from_f32(sum as f32 * dd).to_f32();
     }
 }
 
@@ -255,36 +256,44 @@ impl Linear {
         }
     }
 
-    /// `out[r · n + c] = x[r] · W[c]` for every input row, in parallel on the current rayon
-    /// pool: by input rows when there are many (prefill), by output columns otherwise.
-    pub fn forward(&self, x: &Input<'_>, out: &mut [f32]) {
+    /// `out[r · n + c] = x[r] · W[c]` for every input row, in parallel on `pool`: by input
+    /// rows when there are many (prefill), by output columns otherwise (decode).
+    pub fn forward(&self, x: &Input<'_>, out: &mut [f32], pool: &ComputePool) {
         let (t, n) = (x.rows, self.n);
         assert!(out.len() >= t * n, "output buffer too small");
         let out = &mut out[..t * n];
-        let threads = rayon::current_num_threads().max(1);
+        let threads = pool.threads();
         if t >= 8 * threads {
             let per = t.div_ceil(threads * 2).next_multiple_of(4);
-            out.par_chunks_mut(per * n)
-                .enumerate()
-                .for_each(|(i, o)| self.compute(x, i * per, i * per + o.len() / n, 0, n, o));
-        } else {
-            let tasks = if n * self.k * t >= 1 << 16 {
-                threads * 2
+            pool.chunks_mut(out, per * n, |i, o| {
+                self.compute(x, i * per, i * per + o.len() / n, 0, n, o)
+            });
+        } else if t == 1 {
+            // One row: output columns are contiguous, so tasks write their own piece.
+            let tasks = if n * self.k >= 1 << 16 {
+                threads * 4
             } else {
                 1
             };
             let per = n.div_ceil(tasks).next_multiple_of(8);
-            let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per))
-                .into_par_iter()
-                .map(|i| {
-                    let (c0, c1) = (i * per, ((i + 1) * per).min(n));
-                    let mut buf = vec![0f32; t * (c1 - c0)];
-                    self.compute(x, 0, t, c0, c1, &mut buf);
-                    (c0, buf)
-                })
-                .collect();
-            for (c0, buf) in parts {
-                let w = buf.len() / t;
+            pool.chunks_mut(out, per, |i, o| {
+                self.compute(x, 0, 1, i * per, i * per + o.len(), o)
+            });
+        } else {
+            let tasks = if n * self.k * t >= 1 << 16 {
+                threads * 4
+            } else {
+                1
+            };
+            let per = n.div_ceil(tasks).next_multiple_of(8);
+            let mut bufs: Vec<Vec<f32>> = (0..n.div_ceil(per)).map(|_| Vec::new()).collect();
+            pool.chunks_mut(&mut bufs, 1, |i, b| {
+                let (c0, c1) = (i * per, ((i + 1) * per).min(n));
+                b[0] = vec![0f32; t * (c1 - c0)];
+                self.compute(x, 0, t, c0, c1, &mut b[0]);
+            });
+            for (i, buf) in bufs.iter().enumerate() {
+                let (c0, w) = (i * per, buf.len() / t);
                 for r in 0..t {
                     out[r * n + c0..r * n + c0 + w].copy_from_slice(&buf[r * w..(r + 1) * w]);
                 }
@@ -294,54 +303,47 @@ impl Linear {
 
     /// Rows `r0..r1` × columns `c0..c1` into `out` (row stride `c1 - c0`).
     fn compute(&self, x: &Input<'_>, r0: usize, r1: usize, c0: usize, c1: usize, out: &mut [f32]) {
-        let ld = c1 - c0;
-        let nb = self.k / QK;
         let avx = isa() == Isa::Avx2;
-        for c in c0..c1 {
-            let mut r = r0;
-            while r < r1 {
-                let take = (r1 - r).min(4);
-                let mut res = [0f32; 4];
-                match &self.w {
-                    Weight::Q4_1(b) => {
-                        let q8 = x.q8.expect("Q4_1 weights need quantized input");
-                        let w = &b[c * nb * Q4_1_BYTES..(c + 1) * nb * Q4_1_BYTES];
-                        let rows: [ActRow; 4] =
-                            std::array::from_fn(|i| q8.row(r + i.min(take - 1)));
-                        if avx {
-                            avx2::q4_1(w, &rows[..take], &mut res[..take])
-                        } else {
-                            scalar::q4_1(w, &rows[..take], &mut res[..take])
-                        }
-                    }
-                    Weight::Q8_0(b) => {
-                        let q8 = x.q8.expect("Q8_0 weights need quantized input");
-                        let w = &b[c * nb * Q8_0_BYTES..(c + 1) * nb * Q8_0_BYTES];
-                        let rows: [ActRow; 4] =
-                            std::array::from_fn(|i| q8.row(r + i.min(take - 1)));
-                        if avx {
-                            avx2::q8_0(w, &rows[..take], &mut res[..take])
-                        } else {
-                            scalar::q8_0(w, &rows[..take], &mut res[..take])
-                        }
-                    }
-                    Weight::F32(v) => {
-                        let w = &v[c * self.k..(c + 1) * self.k];
+        match &self.w {
+            Weight::Q4_1(b) => {
+                let q8 = x.q8.expect("Q4_1 weights need quantized input");
+                if avx {
+                    avx2::q4_1_region(b, q8, (r0, r1), (c0, c1), out)
+                } else {
+                    scalar::q4_1_region(b, q8, (r0, r1), (c0, c1), out)
+                }
+            }
+            Weight::Q8_0(b) => {
+                let q8 = x.q8.expect("Q8_0 weights need quantized input");
+                if avx {
+                    avx2::q8_0_region(b, q8, (r0, r1), (c0, c1), out)
+                } else {
+                    scalar::q8_0_region(b, q8, (r0, r1), (c0, c1), out)
+                }
+            }
+            Weight::F32(v) => {
+                let ld = c1 - c0;
+                for c in c0..c1 {
+                    let w = &v[c * self.k..(c + 1) * self.k];
+                    let mut r = r0;
+                    while r < r1 {
+                        let take = (r1 - r).min(4);
                         let rows: [&[f32]; 4] = std::array::from_fn(|i| {
                             let rr = r + i.min(take - 1);
                             &x.f32[rr * self.k..(rr + 1) * self.k]
                         });
+                        let mut res = [0f32; 4];
                         if avx {
                             avx2::f32_dot(w, &rows[..take], &mut res[..take])
                         } else {
                             scalar::f32_dot(w, &rows[..take], &mut res[..take])
                         }
+                        for (i, v) in res[..take].iter().enumerate() {
+                            out[(r - r0 + i) * ld + (c - c0)] = *v;
+                        }
+                        r += take;
                     }
                 }
-                for (i, v) in res[..take].iter().enumerate() {
-                    out[(r - r0 + i) * ld + (c - c0)] = *v;
-                }
-                r += take;
             }
         }
     }

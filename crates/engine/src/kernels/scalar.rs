@@ -1,7 +1,7 @@
 //! Portable kernels (any CPU): the same formats and the same per-row arithmetic order as the
 //! SIMD ones, in plain loops. Also the reference the SIMD kernels are tested against.
 
-use super::{f16_to_f32, ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
+use super::{f16_to_f32, ActQ8, ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
 
 pub fn q4_1(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
     for (row, o) in rows.iter().zip(out.iter_mut()) {
@@ -83,4 +83,50 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
+}
+
+/// Output rows `r0..r1` × columns `c0..c1` for Q4_1 weights (row stride `c1 - c0`).
+pub fn q4_1_region(
+    w: &[u8],
+    x: &ActQ8,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    out: &mut [f32],
+) {
+    region(w, Q4_1_BYTES, x, rows, cols, out, q4_1)
+}
+
+/// As [`q4_1_region`] for Q8_0 weights.
+pub fn q8_0_region(
+    w: &[u8],
+    x: &ActQ8,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    out: &mut [f32],
+) {
+    region(w, Q8_0_BYTES, x, rows, cols, out, q8_0)
+}
+
+fn region(
+    w: &[u8],
+    bytes: usize,
+    x: &ActQ8,
+    (r0, r1): (usize, usize),
+    (c0, c1): (usize, usize),
+    out: &mut [f32],
+    kernel: fn(&[u8], &[ActRow], &mut [f32]),
+) {
+    let rb = x.k / QK * bytes;
+    let ld = c1 - c0;
+    for c in c0..c1 {
+        for r in r0..r1 {
+            let mut o = [0f32];
+            kernel(&w[c * rb..(c + 1) * rb], &[x.row(r)], &mut o);
+            out[(r - r0) * ld + (c - c0)] = o[0];
+        }
+    }
+}
+
+pub fn quantize(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    super::quantize_blocks(x, qs, d, s)
 }

@@ -41,16 +41,19 @@ fn q8_0_weights(n: usize, k: usize, seed: &mut u64) -> Vec<u8> {
 }
 
 fn check(lin: &Linear, t: usize, seed: &mut u64) {
+    let pool = ComputePool::new(2).unwrap();
     let x: Vec<f32> = (0..t * lin.k).map(|_| lcg(seed)).collect();
     let mut q = ActQ8::default();
-    q.quantize_into(&x, t, lin.k);
+    if lin.needs_q8() {
+        q.quantize_into(&x, t, lin.k, &pool);
+    }
     let input = Input {
         rows: t,
         f32: &x,
         q8: Some(&q),
     };
     let mut out = vec![0f32; t * lin.n];
-    lin.forward(&input, &mut out);
+    lin.forward(&input, &mut out, &pool);
     // Reference: dequantized weights · dequantized activations (what the integer kernel
     // computes exactly, up to float rounding).
     let w = lin.to_f32();
@@ -74,14 +77,16 @@ fn check(lin: &Linear, t: usize, seed: &mut u64) {
     // Batch invariance: each row alone gives bit-identical results.
     for r in 0..t {
         let mut q1 = ActQ8::default();
-        q1.quantize_into(&x[r * lin.k..(r + 1) * lin.k], 1, lin.k);
+        if lin.needs_q8() {
+            q1.quantize_into(&x[r * lin.k..(r + 1) * lin.k], 1, lin.k, &pool);
+        }
         let one = Input {
             rows: 1,
             f32: &x[r * lin.k..(r + 1) * lin.k],
             q8: Some(&q1),
         };
         let mut o1 = vec![0f32; lin.n];
-        lin.forward(&one, &mut o1);
+        lin.forward(&one, &mut o1, &pool);
         assert_eq!(
             o1,
             out[r * lin.n..(r + 1) * lin.n],
@@ -128,7 +133,7 @@ fn simd_and_portable_agree() {
     let w = q4_1_weights(n, k, &mut seed);
     let x: Vec<f32> = (0..3 * k).map(|_| lcg(&mut seed)).collect();
     let mut q = ActQ8::default();
-    q.quantize_into(&x, 3, k);
+    q.quantize_into(&x, 3, k, &ComputePool::new(1).unwrap());
     let rows: Vec<ActRow> = (0..3).map(|r| q.row(r)).collect();
     let nb = k / QK;
     for c in 0..n {

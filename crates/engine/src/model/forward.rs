@@ -3,11 +3,9 @@
 //! grouped-query attention over each sequence's pages → output projection → RMSNorm →
 //! SwiGLU MLP, then the final norm and LM head only for the rows that need logits.
 
-use rayon::prelude::*;
-
 use super::config::RopeStyle;
 use super::load::Weights;
-use crate::kernels::{self, rms_norm, ActQ8, Input, Linear};
+use crate::kernels::{self, rms_norm, ActQ8, ComputePool, Input, Linear};
 use crate::kv::KvCache;
 
 /// One sequence's slice of a batch: `tokens` at positions `start..start + tokens.len()`,
@@ -52,21 +50,34 @@ impl Model {
         self.w.lm_head.as_ref().unwrap_or(&self.w.embed)
     }
 
-    fn matmul(lin: &Linear, x: &[f32], rows: usize, q8: &mut ActQ8, out: &mut [f32]) {
+    fn matmul(
+        lin: &Linear,
+        x: &[f32],
+        rows: usize,
+        q8: &mut ActQ8,
+        out: &mut [f32],
+        pool: &ComputePool,
+    ) {
         if lin.needs_q8() {
-            q8.quantize_into(x, rows, lin.k);
+            q8.quantize_into(x, rows, lin.k, pool);
         }
         let input = Input {
             rows,
             f32: &x[..rows * lin.k],
             q8: lin.needs_q8().then_some(&*q8),
         };
-        lin.forward(&input, out);
+        lin.forward(&input, out, pool);
     }
 
     /// Run one batch; returns the logits (vocab-sized rows) of the sequences with
-    /// `logits: true`, in order. Must run inside the engine's rayon pool.
-    pub fn forward(&self, kv: &mut KvCache, seqs: &[SeqInput<'_>], s: &mut Scratch) -> Vec<f32> {
+    /// `logits: true`, in order, computed on `pool`.
+    pub fn forward(
+        &self,
+        kv: &mut KvCache,
+        seqs: &[SeqInput<'_>],
+        s: &mut Scratch,
+        pool: &ComputePool,
+    ) -> Vec<f32> {
         let c = &self.w.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let hdim = c.hidden;
@@ -120,15 +131,14 @@ impl Model {
                 &l.attn_norm,
                 c.rms_eps,
                 &mut s.h[..t * hdim],
+                pool,
             );
-            Self::matmul(&l.qkv, &s.h, t, &mut s.q8, &mut s.qkv);
+            Self::matmul(&l.qkv, &s.h, t, &mut s.q8, &mut s.qkv, pool);
             // RoPE on q and k heads, then K/V into the cache.
             let (cos, sin, style) = (&s.cos, &s.sin, c.rope_style);
-            s.qkv[..t * qkv_n]
-                .par_chunks_mut(qkv_n)
-                .with_min_len(16)
-                .enumerate()
-                .for_each(|(i, r)| {
+            pool.chunks_mut(&mut s.qkv[..t * qkv_n], ROWS * qkv_n, |task, rows| {
+                for (j, r) in rows.chunks_exact_mut(qkv_n).enumerate() {
+                    let i = task * ROWS + j;
                     let (cs, sn) = (
                         &cos[i * half..(i + 1) * half],
                         &sin[i * half..(i + 1) * half],
@@ -136,7 +146,8 @@ impl Model {
                     for h in r[..(nh + nkv) * hd].chunks_exact_mut(hd) {
                         rope(h, cs, sn, style);
                     }
-                });
+                }
+            });
             let kvd = nkv * hd;
             let (kc, vc) = kv.layer_mut(li);
             for i in 0..t {
@@ -148,29 +159,30 @@ impl Model {
                 );
                 kernels::to_f16(&r[nh * hd + kvd..], &mut vc[sl * kvd..(sl + 1) * kvd]);
             }
-            self.attention(kv, li, seqs, s, t);
-            Self::matmul(&l.o, &s.att, t, &mut s.q8, &mut s.tmp);
-            add_rows(&mut s.x[..t * hdim], &s.tmp[..t * hdim]);
+            self.attention(kv, li, seqs, s, t, pool);
+            Self::matmul(&l.o, &s.att, t, &mut s.q8, &mut s.tmp, pool);
+            add_rows(&mut s.x[..t * hdim], &s.tmp[..t * hdim], pool);
             norm_rows(
                 &s.x[..t * hdim],
                 &l.ffn_norm,
                 c.rms_eps,
                 &mut s.h[..t * hdim],
+                pool,
             );
-            Self::matmul(&l.gate_up, &s.h, t, &mut s.q8, &mut s.gu);
+            Self::matmul(&l.gate_up, &s.h, t, &mut s.q8, &mut s.gu, pool);
             let inter = c.intermediate;
-            s.act[..t * inter]
-                .par_chunks_mut(inter)
-                .zip(s.gu[..t * 2 * inter].par_chunks(2 * inter))
-                .with_min_len(16)
-                .for_each(|(a, gu)| {
-                    let (g, u) = gu.split_at(inter);
+            let gu_all = &s.gu[..t * 2 * inter];
+            pool.chunks_mut(&mut s.act[..t * inter], ROWS * inter, |task, rows| {
+                for (j, a) in rows.chunks_exact_mut(inter).enumerate() {
+                    let r = task * ROWS + j;
+                    let (g, u) = gu_all[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
                     for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
                         *a = g / (1.0 + (-g).exp()) * u;
                     }
-                });
-            Self::matmul(&l.down, &s.act, t, &mut s.q8, &mut s.tmp);
-            add_rows(&mut s.x[..t * hdim], &s.tmp[..t * hdim]);
+                }
+            });
+            Self::matmul(&l.down, &s.act, t, &mut s.q8, &mut s.tmp, pool);
+            add_rows(&mut s.x[..t * hdim], &s.tmp[..t * hdim], pool);
         }
 
         // Final norm and LM head for the rows that want logits.
@@ -197,12 +209,20 @@ impl Model {
         }
         let head = self.lm_head();
         let mut logits = vec![0f32; n * head.n];
-        Self::matmul(head, &sel, n, &mut s.q8, &mut logits);
+        Self::matmul(head, &sel, n, &mut s.q8, &mut logits, pool);
         logits
     }
 
     /// Grouped-query attention for every (token, KV head) pair, in parallel.
-    fn attention(&self, kv: &KvCache, li: usize, seqs: &[SeqInput<'_>], s: &mut Scratch, t: usize) {
+    fn attention(
+        &self,
+        kv: &KvCache,
+        li: usize,
+        seqs: &[SeqInput<'_>],
+        s: &mut Scratch,
+        t: usize,
+        pool: &ComputePool,
+    ) {
         let c = &self.w.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let g = nh / nkv;
@@ -212,10 +232,12 @@ impl Model {
         let (kc, vc) = kv.layer(li);
         let page = kv.page;
         let (qkv, tok_seq, tok_pos) = (&s.qkv, &s.tok_seq, &s.tok_pos);
-        s.att[..t * nh * hd]
-            .par_chunks_mut(g * hd)
-            .enumerate()
-            .for_each_init(Vec::new, |scores: &mut Vec<f32>, (item, out)| {
+        let items = t * nkv;
+        let per = items.div_ceil(pool.threads() * 8).max(1);
+        pool.chunks_mut(&mut s.att[..t * nh * hd], per * g * hd, |task, outs| {
+            let mut scores = Vec::new();
+            for (j, out) in outs.chunks_exact_mut(g * hd).enumerate() {
+                let item = task * per + j;
                 let (ti, kh) = (item / nkv, item % nkv);
                 let seq = &seqs[tok_seq[ti] as usize];
                 let n = tok_pos[ti] as usize + 1;
@@ -249,7 +271,8 @@ impl Model {
                         );
                     }
                 }
-            });
+            }
+        });
     }
 }
 
@@ -273,17 +296,19 @@ fn rope(h: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
     }
 }
 
-fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+/// Rows per task of the element-wise steps.
+const ROWS: usize = 16;
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], pool: &ComputePool) {
     let k = w.len();
-    x.par_chunks(k)
-        .zip(out.par_chunks_mut(k))
-        .with_min_len(16)
-        .for_each(|(xr, or)| rms_norm(xr, w, eps, or));
+    pool.chunks_mut(out, ROWS * k, |i, o| {
+        rms_norm(&x[i * ROWS * k..i * ROWS * k + o.len()], w, eps, o)
+    });
 }
 
-fn add_rows(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(4096)
-        .zip(y.par_chunks(4096))
-        .with_min_len(8)
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+fn add_rows(x: &mut [f32], y: &[f32], pool: &ComputePool) {
+    const N: usize = 1 << 14;
+    pool.chunks_mut(x, N, |i, a| {
+        a.iter_mut().zip(&y[i * N..]).for_each(|(a, b)| *a += b)
+    });
 }

