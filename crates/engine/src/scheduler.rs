@@ -92,7 +92,7 @@ pub(crate) struct Scheduler {
     local: EngineStats,
     scratch: Scratch,
     waiting: VecDeque<Box<Seq>>,
-    running: Vec<Box<Seq>>,
+    running: Vec<Seq>,
 }
 
 impl Scheduler {
@@ -191,7 +191,7 @@ impl Scheduler {
     fn retract_youngest(&mut self) {
         if let Some(mut s) = self.running.pop() {
             self.release(&mut s);
-            self.waiting.push_front(s);
+            self.waiting.push_front(Box::new(s));
             self.local.retractions += 1;
         }
     }
@@ -276,7 +276,7 @@ impl Scheduler {
             let upto = s.computed + n;
             let ok = Self::ensure_pages(&mut self.pool, &mut s, upto);
             debug_assert!(ok, "admission checked capacity");
-            self.running.push(s);
+            self.running.push(*s);
             plan.push((self.running.len() - 1, n));
             *budget -= n;
         }
@@ -333,7 +333,7 @@ impl Scheduler {
         // Sample in parallel (each sequence's generator is its own). `samplers` is ascending
         // and in the order of the logits rows.
         let mut logits = logits;
-        let mut work: Vec<(&mut Box<Seq>, &mut [f32])> = self
+        let mut work: Vec<(&mut Seq, &mut [f32])> = self
             .running
             .iter_mut()
             .enumerate()

@@ -15,6 +15,7 @@ pub fn available() -> bool {
 pub use imp::*;
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // tile loops index several arrays in lockstep
 mod imp {
     use crate::kernels::{ActQ8, ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;

@@ -172,8 +172,8 @@ pub struct Input<'a> {
 impl Linear {
     pub fn new(n: usize, k: usize, w: Weight) -> Result<Self, String> {
         let ok = match &w {
-            Weight::Q4_1(b) => k % QK == 0 && b.len() == n * k / QK * Q4_1_BYTES,
-            Weight::Q8_0(b) => k % QK == 0 && b.len() == n * k / QK * Q8_0_BYTES,
+            Weight::Q4_1(b) => k.is_multiple_of(QK) && b.len() == n * k / QK * Q4_1_BYTES,
+            Weight::Q8_0(b) => k.is_multiple_of(QK) && b.len() == n * k / QK * Q8_0_BYTES,
             Weight::F32(v) => v.len() == n * k,
         };
         if ok {

@@ -19,7 +19,7 @@ fn q4_1_weights(n: usize, k: usize, seed: &mut u64) -> Vec<u8> {
         out.extend(d.to_bits().to_le_bytes());
         out.extend(m.to_bits().to_le_bytes());
         for _ in 0..16 {
-            out.push(((lcg(seed).abs() * 255.0) as u8) & 0xFF);
+            out.push((lcg(seed).abs() * 255.0) as u8);
         }
     }
     out

@@ -50,13 +50,17 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn check(&self) -> Result<(), String> {
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "{} attention heads cannot be grouped over {} KV heads",
                 self.heads, self.kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.hidden == 0 || self.layers == 0 || self.vocab == 0 {
+        if !self.head_dim.is_multiple_of(2)
+            || self.hidden == 0
+            || self.layers == 0
+            || self.vocab == 0
+        {
             return Err("degenerate model shape".into());
         }
         if self.architecture != "llama" && self.architecture != "mistral" {

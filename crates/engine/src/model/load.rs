@@ -279,7 +279,7 @@ fn finish(
         if l.o.k != cfg.heads * cfg.head_dim || l.o.n != h || l.attn_norm.len() != h {
             return Err(bad("attention output"));
         }
-        if h % QK != 0 || cfg.intermediate % QK != 0 {
+        if !h.is_multiple_of(QK) || !cfg.intermediate.is_multiple_of(QK) {
             return Err(bad("hidden size (must be a multiple of 32)"));
         }
     }
@@ -387,7 +387,6 @@ fn load_safetensors(dir: &Path) -> Result<Weights, EngineError> {
     } else {
         lin("lm_head.weight").ok()
     };
-    drop(lin);
     let mut built = Vec::with_capacity(cfg.layers);
     for (i, (qkv, o, gate_up, down)) in layers.into_iter().enumerate() {
         let p = |s: &str| format!("model.layers.{i}.{s}.weight");
