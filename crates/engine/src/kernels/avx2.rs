@@ -75,7 +75,7 @@ mod imp {
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av[a]), ones);
                     let sc = _mm256_set1_ps(dw * ad[a]);
                     acc[i][a] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[i][a]);
-                    summ[i][a] += mw * asum[a];
+                    summ[i][a] = mw.mul_add(asum[a], summ[i][a]);
                 }
             }
         }
@@ -83,6 +83,45 @@ mod imp {
             for a in 0..RA {
                 out[i][a] = hsum(acc[i][a]) + summ[i][a];
             }
+        }
+    }
+
+    /// [`q4_1_tile`] for one weight row against an aligned group of 4 activation rows, with
+    /// the 4 rows' scales multiplied and their min terms accumulated as one vector each. The
+    /// per-pair arithmetic (`dw·da` rounded once, `mw·s` fused into the sum) is the same.
+    #[inline(always)]
+    unsafe fn q4_1_tile_g4(w: &[u8], x: &ActQ8, r: usize, out: &mut [[f32; 4]; 1]) {
+        let nb = w.len() / Q4_1_BYTES;
+        let g = r / 4;
+        let d4 = x.d4.as_ptr().add(g * nb * 4);
+        let s4 = x.s4.as_ptr().add(g * nb * 4);
+        let qs: [*const i8; 4] = std::array::from_fn(|a| x.qs.as_ptr().add((r + a) * x.k));
+        let mask = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let idx: [__m256i; 4] = std::array::from_fn(|a| _mm256_set1_epi32(a as i32));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summ = _mm_setzero_ps();
+        for b in 0..nb {
+            let blk = w.as_ptr().add(b * Q4_1_BYTES);
+            let (dw, mw) = f16x2(blk);
+            let q = _mm_loadu_si128(blk.add(4).cast());
+            let lo = _mm_and_si128(q, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+            let wv = _mm256_set_m128i(hi, lo);
+            let sc4 = _mm_mul_ps(_mm_set1_ps(dw), _mm_loadu_ps(d4.add(b * 4)));
+            summ = _mm_fmadd_ps(_mm_set1_ps(mw), _mm_loadu_ps(s4.add(b * 4)), summ);
+            let sc8 = _mm256_castps128_ps256(sc4);
+            for a in 0..4 {
+                let av = _mm256_loadu_si256(qs[a].add(b * QK).cast());
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones);
+                let sc = _mm256_permutevar8x32_ps(sc8, idx[a]);
+                acc[a] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[a]);
+            }
+        }
+        let mut sm = [0f32; 4];
+        _mm_storeu_ps(sm.as_mut_ptr(), summ);
+        for a in 0..4 {
+            out[0][a] = hsum(acc[a]) + sm[a];
         }
     }
 
@@ -127,7 +166,7 @@ mod imp {
     /// Walk a region of the output in tiles: up to 4 weight rows when there are few
     /// activation rows (decode), 2 × 4 otherwise (prefill). `out` has row stride `c1 - c0`.
     macro_rules! region {
-        ($name:ident, $tile:ident, $bytes:expr) => {
+        ($name:ident, $tile:ident, $bytes:expr, $g4:expr) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn $name(
                 w: &[u8],
@@ -160,6 +199,20 @@ mod imp {
                                 }
                             }};
                         }
+                        if $g4
+                            && rw == 1
+                            && ra == 4
+                            && r % 4 == 0
+                            && (r / 4 + 1) * nb * 4 <= x.d4.len()
+                        {
+                            let mut res = [[0f32; 4]; 1];
+                            q4_1_tile_g4(&w[c * rb..(c + 1) * rb], x, r, &mut res);
+                            for a in 0..4 {
+                                out[(r - r0 + a) * ld + (c - c0)] = res[0][a];
+                            }
+                            r += 4;
+                            continue;
+                        }
                         match (rw, ra) {
                             (4, 1) => go!(4, 1),
                             (4, 2) => go!(4, 2),
@@ -182,8 +235,8 @@ mod imp {
             }
         };
     }
-    region!(q4_1_region_impl, q4_1_tile, Q4_1_BYTES);
-    region!(q8_0_region_impl, q8_0_tile, Q8_0_BYTES);
+    region!(q4_1_region_impl, q4_1_tile, Q4_1_BYTES, true);
+    region!(q8_0_region_impl, q8_0_tile, Q8_0_BYTES, false);
 
     /// Output rows `r0..r1` × columns `c0..c1` of `x · Wᵀ` for Q4_1 weights.
     pub fn q4_1_region(

@@ -65,6 +65,10 @@ pub struct ActQ8 {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
+    /// `d` and `s` of each complete group of 4 rows, block-major (`[group][block][row]`), so
+    /// the prefill kernel loads the 4 rows' scales of a block with one instruction.
+    pub d4: Vec<f32>,
+    pub s4: Vec<f32>,
 }
 
 impl ActQ8 {
@@ -98,6 +102,17 @@ impl ActQ8 {
             );
         } else {
             quant(xs, &mut self.qs, &mut self.d, &mut self.s);
+        }
+        let (nb, groups) = (k / QK, rows / 4);
+        self.d4.resize(groups * nb * 4, 0.0);
+        self.s4.resize(groups * nb * 4, 0.0);
+        for g in 0..groups {
+            for j in 0..4 {
+                for b in 0..nb {
+                    self.d4[(g * nb + b) * 4 + j] = self.d[(g * 4 + j) * nb + b];
+                    self.s4[(g * nb + b) * 4 + j] = self.s[(g * 4 + j) * nb + b];
+                }
+            }
         }
     }
 
