@@ -28,7 +28,7 @@ struct Shared {
 }
 
 /// Spin iterations before yielding, and yields before sleeping, between jobs.
-const SPINS: u32 = 50_000;
+const SPINS: u32 = 4_000;
 const YIELDS: u32 = 2_000;
 
 /// The engine's compute threads.
@@ -104,8 +104,16 @@ impl ComputePool {
         }
         let mine = work(s, epoch, job, n);
         s.done.fetch_add(mine, Ordering::AcqRel);
+        // Wait for the stragglers; yield once it takes long, so a descheduled worker (other
+        // processes share the cores) gets the CPU back instead of us burning it.
+        let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < SPINS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 
