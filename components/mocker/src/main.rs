@@ -5,6 +5,8 @@
 mod runtime_args;
 #[path = "../../common/system_args.rs"]
 mod system_args;
+#[path = "../../common/worker_wiring.rs"]
+mod worker_wiring;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,10 +17,7 @@ use dynamo_llm::model::{self, LoadedModel};
 use dynamo_mocker::{MockEngine, MockerConfig};
 use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
-use dynamo_runtime::{
-    DistributedRuntime, EndpointId, Handler, HandlerError, HandlerStream, RequestContext,
-};
-use futures::StreamExt;
+use dynamo_runtime::{EndpointId, Handler, HandlerStream, RequestContext};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,17 +75,8 @@ impl Handler<PreprocessedRequest, EngineOutput> for MockHandler {
         _ctx: RequestContext,
     ) -> HandlerStream<EngineOutput> {
         match self.0.generate(req) {
-            Ok(rx) => {
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|o| (Ok(o), rx)) },
-                )
-                .boxed()
-            }
-            Err(e) => futures::stream::once(async move {
-                Err(HandlerError::new(ErrorKind::InvalidRequest, e.to_string()))
-            })
-            .boxed(),
+            Ok(rx) => worker_wiring::channel_stream(rx),
+            Err(e) => worker_wiring::error_stream(ErrorKind::InvalidRequest, e.to_string()),
         }
     }
 }
@@ -99,7 +89,6 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(cli.block_size > 0, "--block-size must be > 0");
     anyhow::ensure!(cli.max_num_seqs > 0, "--max-num-seqs must be > 0");
     let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
-    let system_addr = cli.system.system_addr()?;
 
     let cache = cli
         .model_cache
@@ -138,16 +127,7 @@ async fn main() -> anyhow::Result<()> {
         max_num_batched_tokens: cfg.max_num_batched_tokens as u64,
     };
 
-    let drt =
-        DistributedRuntime::connect(cli.rt.runtime_config(), cli.system.health_state()?).await?;
-    let system_port = match system_addr {
-        Some(addr) => Some(
-            drt.start_system_server(addr, cli.system.status_paths())
-                .await?
-                .port(),
-        ),
-        None => None,
-    };
+    let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
     let engine = MockEngine::start(cfg);
     let instance = drt
         .serve_endpoint(

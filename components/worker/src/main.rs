@@ -6,6 +6,8 @@
 mod runtime_args;
 #[path = "../../common/system_args.rs"]
 mod system_args;
+#[path = "../../common/worker_wiring.rs"]
+mod worker_wiring;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +19,7 @@ use dynamo_llm::model;
 use dynamo_protocols::kv_events::{kv_events_subject, RouterEvent};
 use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
-use dynamo_runtime::{
-    DistributedRuntime, EndpointId, Handler, HandlerError, HandlerStream, RequestContext,
-};
-use futures::StreamExt;
+use dynamo_runtime::{EndpointId, Handler, HandlerStream, RequestContext};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceKind {
@@ -94,20 +93,13 @@ impl Handler<PreprocessedRequest, EngineOutput> for EngineHandler {
         _ctx: RequestContext,
     ) -> HandlerStream<EngineOutput> {
         match self.0.generate(req) {
-            Ok(rx) => {
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|o| (Ok(o), rx)) },
-                )
-                .boxed()
-            }
+            Ok(rx) => worker_wiring::channel_stream(rx),
             Err(e) => {
                 let kind = match e {
                     EngineError::InvalidRequest(_) => ErrorKind::InvalidRequest,
                     _ => ErrorKind::Internal,
                 };
-                futures::stream::once(async move { Err(HandlerError::new(kind, e.to_string())) })
-                    .boxed()
+                worker_wiring::error_stream(kind, e.to_string())
             }
         }
     }
@@ -140,7 +132,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.rt.init_logging()?;
     let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
-    let system_addr = cli.system.system_addr()?;
     let cache = cli
         .model_cache
         .clone()
@@ -192,16 +183,7 @@ async fn main() -> anyhow::Result<()> {
         max_num_batched_tokens: info.chunked_prefill_size as u64,
     };
 
-    let drt =
-        DistributedRuntime::connect(cli.rt.runtime_config(), cli.system.health_state()?).await?;
-    let system_port = match system_addr {
-        Some(addr) => Some(
-            drt.start_system_server(addr, cli.system.status_paths())
-                .await?
-                .port(),
-        ),
-        None => None,
-    };
+    let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
     let engine = Arc::new(engine);
     let events = engine.take_kv_events();
     let instance = drt

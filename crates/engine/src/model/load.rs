@@ -124,25 +124,30 @@ impl Gguf {
     }
     fn linear(&mut self, name: &str) -> Result<Linear, EngineError> {
         let t = self.qtensor(name)?;
-        let path = self.path.clone();
-        let dims = t.shape().dims().to_vec();
-        let [n, k] = dims[..] else {
-            return Err(err(&path, format!("{name} is not a matrix: {dims:?}")));
-        };
-        let data = t.data().map_err(|e| err(&path, e))?;
-        let w = match t.dtype() {
-            GgmlDType::Q4_1 => Weight::Q4_1(data.into_owned()),
-            GgmlDType::Q8_0 => Weight::Q8_0(data.into_owned()),
-            GgmlDType::Q4_0 => Weight::Q4_1(q4_0_to_q4_1(&data)),
-            _ => Weight::F32(
-                t.dequantize(&Device::Cpu)
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(|e| err(&path, e))?,
-            ),
-        };
-        Linear::new(n, k, w).map_err(|e| err(&path, format!("{name}: {e}")))
+        linear_from_qtensor(&t).map_err(|e| err(&self.path, format!("{name}: {e}")))
     }
+}
+
+/// A GGUF weight matrix as the kernels take it: Q4_1 / Q8_0 blocks as stored, Q4_0 repacked
+/// to Q4_1, anything else dequantized to f32.
+fn linear_from_qtensor(t: &QTensor) -> Result<Linear, String> {
+    let dims = t.shape().dims().to_vec();
+    let [n, k] = dims[..] else {
+        return Err(format!("not a matrix: {dims:?}"));
+    };
+    let data = t.data().map_err(|e| e.to_string())?;
+    let w = match t.dtype() {
+        GgmlDType::Q4_1 => Weight::Q4_1(data.into_owned()),
+        GgmlDType::Q8_0 => Weight::Q8_0(data.into_owned()),
+        GgmlDType::Q4_0 => Weight::Q4_1(q4_0_to_q4_1(&data)),
+        _ => Weight::F32(
+            t.dequantize(&Device::Cpu)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    Linear::new(n, k, w)
 }
 
 /// Q4_0 (`d·(q−8)`) is Q4_1 with min `−8d`, exactly representable in f16.
@@ -402,4 +407,41 @@ fn load_safetensors(dir: &Path) -> Result<Weights, EngineError> {
     let norm = take("model.norm.weight")?.1;
     let inv_freq = cfg.inv_freq();
     finish(cfg, embed, built, norm, lm_head, inv_freq, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every GGUF tensor format the loader accepts gives the matrix candle dequantizes (exactly:
+    /// the repack and the dequantization are lossless).
+    #[test]
+    fn every_gguf_format_loads_as_candle_dequantizes_it() {
+        let (n, k) = (4, 256);
+        let v: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let src = Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap();
+        for dt in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::F16,
+            GgmlDType::F32,
+        ] {
+            let q = QTensor::quantize(&src, dt).unwrap();
+            let want: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let lin = linear_from_qtensor(&q).unwrap();
+            assert_eq!((lin.n, lin.k), (n, k), "{dt:?}");
+            assert_eq!(lin.to_f32(), want, "{dt:?}");
+        }
+    }
 }
