@@ -91,7 +91,7 @@ pub struct EngineStats {
 
 /// A running engine. Dropping it stops the scheduler once in-flight requests end.
 pub struct Engine {
-    tx: Mutex<mpsc::Sender<Cmd>>,
+    tx: mpsc::Sender<Cmd>,
     info: EngineInfo,
     stats: Arc<Mutex<EngineStats>>,
     events: Mutex<Option<tmpsc::UnboundedReceiver<KvCacheEvent>>>,
@@ -179,7 +179,7 @@ impl Engine {
             .spawn(move || sched.run())
             .map_err(|e| EngineError::Config(format!("scheduler thread: {e}")))?;
         Ok(Engine {
-            tx: Mutex::new(tx),
+            tx,
             info,
             stats,
             events: Mutex::new(erx),
@@ -201,17 +201,8 @@ impl Engine {
         self.events.lock().ok()?.take()
     }
 
-    /// Drop every unreferenced cached block (emits removed events).
-    pub fn clear_cache(&self) -> Result<(), EngineError> {
-        self.send(Cmd::ClearCache)
-    }
-
     fn send(&self, cmd: Cmd) -> Result<(), EngineError> {
-        self.tx
-            .lock()
-            .map_err(|_| EngineError::Stopped)?
-            .send(cmd)
-            .map_err(|_| EngineError::Stopped)
+        self.tx.send(cmd).map_err(|_| EngineError::Stopped)
     }
 
     /// Validate and queue a request; outputs stream on the returned channel. Dropping the
@@ -266,15 +257,12 @@ impl Engine {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fallback_seed = id
-            ^ (Instant::now().elapsed().as_nanos() as u64)
-            ^ 0x5DEE_CE66_D1CE_4E5B
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
         let sampler = Sampler::new(params, &prompt, fallback_seed);
         let (tx, rx) = tmpsc::unbounded_channel();
         let seq = Seq::new(
-            id,
             prompt,
             max_new,
             req.stop.min_tokens.unwrap_or(0) as usize,

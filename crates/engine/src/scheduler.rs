@@ -19,7 +19,6 @@ use crate::sampling::Sampler;
 
 pub(crate) enum Cmd {
     Add(Box<Seq>),
-    ClearCache,
 }
 
 /// One request's state on the scheduler thread.
@@ -44,7 +43,6 @@ pub(crate) struct Seq {
 
 impl Seq {
     pub(crate) fn new(
-        _id: u64,
         prompt: Vec<u32>,
         max_new: usize,
         min_new: usize,
@@ -127,9 +125,6 @@ impl Scheduler {
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Add(s) => self.waiting.push_back(s),
-            Cmd::ClearCache => {
-                self.pool.clear_cache();
-            }
         }
     }
 
@@ -215,7 +210,6 @@ impl Scheduler {
             let mut plan = Vec::new();
             let mut budget = self.cfg.chunk;
             let mut i = 0;
-            let mut retracted = false;
             while i < self.running.len() {
                 let s = &mut self.running[i];
                 let remaining = s.tokens.len() - s.computed;
@@ -225,8 +219,8 @@ impl Scheduler {
                         plan.push((i, 1));
                         i += 1;
                     } else {
+                        // Only the tail is removed, so `plan` (indices < i) stays valid.
                         self.retract_youngest();
-                        retracted = true;
                     }
                     continue;
                 }
@@ -239,11 +233,6 @@ impl Scheduler {
                     budget -= n;
                 }
                 i += 1;
-            }
-            if retracted {
-                // Indices after a retraction are still valid (only the tail was removed) but
-                // the plan may reference removed entries; rebuild it.
-                plan.retain(|&(i, _)| i < self.running.len());
             }
             self.admit(&mut plan, &mut budget);
             if !plan.is_empty() || self.running.is_empty() {

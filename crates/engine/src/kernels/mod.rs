@@ -242,31 +242,39 @@ impl Linear {
         (0..self.n).flat_map(|r| self.row_f32(r)).collect()
     }
 
-    /// Dequantize one row (embedding lookup).
+    /// Dequantize one row.
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.k];
+        self.row_into(r, &mut out);
+        out
+    }
+
+    /// Dequantize one row into `out` (`k` values; the embedding lookup, no allocation).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let nb = self.k / QK;
+        let out = &mut out[..self.k];
         match &self.w {
-            Weight::F32(v) => v[r * self.k..(r + 1) * self.k].to_vec(),
+            Weight::F32(v) => out.copy_from_slice(&v[r * self.k..(r + 1) * self.k]),
             Weight::Q8_0(b) => {
                 let row = &b[r * nb * Q8_0_BYTES..(r + 1) * nb * Q8_0_BYTES];
-                let mut out = Vec::with_capacity(self.k);
-                for blk in row.chunks_exact(Q8_0_BYTES) {
+                for (blk, o) in row.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(QK)) {
                     let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-                    out.extend(blk[2..].iter().map(|&q| d * f32::from(q as i8)));
+                    for (o, &q) in o.iter_mut().zip(&blk[2..]) {
+                        *o = d * f32::from(q as i8);
+                    }
                 }
-                out
             }
             Weight::Q4_1(b) => {
                 let row = &b[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES];
-                let mut out = Vec::with_capacity(self.k);
-                for blk in row.chunks_exact(Q4_1_BYTES) {
+                for (blk, o) in row.chunks_exact(Q4_1_BYTES).zip(out.chunks_exact_mut(QK)) {
                     let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
                     let m = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-                    let q = &blk[4..];
-                    out.extend(q.iter().map(|&b| d * f32::from(b & 0xF) + m));
-                    out.extend(q.iter().map(|&b| d * f32::from(b >> 4) + m));
+                    let (lo, hi) = o.split_at_mut(QK / 2);
+                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[4..]) {
+                        *l = d * f32::from(q & 0xF) + m;
+                        *h = d * f32::from(q >> 4) + m;
+                    }
                 }
-                out
             }
         }
     }

@@ -8,7 +8,6 @@ pub use pool::{BlockPool, NodeId, PoolStats, ROOT};
 /// K and V for every layer as f16 bits, `blocks × page` slots of `kv_heads × head_dim` each.
 pub struct KvCache {
     pub page: usize,
-    kv_dim: usize,
     layers: Vec<(Vec<u16>, Vec<u16>)>,
 }
 
@@ -17,7 +16,6 @@ impl KvCache {
         let n = blocks * page * kv_dim;
         KvCache {
             page,
-            kv_dim,
             layers: (0..layers)
                 .map(|_| (vec![0u16; n], vec![0u16; n]))
                 .collect(),
@@ -27,10 +25,6 @@ impl KvCache {
     /// Bytes per token slot across all layers (K and V).
     pub fn bytes_per_token(layers: usize, kv_dim: usize) -> usize {
         layers * 2 * kv_dim * std::mem::size_of::<u16>()
-    }
-
-    pub fn kv_dim(&self) -> usize {
-        self.kv_dim
     }
 
     pub fn layer(&self, i: usize) -> (&[u16], &[u16]) {

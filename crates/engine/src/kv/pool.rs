@@ -289,15 +289,6 @@ impl BlockPool {
                 block_hashes: vec![h],
             }));
     }
-
-    /// Drop every unreferenced cached block (`clear_kv_blocks`); referenced ones stay.
-    pub fn clear_cache(&mut self) -> usize {
-        let mut n = 0;
-        while self.unreferenced > 0 && self.evict_one().is_some() {
-            n += 1;
-        }
-        n
-    }
 }
 
 #[cfg(test)]

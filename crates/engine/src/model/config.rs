@@ -150,17 +150,7 @@ impl HfConfig {
             .first()
             .map(|a| a.trim_end_matches("ForCausalLM").to_ascii_lowercase())
             .unwrap_or_else(|| "llama".into());
-        let eos = match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
-            }
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as u32)
-                .collect(),
-            _ => vec![],
-        };
+        let eos = token_ids(self.eos_token_id.as_ref());
         ModelConfig {
             architecture: arch,
             hidden: self.hidden_size,
@@ -180,6 +170,21 @@ impl HfConfig {
             eos_token_ids: eos,
             bos_token_id: self.bos_token_id,
         }
+    }
+}
+
+/// A token id or a list of them (`eos_token_id` in `config.json` / `generation_config.json`).
+pub fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => vec![],
     }
 }
 

@@ -106,13 +106,9 @@ impl Model {
             }
         }
         grow(&mut s.x, t * hdim);
-        let mut row = 0;
-        for q in seqs {
-            for &tok in q.tokens {
-                let e = self.w.embed.row_f32(tok as usize % c.vocab);
-                s.x[row * hdim..(row + 1) * hdim].copy_from_slice(&e);
-                row += 1;
-            }
+        let toks = seqs.iter().flat_map(|q| q.tokens.iter());
+        for (row, &tok) in s.x[..t * hdim].chunks_exact_mut(hdim).zip(toks) {
+            self.w.embed.row_into(tok as usize % c.vocab, row);
         }
         grow(&mut s.h, t * hdim);
         grow(&mut s.qkv, t * qkv_n);

@@ -315,17 +315,7 @@ fn load_safetensors(dir: &Path) -> Result<Weights, EngineError> {
     let mut cfg = hf.to_model_config();
     if let Ok(gen) = std::fs::read_to_string(dir.join("generation_config.json")) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&gen) {
-            let ids: Vec<u32> = match v.get("eos_token_id") {
-                Some(serde_json::Value::Number(n)) => {
-                    n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
-                }
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
-                    .collect(),
-                _ => vec![],
-            };
+            let ids = super::config::token_ids(v.get("eos_token_id"));
             for id in ids {
                 if !cfg.eos_token_ids.contains(&id) {
                     cfg.eos_token_ids.push(id);
