@@ -1,6 +1,13 @@
-//! Wiring both worker binaries (`dynamo-worker`, `dynamo-mocker`) share: connect to the
-//! runtime and start the system status server, and turn an engine's output channel (or its
-//! refusal) into a request-plane handler stream. Included by each binary with `#[path]`.
+//! Wiring both worker binaries (`dynamo-worker`, `dynamo-mocker`) share: the model and
+//! endpoint flags, connecting to the runtime and starting the system status server, and
+//! turning an engine's output channel (or its refusal) into a request-plane handler stream.
+//! Included by each binary with `#[path]`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dynamo_llm::model;
+use dynamo_runtime::EndpointId;
 
 use dynamo_protocols::EngineOutput;
 use dynamo_runtime::error::ErrorKind;
@@ -10,6 +17,53 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::runtime_args::RuntimeArgs;
 use crate::system_args::SystemArgs;
+
+/// Which model a worker serves, under what name, and where it registers.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model: a .gguf file, a Hugging Face directory (config.json, tokenizer.json, and for
+    /// dynamo-worker *.safetensors), or `SmolLM2-135M-Instruct` (fetched into the model cache
+    /// when missing).
+    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
+    pub model: String,
+    /// Name clients use in `model` (default: the model name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Model cache directory (default ~/.cache/dynamo/models).
+    #[arg(long, env = "DYN_MODEL_CACHE")]
+    pub model_cache: Option<PathBuf>,
+    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
+    pub namespace: String,
+    #[arg(long, default_value = "backend")]
+    pub component: String,
+    #[arg(long, default_value = "generate")]
+    pub endpoint: String,
+}
+
+impl ModelArgs {
+    pub fn endpoint_id(&self) -> anyhow::Result<EndpointId> {
+        Ok(EndpointId::new(
+            &self.namespace,
+            &self.component,
+            &self.endpoint,
+        )?)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.model_cache
+            .clone()
+            .unwrap_or_else(|| model::default_cache_dir(std::env::var_os("HOME")))
+    }
+
+    /// `--served-model-name`, else the default model's name, else `loaded_name`.
+    pub fn served_name(&self, loaded_name: impl FnOnce() -> String) -> String {
+        match &self.served_model_name {
+            Some(n) => n.clone(),
+            None if model::is_default_name(&self.model) => model::DEFAULT_MODEL_NAME.to_string(),
+            None => loaded_name(),
+        }
+    }
+}
 
 /// Connect to NATS and, when a system port is configured, serve `/metrics`, `/health`, `/live`.
 pub async fn connect(

@@ -8,7 +8,6 @@ mod system_args;
 #[path = "../../common/worker_wiring.rs"]
 mod worker_wiring;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -17,7 +16,7 @@ use dynamo_llm::model::{self, LoadedModel};
 use dynamo_mocker::{MockEngine, MockerConfig};
 use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
-use dynamo_runtime::{EndpointId, Handler, HandlerStream, RequestContext};
+use dynamo_runtime::{Handler, HandlerStream, RequestContext};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,22 +25,8 @@ use dynamo_runtime::{EndpointId, Handler, HandlerStream, RequestContext};
     about = "Simulated LLM worker for routing and load tests"
 )]
 struct Cli {
-    /// Model: a .gguf file, a Hugging Face directory, or `SmolLM2-135M-Instruct` (fetched into
-    /// the model cache when missing).
-    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
-    model: String,
-    /// Name clients use in `model` (default: the model name).
-    #[arg(long)]
-    served_model_name: Option<String>,
-    /// Model cache directory (default ~/.cache/dynamo/models).
-    #[arg(long, env = "DYN_MODEL_CACHE")]
-    model_cache: Option<PathBuf>,
-    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
-    namespace: String,
-    #[arg(long, default_value = "backend")]
-    component: String,
-    #[arg(long, default_value = "generate")]
-    endpoint: String,
+    #[command(flatten)]
+    m: worker_wiring::ModelArgs,
     /// Divide all simulated times by this (100000 ≈ no simulated compute).
     #[arg(long, default_value_t = 1.0)]
     speedup_ratio: f64,
@@ -88,26 +73,17 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(cli.speedup_ratio > 0.0, "--speedup-ratio must be > 0");
     anyhow::ensure!(cli.block_size > 0, "--block-size must be > 0");
     anyhow::ensure!(cli.max_num_seqs > 0, "--max-num-seqs must be > 0");
-    let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
+    let id = cli.m.endpoint_id()?;
 
-    let cache = cli
-        .model_cache
-        .clone()
-        .unwrap_or_else(|| model::default_cache_dir(std::env::var_os("HOME")));
-    let spec = cli.model.clone();
+    let cache = cli.m.cache_dir();
+    let spec = cli.m.model.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let src = model::resolve(&spec, &cache, true)?;
         LoadedModel::load(src)
     })
     .await?
-    .with_context(|| format!("loading model {:?}", cli.model))?;
-    let served = cli.served_model_name.clone().unwrap_or_else(|| {
-        if model::is_default_name(&cli.model) {
-            model::DEFAULT_MODEL_NAME.to_string()
-        } else {
-            loaded.name.clone()
-        }
-    });
+    .with_context(|| format!("loading model {:?}", cli.m.model))?;
+    let served = cli.m.served_name(|| loaded.name.clone());
     let cfg = MockerConfig {
         block_size: cli.block_size,
         num_blocks: cli.num_gpu_blocks,

@@ -19,7 +19,7 @@ use dynamo_llm::model;
 use dynamo_protocols::kv_events::{kv_events_subject, RouterEvent};
 use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
-use dynamo_runtime::{EndpointId, Handler, HandlerStream, RequestContext};
+use dynamo_runtime::{Handler, HandlerStream, RequestContext};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceKind {
@@ -34,16 +34,8 @@ enum DeviceKind {
     about = "LLM worker: continuous-batching engine with a prefix-shared paged KV cache"
 )]
 struct Cli {
-    /// Model: a .gguf file, a Hugging Face safetensors directory, or `SmolLM2-135M-Instruct`
-    /// (fetched into the model cache when missing).
-    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
-    model: String,
-    /// Name clients use in `model` (default: the model name).
-    #[arg(long)]
-    served_model_name: Option<String>,
-    /// Model cache directory (default ~/.cache/dynamo/models).
-    #[arg(long, env = "DYN_MODEL_CACHE")]
-    model_cache: Option<PathBuf>,
+    #[command(flatten)]
+    m: worker_wiring::ModelArgs,
     /// Tokens per KV page; also the KV block size reported to the router.
     #[arg(long, default_value_t = 16)]
     page_size: usize,
@@ -72,12 +64,6 @@ struct Cli {
     /// Do not share KV blocks between requests with a common prefix.
     #[arg(long)]
     disable_radix_cache: bool,
-    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
-    namespace: String,
-    #[arg(long, default_value = "backend")]
-    component: String,
-    #[arg(long, default_value = "generate")]
-    endpoint: String,
     #[command(flatten)]
     rt: runtime_args::RuntimeArgs,
     #[command(flatten)]
@@ -131,15 +117,12 @@ fn engine_config(cli: &Cli, model: PathBuf) -> anyhow::Result<EngineConfig> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.rt.init_logging()?;
-    let id = EndpointId::new(&cli.namespace, &cli.component, &cli.endpoint)?;
-    let cache = cli
-        .model_cache
-        .clone()
-        .unwrap_or_else(|| model::default_cache_dir(std::env::var_os("HOME")));
-    let spec = cli.model.clone();
+    let id = cli.m.endpoint_id()?;
+    let cache = cli.m.cache_dir();
+    let spec = cli.m.model.clone();
     let source = tokio::task::spawn_blocking(move || model::resolve(&spec, &cache, true))
         .await?
-        .with_context(|| format!("--model {:?}", cli.model))?;
+        .with_context(|| format!("--model {:?}", cli.m.model))?;
     let cfg = engine_config(&cli, source.path().to_path_buf())?;
     let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
         .await?
@@ -162,16 +145,12 @@ async fn main() -> anyhow::Result<()> {
         load_s = info.load_time.as_secs_f64(),
         "engine loaded"
     );
-    let served = cli.served_model_name.clone().unwrap_or_else(|| {
-        if model::is_default_name(&cli.model) {
-            model::DEFAULT_MODEL_NAME.to_string()
-        } else {
-            source
-                .path()
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| cli.model.clone())
-        }
+    let served = cli.m.served_name(|| {
+        source
+            .path()
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| cli.m.model.clone())
     });
     let card = ModelCard {
         served_model_name: served.clone(),
@@ -196,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     if let Some(mut events) = events {
         let nats = drt.nats().clone();
-        let subject = kv_events_subject(&cli.namespace, &cli.component);
+        let subject = kv_events_subject(&cli.m.namespace, &cli.m.component);
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let ev = RouterEvent {
