@@ -26,6 +26,13 @@ mod imp {
             && is_x86_feature_detected!("f16c")
     }
 
+    /// How far ahead of the weight block being read to prefetch, in bytes. Decode streams
+    /// every weight once per token from DRAM; the hardware prefetcher alone left a core at
+    /// ~4–5 GB/s, and prefetching 2–4 KB ahead took decode at batch 1 from ~55 to ~95 tok/s
+    /// (A/B of the engine bench, 2 threads; 1 KB gave ~85). Prefetch never faults, so running
+    /// past the end of a matrix is harmless.
+    const PF: usize = 3072;
+
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -66,6 +73,9 @@ mod imp {
             }
             for i in 0..RW {
                 let blk = w.get_unchecked(i).as_ptr().add(b * Q4_1_BYTES);
+                if b % 2 == 0 {
+                    _mm_prefetch(blk.wrapping_add(PF).cast(), _MM_HINT_T0);
+                }
                 let (dw, mw) = f16x2(blk);
                 let q = _mm_loadu_si128(blk.add(4).cast());
                 let lo = _mm_and_si128(q, mask);
@@ -145,6 +155,7 @@ mod imp {
             }
             for i in 0..RW {
                 let blk = w.get_unchecked(i).as_ptr().add(b * Q8_0_BYTES);
+                _mm_prefetch(blk.wrapping_add(PF).cast(), _MM_HINT_T0);
                 let (dw, _) = f16x2(blk);
                 let wv = _mm256_loadu_si256(blk.add(2).cast());
                 let ax = _mm256_sign_epi8(wv, wv);
