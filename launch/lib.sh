@@ -47,6 +47,22 @@ PY
   log "installed $("$DYN_BIN/nats-server" --version) at $DYN_BIN/nats-server"
 }
 
+# Prometheus and promtool (Debian's `prometheus` package) for the metrics tests and
+# deploy/ files: apt-get install when missing (root, or passwordless sudo).
+ensure_prometheus() {
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && return 0
+  log "prometheus/promtool not found; installing Debian's prometheus package"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null 2>&1 &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1; } || {
+    log "cannot install prometheus (apt-get install prometheus)"; return 1; }
+  # The package starts a system service; the tests run their own servers.
+  $sudo systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  log "installed $(prometheus --version 2>&1 | head -1)"
+}
+
 # The default model in $DYN_MODEL_CACHE.
 ensure_model() {
   local f="$DYN_MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs a current nats-server and the default
-# model when missing, then format check, clippy (warnings fail), build, and every test.
+# The whole test suite, from a fresh machine: installs a current nats-server, the default
+# model and Debian's prometheus (with promtool) when missing, then format check, clippy
+# (warnings fail), build, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/lib.sh
 
 ensure_nats
 ensure_model
+ensure_prometheus
 log "nats-server: $(command -v nats-server) ($(nats-server --version))"
 
 cargo fmt --all -- --check

@@ -1,7 +1,10 @@
 //! `dynamo-worker`: loads the engine, serves it on `namespace/component/endpoint` of the
-//! request plane, registers a model card for the frontend, and publishes the engine's KV
-//! events for the router. Flags → config → wiring.
+//! request plane, registers a model card for the frontend, publishes the engine's KV events
+//! for the router, and serves its metrics on the system port. Flags → config → wiring.
 
+#[path = "../../common/kv_metrics.rs"]
+mod kv_metrics;
+mod metrics_args;
 #[path = "../../common/runtime_args.rs"]
 mod runtime_args;
 #[path = "../../common/system_args.rs"]
@@ -65,6 +68,8 @@ struct Cli {
     #[arg(long)]
     disable_radix_cache: bool,
     #[command(flatten)]
+    metrics: metrics_args::MetricsArgs,
+    #[command(flatten)]
     rt: runtime_args::RuntimeArgs,
     #[command(flatten)]
     system: system_args::SystemArgs,
@@ -123,7 +128,17 @@ async fn main() -> anyhow::Result<()> {
     let source = tokio::task::spawn_blocking(move || model::resolve(&spec, &cache, true))
         .await?
         .with_context(|| format!("--model {:?}", cli.m.model))?;
-    let cfg = engine_config(&cli, source.path().to_path_buf())?;
+    let served = cli.m.served_name(|| {
+        source
+            .path()
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| cli.m.model.clone())
+    });
+    let mut cfg = engine_config(&cli, source.path().to_path_buf())?;
+    cfg.metrics = cli.metrics.config(&served)?;
+    // The status server comes up first: /health says notready while the engine loads.
+    let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
     let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
         .await?
         .with_context(|| format!("loading {}", source.path().display()))?;
@@ -142,16 +157,10 @@ async fn main() -> anyhow::Result<()> {
         context_length = info.context_length,
         threads = info.threads,
         kernels = ?info.isa,
+        metrics = engine.metrics().is_some(),
         load_s = info.load_time.as_secs_f64(),
         "engine loaded"
     );
-    let served = cli.m.served_name(|| {
-        source
-            .path()
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| cli.m.model.clone())
-    });
     let card = ModelCard {
         served_model_name: served.clone(),
         source: source.path().display().to_string(),
@@ -162,8 +171,25 @@ async fn main() -> anyhow::Result<()> {
         max_num_batched_tokens: info.chunked_prefill_size as u64,
     };
 
-    let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
     let engine = Arc::new(engine);
+    let e = engine.clone();
+    kv_metrics::register(
+        drt.metrics(),
+        &id,
+        info.load_time.as_secs_f64(),
+        move || {
+            let p = e.stats().pool;
+            kv_metrics::KvSnapshot {
+                total_blocks: p.total,
+                used_blocks: p.shared_in_use + p.private_in_use,
+            }
+        },
+    )?;
+    if engine.metrics().is_some() {
+        let e = engine.clone();
+        drt.metrics()
+            .add_text_source(move || e.metrics().map(|m| m.render()).unwrap_or_default());
+    }
     let events = engine.take_kv_events();
     let instance = drt
         .serve_endpoint(

@@ -11,6 +11,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::kernels::{self, Isa};
 use crate::kv::{BlockPool, KvCache, PoolStats};
+use crate::metrics::{EngineMetrics, MetricsConfig, StaticFacts};
 use crate::model::{self, Model, ModelConfig, WeightSummary};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{Cmd, SchedConfig, Scheduler, Seq};
@@ -39,6 +40,8 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Produce KV events (take them with [`Engine::take_kv_events`]).
     pub kv_events: bool,
+    /// `--enable-metrics`: keep the `sglang:` registry ([`Engine::metrics`]).
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl EngineConfig {
@@ -54,6 +57,7 @@ impl EngineConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             enable_prefix_caching: true,
             kv_events: false,
+            metrics: None,
         }
     }
 }
@@ -96,6 +100,7 @@ pub struct Engine {
     stats: Arc<Mutex<EngineStats>>,
     events: Mutex<Option<tmpsc::UnboundedReceiver<KvCacheEvent>>>,
     next_id: AtomicU64,
+    metrics: Option<Arc<EngineMetrics>>,
 }
 
 impl Engine {
@@ -117,8 +122,15 @@ impl Engine {
         if cfg.threads == 0 {
             return bad("--threads must be > 0".into());
         }
+        let metrics = match &cfg.metrics {
+            Some(m) => Some(Arc::new(
+                EngineMetrics::new(m).map_err(EngineError::Config)?,
+            )),
+            None => None,
+        };
         let t0 = Instant::now();
         let weights = model::load(&cfg.model)?;
+        let load_weights = t0.elapsed();
         let mc = weights.cfg.clone();
         let context_length = cfg.context_length.unwrap_or(mc.context_length);
         if context_length == 0 {
@@ -173,22 +185,39 @@ impl Engine {
             rx,
             etx,
             stats.clone(),
+            metrics.clone(),
         );
         std::thread::Builder::new()
             .name("engine-scheduler".into())
             .spawn(move || sched.run())
             .map_err(|e| EngineError::Config(format!("scheduler thread: {e}")))?;
+        if let Some(m) = &metrics {
+            let facts = StaticFacts {
+                max_total_tokens: info.max_total_tokens,
+                page_size: info.page_size,
+                num_pages: info.kv_blocks,
+                context_len: info.context_length,
+                load_weights,
+            };
+            m.set_static(&facts, t0.elapsed());
+        }
         Ok(Engine {
             tx,
             info,
             stats,
             events: Mutex::new(erx),
             next_id: AtomicU64::new(1),
+            metrics,
         })
     }
 
     pub fn info(&self) -> &EngineInfo {
         &self.info
+    }
+
+    /// The `sglang:` registry when metrics are enabled.
+    pub fn metrics(&self) -> Option<&EngineMetrics> {
+        self.metrics.as_deref()
     }
 
     /// Latest per-iteration statistics.

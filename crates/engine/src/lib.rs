@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod kernels;
 pub mod kv;
+pub mod metrics;
 pub mod model;
 pub mod sampling;
 mod scheduler;

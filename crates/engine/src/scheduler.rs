@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 
 use dynamo_protocols::{EngineOutput, FinishReason, KvCacheEvent, Usage};
 use tokio::sync::mpsc as tmpsc;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc as tmpsc;
 use crate::engine::EngineStats;
 use crate::kernels::ComputePool;
 use crate::kv::{BlockPool, KvCache, NodeId, ROOT};
+use crate::metrics::{EngineMetrics, Stage, Window};
 use crate::model::{Model, Scratch, SeqInput};
 use crate::sampling::Sampler;
 
@@ -39,6 +41,13 @@ pub(crate) struct Seq {
     cached: Option<usize>,
     /// False after a hash collision: later blocks stay private.
     cacheable: bool,
+    /// Submission time, first admission, last output token (metrics).
+    arrival: Instant,
+    admitted: Option<Instant>,
+    last_token: Option<Instant>,
+    retractions: u32,
+    /// The prompt needed more than one prefill chunk at first admission.
+    chunked: bool,
 }
 
 impl Seq {
@@ -63,6 +72,11 @@ impl Seq {
             computed: 0,
             cached: None,
             cacheable: true,
+            arrival: Instant::now(),
+            admitted: None,
+            last_token: None,
+            retractions: 0,
+            chunked: false,
         }
     }
 
@@ -88,6 +102,8 @@ pub(crate) struct Scheduler {
     event_id: u64,
     stats: Arc<Mutex<EngineStats>>,
     local: EngineStats,
+    metrics: Option<Arc<EngineMetrics>>,
+    window: Window,
     scratch: Scratch,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
@@ -104,6 +120,7 @@ impl Scheduler {
         rx: mpsc::Receiver<Cmd>,
         events: Option<tmpsc::UnboundedSender<KvCacheEvent>>,
         stats: Arc<Mutex<EngineStats>>,
+        metrics: Option<Arc<EngineMetrics>>,
     ) -> Self {
         Scheduler {
             model,
@@ -116,6 +133,8 @@ impl Scheduler {
             event_id: 0,
             stats,
             local: EngineStats::default(),
+            metrics,
+            window: Window::new(Instant::now()),
             scratch: Scratch::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -124,14 +143,19 @@ impl Scheduler {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Add(s) => self.waiting.push_back(s),
+            Cmd::Add(s) => {
+                if let Some(m) = &self.metrics {
+                    m.stage(Stage::RequestProcess, s.arrival.elapsed());
+                }
+                self.waiting.push_back(s)
+            }
         }
     }
 
     pub(crate) fn run(mut self) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
-                self.publish();
+                self.publish(true);
                 match self.rx.recv() {
                     Ok(cmd) => self.handle(cmd),
                     Err(_) => return,
@@ -143,7 +167,7 @@ impl Scheduler {
             self.drop_cancelled();
             let plan = self.schedule();
             if plan.is_empty() {
-                self.publish();
+                self.publish(false);
                 if let Ok(cmd) = self.rx.recv_timeout(std::time::Duration::from_millis(5)) {
                     self.handle(cmd);
                 }
@@ -151,7 +175,7 @@ impl Scheduler {
             }
             self.step(&plan);
             self.local.iterations += 1;
-            self.publish();
+            self.publish(false);
         }
     }
 
@@ -172,13 +196,20 @@ impl Scheduler {
                 let mut s = self.running.remove(i);
                 self.release(&mut s);
                 self.local.cancelled += 1;
+                if let Some(m) = &self.metrics {
+                    m.aborted.inc();
+                }
             } else {
                 i += 1;
             }
         }
         let before = self.waiting.len();
         self.waiting.retain(|s| !s.tx.is_closed());
-        self.local.cancelled += (before - self.waiting.len()) as u64;
+        let gone = (before - self.waiting.len()) as u64;
+        self.local.cancelled += gone;
+        if let Some(m) = &self.metrics {
+            m.aborted.inc_by(gone);
+        }
     }
 
     /// Retract the youngest running sequence: its blocks go back (full ones stay cached),
@@ -186,6 +217,13 @@ impl Scheduler {
     fn retract_youngest(&mut self) {
         if let Some(mut s) = self.running.pop() {
             self.release(&mut s);
+            s.retractions += 1;
+            if let Some(m) = &self.metrics {
+                m.retracted_requests.inc();
+                m.retracted_input.inc_by(s.prompt_len as u64);
+                m.retracted_output.inc_by(s.generated() as u64);
+                self.window.retracted();
+            }
             self.waiting.push_front(Box::new(s));
             self.local.retractions += 1;
         }
@@ -260,6 +298,17 @@ impl Scheduler {
             s.pages = nodes.iter().map(|&n| self.pool.block_of(n)).collect();
             s.computed = nodes.len() * page;
             s.nodes = nodes;
+            if let Some(m) = &self.metrics {
+                m.realtime_prefill_cache.inc_by(s.computed as u64);
+                if s.admitted.is_none() {
+                    let now = Instant::now();
+                    m.queue_time
+                        .observe(now.duration_since(s.arrival).as_secs_f64());
+                    self.window.admitted(s.prompt_len, s.computed);
+                    s.admitted = Some(now);
+                    s.chunked = len - s.computed > self.cfg.chunk;
+                }
+            }
             s.cached.get_or_insert(s.computed);
             let n = (len - s.computed).min(*budget);
             let upto = s.computed + n;
@@ -285,19 +334,31 @@ impl Scheduler {
             })
             .collect();
         let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
+        let t0 = Instant::now();
         let logits = model.forward(kv, &inputs, scratch, &self.threads);
+        let t1 = Instant::now();
         drop(inputs);
         let vocab = self.model.w.cfg.vocab;
         let page = self.pool.page();
 
         // Advance, publish full blocks, collect who samples.
         let mut samplers: Vec<usize> = Vec::new();
+        let (mut prefill, mut decode, mut decode_lens) = (0u64, 0u64, 0usize);
         for &(i, n) in plan {
             let s = &mut self.running[i];
             if s.tokens.len() - s.computed > 1 {
-                self.local.prefill_tokens += n as u64;
+                prefill += n as u64;
+                if let Some(m) = self.metrics.as_deref().filter(|_| s.generated() == 0) {
+                    if s.chunked {
+                        m.stage(Stage::ChunkedPrefill, t1 - t0);
+                    }
+                    if let Some(a) = s.admitted.filter(|_| s.computed + n == s.tokens.len()) {
+                        m.stage(Stage::PrefillForward, t1.duration_since(a));
+                    }
+                }
             } else {
-                self.local.decode_tokens += 1;
+                decode += 1;
+                decode_lens += s.tokens.len();
             }
             s.computed += n;
             if s.computed == s.tokens.len() {
@@ -318,6 +379,14 @@ impl Scheduler {
                 }
                 s.nodes.push(node);
             }
+        }
+        self.local.prefill_tokens += prefill;
+        self.local.decode_tokens += decode;
+        if let Some(m) = &self.metrics {
+            m.realtime_prefill_compute.inc_by(prefill);
+            m.realtime_decode.inc_by(decode);
+            m.decode_sum_seq_lens.set(decode_lens as i64);
+            self.window.forward(t1 - t0, decode);
         }
         // Sample in parallel (each sequence's generator is its own). `samplers` is ascending
         // and in the order of the logits rows.
@@ -344,8 +413,16 @@ impl Scheduler {
         drop(work);
         // Emit and finish.
         let mut done = Vec::new();
+        let now = Instant::now();
         for &i in &samplers {
             let s = &mut self.running[i];
+            if let Some(m) = &self.metrics {
+                match s.last_token {
+                    None => m.ttft.observe(now.duration_since(s.arrival).as_secs_f64()),
+                    Some(t) => m.itl.observe(now.duration_since(t).as_secs_f64()),
+                }
+            }
+            s.last_token = Some(now);
             let tok = *s.tokens.last().expect("sampled");
             let g = s.generated();
             let is_stop = g > s.min_new && s.stop_ids.contains(&tok);
@@ -373,6 +450,9 @@ impl Scheduler {
                 } else {
                     self.local.finished += 1;
                 }
+                if let Some(m) = &self.metrics {
+                    finished(m, s, gone, now);
+                }
             }
         }
         done.sort_unstable();
@@ -382,8 +462,8 @@ impl Scheduler {
         }
     }
 
-    /// Events and statistics, once per iteration.
-    fn publish(&mut self) {
+    /// Events, statistics and metric gauges, once per iteration (and when going idle).
+    fn publish(&mut self, idle: bool) {
         let evs = self.pool.drain_events();
         if let Some(tx) = &self.events {
             for data in evs {
@@ -399,8 +479,60 @@ impl Scheduler {
         self.local.running = self.running.len();
         self.local.waiting = self.waiting.len();
         self.local.pool = self.pool.stats();
+        if let Some(m) = self.metrics.clone() {
+            self.gauges(&m, idle);
+            self.window.tick(&m, Instant::now(), idle);
+        }
         if let Ok(mut s) = self.stats.lock() {
             *s = self.local.clone();
         }
+    }
+
+    fn gauges(&self, m: &EngineMetrics, idle: bool) {
+        let (p, page) = (&self.local.pool, self.pool.page());
+        let used = (p.shared_in_use + p.private_in_use) * page;
+        m.running.set(self.running.len() as i64);
+        m.queued.set(self.waiting.len() as i64);
+        m.used_tokens.set(used as i64);
+        m.kv_used.set(used as i64);
+        m.kv_available.set((p.free * page) as i64);
+        m.kv_evictable.set((p.evictable * page) as i64);
+        m.token_usage
+            .set(used as f64 / (p.total * page).max(1) as f64);
+        // Admission keeps one page of headroom per running request for the tokens they
+        // have yet to generate (retraction covers the rest).
+        let remaining: usize = self
+            .running
+            .iter()
+            .map(|s| s.max_new.saturating_sub(s.generated()))
+            .sum();
+        let reserved = (self.running.len() * page).min(remaining);
+        m.new_token_ratio
+            .set(reserved as f64 / remaining.max(1) as f64);
+        if idle {
+            m.decode_sum_seq_lens.set(0);
+        }
+    }
+}
+
+/// Per-request families at the end of a request: completed requests feed the totals and
+/// histograms, aborted ones only the aborted counter.
+fn finished(m: &EngineMetrics, s: &Seq, aborted: bool, now: Instant) {
+    if aborted {
+        m.aborted.inc();
+        return;
+    }
+    let g = s.generated() as u64;
+    m.requests.inc();
+    m.prompt_tokens.inc_by(s.prompt_len as u64);
+    m.generation_tokens.inc_by(g);
+    m.cached_tokens.inc_by(s.cached.unwrap_or(0) as u64);
+    m.e2e.observe(now.duration_since(s.arrival).as_secs_f64());
+    m.retractions_per_req.observe(f64::from(s.retractions));
+    if let Some(h) = &m.prompt_hist {
+        h.observe(s.prompt_len as f64);
+    }
+    if let Some(h) = &m.generation_hist {
+        h.observe(g as f64);
     }
 }

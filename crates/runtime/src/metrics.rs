@@ -1,6 +1,7 @@
 //! The process's Prometheus registry: `dynamo_component_uptime_seconds`, the work-handler
-//! metrics of each served endpoint, and extra text sources (an engine's own registry) appended
-//! on every scrape.
+//! metrics of each served endpoint, refresh hooks run before each scrape (gauges read from
+//! an engine's state), and extra text sources (an engine's own registry) appended on every
+//! scrape.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,6 +18,7 @@ const COMPONENT: &str = "dynamo_component";
 const ENDPOINT: &str = "dynamo_endpoint";
 
 type TextSource = Box<dyn Fn() -> String + Send + Sync>;
+type Refresh = Box<dyn Fn() + Send + Sync>;
 
 /// A registry plus the uptime gauge, shared by everything in one process.
 #[derive(Clone)]
@@ -29,6 +31,7 @@ struct Inner {
     uptime: Gauge,
     start: Instant,
     extra: Mutex<Vec<TextSource>>,
+    refresh: Mutex<Vec<Refresh>>,
     handler: Mutex<Option<WorkHandlerMetrics>>,
 }
 
@@ -49,6 +52,7 @@ impl MetricsRegistry {
                 uptime,
                 start,
                 extra: Mutex::new(Vec::new()),
+                refresh: Mutex::new(Vec::new()),
                 handler: Mutex::new(None),
             }),
         }
@@ -72,6 +76,11 @@ impl MetricsRegistry {
         self.inner.extra.lock().unwrap().push(Box::new(f));
     }
 
+    /// Run `f` before every scrape (to set gauges from state owned elsewhere).
+    pub fn on_scrape(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.inner.refresh.lock().unwrap().push(Box::new(f));
+    }
+
     /// The work-handler metric families (created on first use, shared by all endpoints).
     pub fn work_handler(&self) -> WorkHandlerMetrics {
         let mut h = self.inner.handler.lock().unwrap();
@@ -88,6 +97,9 @@ impl MetricsRegistry {
         self.inner
             .uptime
             .set(self.inner.start.elapsed().as_secs_f64());
+        for f in self.inner.refresh.lock().unwrap().iter() {
+            f();
+        }
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.inner.registry.gather(), &mut buf)

@@ -1,0 +1,491 @@
+//! The engine's own Prometheus registry (`--enable-metrics`): SGLang's `sglang:` families with
+//! SGLang's names, types, labels and default buckets. Per-request families (SGLang's
+//! "tokenizer collector": tokens, requests, TTFT, ITL, e2e, retractions per request) carry
+//! `model_name`; per-iteration families (the "scheduler collector") carry `model_name`,
+//! `engine_type`, `tp_rank`, `pp_rank`, `moe_ep_rank`. Handles are resolved once here, so the
+//! scheduler thread only does atomic updates: per-token observations (ITL) and one batch of
+//! gauge stores per iteration. [`EngineMetrics::render`] gives the text exposition filtered
+//! to `sglang:` for the worker's `/metrics`.
+
+use std::time::{Duration, Instant};
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Role of the engine in the `engine_type` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineType {
+    Unified,
+    Prefill,
+    Decode,
+}
+
+impl EngineType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineType::Unified => "unified",
+            EngineType::Prefill => "prefill",
+            EngineType::Decode => "decode",
+        }
+    }
+}
+
+/// SGLang's default buckets.
+pub mod buckets {
+    pub const TTFT: &[f64] = &[
+        0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0,
+        200.0, 400.0,
+    ];
+    pub const ITL: &[f64] = &[
+        0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060, 0.080,
+        0.100, 0.200, 0.400, 0.600, 0.800, 1.0, 2.0, 4.0, 6.0, 8.0,
+    ];
+    pub const E2E: &[f64] = &[
+        0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0,
+        200.0, 400.0, 600.0, 1200.0, 1800.0, 2400.0,
+    ];
+    pub const QUEUE: &[f64] = &[
+        0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+        70.0, 80.0, 90.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 900.0, 1000.0,
+        1200.0, 1400.0, 1600.0, 1800.0, 2000.0, 2500.0, 3000.0,
+    ];
+    pub const TOKENS: &[f64] = &[
+        100.0, 300.0, 500.0, 700.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0,
+        8000.0, 9000.0, 10000.0, 12000.0, 15000.0, 20000.0, 22000.0, 25000.0, 30000.0, 35000.0,
+        40000.0, 66000.0, 99000.0, 132000.0, 300000.0, 600000.0, 900000.0, 1100000.0,
+    ];
+    pub const RETRACTIONS: &[f64] = &[
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0,
+        75.0, 100.0,
+    ];
+
+    /// `per_stage_req_latency_seconds`: 0.001 × 1.62ⁱ, 30 buckets.
+    pub fn stages() -> Vec<f64> {
+        prometheus::exponential_buckets(0.001, 1.62, 30).expect("valid buckets")
+    }
+}
+
+/// What `--enable-metrics` and the bucket flags configure.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// `model_name` label: the served model name.
+    pub model_name: String,
+    pub engine_type: EngineType,
+    pub ttft_buckets: Vec<f64>,
+    pub itl_buckets: Vec<f64>,
+    pub e2e_buckets: Vec<f64>,
+    /// `--collect-tokens-histogram`: also the prompt/generation length histograms.
+    pub collect_tokens_histogram: bool,
+    pub prompt_tokens_buckets: Vec<f64>,
+    pub generation_tokens_buckets: Vec<f64>,
+    /// Window of the interval gauges (`gen_throughput`, `cache_hit_rate`, `utilization`,
+    /// `num_retracted_reqs`).
+    pub interval: Duration,
+}
+
+impl MetricsConfig {
+    pub fn new(model_name: impl Into<String>) -> Self {
+        MetricsConfig {
+            model_name: model_name.into(),
+            engine_type: EngineType::Unified,
+            ttft_buckets: buckets::TTFT.to_vec(),
+            itl_buckets: buckets::ITL.to_vec(),
+            e2e_buckets: buckets::E2E.to_vec(),
+            collect_tokens_histogram: false,
+            prompt_tokens_buckets: buckets::TOKENS.to_vec(),
+            generation_tokens_buckets: buckets::TOKENS.to_vec(),
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Stages observed into `per_stage_req_latency_seconds{stage}`.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    /// Submission until the scheduler thread takes the request.
+    RequestProcess,
+    /// First admission until the forward that completes the prompt.
+    PrefillForward,
+    /// One chunk's forward when the prompt is split into chunks.
+    ChunkedPrefill,
+}
+
+/// Every handle the scheduler updates.
+pub struct EngineMetrics {
+    registry: Registry,
+    pub(crate) interval: Duration,
+    // per request (tokenizer collector)
+    pub(crate) prompt_tokens: IntCounter,
+    pub(crate) generation_tokens: IntCounter,
+    pub(crate) cached_tokens: IntCounter,
+    pub(crate) requests: IntCounter,
+    pub(crate) aborted: IntCounter,
+    pub(crate) ttft: Histogram,
+    pub(crate) itl: Histogram,
+    pub(crate) e2e: Histogram,
+    pub(crate) retractions_per_req: Histogram,
+    pub(crate) prompt_hist: Option<Histogram>,
+    pub(crate) generation_hist: Option<Histogram>,
+    // per iteration (scheduler collector)
+    pub(crate) queue_time: Histogram,
+    stage: [Histogram; 3],
+    pub(crate) running: IntGauge,
+    pub(crate) queued: IntGauge,
+    pub(crate) used_tokens: IntGauge,
+    pub(crate) token_usage: Gauge,
+    pub(crate) gen_throughput: Gauge,
+    pub(crate) cache_hit_rate: Gauge,
+    pub(crate) decode_sum_seq_lens: IntGauge,
+    pub(crate) utilization: Gauge,
+    pub(crate) new_token_ratio: Gauge,
+    pub(crate) kv_used: IntGauge,
+    pub(crate) kv_available: IntGauge,
+    pub(crate) kv_evictable: IntGauge,
+    pub(crate) realtime_prefill_compute: IntCounter,
+    pub(crate) realtime_prefill_cache: IntCounter,
+    pub(crate) realtime_decode: IntCounter,
+    pub(crate) retracted_reqs: IntGauge,
+    pub(crate) retracted_requests: IntCounter,
+    pub(crate) retracted_input: IntCounter,
+    pub(crate) retracted_output: IntCounter,
+    max_total_tokens: IntGauge,
+    page_size: IntGauge,
+    num_pages: IntGauge,
+    context_len: IntGauge,
+    startup_time: Gauge,
+    load_weights_time: Gauge,
+}
+
+/// Fixed facts about the engine, set once at load.
+pub struct StaticFacts {
+    pub max_total_tokens: usize,
+    pub page_size: usize,
+    pub num_pages: usize,
+    pub context_len: usize,
+    pub load_weights: Duration,
+}
+
+fn check_buckets(flag: &str, b: &[f64]) -> Result<(), String> {
+    if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) || b.iter().any(|v| !v.is_finite()) {
+        return Err(format!(
+            "{flag}: buckets must be finite and strictly increasing, got {b:?}"
+        ));
+    }
+    Ok(())
+}
+
+impl EngineMetrics {
+    /// Build and register every family; an invalid bucket list is an error naming its flag.
+    pub fn new(cfg: &MetricsConfig) -> Result<Self, String> {
+        check_buckets("--bucket-time-to-first-token", &cfg.ttft_buckets)?;
+        check_buckets("--bucket-inter-token-latency", &cfg.itl_buckets)?;
+        check_buckets("--bucket-e2e-request-latency", &cfg.e2e_buckets)?;
+        check_buckets("--prompt-tokens-buckets", &cfg.prompt_tokens_buckets)?;
+        check_buckets(
+            "--generation-tokens-buckets",
+            &cfg.generation_tokens_buckets,
+        )?;
+        let r = Registry::new();
+        let tok = [("model_name", cfg.model_name.as_str())];
+        let sched = [
+            ("model_name", cfg.model_name.as_str()),
+            ("engine_type", cfg.engine_type.as_str()),
+            ("tp_rank", "0"),
+            ("pp_rank", "0"),
+            ("moe_ep_rank", "0"),
+        ];
+        let reg = |c: Box<dyn Collector>| r.register(c).map_err(|e| e.to_string());
+        let opts = |name: &str, help: &str, labels: &[(&str, &str)]| {
+            let mut o = Opts::new(format!("sglang:{name}"), help);
+            for (k, v) in labels {
+                o = o.const_label(*k, *v);
+            }
+            o
+        };
+        let counter = |name: &str, help: &str, labels: &[(&str, &str)]| {
+            let c = IntCounter::with_opts(opts(name, help, labels)).map_err(|e| e.to_string())?;
+            reg(Box::new(c.clone()))?;
+            Ok::<_, String>(c)
+        };
+        let igauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(opts(name, help, &sched)).map_err(|e| e.to_string())?;
+            reg(Box::new(g.clone()))?;
+            Ok::<_, String>(g)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = Gauge::with_opts(opts(name, help, &sched)).map_err(|e| e.to_string())?;
+            reg(Box::new(g.clone()))?;
+            Ok::<_, String>(g)
+        };
+        let hist = |name: &str, help: &str, labels: &[(&str, &str)], b: &[f64]| {
+            let o = opts(name, help, labels);
+            let h = Histogram::with_opts(HistogramOpts::from(o).buckets(b.to_vec()))
+                .map_err(|e| e.to_string())?;
+            reg(Box::new(h.clone()))?;
+            Ok::<_, String>(h)
+        };
+
+        let stage_vec = prometheus::HistogramVec::new(
+            HistogramOpts::from(opts(
+                "per_stage_req_latency_seconds",
+                "Time a request spends in each engine stage",
+                &sched,
+            ))
+            .buckets(buckets::stages()),
+            &["stage"],
+        )
+        .map_err(|e| e.to_string())?;
+        reg(Box::new(stage_vec.clone()))?;
+        let realtime = prometheus::IntCounterVec::new(
+            opts(
+                "realtime_tokens_total",
+                "Tokens processed, by mode: prefill_compute, prefill_cache, decode",
+                &sched,
+            ),
+            &["mode"],
+        )
+        .map_err(|e| e.to_string())?;
+        reg(Box::new(realtime.clone()))?;
+
+        let m = EngineMetrics {
+            interval: cfg.interval,
+            prompt_tokens: counter(
+                "prompt_tokens_total",
+                "Prompt tokens of finished requests",
+                &tok,
+            )?,
+            generation_tokens: counter(
+                "generation_tokens_total",
+                "Generated tokens of finished requests",
+                &tok,
+            )?,
+            cached_tokens: counter(
+                "cached_tokens_total",
+                "Prompt tokens of finished requests served from the prefix cache",
+                &tok,
+            )?,
+            requests: counter("num_requests_total", "Finished requests", &tok)?,
+            aborted: counter(
+                "num_aborted_requests_total",
+                "Requests aborted before they finished (client cancelled or disconnected)",
+                &tok,
+            )?,
+            ttft: hist(
+                "time_to_first_token_seconds",
+                "Time from submission to the first output token",
+                &tok,
+                &cfg.ttft_buckets,
+            )?,
+            itl: hist(
+                "inter_token_latency_seconds",
+                "Time between consecutive output tokens of a request",
+                &tok,
+                &cfg.itl_buckets,
+            )?,
+            e2e: hist(
+                "e2e_request_latency_seconds",
+                "Time from submission to the last output token",
+                &tok,
+                &cfg.e2e_buckets,
+            )?,
+            retractions_per_req: hist(
+                "num_retractions",
+                "Retractions a finished request went through",
+                &tok,
+                buckets::RETRACTIONS,
+            )?,
+            prompt_hist: if cfg.collect_tokens_histogram {
+                Some(hist(
+                    "prompt_tokens_histogram",
+                    "Prompt length of finished requests",
+                    &tok,
+                    &cfg.prompt_tokens_buckets,
+                )?)
+            } else {
+                None
+            },
+            generation_hist: if cfg.collect_tokens_histogram {
+                Some(hist(
+                    "generation_tokens_histogram",
+                    "Output length of finished requests",
+                    &tok,
+                    &cfg.generation_tokens_buckets,
+                )?)
+            } else {
+                None
+            },
+            queue_time: hist(
+                "queue_time_seconds",
+                "Time from submission to first admission into the running batch",
+                &sched,
+                buckets::QUEUE,
+            )?,
+            stage: [
+                stage_vec.with_label_values(&["request_process"]),
+                stage_vec.with_label_values(&["prefill_forward"]),
+                stage_vec.with_label_values(&["chunked_prefill"]),
+            ],
+            running: igauge("num_running_reqs", "Requests in the running batch")?,
+            queued: igauge("num_queue_reqs", "Requests in the waiting queue")?,
+            used_tokens: igauge(
+                "num_used_tokens",
+                "KV slots (tokens) held by running requests",
+            )?,
+            token_usage: gauge(
+                "token_usage",
+                "Fraction of the KV pool held by running requests (evictable cache excluded)",
+            )?,
+            gen_throughput: gauge(
+                "gen_throughput",
+                "Decode tokens per second over the last interval",
+            )?,
+            cache_hit_rate: gauge(
+                "cache_hit_rate",
+                "Prompt tokens served from the prefix cache / prompt tokens, over the requests admitted in the last interval with admissions",
+            )?,
+            decode_sum_seq_lens: igauge(
+                "decode_sum_seq_lens",
+                "Sum of the sequence lengths in the last decode batch",
+            )?,
+            utilization: gauge(
+                "utilization",
+                "Fraction of the last interval the scheduler spent in forward passes",
+            )?,
+            new_token_ratio: gauge(
+                "new_token_ratio",
+                "KV reserved for future tokens at admission / remaining max_tokens of running requests",
+            )?,
+            kv_used: igauge("kv_used_tokens", "KV tokens held by running requests")?,
+            kv_available: igauge("kv_available_tokens", "Free KV tokens")?,
+            kv_evictable: igauge(
+                "kv_evictable_tokens",
+                "KV tokens of cached blocks no request holds (reusable or evictable)",
+            )?,
+            realtime_prefill_compute: realtime.with_label_values(&["prefill_compute"]),
+            realtime_prefill_cache: realtime.with_label_values(&["prefill_cache"]),
+            realtime_decode: realtime.with_label_values(&["decode"]),
+            retracted_reqs: igauge(
+                "num_retracted_reqs",
+                "Requests retracted in the last interval",
+            )?,
+            retracted_requests: counter(
+                "num_retracted_requests_total",
+                "Requests retracted (KV released, re-queued, recomputed later)",
+                &sched,
+            )?,
+            retracted_input: counter(
+                "num_retracted_input_tokens_total",
+                "Prompt tokens of retracted requests",
+                &sched,
+            )?,
+            retracted_output: counter(
+                "num_retracted_output_tokens_total",
+                "Output tokens whose KV was dropped by retraction",
+                &sched,
+            )?,
+            max_total_tokens: igauge("max_total_num_tokens", "KV pool capacity in tokens")?,
+            page_size: igauge("page_size", "Tokens per KV page")?,
+            num_pages: igauge("num_pages", "KV pages in the pool")?,
+            context_len: igauge("context_len", "Context length in tokens")?,
+            startup_time: gauge("engine_startup_time", "Seconds to start the engine")?,
+            load_weights_time: gauge("engine_load_weights_time", "Seconds to load the weights")?,
+            registry: r,
+        };
+        Ok(m)
+    }
+
+    /// Record the engine's fixed facts (once, at load).
+    pub(crate) fn set_static(&self, f: &StaticFacts, startup: Duration) {
+        self.max_total_tokens.set(f.max_total_tokens as i64);
+        self.page_size.set(f.page_size as i64);
+        self.num_pages.set(f.num_pages as i64);
+        self.context_len.set(f.context_len as i64);
+        self.load_weights_time.set(f.load_weights.as_secs_f64());
+        self.startup_time.set(startup.as_secs_f64());
+    }
+
+    pub(crate) fn stage(&self, s: Stage, d: Duration) {
+        self.stage[s as usize].observe(d.as_secs_f64());
+    }
+
+    /// Text exposition of every `sglang:` family.
+    pub fn render(&self) -> String {
+        let families: Vec<_> = self
+            .registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name().starts_with("sglang:"))
+            .collect();
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut buf)
+            .expect("text encoding of valid metrics");
+        String::from_utf8(buf).expect("utf-8 text")
+    }
+}
+
+/// The interval gauges' running sums, owned by the scheduler thread.
+pub(crate) struct Window {
+    start: Instant,
+    busy: Duration,
+    decode_tokens: u64,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    retracted: u64,
+}
+
+impl Window {
+    pub(crate) fn new(now: Instant) -> Self {
+        Window {
+            start: now,
+            busy: Duration::ZERO,
+            decode_tokens: 0,
+            prompt_tokens: 0,
+            cached_tokens: 0,
+            retracted: 0,
+        }
+    }
+
+    pub(crate) fn forward(&mut self, d: Duration, decode_tokens: u64) {
+        self.busy += d;
+        self.decode_tokens += decode_tokens;
+    }
+
+    pub(crate) fn admitted(&mut self, prompt: usize, cached: usize) {
+        self.prompt_tokens += prompt as u64;
+        self.cached_tokens += cached as u64;
+    }
+
+    pub(crate) fn retracted(&mut self) {
+        self.retracted += 1;
+    }
+
+    /// Publish and restart the window once `interval` has passed; at idle, publish what the
+    /// window holds and then the idle values (no throughput, no utilization), so the gauges
+    /// fall back instead of freezing at their last busy value. `cache_hit_rate` keeps the
+    /// rate of the last interval that admitted requests.
+    pub(crate) fn tick(&mut self, m: &EngineMetrics, now: Instant, idle: bool) {
+        let el = now.duration_since(self.start);
+        if !idle && el < m.interval {
+            return;
+        }
+        if self.prompt_tokens > 0 {
+            m.cache_hit_rate
+                .set(self.cached_tokens as f64 / self.prompt_tokens as f64);
+        }
+        if idle {
+            m.gen_throughput.set(0.0);
+            m.utilization.set(0.0);
+            m.retracted_reqs.set(0);
+        } else {
+            let secs = el.as_secs_f64().max(1e-9);
+            m.gen_throughput.set(self.decode_tokens as f64 / secs);
+            m.utilization
+                .set((self.busy.as_secs_f64() / secs).clamp(0.0, 1.0));
+            m.retracted_reqs.set(self.retracted as i64);
+        }
+        *self = Window::new(now);
+    }
+}
