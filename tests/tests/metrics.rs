@@ -437,8 +437,47 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
         "frontend /metrics"
     );
 
-    // 8. A real Prometheus scrapes both and answers the dashboards' queries.
+    // 8. docs/observability/metrics.md lists exactly the live families, with their types.
+    docs_match(&fams, &families(&f));
+
+    // 9. A real Prometheus scrapes both and answers the dashboards' queries.
     prometheus_answers(&c).await;
+}
+
+fn docs_match(
+    worker: &BTreeMap<String, (String, BTreeSet<String>)>,
+    frontend: &BTreeMap<String, (String, BTreeSet<String>)>,
+) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/observability/metrics.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let mut documented = BTreeMap::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() > 3 && cells[1].starts_with('`') {
+            let name = cells[1].trim_matches('`');
+            if name.starts_with("sglang:") || name.starts_with("dynamo_") {
+                documented.insert(name.to_string(), cells[2].to_string());
+            }
+        }
+    }
+    let mut live = BTreeMap::new();
+    for (name, (ty, _)) in worker.iter().chain(frontend) {
+        if name.starts_with("sglang:") || name.starts_with("dynamo_") {
+            live.insert(name.clone(), ty.clone());
+        }
+    }
+    // Families that appear only once something happens that this workload avoids.
+    let on_event = ["dynamo_component_errors_total"];
+    for (name, ty) in &live {
+        assert_eq!(documented.get(name), Some(ty), "{name} ({ty}) in the docs");
+    }
+    for name in documented.keys() {
+        assert!(
+            live.contains_key(name) || on_event.contains(&name.as_str()),
+            "documented {name} is not served"
+        );
+    }
 }
 
 async fn prometheus_answers(c: &Cluster) {
