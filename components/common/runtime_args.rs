@@ -1,4 +1,4 @@
-//! Flags every process on the runtime shares (NATS, logging, shutdown grace), turned into
+//! Flags every process on the runtime shares (NATS, logging, span export, shutdown grace), turned into
 //! the runtime's config structs. Included by each binary with `#[path]`.
 
 use clap::Args;
@@ -18,19 +18,42 @@ pub struct RuntimeArgs {
     #[arg(long, env = "DYN_LOG", default_value = "info")]
     pub log: String,
 
-    /// Log one JSON object per line.
+    /// Log one JSON object per line (with the current span's trace_id and span_id).
     #[arg(long, env = "DYN_LOGGING_JSONL", default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub logging_jsonl: bool,
+
+    /// Export this process's spans over OTLP/gRPC.
+    #[arg(long, env = "OTEL_EXPORT_ENABLED", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub otel_export_enabled: bool,
+
+    /// OTLP/gRPC endpoint URL for span export.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        default_value = "http://localhost:4317"
+    )]
+    pub otel_exporter_otlp_traces_endpoint: String,
+
+    /// `service.name` of this process's spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "dynamo")]
+    pub otel_service_name: String,
 }
 
 impl RuntimeArgs {
-    pub fn init_logging(&self) -> anyhow::Result<()> {
-        dynamo_telemetry::init_logging(&dynamo_telemetry::LogConfig {
+    /// Logging and span export; keep the guard and call `shutdown` on it at exit.
+    pub fn init_logging(&self) -> anyhow::Result<dynamo_telemetry::TelemetryGuard> {
+        let log = dynamo_telemetry::LogConfig {
             filter: self.log.clone(),
             jsonl: self.logging_jsonl,
-        })?;
-        Ok(())
+        };
+        let otel = dynamo_telemetry::OtelConfig {
+            export: self.otel_export_enabled,
+            endpoint: self.otel_exporter_otlp_traces_endpoint.clone(),
+            service_name: self.otel_service_name.clone(),
+        };
+        Ok(dynamo_telemetry::init(&log, &otel)?)
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

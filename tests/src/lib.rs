@@ -101,7 +101,22 @@ impl Cluster {
         self.add_process("dynamo-worker", "worker", args)
     }
 
+    /// [`Cluster::add_worker`] with extra environment variables.
+    pub fn add_worker_with_env(&mut self, args: &[&str], env: &[(&str, &str)]) -> usize {
+        self.add_process_env("dynamo-worker", "worker", args, env)
+    }
+
     fn add_process(&mut self, binary: &str, role: &str, args: &[&str]) -> usize {
+        self.add_process_env(binary, role, args, &[])
+    }
+
+    fn add_process_env(
+        &mut self,
+        binary: &str,
+        role: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> usize {
         self.started += 1;
         let mut cmd = Command::new(bin(binary));
         cmd.args(args)
@@ -111,6 +126,7 @@ impl Cluster {
             .env("DYN_MODEL_CACHE", model_cache())
             .env("DYN_LOGGING_JSONL", "true")
             .env("DYN_LOG", "info");
+        cmd.envs(env.iter().copied());
         let child = Child::spawn(&format!("{role}-{}", self.started), cmd, self.dir.path())
             .expect("start worker process");
         let system_port = bound_port(&child, "system status server listening");
@@ -233,15 +249,10 @@ pub fn bound_port(child: &Child, message: &str) -> u16 {
     wait_until(message, Duration::from_secs(60), || {
         child.log_text().lines().find_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            if v["fields"]["message"] != message {
+            if v["message"] != message {
                 return None;
             }
-            v["fields"]["local"]
-                .as_str()?
-                .rsplit(':')
-                .next()?
-                .parse()
-                .ok()
+            v["local"].as_str()?.rsplit(':').next()?.parse().ok()
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", child.log_text()))

@@ -88,6 +88,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["dynamo-runtime", "dynamo-telemetry", "dynamo-protocols"],
     ),
     ("crates/test-support", &[]),
+    ("components/trace", &["dynamo-telemetry"]),
     (
         "components/frontend",
         &[
@@ -125,6 +126,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "dynamo-protocols",
             "dynamo-engine",
             "dynamo-llm",
+            "dynamo-telemetry",
         ],
     ),
 ];
@@ -188,6 +190,9 @@ fn user_visible_names_match_the_spec() {
         "DYN_LOG",
         "DYN_LOGGING_JSONL",
         "DYN_HTTP_BODY_LIMIT_MB",
+        "OTEL_EXPORT_ENABLED",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
     ] {
         assert!(fe.contains(v), "dynamo-frontend --help lacks {v}");
     }

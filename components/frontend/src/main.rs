@@ -49,7 +49,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.rt.init_logging()?;
+    let telemetry = cli.rt.init_logging()?;
     let addr: SocketAddr = format!("{}:{}", cli.http_host, cli.http_port)
         .parse()
         .map_err(|e| anyhow::anyhow!("--http-host/--http-port: {e}"))?;
@@ -90,5 +90,6 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), server).await;
     drt.shutdown().await;
+    telemetry.shutdown();
     Ok(())
 }

@@ -69,7 +69,7 @@ impl Handler<PreprocessedRequest, EngineOutput> for MockHandler {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.rt.init_logging()?;
+    let telemetry = cli.rt.init_logging()?;
     anyhow::ensure!(cli.speedup_ratio > 0.0, "--speedup-ratio must be > 0");
     anyhow::ensure!(cli.block_size > 0, "--block-size must be > 0");
     anyhow::ensure!(cli.max_num_seqs > 0, "--max-num-seqs must be > 0");
@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
 
     runtime_args::shutdown_signal().await;
     drt.shutdown().await;
+    telemetry.shutdown();
     tracing::info!("mocker stopped");
     Ok(())
 }

@@ -121,7 +121,7 @@ fn engine_config(cli: &Cli, model: PathBuf) -> anyhow::Result<EngineConfig> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.rt.init_logging()?;
+    let telemetry = cli.rt.init_logging()?;
     let id = cli.m.endpoint_id()?;
     let cache = cli.m.cache_dir();
     let spec = cli.m.model.clone();
@@ -223,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
 
     runtime_args::shutdown_signal().await;
     drt.shutdown().await;
+    telemetry.shutdown();
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -16,6 +16,9 @@ pub mod env {
     pub const DYN_NAMESPACE: &str = "DYN_NAMESPACE";
     pub const DYN_MODEL_CACHE: &str = "DYN_MODEL_CACHE";
     pub const DYN_ENABLE_FORCE_INCLUDE_USAGE: &str = "DYN_ENABLE_FORCE_INCLUDE_USAGE";
+    pub const OTEL_EXPORT_ENABLED: &str = "OTEL_EXPORT_ENABLED";
+    pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 }
 
 /// Prometheus label names.
@@ -106,4 +109,7 @@ pub const ALL_ENV: &[&str] = &[
     env::DYN_LOGGING_JSONL,
     env::DYN_ROUTER_MODE,
     env::DYN_ENABLE_FORCE_INCLUDE_USAGE,
+    env::OTEL_EXPORT_ENABLED,
+    env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    env::OTEL_SERVICE_NAME,
 ];

@@ -18,6 +18,7 @@ use crate::addressing::EndpointId;
 use crate::error::{ErrorKind, HandlerError};
 use crate::metrics::EndpointMetrics;
 use crate::wire::{self, Envelope};
+use tracing::Instrument;
 
 /// Most items sent in one message.
 const MAX_BATCH: usize = 64;
@@ -32,7 +33,8 @@ pub struct RequestContext {
     pub request_id: String,
     /// The client's `x-request-id`, if any.
     pub x_request_id: Option<String>,
-    /// W3C `traceparent` of the caller's span, if any.
+    /// W3C `traceparent` of this request's `handle_payload` span (a child of the caller's
+    /// span, or a new root): the parent for the engine's spans.
     pub traceparent: Option<String>,
     /// Fires when the caller cancels or the process stops.
     pub cancel: CancellationToken,
@@ -47,6 +49,7 @@ pub trait Handler<Req, Resp>: Send + Sync + 'static {
 pub(crate) struct Ingress<Req, Resp> {
     pub client: Client,
     pub id: EndpointId,
+    pub instance_id: u64,
     pub handler: Arc<dyn Handler<Req, Resp>>,
     pub metrics: EndpointMetrics,
     pub inflight: Mutex<HashMap<String, CancellationToken>>,
@@ -92,9 +95,45 @@ where
         m.requests.inc();
         m.request_bytes.inc_by(msg.payload.len() as u64);
         m.inflight.inc();
-        self.serve_one(msg, process_stop).await;
+        let span = self.span(&msg);
+        self.serve_one(msg, process_stop).instrument(span).await;
         m.inflight.dec();
         m.duration.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// `handle_payload`, a child of the caller's context from the message headers.
+    fn span(&self, msg: &Message) -> tracing::Span {
+        let h = msg.headers.as_ref();
+        let e = tracing::field::Empty;
+        let span = tracing::info_span!(
+            "handle_payload",
+            component = %self.id.component,
+            endpoint = %self.id.endpoint,
+            namespace = %self.id.namespace,
+            instance_id = self.instance_id,
+            trace_id = e,
+            parent_id = e,
+            x_request_id = e,
+            x_dynamo_request_id = e,
+            tracestate = e,
+        );
+        let tp = header(h, wire::TRACEPARENT_HEADER);
+        if let Some(p) = dynamo_telemetry::context::continue_from(&span, tp.as_deref()) {
+            span.record("parent_id", format!("{:016x}", p.span_id));
+        }
+        if let Some(c) = dynamo_telemetry::context::span_context(&span) {
+            span.record("trace_id", c.trace_id_hex());
+        }
+        for (field, name) in [
+            ("x_request_id", wire::X_REQUEST_ID_HEADER),
+            ("x_dynamo_request_id", wire::REQUEST_ID_HEADER),
+            ("tracestate", wire::TRACESTATE_HEADER),
+        ] {
+            if let Some(v) = header(h, name) {
+                span.record(field, v);
+            }
+        }
+        span
     }
 
     async fn serve_one(&self, msg: Message, process_stop: CancellationToken) {
@@ -126,9 +165,11 @@ where
         let ctx = RequestContext {
             request_id: request_id.clone(),
             x_request_id: header(headers, wire::X_REQUEST_ID_HEADER),
-            traceparent: header(headers, wire::TRACEPARENT_HEADER),
+            traceparent: dynamo_telemetry::context::span_context(&tracing::Span::current())
+                .map(|c| c.to_header()),
             cancel: cancel.clone(),
         };
+        tracing::debug!(%request_id, endpoint = %self.id, "request received");
         if self.send(&reply, Envelope::Ack).await.is_err() {
             self.count_error("publish_response");
         }

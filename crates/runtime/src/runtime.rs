@@ -163,6 +163,7 @@ impl DistributedRuntime {
         let ing = Arc::new(Ingress {
             client: client.clone(),
             id: id.clone(),
+            instance_id,
             handler,
             metrics,
             inflight: Default::default(),

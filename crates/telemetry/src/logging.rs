@@ -1,7 +1,10 @@
-//! Process-wide `tracing` subscriber: a filter (from `DYN_LOG`, read by the binary) and either
-//! readable text or one JSON object per line on stderr.
+//! Process-wide `tracing` subscriber: a filter (from `DYN_LOG`, read by the binary), readable
+//! text or one JSON object per line on stderr, and `tracing` spans bridged to OpenTelemetry.
 
 use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::jsonl::JsonlFormat;
+use crate::otel::{OtelConfig, TelemetryGuard};
 
 /// How a binary wants its logs.
 #[derive(Debug, Clone)]
@@ -28,31 +31,48 @@ pub enum LoggingError {
     Filter { filter: String, reason: String },
     #[error("a global logger is already installed")]
     AlreadySet,
+    #[error(transparent)]
+    Exporter(#[from] crate::otel::ExporterError),
 }
 
-/// Install the global subscriber. Call once, early in `main`.
-pub fn init_logging(cfg: &LogConfig) -> Result<(), LoggingError> {
+/// Install the global subscriber: the filter, text or JSONL output on stderr, and the bridge
+/// from `tracing` spans to OpenTelemetry (ids always; OTLP export when `otel.export`). Call
+/// once, early in `main`, inside the tokio runtime; keep the guard and call
+/// [`TelemetryGuard::shutdown`] at exit so queued spans are exported.
+pub fn init(cfg: &LogConfig, otel: &OtelConfig) -> Result<TelemetryGuard, LoggingError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_new(&cfg.filter).map_err(|e| LoggingError::Filter {
         filter: cfg.filter.clone(),
         reason: e.to_string(),
     })?;
+    let endpoint = otel.export.then_some(otel.endpoint.as_str());
+    let (provider, stats) =
+        crate::otel::provider(&otel.service_name, endpoint).map_err(LoggingError::Exporter)?;
+    let guard = TelemetryGuard { provider, stats };
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(guard.tracer());
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let res = if cfg.jsonl {
-        fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_file(true)
-            .with_line_number(true)
-            .with_writer(std::io::stderr)
+        registry
+            .with(
+                fmt::layer()
+                    .event_format(JsonlFormat)
+                    .fmt_fields(fmt::format::JsonFields::new())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
-        fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
             .try_init()
     };
-    res.map_err(|_| LoggingError::AlreadySet)
+    res.map_err(|_| LoggingError::AlreadySet)?;
+    Ok(guard)
+}
+
+/// [`init`] without span export.
+pub fn init_logging(cfg: &LogConfig) -> Result<TelemetryGuard, LoggingError> {
+    init(cfg, &OtelConfig::default())
 }
 
 /// Parse a boolean environment-style value (`1`, `true`, `yes`, `on`).

@@ -8,13 +8,14 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use dynamo_protocols::{PreprocessedRequest, StopConditions};
 use dynamo_runtime::CallOptions;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::pipeline::{self, Job, Kind, RequestGuard};
 use super::AppState;
@@ -76,24 +77,64 @@ enum Prompt {
     Completion(PromptInput),
 }
 
+/// The request's root span (or a child of an incoming valid `traceparent`; a malformed one is
+/// ignored and the request proceeds under a new root).
+fn request_span(
+    headers: &HeaderMap,
+    uri: &Uri,
+    version: Version,
+    x_request_id: Option<&str>,
+) -> tracing::Span {
+    let e = tracing::field::Empty;
+    let span = tracing::info_span!(
+        "http-request",
+        otel.kind = "server",
+        method = "POST",
+        uri = %uri,
+        version = ?version,
+        trace_id = e,
+        span_id = e,
+        parent_id = e,
+        x_request_id = e,
+        input_tokens = e,
+        output_tokens = e,
+        ttft_ms = e,
+    );
+    let tp = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    if let Some(p) = dynamo_telemetry::context::continue_from(&span, tp) {
+        span.record("parent_id", format!("{:016x}", p.span_id));
+    }
+    if let Some(c) = dynamo_telemetry::context::span_context(&span) {
+        span.record("trace_id", c.trace_id_hex());
+        span.record("span_id", format!("{:016x}", c.span_id));
+    }
+    if let Some(x) = x_request_id {
+        span.record("x_request_id", x);
+    }
+    span
+}
+
 async fn handle(
     state: Arc<AppState>,
     headers: HeaderMap,
+    (uri, version): (Uri, Version),
     kind: Kind,
     parsed: Result<Parsed, (String, ApiError)>,
 ) -> Response {
     let start = Instant::now();
     let (internal_id, x_request_id) = request_ids(&headers);
     let shown_id = x_request_id.clone().unwrap_or_else(|| internal_id.clone());
+    let span = request_span(&headers, &uri, version, x_request_id.as_deref());
     let resp = match run(
         state.clone(),
         &headers,
         kind,
         parsed,
         start,
-        internal_id,
-        x_request_id,
+        (internal_id, x_request_id),
+        span.clone(),
     )
+    .instrument(span)
     .await
     {
         Ok(r) => r,
@@ -113,8 +154,8 @@ async fn run(
     kind: Kind,
     parsed: Result<Parsed, (String, ApiError)>,
     start: Instant,
-    internal_id: String,
-    x_request_id: Option<String>,
+    (internal_id, x_request_id): (String, Option<String>),
+    span: tracing::Span,
 ) -> Result<Response, (String, bool, ApiError)> {
     let p = parsed.map_err(|(m, e)| (m, false, e))?;
     let stream = p.params.stream;
@@ -173,6 +214,7 @@ async fn run(
         .isl
         .with_label_values(&[&model])
         .observe(token_ids.len() as f64);
+    span.record("input_tokens", token_ids.len() as i64);
     let id_prefix = match kind {
         Kind::Chat => "chatcmpl-",
         Kind::Completion => "cmpl-",
@@ -199,10 +241,8 @@ async fn run(
         call: CallOptions {
             request_id: internal_id,
             x_request_id,
-            traceparent: headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            // Set per dispatch attempt to the `kv_router.route_request` span.
+            traceparent: None,
             tracestate: headers
                 .get("tracestate")
                 .and_then(|v| v.to_str().ok())
@@ -210,7 +250,7 @@ async fn run(
         },
         start,
     };
-    let guard = RequestGuard::new(state.clone(), &model, kind, stream, start);
+    let guard = RequestGuard::new(state.clone(), &model, kind, stream, start, span);
     if stream {
         let rx = pipeline::streaming(state, job, guard).await.map_err(fail)?;
         let body = Body::from_stream(
@@ -240,6 +280,8 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
+    version: Version,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -256,11 +298,13 @@ pub async fn chat_completions(
                 prompt: Prompt::Chat(msgs),
             })
         });
-    handle(state, headers, Kind::Chat, parsed).await
+    handle(state, headers, (uri, version), Kind::Chat, parsed).await
 }
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
+    version: Version,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -277,7 +321,7 @@ pub async fn completions(
                 prompt: Prompt::Completion(prompt),
             })
         });
-    handle(state, headers, Kind::Completion, parsed).await
+    handle(state, headers, (uri, version), Kind::Completion, parsed).await
 }
 
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {

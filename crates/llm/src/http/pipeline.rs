@@ -12,6 +12,7 @@ use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{CallOptions, InstanceRecord, ResponseStream, RuntimeError};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::AppState;
 use crate::detok::{IncrementalDecoder, StopMatcher};
@@ -59,6 +60,8 @@ pub struct RequestGuard {
     start: Instant,
     queued: bool,
     outcome: Option<Option<&'static str>>,
+    /// `http-request`, kept open until the response is complete.
+    span: tracing::Span,
 }
 
 impl RequestGuard {
@@ -68,6 +71,7 @@ impl RequestGuard {
         kind: Kind,
         stream: bool,
         start: Instant,
+        span: tracing::Span,
     ) -> Self {
         state.metrics.inflight.with_label_values(&[model]).inc();
         state.metrics.queued.with_label_values(&[model]).inc();
@@ -79,12 +83,15 @@ impl RequestGuard {
             start,
             queued: true,
             outcome: None,
+            span,
         }
     }
 
     fn first_token(&mut self) {
         if self.queued {
             self.queued = false;
+            self.span
+                .record("ttft_ms", self.start.elapsed().as_secs_f64() * 1e3);
             self.state
                 .metrics
                 .queued
@@ -167,6 +174,9 @@ pub async fn dispatch(
             pinned
         }
         None => {
+            let select = tracing::info_span!("kv_router.select_worker");
+            let _s = select.enter();
+            let _c = tracing::info_span!("kv_router.schedule").entered();
             let first = state.router.pick(n);
             (0..n.min(3))
                 .map(|k| &job.instances[(first + k) % n])
@@ -176,9 +186,21 @@ pub async fn dispatch(
     let mut last = None;
     for inst in candidates {
         let alive = state.models.alive_fn(inst.instance_id);
+        let route = tracing::info_span!(
+            "kv_router.route_request",
+            otel.kind = "client",
+            request_id = %job.call.request_id,
+            worker_id = inst.instance_id,
+            dp_rank = 0,
+            overlap_blocks = 0,
+            phase = "Aggregated",
+        );
+        let mut call = job.call.clone();
+        call.traceparent = dynamo_telemetry::context::span_context(&route).map(|c| c.to_header());
         match state
             .drt
-            .call(inst, &job.request, job.call.clone(), alive)
+            .call(inst, &job.request, call, alive)
+            .instrument(route)
             .await
         {
             Ok(s) => return Ok(s),
@@ -316,7 +338,10 @@ impl Timing {
     }
 }
 
-fn finish_metrics(state: &AppState, model: &str, pipe: &TokenPipe) {
+fn finish_metrics(state: &AppState, model: &str, pipe: &TokenPipe, guard: &RequestGuard) {
+    guard
+        .span
+        .record("output_tokens", i64::from(pipe.completion_tokens));
     let m = &state.metrics;
     m.osl
         .with_label_values(&[model])
@@ -347,7 +372,7 @@ pub async fn unary(
     }
     drop(stream);
     let finish = pipe.finish.unwrap_or("length");
-    finish_metrics(&state, &job.model, &pipe);
+    finish_metrics(&state, &job.model, &pipe, &guard);
     guard.finish(None);
     let body = match job.kind {
         Kind::Chat => serde_json::to_string(&ChatCompletion {
@@ -454,76 +479,83 @@ pub async fn streaming(
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        let mut pipe = TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
-        let mut timing = Timing::new(&state, &job.model, job.start);
-        let include_usage = job.params.include_usage;
-        let usage_field = |u: Option<UsageBody>| include_usage.then_some(u);
-        let mut sent_role = false;
-        let mut next = first.map(Ok);
-        let mut ended = false;
-        loop {
-            let item = match next.take() {
-                Some(i) => Some(i),
-                None if ended => None,
-                None => tokio::select! {
-                    i = stream.next() => i,
-                    _ = tx.closed() => return, // client gone: dropping `stream` cancels the worker
-                },
-            };
-            let Some(item) = item else { break };
-            let out = match item {
-                Ok(o) => o,
-                Err(e) => {
-                    let err = map_runtime_error(e);
-                    let msg = format!("event: error\ndata: {}\n\n", err.body());
-                    let _ = tx.send(Bytes::from(msg)).await;
-                    guard.finish(Some(err.class.label()));
-                    return;
-                }
-            };
-            timing.on_tokens(&mut guard, job.start, out.token_ids.len());
-            let mut text = pipe.push(&out);
-            // Fold items that are already here into the same chunk (fewer, larger SSE events
-            // under load; never waits for more).
-            while pipe.finish.is_none() {
-                match stream.next().now_or_never() {
-                    Some(Some(Ok(o))) => {
-                        timing.on_tokens(&mut guard, job.start, o.token_ids.len());
-                        text.push_str(&pipe.push(&o));
+    let span = guard.span.clone();
+    tokio::spawn(
+        async move {
+            let mut pipe =
+                TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
+            let mut timing = Timing::new(&state, &job.model, job.start);
+            let include_usage = job.params.include_usage;
+            let usage_field = |u: Option<UsageBody>| include_usage.then_some(u);
+            let mut sent_role = false;
+            let mut next = first.map(Ok);
+            let mut ended = false;
+            loop {
+                let item = match next.take() {
+                    Some(i) => Some(i),
+                    None if ended => None,
+                    None => tokio::select! {
+                        i = stream.next() => i,
+                        _ = tx.closed() => return, // client gone: dropping `stream` cancels the worker
+                    },
+                };
+                let Some(item) = item else { break };
+                let out = match item {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let err = map_runtime_error(e);
+                        let msg = format!("event: error\ndata: {}\n\n", err.body());
+                        let _ = tx.send(Bytes::from(msg)).await;
+                        guard.finish(Some(err.class.label()));
+                        return;
                     }
-                    Some(other) => {
-                        next = other;
-                        if next.is_none() {
-                            ended = true;
+                };
+                timing.on_tokens(&mut guard, job.start, out.token_ids.len());
+                let mut text = pipe.push(&out);
+                // Fold items that are already here into the same chunk (fewer, larger SSE events
+                // under load; never waits for more).
+                while pipe.finish.is_none() {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(o))) => {
+                            timing.on_tokens(&mut guard, job.start, o.token_ids.len());
+                            text.push_str(&pipe.push(&o));
                         }
-                        break;
+                        Some(other) => {
+                            next = other;
+                            if next.is_none() {
+                                ended = true;
+                            }
+                            break;
+                        }
+                        None => break,
                     }
-                    None => break,
+                }
+                if !text.is_empty()
+                    || (!sent_role && job.kind == Kind::Chat && pipe.finish.is_none())
+                {
+                    let c = chunk(&job, Some(&text), !sent_role, None, usage_field(None));
+                    sent_role = true;
+                    if tx.send(c).await.is_err() {
+                        return;
+                    }
+                }
+                if pipe.finish.is_some() {
+                    break;
                 }
             }
-            if !text.is_empty() || (!sent_role && job.kind == Kind::Chat && pipe.finish.is_none()) {
-                let c = chunk(&job, Some(&text), !sent_role, None, usage_field(None));
-                sent_role = true;
-                if tx.send(c).await.is_err() {
-                    return;
-                }
+            drop(stream);
+            let finish = pipe.finish.unwrap_or("length");
+            let mut tail = chunk(&job, None, false, Some(finish), usage_field(None)).to_vec();
+            if include_usage {
+                tail.extend_from_slice(&chunk(&job, None, false, None, Some(Some(pipe.usage()))));
             }
-            if pipe.finish.is_some() {
-                break;
+            tail.extend_from_slice(b"data: [DONE]\n\n");
+            finish_metrics(&state, &job.model, &pipe, &guard);
+            if tx.send(Bytes::from(tail)).await.is_ok() {
+                guard.finish(None);
             }
         }
-        drop(stream);
-        let finish = pipe.finish.unwrap_or("length");
-        let mut tail = chunk(&job, None, false, Some(finish), usage_field(None)).to_vec();
-        if include_usage {
-            tail.extend_from_slice(&chunk(&job, None, false, None, Some(Some(pipe.usage()))));
-        }
-        tail.extend_from_slice(b"data: [DONE]\n\n");
-        finish_metrics(&state, &job.model, &pipe);
-        if tx.send(Bytes::from(tail)).await.is_ok() {
-            guard.finish(None);
-        }
-    });
+        .instrument(span),
+    );
     Ok(rx)
 }

@@ -1,0 +1,79 @@
+//! A trace as an indented tree: one line per span, children under their parent in start
+//! order, each with its service, name, duration and key attributes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
+
+use super::Span;
+
+/// Attributes worth a glance on the tree line (others stay in the JSON lines).
+const KEY_ATTRS: &[&str] = &[
+    "uri",
+    "x_request_id",
+    "worker_id",
+    "instance_id",
+    "component",
+    "phase",
+    "rid",
+    "bootstrap_room",
+    "batch_size",
+    "gen_ai.usage.prompt_tokens",
+    "gen_ai.usage.completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "ttft_ms",
+];
+
+/// Render the spans of one trace. Spans whose parent is not among them are roots.
+pub fn render(spans: &[Span]) -> String {
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut children: BTreeMap<&str, Vec<&Span>> = BTreeMap::new();
+    let mut roots = vec![];
+    for s in spans {
+        if s.parent_span_id.is_empty() || !ids.contains(s.parent_span_id.as_str()) {
+            roots.push(s);
+        } else {
+            children
+                .entry(s.parent_span_id.as_str())
+                .or_default()
+                .push(s);
+        }
+    }
+    for v in children.values_mut() {
+        v.sort_by_key(|s| s.start_ns);
+    }
+    roots.sort_by_key(|s| s.start_ns);
+    let mut out = String::new();
+    if let Some(r) = roots.first() {
+        let _ = writeln!(out, "trace {} ({} spans)", r.trace_id, spans.len());
+    }
+    fn walk(out: &mut String, s: &Span, depth: usize, children: &BTreeMap<&str, Vec<&Span>>) {
+        let mut attrs = String::new();
+        for k in KEY_ATTRS {
+            if let Some(v) = s.attributes.get(*k) {
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                let _ = write!(attrs, " {k}={v}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{:indent$}{} [{}] {:.2} ms{}",
+            "",
+            s.name,
+            s.service,
+            s.duration_ms(),
+            attrs,
+            indent = 2 * depth + 2
+        );
+        for c in children.get(s.span_id.as_str()).into_iter().flatten() {
+            walk(out, c, depth + 1, children);
+        }
+    }
+    for r in roots {
+        walk(&mut out, r, 0, &children);
+    }
+    out
+}

@@ -1,0 +1,198 @@
+//! Distributed tracing, Dynamo side: frontend and a real worker export over OTLP/gRPC to the
+//! `dynamo-trace` receiver (in-process library). One request is one trace across both
+//! services, nested as the spec draws it (parent ids checked); an incoming `traceparent` is
+//! continued and a malformed one starts a new root with a 200; `x-request-id` is on
+//! `http-request` and `handle_payload`; JSONL log lines carry the span's trace id.
+
+use std::time::{Duration, Instant};
+
+use dynamo_e2e::{Cluster, MODEL};
+use dynamo_telemetry::receiver::{render, Receiver, Span};
+use serde_json::json;
+
+async fn wait_trace(rx: &Receiver, trace_id: &str, want: &[&str]) -> Vec<Span> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let spans = rx.trace(trace_id);
+        if want.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace_id} lacks some of {want:?}:\n{}\nall traces: {:?}",
+            render(&spans),
+            rx.trace_ids()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    let v: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(v.len(), 1, "{name} ×{}:\n{}", v.len(), render(spans));
+    v[0]
+}
+
+async fn completion(c: &Cluster, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut r = c
+        .http
+        .post(format!("{}/v1/completions", c.url()))
+        .json(&json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_per_request_across_frontend_and_worker() {
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = rx.endpoint();
+    let otel = |svc: &'static str| {
+        vec![
+            ("OTEL_EXPORT_ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ep.as_str()),
+            ("OTEL_SERVICE_NAME", svc),
+            ("DYN_LOG", "info,dynamo_runtime=debug"),
+        ]
+    };
+    let mut c = Cluster::start(&otel("dynamo-frontend"));
+    c.add_worker_with_env(&["--threads", "2"], &otel("dynamo-worker-1"));
+    c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
+
+    // An incoming traceparent is continued: same trace id, http-request under its span.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let tp = format!("00-{trace}-{parent}-01");
+    let (st, body) = completion(&c, &[("traceparent", &tp), ("x-request-id", "req-trace-1")]).await;
+    assert_eq!(st, 200, "{body}");
+    let spans = wait_trace(
+        &rx,
+        trace,
+        &[
+            "http-request",
+            "kv_router.select_worker",
+            "kv_router.schedule",
+            "kv_router.route_request",
+            "handle_payload",
+        ],
+    )
+    .await;
+    eprintln!("{}", render(&spans));
+    let http = one(&spans, "http-request");
+    let select = one(&spans, "kv_router.select_worker");
+    let schedule = one(&spans, "kv_router.schedule");
+    let route = one(&spans, "kv_router.route_request");
+    let handle = one(&spans, "handle_payload");
+    assert_eq!(http.parent_span_id, parent);
+    assert_eq!(select.parent_span_id, http.span_id);
+    assert_eq!(schedule.parent_span_id, select.span_id);
+    assert_eq!(route.parent_span_id, http.span_id);
+    assert_eq!(handle.parent_span_id, route.span_id);
+    assert!(spans.iter().all(|s| s.trace_id == trace));
+    assert_eq!(http.service, "dynamo-frontend");
+    assert_eq!(handle.service, "dynamo-worker-1");
+    assert_eq!(http.attr_str("x_request_id"), Some("req-trace-1"));
+    assert_eq!(handle.attr_str("x_request_id"), Some("req-trace-1"));
+    assert_eq!(http.attr_str("uri"), Some("/v1/completions"));
+    assert_eq!(http.attr_str("method"), Some("POST"));
+    assert_eq!(http.attr_str("parent_id"), Some(parent));
+    assert_eq!(http.attr_str("trace_id"), Some(trace));
+    assert_eq!(http.attributes["input_tokens"], json!(5));
+    assert_eq!(http.attributes["output_tokens"], json!(4));
+    assert!(http.attributes["ttft_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(handle.attr_str("component"), Some("backend"));
+    assert_eq!(handle.attr_str("endpoint"), Some("generate"));
+    assert_eq!(handle.attr_str("namespace"), Some("dynamo"));
+    assert_eq!(handle.attr_str("trace_id"), Some(trace));
+    assert_eq!(handle.attr_str("parent_id"), Some(route.span_id.as_str()));
+    assert_eq!(
+        route.attributes["worker_id"],
+        handle.attributes["instance_id"]
+    );
+    assert_eq!(route.attr_str("phase"), Some("Aggregated"));
+    // Children lie within their parents in time.
+    assert!(http.start_ns <= route.start_ns && route.start_ns <= handle.start_ns);
+    assert!(handle.end_ns <= http.end_ns + 5_000_000);
+
+    // The worker's JSONL lines inside handle_payload carry the same trace id.
+    let log = c.workers[0].child.log_text();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "request received" && v["x_request_id"] == "req-trace-1")
+        .unwrap_or_else(|| panic!("no JSONL line for the request:\n{log}"));
+    assert_eq!(line["trace_id"], trace);
+    assert_eq!(line["span_id"], handle.span_id.as_str());
+    assert_eq!(line["span_name"], "handle_payload");
+    for k in ["time", "level", "target", "file", "line"] {
+        assert!(!line[k].is_null(), "JSONL lacks {k}: {line}");
+    }
+
+    // A malformed traceparent: 200, and the request gets a new root of its own.
+    let before: Vec<String> = rx.trace_ids();
+    let (st, body) = completion(
+        &c,
+        &[
+            ("traceparent", "00-zz-nothex-01"),
+            ("x-request-id", "req-trace-2"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let fresh = loop {
+        let new: Vec<String> = rx
+            .trace_ids()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect();
+        let found = new.into_iter().find(|t| {
+            let s = rx.trace(t);
+            s.iter().any(|s| s.name == "handle_payload")
+                && s.iter().any(|s| {
+                    s.name == "http-request" && s.attr_str("x_request_id") == Some("req-trace-2")
+                })
+        });
+        if let Some(t) = found {
+            break rx.trace(&t);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trace for the request with a malformed traceparent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let http = one(&fresh, "http-request");
+    assert_eq!(http.parent_span_id, "", "a new root");
+    assert!(http.attributes.get("parent_id").is_none());
+    assert_eq!(one(&fresh, "handle_payload").trace_id, http.trace_id);
+}
+
+/// With the collector unreachable, requests are served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_does_not_stall_requests() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let env = [
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", dead.as_str()),
+    ];
+    let mut c = Cluster::start(&env);
+    c.add_worker_with_env(&["--threads", "2"], &env);
+    c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let (st, body) = completion(&c, &[("x-request-id", &format!("down-{i}"))]).await;
+        assert_eq!(st, 200, "{body}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "request {i} waited on the exporter"
+        );
+    }
+}
