@@ -168,7 +168,7 @@ async fn one_trace_per_request_across_frontend_and_worker() {
     };
     let http = one(&fresh, "http-request");
     assert_eq!(http.parent_span_id, "", "a new root");
-    assert!(http.attributes.get("parent_id").is_none());
+    assert!(!http.attributes.contains_key("parent_id"));
     assert_eq!(one(&fresh, "handle_payload").trace_id, http.trace_id);
 }
 
