@@ -60,7 +60,17 @@ async fn one_trace_per_request_across_frontend_and_worker() {
         ]
     };
     let mut c = Cluster::start(&otel("dynamo-frontend"));
-    c.add_worker_with_env(&["--threads", "2"], &otel("dynamo-worker-1"));
+    let engine_ep = rx.host_port();
+    c.add_worker_with_env(
+        &[
+            "--threads",
+            "2",
+            "--enable-trace",
+            "--otlp-traces-endpoint",
+            &engine_ep,
+        ],
+        &otel("dynamo-worker-1"),
+    );
     c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
 
     // An incoming traceparent is continued: same trace id, http-request under its span.
@@ -78,6 +88,10 @@ async fn one_trace_per_request_across_frontend_and_worker() {
             "kv_router.schedule",
             "kv_router.route_request",
             "handle_payload",
+            "Bootstrap Room 0x0",
+            "prefill_forward",
+            "decode_loop",
+            "dispatch",
         ],
     )
     .await;
@@ -117,6 +131,63 @@ async fn one_trace_per_request_across_frontend_and_worker() {
     // Children lie within their parents in time.
     assert!(http.start_ns <= route.start_ns && route.start_ns <= handle.start_ns);
     assert!(handle.end_ns <= http.end_ns + 5_000_000);
+
+    // Engine spans (service sglang) under handle_payload, SGLang's nesting.
+    let room = one(&spans, "Bootstrap Room 0x0");
+    assert_eq!(room.service, "sglang");
+    assert_eq!(room.parent_span_id, handle.span_id);
+    assert_eq!(room.attr_str("bootstrap_room"), Some("0x0"));
+    let req = one(&spans, &format!(" Req {}", &trace[..8]));
+    assert_eq!(req.parent_span_id, room.span_id);
+    assert_eq!(req.attr_str("rid"), Some(trace), "rid is the trace id");
+    assert_eq!(req.attributes["gen_ai.usage.prompt_tokens"], json!(5));
+    let out_tokens = req.attributes["gen_ai.usage.completion_tokens"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(out_tokens, 4);
+    for k in [
+        "gen_ai.latency.time_to_first_token",
+        "gen_ai.latency.time_in_queue",
+        "gen_ai.latency.e2e",
+        "gen_ai.request.id",
+        "gen_ai.request.max_tokens",
+        "gen_ai.request.temperature",
+        "gen_ai.request.top_p",
+        "gen_ai.response.model",
+    ] {
+        assert!(req.attributes.contains_key(k), "Req lacks {k}");
+    }
+    let sched = spans
+        .iter()
+        .find(|s| s.name.starts_with("Scheduler [TP 0] (host:"))
+        .expect("scheduler thread span");
+    let tok = spans
+        .iter()
+        .find(|s| s.name.starts_with("Tokenizer (host:"))
+        .expect("tokenizer thread span");
+    assert_eq!(sched.parent_span_id, req.span_id);
+    assert_eq!(tok.parent_span_id, req.span_id);
+    for n in ["request_process", "prefill_forward"] {
+        assert_eq!(one(&spans, n).parent_span_id, sched.span_id, "{n}");
+    }
+    for n in ["tokenize", "dispatch"] {
+        assert_eq!(one(&spans, n).parent_span_id, tok.span_id, "{n}");
+    }
+    let decodes: Vec<&Span> = spans.iter().filter(|s| s.name == "decode_loop").collect();
+    assert_eq!(
+        decodes.len() as i64,
+        out_tokens - 1,
+        "one decode_loop per decode iteration"
+    );
+    for d in &decodes {
+        assert_eq!(d.parent_span_id, sched.span_id);
+        assert_eq!(d.links.len(), 1, "linked to the previous slice");
+        let (name, attrs) = &d.events[0];
+        assert_eq!(name, "batch");
+        assert_eq!(attrs["batch_size"], json!(1));
+        assert!(attrs.contains_key("bid"));
+    }
+    assert_eq!(one(&spans, "prefill_forward").links.len(), 1);
 
     // The worker's JSONL lines inside handle_payload carry the same trace id.
     let log = c.workers[0].child.log_text();

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use dynamo_engine::trace::{TraceConfig, TraceRequest};
 use dynamo_engine::{Engine, EngineConfig, EngineError};
 use dynamo_llm::model;
 use dynamo_protocols::kv_events::{kv_events_subject, RouterEvent};
@@ -69,6 +70,13 @@ struct Cli {
     disable_radix_cache: bool,
     #[command(flatten)]
     metrics: metrics_args::MetricsArgs,
+    /// Export the engine's own spans (service `sglang`: Bootstrap Room → Req → thread spans →
+    /// stage slices) under each request's `handle_payload` span.
+    #[arg(long)]
+    enable_trace: bool,
+    /// OTLP/gRPC endpoint of the engine's spans, `host:port`.
+    #[arg(long, default_value = "localhost:4317")]
+    otlp_traces_endpoint: String,
     #[command(flatten)]
     rt: runtime_args::RuntimeArgs,
     #[command(flatten)]
@@ -81,9 +89,18 @@ impl Handler<PreprocessedRequest, EngineOutput> for EngineHandler {
     fn generate(
         &self,
         req: PreprocessedRequest,
-        _ctx: RequestContext,
+        ctx: RequestContext,
     ) -> HandlerStream<EngineOutput> {
-        match self.0.generate(req) {
+        // The engine's request id is the trace id, its spans' parent this request's span.
+        let trace = ctx
+            .traceparent
+            .as_deref()
+            .and_then(|tp| dynamo_telemetry::TraceContext::parse(tp).ok())
+            .map(|parent| TraceRequest {
+                rid: parent.trace_id_hex(),
+                parent,
+            });
+        match self.0.generate_traced(req, trace) {
             Ok(rx) => worker_wiring::channel_stream(rx),
             Err(e) => {
                 let kind = match e {
@@ -137,6 +154,23 @@ async fn main() -> anyhow::Result<()> {
     });
     let mut cfg = engine_config(&cli, source.path().to_path_buf())?;
     cfg.metrics = cli.metrics.config(&served)?;
+    let engine_tracer = if cli.enable_trace {
+        let ep = &cli.otlp_traces_endpoint;
+        if ep.contains("://") || !ep.contains(':') {
+            anyhow::bail!(
+                "--otlp-traces-endpoint takes host:port (e.g. localhost:4317), got {ep:?}"
+            );
+        }
+        let (provider, _) =
+            dynamo_telemetry::otel::provider("sglang", Some(&format!("http://{ep}")))?;
+        cfg.trace = Some(TraceConfig {
+            provider: provider.clone(),
+            model: served.clone(),
+        });
+        Some(provider)
+    } else {
+        None
+    };
     // The status server comes up first: /health says notready while the engine loads.
     let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
     let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
@@ -223,6 +257,10 @@ async fn main() -> anyhow::Result<()> {
 
     runtime_args::shutdown_signal().await;
     drt.shutdown().await;
+    drop(engine);
+    if let Some(p) = engine_tracer {
+        let _ = p.force_flush();
+    }
     telemetry.shutdown();
     tracing::info!("worker stopped");
     Ok(())

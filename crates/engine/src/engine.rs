@@ -15,6 +15,7 @@ use crate::metrics::{EngineMetrics, MetricsConfig, StaticFacts};
 use crate::model::{self, Model, ModelConfig, WeightSummary};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{Cmd, SchedConfig, Scheduler, Seq};
+use crate::trace::{SeqTrace, TraceConfig, TraceRequest, TraceSink};
 use crate::EngineError;
 
 /// Engine settings (the worker's flags).
@@ -42,6 +43,8 @@ pub struct EngineConfig {
     pub kv_events: bool,
     /// `--enable-metrics`: keep the `sglang:` registry ([`Engine::metrics`]).
     pub metrics: Option<MetricsConfig>,
+    /// `--enable-trace`: build spans of traced requests ([`Engine::generate_traced`]).
+    pub trace: Option<TraceConfig>,
 }
 
 impl EngineConfig {
@@ -58,6 +61,7 @@ impl EngineConfig {
             enable_prefix_caching: true,
             kv_events: false,
             metrics: None,
+            trace: None,
         }
     }
 }
@@ -101,6 +105,7 @@ pub struct Engine {
     events: Mutex<Option<tmpsc::UnboundedReceiver<KvCacheEvent>>>,
     next_id: AtomicU64,
     metrics: Option<Arc<EngineMetrics>>,
+    tracing: bool,
 }
 
 impl Engine {
@@ -164,6 +169,14 @@ impl Engine {
             isa: kernels::isa(),
             load_time: t0.elapsed(),
         };
+        let tracing = cfg.trace.is_some();
+        let sink = match cfg.trace {
+            Some(t) => Some(
+                TraceSink::start(t.provider, t.model)
+                    .map_err(|e| EngineError::Config(format!("trace thread: {e}")))?,
+            ),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (etx, erx) = if cfg.kv_events {
@@ -186,6 +199,7 @@ impl Engine {
             etx,
             stats.clone(),
             metrics.clone(),
+            sink,
         );
         std::thread::Builder::new()
             .name("engine-scheduler".into())
@@ -208,6 +222,7 @@ impl Engine {
             events: Mutex::new(erx),
             next_id: AtomicU64::new(1),
             metrics,
+            tracing,
         })
     }
 
@@ -239,6 +254,16 @@ impl Engine {
     pub fn generate(
         &self,
         req: PreprocessedRequest,
+    ) -> Result<tmpsc::UnboundedReceiver<EngineOutput>, EngineError> {
+        self.generate_traced(req, None)
+    }
+
+    /// [`Engine::generate`] with the caller's trace context: with `--enable-trace` the
+    /// request's engine spans are built under it when it ends.
+    pub fn generate_traced(
+        &self,
+        req: PreprocessedRequest,
+        trace: Option<TraceRequest>,
     ) -> Result<tmpsc::UnboundedReceiver<EngineOutput>, EngineError> {
         let inv = |m: String| Err(EngineError::InvalidRequest(m));
         let prompt = req.token_ids;
@@ -291,7 +316,15 @@ impl Engine {
                 .map_or(0, |d| d.as_nanos() as u64);
         let sampler = Sampler::new(params, &prompt, fallback_seed);
         let (tx, rx) = tmpsc::unbounded_channel();
-        let seq = Seq::new(
+        let trace = trace.filter(|_| self.tracing).map(|t| {
+            Box::new(SeqTrace::new(
+                t,
+                max_new,
+                req.sampling.temperature.map_or(1.0, f64::from),
+                req.sampling.top_p.map_or(1.0, f64::from),
+            ))
+        });
+        let mut seq = Seq::new(
             prompt,
             max_new,
             req.stop.min_tokens.unwrap_or(0) as usize,
@@ -299,6 +332,7 @@ impl Engine {
             sampler,
             tx,
         );
+        seq.trace = trace;
         self.send(Cmd::Add(Box::new(seq)))?;
         Ok(rx)
     }

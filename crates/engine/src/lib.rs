@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod sampling;
 mod scheduler;
+pub mod trace;
 
 pub use engine::{Engine, EngineConfig, EngineInfo, EngineStats};
 pub use kv::PoolStats;

@@ -18,6 +18,7 @@ use crate::kv::{BlockPool, KvCache, NodeId, ROOT};
 use crate::metrics::{EngineMetrics, Stage, Window};
 use crate::model::{Model, Scratch, SeqInput};
 use crate::sampling::Sampler;
+use crate::trace::{Finished, SeqTrace, Slice, TraceSink};
 
 pub(crate) enum Cmd {
     Add(Box<Seq>),
@@ -48,6 +49,8 @@ pub(crate) struct Seq {
     retractions: u32,
     /// The prompt needed more than one prefill chunk at first admission.
     chunked: bool,
+    /// Stage timestamps for the engine's spans (`--enable-trace` and a traced request).
+    pub(crate) trace: Option<Box<SeqTrace>>,
 }
 
 impl Seq {
@@ -77,6 +80,7 @@ impl Seq {
             last_token: None,
             retractions: 0,
             chunked: false,
+            trace: None,
         }
     }
 
@@ -104,6 +108,7 @@ pub(crate) struct Scheduler {
     local: EngineStats,
     metrics: Option<Arc<EngineMetrics>>,
     window: Window,
+    trace: Option<TraceSink>,
     scratch: Scratch,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
@@ -121,6 +126,7 @@ impl Scheduler {
         events: Option<tmpsc::UnboundedSender<KvCacheEvent>>,
         stats: Arc<Mutex<EngineStats>>,
         metrics: Option<Arc<EngineMetrics>>,
+        trace: Option<TraceSink>,
     ) -> Self {
         Scheduler {
             model,
@@ -135,6 +141,7 @@ impl Scheduler {
             local: EngineStats::default(),
             metrics,
             window: Window::new(Instant::now()),
+            trace,
             scratch: Scratch::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -143,9 +150,14 @@ impl Scheduler {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Add(s) => {
+            Cmd::Add(mut s) => {
+                let now = Instant::now();
                 if let Some(m) = &self.metrics {
-                    m.stage(Stage::RequestProcess, s.arrival.elapsed());
+                    m.stage(Stage::RequestProcess, now.duration_since(s.arrival));
+                }
+                if let Some(t) = s.trace.as_mut() {
+                    t.received = Some(now);
+                    t.slices.push((Slice::RequestProcess, now, Instant::now()));
                 }
                 self.waiting.push_back(s)
             }
@@ -199,12 +211,18 @@ impl Scheduler {
                 if let Some(m) = &self.metrics {
                     m.aborted.inc();
                 }
+                self.end_trace(&mut s, Instant::now());
             } else {
                 i += 1;
             }
         }
         let before = self.waiting.len();
-        self.waiting.retain(|s| !s.tx.is_closed());
+        let (mut left, keep): (Vec<_>, Vec<_>) =
+            self.waiting.drain(..).partition(|s| s.tx.is_closed());
+        self.waiting.extend(keep);
+        for s in &mut left {
+            self.end_trace(s, Instant::now());
+        }
         let gone = (before - self.waiting.len()) as u64;
         self.local.cancelled += gone;
         if let Some(m) = &self.metrics {
@@ -298,15 +316,21 @@ impl Scheduler {
             s.pages = nodes.iter().map(|&n| self.pool.block_of(n)).collect();
             s.computed = nodes.len() * page;
             s.nodes = nodes;
+            let first = s.admitted.is_none();
+            if first {
+                let now = Instant::now();
+                s.admitted = Some(now);
+                s.chunked = len - s.computed > self.cfg.chunk;
+                if let Some(t) = s.trace.as_mut() {
+                    t.admitted = Some(now);
+                }
+            }
             if let Some(m) = &self.metrics {
                 m.realtime_prefill_cache.inc_by(s.computed as u64);
-                if s.admitted.is_none() {
-                    let now = Instant::now();
+                if let Some(a) = s.admitted.filter(|_| first) {
                     m.queue_time
-                        .observe(now.duration_since(s.arrival).as_secs_f64());
+                        .observe(a.duration_since(s.arrival).as_secs_f64());
                     self.window.admitted(s.prompt_len, s.computed);
-                    s.admitted = Some(now);
-                    s.chunked = len - s.computed > self.cfg.chunk;
                 }
             }
             s.cached.get_or_insert(s.computed);
@@ -344,10 +368,21 @@ impl Scheduler {
         // Advance, publish full blocks, collect who samples.
         let mut samplers: Vec<usize> = Vec::new();
         let (mut prefill, mut decode, mut decode_lens) = (0u64, 0u64, 0usize);
+        let (bid, batch) = (self.local.iterations as u32, plan.len() as u32);
         for &(i, n) in plan {
             let s = &mut self.running[i];
+            let completes = s.computed + n == s.tokens.len();
             if s.tokens.len() - s.computed > 1 {
                 prefill += n as u64;
+                let (fresh, chunked) = (s.generated() == 0, s.chunked);
+                if let Some(t) = s.trace.as_mut().filter(|_| fresh) {
+                    if chunked {
+                        t.slices.push((Slice::ChunkedPrefill, t0, t1));
+                    }
+                    if let Some(a) = t.admitted.filter(|_| completes) {
+                        t.slices.push((Slice::PrefillForward, a, t1));
+                    }
+                }
                 if let Some(m) = self.metrics.as_deref().filter(|_| s.generated() == 0) {
                     if s.chunked {
                         m.stage(Stage::ChunkedPrefill, t1 - t0);
@@ -359,6 +394,9 @@ impl Scheduler {
             } else {
                 decode += 1;
                 decode_lens += s.tokens.len();
+                if let Some(t) = s.trace.as_mut() {
+                    t.slices.push((Slice::Decode { bid, batch }, t0, t1));
+                }
             }
             s.computed += n;
             if s.computed == s.tokens.len() {
@@ -423,6 +461,9 @@ impl Scheduler {
                 }
             }
             s.last_token = Some(now);
+            if let Some(t) = s.trace.as_mut() {
+                t.first_token.get_or_insert(now);
+            }
             let tok = *s.tokens.last().expect("sampled");
             let g = s.generated();
             let is_stop = g > s.min_new && s.stop_ids.contains(&tok);
@@ -455,10 +496,34 @@ impl Scheduler {
                 }
             }
         }
+        for &i in &done {
+            let mut s = std::mem::take(&mut self.running[i].trace);
+            let r = &self.running[i];
+            if let (Some(sink), Some(t)) = (&self.trace, s.take()) {
+                sink.send(Finished {
+                    trace: *t,
+                    end: now,
+                    prompt_tokens: r.prompt_len,
+                    completion_tokens: r.generated(),
+                });
+            }
+        }
         done.sort_unstable();
         for &i in done.iter().rev() {
             let mut s = self.running.remove(i);
             self.release(&mut s);
+        }
+    }
+
+    /// Hand a request that ends here (aborted) to the span builder.
+    fn end_trace(&self, s: &mut Seq, now: Instant) {
+        if let (Some(sink), Some(t)) = (&self.trace, s.trace.take()) {
+            sink.send(Finished {
+                trace: *t,
+                end: now,
+                prompt_tokens: s.prompt_len,
+                completion_tokens: s.generated(),
+            });
         }
     }
 
