@@ -68,6 +68,8 @@ async fn one_trace_per_request_across_frontend_and_worker() {
             "--enable-trace",
             "--otlp-traces-endpoint",
             &engine_ep,
+            "--chunked-prefill-size",
+            "16",
         ],
         &otel("dynamo-worker-1"),
     );
@@ -201,6 +203,54 @@ async fn one_trace_per_request_across_frontend_and_worker() {
     assert_eq!(line["span_name"], "handle_payload");
     for k in ["time", "level", "target", "file", "line"] {
         assert!(!line[k].is_null(), "JSONL lacks {k}: {line}");
+    }
+
+    // A prompt longer than --chunked-prefill-size: its chunks nest under prefill_forward,
+    // linked in order.
+    let trace3 = "1bf7651916cd43dd8448eb211c80319d";
+    let long = "The quick brown fox jumps over the lazy dog while the cat watches from the warm \
+        windowsill and the rain falls softly on the old stone roof of the quiet village house";
+    let r = c
+        .http
+        .post(format!("{}/v1/completions", c.url()))
+        .header("traceparent", format!("00-{trace3}-{parent}-01"))
+        .json(&json!({"model": MODEL, "prompt": long, "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let usage: serde_json::Value = r.json().await.unwrap();
+    let prompt_tokens = usage["usage"]["prompt_tokens"].as_u64().unwrap();
+    let spans3 = wait_trace(
+        &rx,
+        trace3,
+        &["prefill_forward", "chunked_prefill", "decode_loop"],
+    )
+    .await;
+    let pf = one(&spans3, "prefill_forward");
+    let mut chunks: Vec<&Span> = spans3
+        .iter()
+        .filter(|s| s.name == "chunked_prefill")
+        .collect();
+    chunks.sort_by_key(|s| s.start_ns);
+    assert_eq!(
+        chunks.len() as u64,
+        prompt_tokens.div_ceil(16),
+        "{}",
+        render(&spans3)
+    );
+    for (k, ch) in chunks.iter().enumerate() {
+        assert_eq!(ch.parent_span_id, pf.span_id);
+        let prev = if k == 0 {
+            &pf.span_id
+        } else {
+            &chunks[k - 1].span_id
+        };
+        assert_eq!(
+            &ch.links,
+            &vec![prev.clone()],
+            "chunk {k} links to the previous slice"
+        );
     }
 
     // A malformed traceparent: 200, and the request gets a new root of its own.

@@ -375,7 +375,8 @@ impl Scheduler {
         for &(i, n) in plan {
             let s = &mut self.running[i];
             let completes = s.computed + n == s.tokens.len();
-            if s.tokens.len() - s.computed > 1 {
+            // Prompt work, including a prompt's last token when chunking leaves it alone.
+            if s.tokens.len() - s.computed > 1 || s.generated() == 0 {
                 prefill += n as u64;
                 let (fresh, chunked) = (s.generated() == 0, s.chunked);
                 if let Some(t) = s.trace.as_mut().filter(|_| fresh) {
