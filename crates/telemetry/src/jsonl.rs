@@ -97,7 +97,20 @@ where
         if let Some(l) = meta.line() {
             obj.insert("line".into(), l.into());
         }
-        if let Some(span) = ctx.lookup_current() {
+        let current = ctx.lookup_current();
+        if current.is_none() {
+            // The span may be one the log filter hides (e.g. `DYN_LOG=warn` and an info
+            // span); its ids still belong on the line.
+            let span = tracing::Span::current();
+            if let Some(meta) = span.metadata() {
+                obj.insert("span_name".into(), meta.name().into());
+                if let Some(c) = crate::context::span_context(&span) {
+                    obj.insert("trace_id".into(), c.trace_id_hex().into());
+                    obj.insert("span_id".into(), format!("{:016x}", c.span_id).into());
+                }
+            }
+        }
+        if let Some(span) = current {
             obj.insert("span_name".into(), span.name().into());
             // Fields of the root first, so inner spans override.
             for s in span.scope().from_root() {

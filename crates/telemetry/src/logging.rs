@@ -40,7 +40,7 @@ pub enum LoggingError {
 /// once, early in `main`, inside the tokio runtime; keep the guard and call
 /// [`TelemetryGuard::shutdown`] at exit so queued spans are exported.
 pub fn init(cfg: &LogConfig, otel: &OtelConfig) -> Result<TelemetryGuard, LoggingError> {
-    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::layer::{Layer as _, SubscriberExt};
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_new(&cfg.filter).map_err(|e| LoggingError::Filter {
         filter: cfg.filter.clone(),
@@ -50,20 +50,32 @@ pub fn init(cfg: &LogConfig, otel: &OtelConfig) -> Result<TelemetryGuard, Loggin
     let (provider, stats) =
         crate::otel::provider(&otel.service_name, endpoint).map_err(LoggingError::Exporter)?;
     let guard = TelemetryGuard { provider, stats };
-    let otel_layer = tracing_opentelemetry::layer().with_tracer(guard.tracer());
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Spans reach OpenTelemetry whatever `DYN_LOG` says (a `warn` log level must not switch
+    // tracing off); log events stay out of spans. `DYN_LOG` filters only the log output.
+    let spans_only = tracing_subscriber::filter::filter_fn(|m| {
+        m.is_span() && *m.level() <= tracing::Level::INFO
+    });
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(guard.tracer())
+        .with_filter(spans_only);
+    let registry = tracing_subscriber::registry().with(otel_layer);
     let res = if cfg.jsonl {
         registry
             .with(
                 fmt::layer()
                     .event_format(JsonlFormat)
                     .fmt_fields(fmt::format::JsonFields::new())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init()
     };
     res.map_err(|_| LoggingError::AlreadySet)?;
