@@ -77,3 +77,43 @@ pub fn render(spans: &[Span]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn span(name: &str, id: &str, parent: &str, start: u64, end: u64) -> Span {
+        Span {
+            service: "svc".into(),
+            name: name.into(),
+            trace_id: "t1".into(),
+            span_id: id.into(),
+            parent_span_id: parent.into(),
+            start_ns: start,
+            end_ns: end,
+            attributes: BTreeMap::from([("rid".to_string(), serde_json::json!("abc"))]),
+            events: vec![],
+            links: vec![],
+        }
+    }
+
+    #[test]
+    fn children_nest_in_start_order_and_orphans_are_roots() {
+        let spans = vec![
+            span("late child", "c2", "r", 3_000_000, 4_000_000),
+            span("root", "r", "", 0, 5_000_000),
+            span("early child", "c1", "r", 1_000_000, 2_000_000),
+            span("grandchild", "g", "c1", 1_500_000, 1_600_000),
+            span("orphan", "o", "missing", 6_000_000, 7_000_000),
+        ];
+        let out = render(&spans);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "trace t1 (5 spans)");
+        assert_eq!(lines[1], "  root [svc] 5.00 ms rid=abc");
+        assert_eq!(lines[2], "    early child [svc] 1.00 ms rid=abc");
+        assert_eq!(lines[3], "      grandchild [svc] 0.10 ms rid=abc");
+        assert_eq!(lines[4], "    late child [svc] 1.00 ms rid=abc");
+        assert_eq!(lines[5], "  orphan [svc] 1.00 ms rid=abc");
+    }
+}
