@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let registry = drt.metrics().clone();
+    drt.metrics().track_span_export(telemetry.stats.clone())?;
     let metrics = FrontendMetrics::new(&registry);
     let instances = drt.watch_instances(&format!("instances.{}", cli.namespace));
     let models = ModelManager::start(instances, cache, metrics.clone());

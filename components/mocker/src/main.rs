@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
+    drt.metrics().track_span_export(telemetry.stats.clone())?;
     let engine = MockEngine::start(cfg);
     let instance = drt
         .serve_endpoint(

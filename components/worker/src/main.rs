@@ -173,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // The status server comes up first: /health says notready while the engine loads.
     let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
+    drt.metrics().track_span_export(telemetry.stats.clone())?;
     let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
         .await?
         .with_context(|| format!("loading {}", source.path().display()))?;

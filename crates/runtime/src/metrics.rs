@@ -226,3 +226,32 @@ impl EndpointMetrics {
             .inc();
     }
 }
+
+impl MetricsRegistry {
+    /// `dynamo_tracing_exported_spans_total` and `dynamo_tracing_export_failed_spans_total`:
+    /// what this process's span exporter delivered and what it could not (collector down or
+    /// slow); read from `stats` at every scrape. Both stay 0 while export is off.
+    pub fn track_span_export(
+        &self,
+        stats: dynamo_telemetry::otel::ExportStats,
+    ) -> Result<(), prometheus::Error> {
+        let exported = prometheus::IntCounter::new(
+            "dynamo_tracing_exported_spans_total",
+            "Spans this process exported over OTLP",
+        )?;
+        let failed = prometheus::IntCounter::new(
+            "dynamo_tracing_export_failed_spans_total",
+            "Spans this process could not export (collector down or too slow); requests never wait for export",
+        )?;
+        self.register(Box::new(exported.clone()))?;
+        self.register(Box::new(failed.clone()))?;
+        self.on_scrape(move || {
+            let catch_up = |c: &prometheus::IntCounter, now: u64| {
+                c.inc_by(now.saturating_sub(c.get()));
+            };
+            catch_up(&exported, stats.exported_spans());
+            catch_up(&failed, stats.failed_spans());
+        });
+        Ok(())
+    }
+}
