@@ -88,6 +88,9 @@ async fn one_trace_per_request_across_frontend_and_worker() {
         &[
             "http-request",
             "kv_router.select_worker",
+            "kv_router.compute_block_hashes",
+            "kv_router.compute_seq_hashes",
+            "kv_router.find_matches",
             "kv_router.schedule",
             "kv_router.route_request",
             "handle_payload",
@@ -107,6 +110,20 @@ async fn one_trace_per_request_across_frontend_and_worker() {
     assert_eq!(http.parent_span_id, parent);
     assert_eq!(select.parent_span_id, http.span_id);
     assert_eq!(schedule.parent_span_id, select.span_id);
+    for n in [
+        "kv_router.compute_block_hashes",
+        "kv_router.compute_seq_hashes",
+        "kv_router.find_matches",
+    ] {
+        assert_eq!(one(&spans, n).parent_span_id, select.span_id, "{n}");
+    }
+    let bh = one(&spans, "kv_router.compute_block_hashes");
+    assert_eq!(bh.attributes["isl_tokens"], json!(5));
+    assert_eq!(
+        bh.attributes["block_count"],
+        json!(0),
+        "5 tokens: no complete 16-token block"
+    );
     assert_eq!(route.parent_span_id, http.span_id);
     assert_eq!(handle.parent_span_id, route.span_id);
     assert!(spans.iter().all(|s| s.trace_id == trace));

@@ -153,6 +153,41 @@ fn map_runtime_error(e: RuntimeError) -> ApiError {
     }
 }
 
+/// The KV router's hashing and index-lookup steps as spans, with the request's block and
+/// sequence hashes (the spec's block size from the model card). Without a KV index (round-
+/// robin and random modes) the lookup finds no overlap.
+fn routing_spans(job: &Job) {
+    use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
+    let toks = &job.request.token_ids;
+    let bs = job
+        .instances
+        .first()
+        .and_then(|i| i.card["kv_cache_block_size"].as_u64())
+        .unwrap_or(16)
+        .max(1) as usize;
+    let local = tracing::info_span!(
+        "kv_router.compute_block_hashes",
+        isl_tokens = toks.len() as i64,
+        block_count = tracing::field::Empty,
+    )
+    .in_scope(|| {
+        let h = block_hashes(toks, bs);
+        tracing::Span::current().record("block_count", h.len() as i64);
+        h
+    });
+    let seq = tracing::info_span!(
+        "kv_router.compute_seq_hashes",
+        seq_hash_count = local.len() as i64
+    )
+    .in_scope(|| sequence_hashes(&local));
+    let _m = tracing::info_span!(
+        "kv_router.find_matches",
+        block_count = seq.len() as i64,
+        overlap_blocks = 0
+    )
+    .entered();
+}
+
 /// Send the request to a worker, trying others when an instance does not answer.
 pub async fn dispatch(
     state: &AppState,
@@ -176,7 +211,8 @@ pub async fn dispatch(
         None => {
             let select = tracing::info_span!("kv_router.select_worker");
             let _s = select.enter();
-            let _c = tracing::info_span!("kv_router.schedule").entered();
+            routing_spans(job);
+            let _c = tracing::info_span!("kv_router.schedule", overlap_blocks = 0).entered();
             let first = state.router.pick(n);
             (0..n.min(3))
                 .map(|k| &job.instances[(first + k) % n])
