@@ -258,7 +258,6 @@ async fn main() -> anyhow::Result<()> {
 
     runtime_args::shutdown_signal().await;
     drt.shutdown().await;
-    drop(engine);
     if let Some(p) = engine_tracer {
         let _ = p.force_flush();
     }

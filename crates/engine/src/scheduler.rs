@@ -18,7 +18,7 @@ use crate::kv::{BlockPool, KvCache, NodeId, ROOT};
 use crate::metrics::{EngineMetrics, Stage, Window};
 use crate::model::{Model, Scratch, SeqInput};
 use crate::sampling::Sampler;
-use crate::trace::{Finished, SeqTrace, Slice, TraceSink};
+use crate::trace::{SeqTrace, Slice, TraceSink};
 
 mod observe;
 use observe::finished;
@@ -500,22 +500,11 @@ impl Scheduler {
                 }
             }
         }
-        for &i in &done {
-            let mut s = std::mem::take(&mut self.running[i].trace);
-            let r = &self.running[i];
-            if let (Some(sink), Some(t)) = (&self.trace, s.take()) {
-                sink.send(Finished {
-                    trace: *t,
-                    end: now,
-                    prompt_tokens: r.prompt_len,
-                    completion_tokens: r.generated(),
-                });
-            }
-        }
         done.sort_unstable();
         for &i in done.iter().rev() {
             let mut s = self.running.remove(i);
             self.release(&mut s);
+            self.end_trace(&mut s, now);
         }
     }
 

@@ -35,7 +35,7 @@ impl Scheduler {
         }
     }
 
-    /// Hand a request that ends here (aborted) to the span builder.
+    /// Hand a request that ended (finished or aborted) to the span builder.
     pub(super) fn end_trace(&self, s: &mut Seq, now: Instant) {
         if let (Some(sink), Some(t)) = (&self.trace, s.trace.take()) {
             sink.send(Finished {
