@@ -11,10 +11,7 @@ use std::sync::mpsc;
 use std::time::{Instant, SystemTime};
 
 use dynamo_telemetry::TraceContext;
-use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _,
-};
+use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 
@@ -167,14 +164,7 @@ impl Builder {
 
     fn build(&self, f: Finished) {
         let t = &f.trace;
-        let p = t.req.parent;
-        let parent = SpanContext::new(
-            TraceId::from_bytes(p.trace_id.to_be_bytes()),
-            SpanId::from_bytes(p.span_id.to_be_bytes()),
-            TraceFlags::new(p.flags),
-            true,
-            TraceState::default(),
-        );
+        let parent = dynamo_telemetry::context::remote_span_context(&t.req.parent);
         let (start, end) = (t.submitted, f.end);
         let (mut room, room_cx) = self.open(
             "Bootstrap Room 0x0".into(),

@@ -7,16 +7,20 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::TraceContext;
 
-/// Make `span` a child of the remote `parent` (call before the span is first entered).
-pub fn set_remote_parent(span: &tracing::Span, parent: &TraceContext) {
-    let sc = SpanContext::new(
+/// `parent` as an OpenTelemetry remote span context.
+pub fn remote_span_context(parent: &TraceContext) -> SpanContext {
+    SpanContext::new(
         TraceId::from_bytes(parent.trace_id.to_be_bytes()),
         SpanId::from_bytes(parent.span_id.to_be_bytes()),
         TraceFlags::new(parent.flags),
         true,
         TraceState::default(),
-    );
-    let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+    )
+}
+
+/// Make `span` a child of the remote `parent` (call before the span is first entered).
+pub fn set_remote_parent(span: &tracing::Span, parent: &TraceContext) {
+    let cx = opentelemetry::Context::new().with_remote_span_context(remote_span_context(parent));
     let _ = span.set_parent(cx);
 }
 
