@@ -19,14 +19,4 @@ for i in $(seq "${PAIRS:-3}"); do
   if [ $((i % 2)) -eq 1 ]; then off+=("$(run 0)"); on+=("$(run 1)"); else on+=("$(run 1)"); off+=("$(run 0)"); fi
   log "pair $i: off ${off[-1]} on ${on[-1]}"
 done
-python3 - "${off[*]}" "${on[*]}" <<'PY'
-import statistics, sys
-off = [float(x) for x in sys.argv[1].split()]
-on = [float(x) for x in sys.argv[2].split()]
-mo, mn = statistics.median(off), statistics.median(on)
-print("| metrics | runs (tok/s) | median |")
-print("|---|---|---|")
-print(f"| off | {', '.join(f'{x:.1f}' for x in off)} | {mo:.1f} |")
-print(f"| on | {', '.join(f'{x:.1f}' for x in on)} | {mn:.1f} |")
-print(f"\non/off = {mn / mo:.3f}; spread within off runs {min(off) / max(off):.3f}..1, within on runs {min(on) / max(on):.3f}..1")
-PY
+python3 tests/bench/ab_table.py metrics "tok/s" "${off[*]}" "${on[*]}"

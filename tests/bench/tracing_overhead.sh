@@ -45,14 +45,4 @@ for i in $(seq "${PAIRS:-2}"); do
   log "pair $i: off ${off[-1]} on ${on[-1]} tok/s"
 done
 log "traces printed by dynamo-trace: $(grep -c '^trace ' "$WORK/traces.txt" || true)"
-python3 - "${off[*]}" "${on[*]}" <<'PY'
-import statistics, sys
-off = [float(x) for x in sys.argv[1].split()]
-on = [float(x) for x in sys.argv[2].split()]
-mo, mn = statistics.median(off), statistics.median(on)
-print("| tracing | runs (output tok/s) | median |")
-print("|---|---|---|")
-print(f"| off | {', '.join(f'{x:.1f}' for x in off)} | {mo:.1f} |")
-print(f"| on | {', '.join(f'{x:.1f}' for x in on)} | {mn:.1f} |")
-print(f"\non/off = {mn / mo:.3f}")
-PY
+python3 tests/bench/ab_table.py tracing "output tok/s" "${off[*]}" "${on[*]}"
