@@ -249,6 +249,20 @@ mod imp {
     region!(q4_1_region_impl, q4_1_tile, Q4_1_BYTES, true);
     region!(q8_0_region_impl, q8_0_tile, Q8_0_BYTES, false);
 
+    /// Bounds the region kernels rely on: `w` holds `cols.1` rows of `bytes`-sized blocks,
+    /// `x` holds `rows.1` rows, `out` the region.
+    fn check(
+        w: &[u8],
+        bytes: usize,
+        x: &ActQ8,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        out: &[f32],
+    ) {
+        assert!(w.len() >= cols.1 * (x.k / QK) * bytes && x.rows >= rows.1);
+        assert!(out.len() >= (rows.1 - rows.0) * (cols.1 - cols.0));
+    }
+
     /// Output rows `r0..r1` × columns `c0..c1` of `x · Wᵀ` for Q4_1 weights.
     pub fn q4_1_region(
         w: &[u8],
@@ -257,10 +271,8 @@ mod imp {
         cols: (usize, usize),
         out: &mut [f32],
     ) {
-        let nb = x.k / QK;
-        assert!(w.len() >= cols.1 * nb * Q4_1_BYTES && x.rows >= rows.1);
-        assert!(out.len() >= (rows.1 - rows.0) * (cols.1 - cols.0));
-        // SAFETY: `available()` was checked by kernels::isa; bounds asserted above.
+        check(w, Q4_1_BYTES, x, rows, cols, out);
+        // SAFETY: `available()` was checked by kernels::isa; bounds checked above.
         unsafe { q4_1_region_impl(w, x, rows, cols, out) }
     }
 
@@ -272,9 +284,7 @@ mod imp {
         cols: (usize, usize),
         out: &mut [f32],
     ) {
-        let nb = x.k / QK;
-        assert!(w.len() >= cols.1 * nb * Q8_0_BYTES && x.rows >= rows.1);
-        assert!(out.len() >= (rows.1 - rows.0) * (cols.1 - cols.0));
+        check(w, Q8_0_BYTES, x, rows, cols, out);
         // SAFETY: as above.
         unsafe { q8_0_region_impl(w, x, rows, cols, out) }
     }
