@@ -126,6 +126,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "dynamo-protocols",
             "dynamo-engine",
             "dynamo-llm",
+            "dynamo-runtime",
             "dynamo-telemetry",
         ],
     ),

@@ -1,5 +1,6 @@
 //! `dynamo-mocker`: a worker that registers like a real one (model card from a real model, so
-//! the frontend preprocesses for real) but simulates the engine. Flags → config → wiring.
+//! the frontend preprocesses for real) but simulates the engine, and publishes KV events and
+//! load for the KV router like a real worker. Flags → config → wiring.
 
 #[path = "../../common/runtime_args.rs"]
 mod runtime_args;
@@ -12,9 +13,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use dynamo_llm::kv_router::publisher;
 use dynamo_llm::model::{self, LoadedModel};
 use dynamo_mocker::{MockEngine, MockerConfig};
-use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
+use dynamo_protocols::{EngineOutput, LoadReport, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{Handler, HandlerStream, RequestContext};
 
@@ -106,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
     let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
     drt.metrics().track_span_export(telemetry.stats.clone())?;
     let engine = MockEngine::start(cfg);
+    let events = engine.take_kv_events();
+    let stats = engine.clone();
     let instance = drt
         .serve_endpoint(
             id.clone(),
@@ -114,6 +118,29 @@ async fn main() -> anyhow::Result<()> {
             system_port,
         )
         .await?;
+    if let Some(events) = events {
+        tokio::spawn(publisher::run_publisher(
+            drt.nats().clone(),
+            publisher::PublisherConfig {
+                namespace: cli.m.namespace.clone(),
+                component: cli.m.component.clone(),
+                instance_id: instance,
+                load_interval: std::time::Duration::from_secs(1),
+            },
+            events,
+            move || {
+                let s = stats.stats();
+                LoadReport {
+                    active_blocks: s.active_blocks as u64,
+                    total_blocks: s.total_blocks as u64,
+                    running: s.running as u64,
+                    waiting: s.waiting as u64,
+                    ..LoadReport::default()
+                }
+            },
+            drt.stopping(),
+        ));
+    }
     tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "mocker ready");
 
     runtime_args::shutdown_signal().await;

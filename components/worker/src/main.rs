@@ -19,8 +19,9 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use dynamo_engine::trace::{TraceConfig, TraceRequest};
 use dynamo_engine::{Engine, EngineConfig, EngineError};
+use dynamo_llm::kv_router::publisher;
 use dynamo_llm::model;
-use dynamo_protocols::kv_events::{kv_events_subject, RouterEvent};
+use dynamo_protocols::LoadReport;
 use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{Handler, HandlerStream, RequestContext};
@@ -234,25 +235,30 @@ async fn main() -> anyhow::Result<()> {
             system_port,
         )
         .await?;
-    if let Some(mut events) = events {
-        let nats = drt.nats().clone();
-        let subject = kv_events_subject(&cli.m.namespace, &cli.m.component);
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let ev = RouterEvent {
-                    worker_id: instance,
-                    event,
-                };
-                match serde_json::to_vec(&ev) {
-                    Ok(body) => {
-                        if let Err(e) = nats.publish(subject.clone(), body.into()).await {
-                            tracing::warn!(error = %e, "cannot publish KV event");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot encode KV event"),
+    if let Some(events) = events {
+        let e = engine.clone();
+        let total = info.kv_blocks as u64;
+        tokio::spawn(publisher::run_publisher(
+            drt.nats().clone(),
+            publisher::PublisherConfig {
+                namespace: cli.m.namespace.clone(),
+                component: cli.m.component.clone(),
+                instance_id: instance,
+                load_interval: std::time::Duration::from_secs(1),
+            },
+            events,
+            move || {
+                let s = e.stats();
+                LoadReport {
+                    active_blocks: (s.pool.shared_in_use + s.pool.private_in_use) as u64,
+                    total_blocks: total,
+                    running: s.running as u64,
+                    waiting: s.waiting as u64,
+                    ..LoadReport::default()
                 }
-            }
-        });
+            },
+            drt.stopping(),
+        ));
     }
     tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "worker ready");
 

@@ -152,6 +152,11 @@ impl ModelManager {
         });
     }
 
+    /// The discovery watch this manager follows (for the KV router's worker tracking).
+    pub fn instances_rx(&self) -> watch::Receiver<InstanceMap> {
+        self.inner.rx.clone()
+    }
+
     /// Models with at least one live instance and a loaded preprocessor, sorted.
     pub fn list(&self) -> Vec<String> {
         let snap = self.inner.snapshot.read().unwrap().clone();

@@ -1,5 +1,5 @@
-//! Choosing a worker instance for a request: round-robin or random (the KV-aware mode comes
-//! with the router work).
+//! `--router-mode` and the stateless choices (round-robin, random); the KV-aware mode is in
+//! [`crate::kv_router`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub enum RouterMode {
     RoundRobin,
     Random,
+    /// KV-aware: overlap with each worker's cached blocks and its load.
+    Kv,
 }
 
 impl std::str::FromStr for RouterMode {
@@ -16,9 +18,9 @@ impl std::str::FromStr for RouterMode {
         match s {
             "round-robin" | "round_robin" => Ok(RouterMode::RoundRobin),
             "random" => Ok(RouterMode::Random),
-            "kv" => Err("router mode `kv` is not available yet; use round-robin or random".into()),
+            "kv" => Ok(RouterMode::Kv),
             other => Err(format!(
-                "unknown router mode {other:?}; use round-robin or random"
+                "unknown router mode {other:?}; use round-robin, random or kv"
             )),
         }
     }
@@ -42,7 +44,9 @@ impl Router {
     /// Index of the instance to try first among `n` candidates (`n > 0`).
     pub fn pick(&self, n: usize) -> usize {
         match self.mode {
-            RouterMode::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            RouterMode::RoundRobin | RouterMode::Kv => {
+                self.next.fetch_add(1, Ordering::Relaxed) % n
+            }
             RouterMode::Random => rand::random_range(0..n),
         }
     }
@@ -59,7 +63,8 @@ mod tests {
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
         let r = Router::new(RouterMode::Random);
         assert!((0..100).all(|_| r.pick(4) < 4));
-        assert!("kv".parse::<RouterMode>().is_err());
+        assert_eq!("kv".parse::<RouterMode>().unwrap(), RouterMode::Kv);
+        assert!("least-loaded".parse::<RouterMode>().is_err());
         assert_eq!("random".parse::<RouterMode>().unwrap(), RouterMode::Random);
     }
 }

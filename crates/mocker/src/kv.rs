@@ -1,8 +1,13 @@
 //! The mocker's KV block pool: a fixed number of blocks; full prompt blocks are identified by
 //! their sequence hash and stay cached (reference-counted, LRU-evicted when unreferenced) so a
-//! later request with the same prefix skips their prefill.
+//! later request with the same prefix skips their prefill. Blocks entering and leaving the
+//! cache produce the same stored/removed events as the real engine.
 
 use std::collections::{BTreeMap, HashMap};
+
+use dynamo_protocols::kv_events::{
+    KvCacheEventData, KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlock,
+};
 
 /// A bounded pool of KV blocks with prefix reuse.
 #[derive(Debug)]
@@ -15,6 +20,7 @@ pub struct BlockPool {
     /// Unreferenced cached blocks by last use tick, for LRU eviction.
     lru: BTreeMap<u64, u64>,
     tick: u64,
+    events: Vec<KvCacheEventData>,
 }
 
 impl BlockPool {
@@ -25,6 +31,7 @@ impl BlockPool {
             cached: HashMap::new(),
             lru: BTreeMap::new(),
             tick: 0,
+            events: Vec::new(),
         }
     }
 
@@ -60,7 +67,38 @@ impl BlockPool {
         };
         self.lru.remove(&t);
         self.cached.remove(&h);
+        if let Some(KvCacheEventData::Removed(r)) = self.events.last_mut() {
+            r.block_hashes.push(h);
+        } else {
+            self.events
+                .push(KvCacheEventData::Removed(KvCacheRemoveData {
+                    block_hashes: vec![h],
+                }));
+        }
         true
+    }
+
+    /// Take the events produced since the last call.
+    pub fn drain_events(&mut self) -> Vec<KvCacheEventData> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn stored(&mut self, parent: Option<u64>, block_hash: u64, tokens_hash: u64) {
+        let blk = KvCacheStoredBlock {
+            block_hash,
+            tokens_hash,
+            mm_extra_info: None,
+        };
+        if let Some(KvCacheEventData::Stored(s)) = self.events.last_mut() {
+            if parent.is_some() && s.blocks.last().map(|b| b.block_hash) == parent {
+                s.blocks.push(blk);
+                return;
+            }
+        }
+        self.events.push(KvCacheEventData::Stored(KvCacheStoreData {
+            parent_hash: parent,
+            blocks: vec![blk],
+        }));
     }
 
     fn make_room(&mut self, n: usize) -> bool {
@@ -72,9 +110,10 @@ impl BlockPool {
         true
     }
 
-    /// Reference the prompt's full blocks (`hashes`) plus `extra` private blocks. Returns
-    /// false (and changes nothing) when the pool cannot hold them.
-    pub fn acquire(&mut self, hashes: &[u64], extra: usize) -> bool {
+    /// Reference the prompt's full blocks (sequence `hashes`, local hashes `locals`) plus
+    /// `extra` private blocks. Returns false (and changes nothing) when the pool cannot hold
+    /// them.
+    pub fn acquire(&mut self, hashes: &[u64], locals: &[u64], extra: usize) -> bool {
         let new_shared = hashes
             .iter()
             .filter(|h| !self.cached.contains_key(h))
@@ -87,7 +126,7 @@ impl BlockPool {
         if self.available() < new_shared + extra + revived {
             return false;
         }
-        for h in hashes {
+        for (i, h) in hashes.iter().enumerate() {
             self.tick += 1;
             if let Some((r, t)) = self.cached.get_mut(h) {
                 if *r == 0 {
@@ -99,6 +138,8 @@ impl BlockPool {
                 let ok = self.make_room(1);
                 debug_assert!(ok);
                 self.cached.insert(*h, (1, self.tick));
+                let parent = i.checked_sub(1).map(|p| hashes[p]);
+                self.stored(parent, *h, locals[i]);
             }
         }
         let ok = self.make_room(extra);
@@ -139,21 +180,68 @@ mod tests {
     #[test]
     fn prefix_reuse_and_lru_eviction() {
         let mut p = BlockPool::new(4);
-        assert!(p.acquire(&[1, 2], 1));
+        assert!(p.acquire(&[1, 2], &[1, 2], 1));
         assert_eq!(p.active(), 3);
-        assert!(!p.acquire(&[7, 8], 0), "only one block left");
+        assert!(!p.acquire(&[7, 8], &[7, 8], 0), "only one block left");
         p.release(&[1, 2], 1);
         assert_eq!(p.active(), 0);
         assert_eq!(p.matched(&[1, 2, 3]), 2);
         // Reusing the cached prefix costs only the new block.
-        assert!(p.acquire(&[1, 2, 3], 0));
+        assert!(p.acquire(&[1, 2, 3], &[1, 2, 3], 0));
         assert_eq!(p.active(), 3);
         p.release(&[1, 2, 3], 0);
         // A disjoint request evicts the least recently used blocks.
-        assert!(p.acquire(&[10, 11, 12, 13], 0));
+        assert!(p.acquire(&[10, 11, 12, 13], &[10, 11, 12, 13], 0));
         assert_eq!(p.matched(&[1]), 0);
         p.release(&[10, 11, 12, 13], 0);
         assert_eq!(p.available(), 4);
+    }
+
+    #[test]
+    fn cache_changes_produce_events() {
+        let mut p = BlockPool::new(3);
+        assert!(p.acquire(&[1, 2], &[11, 12], 0));
+        let e = p.drain_events();
+        assert_eq!(e.len(), 1);
+        let KvCacheEventData::Stored(s) = &e[0] else {
+            panic!("stored expected: {e:?}")
+        };
+        assert_eq!(s.parent_hash, None);
+        let pairs: Vec<(u64, u64)> = s
+            .blocks
+            .iter()
+            .map(|b| (b.block_hash, b.tokens_hash))
+            .collect();
+        assert_eq!(pairs, vec![(1, 11), (2, 12)]);
+        p.release(&[1, 2], 0);
+        // Reuse 1, store 3 under it; the pool is full so 2 (unreferenced) is evicted for 4.
+        assert!(p.acquire(&[1, 3, 4], &[11, 13, 14], 0));
+        let e = p.drain_events();
+        assert_eq!(
+            e,
+            vec![
+                KvCacheEventData::Stored(KvCacheStoreData {
+                    parent_hash: Some(1),
+                    blocks: vec![KvCacheStoredBlock {
+                        block_hash: 3,
+                        tokens_hash: 13,
+                        mm_extra_info: None
+                    }],
+                }),
+                KvCacheEventData::Removed(KvCacheRemoveData {
+                    block_hashes: vec![2]
+                }),
+                KvCacheEventData::Stored(KvCacheStoreData {
+                    parent_hash: Some(3),
+                    blocks: vec![KvCacheStoredBlock {
+                        block_hash: 4,
+                        tokens_hash: 14,
+                        mm_extra_info: None
+                    }],
+                }),
+            ]
+        );
+        assert!(p.drain_events().is_empty());
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
-use dynamo_protocols::{EngineOutput, FinishReason, PreprocessedRequest, Usage};
+use dynamo_protocols::{EngineOutput, FinishReason, KvCacheEvent, PreprocessedRequest, Usage};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::kv::BlockPool;
@@ -76,6 +77,8 @@ struct Seq {
     prompt: Vec<u32>,
     /// Sequence hashes of the prompt's full blocks.
     hashes: Vec<u64>,
+    /// Local hashes of the same blocks.
+    locals: Vec<u64>,
     max_tokens: usize,
     generated: usize,
     private_blocks: usize,
@@ -106,14 +109,45 @@ impl Seq {
 pub struct MockEngine {
     tx: mpsc::UnboundedSender<Seq>,
     cfg: MockerConfig,
+    events: Arc<Mutex<Option<mpsc::UnboundedReceiver<KvCacheEvent>>>>,
+    stats: Arc<Mutex<MockStats>>,
+}
+
+/// The mocker's load, updated every iteration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MockStats {
+    pub active_blocks: usize,
+    pub total_blocks: usize,
+    pub running: usize,
+    pub waiting: usize,
 }
 
 impl MockEngine {
     /// Start the scheduler task on the current tokio runtime.
     pub fn start(cfg: MockerConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(cfg.clone(), rx));
-        MockEngine { tx, cfg }
+        let (etx, erx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Mutex::new(MockStats {
+            total_blocks: cfg.num_blocks,
+            ..MockStats::default()
+        }));
+        tokio::spawn(run(cfg.clone(), rx, etx, stats.clone()));
+        MockEngine {
+            tx,
+            cfg,
+            events: Arc::new(Mutex::new(Some(erx))),
+            stats,
+        }
+    }
+
+    /// The KV event stream (once).
+    pub fn take_kv_events(&self) -> Option<mpsc::UnboundedReceiver<KvCacheEvent>> {
+        self.events.lock().ok()?.take()
+    }
+
+    /// Load as of the last iteration.
+    pub fn stats(&self) -> MockStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
     pub fn config(&self) -> &MockerConfig {
@@ -147,7 +181,8 @@ impl MockEngine {
                 total: self.cfg.num_blocks,
             });
         }
-        let hashes = sequence_hashes(&block_hashes(&prompt, self.cfg.block_size));
+        let locals = block_hashes(&prompt, self.cfg.block_size);
+        let hashes = sequence_hashes(&locals);
         let prompt_hash = hashes.last().copied().unwrap_or(0)
             ^ prompt.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, t| {
                 (h ^ u64::from(*t)).wrapping_mul(0x100_0000_01b3)
@@ -156,6 +191,7 @@ impl MockEngine {
         let seq = Seq {
             prompt,
             hashes,
+            locals,
             max_tokens: max_tokens.max(1),
             generated: 0,
             private_blocks: 0,
@@ -168,11 +204,30 @@ impl MockEngine {
     }
 }
 
-async fn run(cfg: MockerConfig, mut rx: mpsc::UnboundedReceiver<Seq>) {
+async fn run(
+    cfg: MockerConfig,
+    mut rx: mpsc::UnboundedReceiver<Seq>,
+    events: mpsc::UnboundedSender<KvCacheEvent>,
+    stats: Arc<Mutex<MockStats>>,
+) {
     let mut pool = BlockPool::new(cfg.num_blocks);
     let mut waiting: VecDeque<Seq> = VecDeque::new();
     let mut running: Vec<Seq> = Vec::new();
+    let mut event_id = 0u64;
     loop {
+        for data in pool.drain_events() {
+            let _ = events.send(KvCacheEvent {
+                event_id,
+                data,
+                dp_rank: 0,
+            });
+            event_id += 1;
+        }
+        if let Ok(mut s) = stats.lock() {
+            s.active_blocks = pool.active();
+            s.running = running.len();
+            s.waiting = waiting.len();
+        }
         if waiting.is_empty() && running.is_empty() {
             match rx.recv().await {
                 Some(s) => waiting.push_back(s),
@@ -203,7 +258,7 @@ async fn run(cfg: MockerConfig, mut rx: mpsc::UnboundedReceiver<Seq>) {
                 break;
             }
             let private = front.private_needed(cfg.block_size) + 1;
-            if !pool.acquire(&front.hashes, private) {
+            if !pool.acquire(&front.hashes, &front.locals, private) {
                 break;
             }
             let mut s = waiting.pop_front().expect("front exists");

@@ -1,12 +1,67 @@
 //! KV cache events a worker publishes for the router (JSON shape of `../shared/spec/kv-router.md`
 //! §2): blocks stored (with their sequence and local hashes), removed, or the whole cache
-//! cleared; and the periodic load report.
+//! cleared; the periodic load report; and the query a router sends a worker to re-sync its
+//! view after a gap in `event_id`s or when it discovers the worker.
 
 use serde::{Deserialize, Serialize};
 
 /// The NATS subject a component's workers publish [`RouterEvent`]s on.
 pub fn kv_events_subject(namespace: &str, component: &str) -> String {
     format!("namespace.{namespace}.component.{component}.kv_events")
+}
+
+/// The NATS subject a component's workers publish [`LoadReport`]s on.
+pub fn kv_metrics_subject(namespace: &str, component: &str) -> String {
+    format!("namespace.{namespace}.component.{component}.kv_metrics")
+}
+
+/// The NATS subject one worker answers [`KvQuery`]s on (the spec's `worker_kv_indexer_query`).
+pub fn kv_query_subject(namespace: &str, component: &str, instance_id: u64) -> String {
+    format!("namespace.{namespace}.component.{component}.worker_kv_indexer_query.{instance_id:x}")
+}
+
+/// A worker's load, published periodically.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct LoadReport {
+    pub worker_id: u64,
+    #[serde(default)]
+    pub dp_rank: u32,
+    /// KV blocks referenced by running requests.
+    pub active_blocks: u64,
+    pub total_blocks: u64,
+    pub running: u64,
+    pub waiting: u64,
+}
+
+/// A router asking a worker for its KV state: the events from `from_event_id` on when the
+/// worker still has them, otherwise (or when `from_event_id` is `None`) its whole cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvQuery {
+    pub from_event_id: Option<u64>,
+}
+
+/// One block of a full-state dump: parent (sequence hash, `None` at the root), then the
+/// block's sequence and local hashes. Parents come before their children.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpBlock {
+    pub parent_hash: Option<u64>,
+    pub block_hash: u64,
+    pub tokens_hash: u64,
+}
+
+/// One message of a worker's answer to a [`KvQuery`]; an answer is one or more messages on
+/// the query's reply subject, the last with `done`. `full`: the blocks replace everything
+/// the router knew of this worker; otherwise `events` are the requested range.
+/// `last_event_id`: the last event the answer covers (`None`: the worker has sent none).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvQueryReply {
+    pub last_event_id: Option<u64>,
+    pub full: bool,
+    #[serde(default)]
+    pub blocks: Vec<DumpBlock>,
+    #[serde(default)]
+    pub events: Vec<KvCacheEvent>,
+    pub done: bool,
 }
 
 /// One event from one worker; `event_id` increases by one per event from 0.

@@ -9,7 +9,7 @@ pub mod model_card;
 pub mod names;
 pub mod request;
 
-pub use kv_events::{KvCacheEvent, KvCacheEventData, RouterEvent};
+pub use kv_events::{KvCacheEvent, KvCacheEventData, LoadReport, RouterEvent};
 pub use model_card::ModelCard;
 pub use request::{
     EngineOutput, FinishReason, PreprocessedRequest, SamplingOptions, StopConditions, Usage,

@@ -13,6 +13,10 @@ pub mod env {
     pub const DYN_LOG: &str = "DYN_LOG";
     pub const DYN_LOGGING_JSONL: &str = "DYN_LOGGING_JSONL";
     pub const DYN_ROUTER_MODE: &str = "DYN_ROUTER_MODE";
+    pub const DYN_KV_OVERLAP_SCORE_WEIGHT: &str = "DYN_KV_OVERLAP_SCORE_WEIGHT";
+    pub const DYN_ROUTER_TEMPERATURE: &str = "DYN_ROUTER_TEMPERATURE";
+    pub const DYN_KV_EVENTS: &str = "DYN_KV_EVENTS";
+    pub const DYN_KV_CACHE_BLOCK_SIZE: &str = "DYN_KV_CACHE_BLOCK_SIZE";
     pub const DYN_NAMESPACE: &str = "DYN_NAMESPACE";
     pub const DYN_MODEL_CACHE: &str = "DYN_MODEL_CACHE";
     pub const DYN_ENABLE_FORCE_INCLUDE_USAGE: &str = "DYN_ENABLE_FORCE_INCLUDE_USAGE";
@@ -42,6 +46,7 @@ pub mod component {
     pub const TOTAL_BLOCKS: &str = "dynamo_component_total_blocks";
     pub const GPU_CACHE_USAGE_PERCENT: &str = "dynamo_component_gpu_cache_usage_percent";
     pub const MODEL_LOAD_TIME_SECONDS: &str = "dynamo_component_model_load_time_seconds";
+    pub const KV_CACHE_EVENTS_APPLIED: &str = "dynamo_component_kv_cache_events_applied";
 }
 
 /// `dynamo_frontend_*`: HTTP-level metrics of the frontend.
@@ -63,6 +68,24 @@ pub mod frontend {
     pub const MODEL_MAX_NUM_BATCHED_TOKENS: &str = "dynamo_frontend_model_max_num_batched_tokens";
     pub const MODEL_CONTEXT_LENGTH: &str = "dynamo_frontend_model_context_length";
     pub const MODEL_KV_CACHE_BLOCK_SIZE: &str = "dynamo_frontend_model_kv_cache_block_size";
+    pub const WORKER_ACTIVE_DECODE_BLOCKS: &str = "dynamo_frontend_worker_active_decode_blocks";
+    pub const WORKER_ACTIVE_PREFILL_TOKENS: &str = "dynamo_frontend_worker_active_prefill_tokens";
+}
+
+/// `dynamo_router_*` (frontend, `--router-mode kv`), labelled by `router_id`.
+pub mod router {
+    pub const REQUESTS_TOTAL: &str = "dynamo_router_requests_total";
+    pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "dynamo_router_time_to_first_token_seconds";
+    pub const INTER_TOKEN_LATENCY_SECONDS: &str = "dynamo_router_inter_token_latency_seconds";
+    pub const INPUT_SEQUENCE_TOKENS: &str = "dynamo_router_input_sequence_tokens";
+    pub const OUTPUT_SEQUENCE_TOKENS: &str = "dynamo_router_output_sequence_tokens";
+    pub const KV_HIT_RATE: &str = "dynamo_router_kv_hit_rate";
+    pub const OVERHEAD_BLOCK_HASHING_MS: &str = "dynamo_router_overhead_block_hashing_ms";
+    pub const OVERHEAD_SEQ_HASHING_MS: &str = "dynamo_router_overhead_seq_hashing_ms";
+    pub const OVERHEAD_INDEXER_FIND_MATCHES_MS: &str =
+        "dynamo_router_overhead_indexer_find_matches_ms";
+    pub const OVERHEAD_SCHEDULING_MS: &str = "dynamo_router_overhead_scheduling_ms";
+    pub const OVERHEAD_TOTAL_MS: &str = "dynamo_router_overhead_total_ms";
 }
 
 /// Every metric name defined above, for the spec check.
@@ -77,6 +100,7 @@ pub const ALL_METRICS: &[&str] = &[
     component::TOTAL_BLOCKS,
     component::GPU_CACHE_USAGE_PERCENT,
     component::MODEL_LOAD_TIME_SECONDS,
+    component::KV_CACHE_EVENTS_APPLIED,
     frontend::REQUESTS_TOTAL,
     frontend::INFLIGHT_REQUESTS,
     frontend::QUEUED_REQUESTS,
@@ -94,6 +118,19 @@ pub const ALL_METRICS: &[&str] = &[
     frontend::MODEL_MAX_NUM_BATCHED_TOKENS,
     frontend::MODEL_CONTEXT_LENGTH,
     frontend::MODEL_KV_CACHE_BLOCK_SIZE,
+    frontend::WORKER_ACTIVE_DECODE_BLOCKS,
+    frontend::WORKER_ACTIVE_PREFILL_TOKENS,
+    router::REQUESTS_TOTAL,
+    router::TIME_TO_FIRST_TOKEN_SECONDS,
+    router::INTER_TOKEN_LATENCY_SECONDS,
+    router::INPUT_SEQUENCE_TOKENS,
+    router::OUTPUT_SEQUENCE_TOKENS,
+    router::KV_HIT_RATE,
+    router::OVERHEAD_BLOCK_HASHING_MS,
+    router::OVERHEAD_SEQ_HASHING_MS,
+    router::OVERHEAD_INDEXER_FIND_MATCHES_MS,
+    router::OVERHEAD_SCHEDULING_MS,
+    router::OVERHEAD_TOTAL_MS,
 ];
 
 /// Every env var defined above, for the spec check.
@@ -108,6 +145,10 @@ pub const ALL_ENV: &[&str] = &[
     env::DYN_LOG,
     env::DYN_LOGGING_JSONL,
     env::DYN_ROUTER_MODE,
+    env::DYN_KV_OVERLAP_SCORE_WEIGHT,
+    env::DYN_ROUTER_TEMPERATURE,
+    env::DYN_KV_EVENTS,
+    env::DYN_KV_CACHE_BLOCK_SIZE,
     env::DYN_ENABLE_FORCE_INCLUDE_USAGE,
     env::OTEL_EXPORT_ENABLED,
     env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,

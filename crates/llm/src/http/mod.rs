@@ -15,6 +15,7 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use dynamo_runtime::{CancellationToken, DistributedRuntime, MetricsRegistry};
 
+use crate::kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
 use crate::models::ModelManager;
 use crate::router::{Router as WorkerRouter, RouterMode};
 pub use metrics::FrontendMetrics;
@@ -29,11 +30,60 @@ pub struct HttpConfig {
     pub force_include_usage: bool,
 }
 
+/// The KV routers of a frontend in `--router-mode kv`: one per worker component, started when
+/// the first request for that component arrives.
+pub struct KvRouting {
+    pub config: KvRouterConfig,
+    pub metrics: RouterMetrics,
+    routers: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<KvRouter>>>,
+}
+
+impl KvRouting {
+    pub fn new(config: KvRouterConfig, metrics: RouterMetrics) -> Self {
+        KvRouting {
+            config,
+            metrics,
+            routers: Default::default(),
+        }
+    }
+
+    /// The router of `namespace.component`, started on first use.
+    pub fn router(
+        &self,
+        drt: &DistributedRuntime,
+        models: &ModelManager,
+        namespace: &str,
+        component: &str,
+    ) -> Arc<KvRouter> {
+        let mut map = self.routers.lock().unwrap();
+        map.entry((namespace.to_string(), component.to_string()))
+            .or_insert_with(|| {
+                tracing::info!(
+                    namespace,
+                    component,
+                    kv_events = self.config.kv_events,
+                    "starting KV router"
+                );
+                KvRouter::start(
+                    drt.nats().clone(),
+                    namespace,
+                    component,
+                    models.instances_rx(),
+                    self.config.clone(),
+                    self.metrics.clone(),
+                )
+            })
+            .clone()
+    }
+}
+
 /// State shared by all handlers.
 pub struct AppState {
     pub drt: DistributedRuntime,
     pub models: ModelManager,
     pub router: WorkerRouter,
+    /// Present in `--router-mode kv`.
+    pub kv: Option<KvRouting>,
     pub metrics: FrontendMetrics,
     pub registry: MetricsRegistry,
     pub config: HttpConfig,

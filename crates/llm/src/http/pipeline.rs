@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use crate::detok::{IncrementalDecoder, StopMatcher};
+use crate::kv_router::RouteTicket;
 use crate::openai::request::GenParams;
 use crate::openai::response::*;
 use crate::openai::{ApiError, ErrorClass};
@@ -153,9 +154,8 @@ fn map_runtime_error(e: RuntimeError) -> ApiError {
     }
 }
 
-/// The KV router's hashing and index-lookup steps as spans, with the request's block and
-/// sequence hashes (the spec's block size from the model card). Without a KV index (round-
-/// robin and random modes) the lookup finds no overlap.
+/// The hashing and lookup spans of the non-KV modes: the same block and sequence hashes the
+/// KV router computes (block size from the model card), with no index to look them up in.
 fn routing_spans(job: &Job) {
     use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
     let toks = &job.request.token_ids;
@@ -188,39 +188,87 @@ fn routing_spans(job: &Job) {
     .entered();
 }
 
-/// Send the request to a worker, trying others when an instance does not answer.
-pub async fn dispatch(
+/// A worker's response stream with the KV router's ticket for it (first token: prefill done;
+/// dropped: the request's blocks leave the router's account).
+pub struct Dispatched {
+    stream: ResponseStream<EngineOutput>,
+    ticket: Option<RouteTicket>,
+}
+
+impl futures::Stream for Dispatched {
+    type Item = Result<EngineOutput, RuntimeError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let p = this.stream.poll_next_unpin(cx);
+        if let (std::task::Poll::Ready(Some(Ok(o))), Some(t)) = (&p, this.ticket.as_mut()) {
+            t.on_tokens(o.token_ids.len());
+        }
+        p
+    }
+}
+
+/// The instances to try, best first, and the KV router's ticket and overlap for the first.
+async fn choose(
     state: &AppState,
     job: &Job,
-) -> Result<ResponseStream<EngineOutput>, ApiError> {
+) -> Result<(Vec<Arc<InstanceRecord>>, Option<RouteTicket>, u32), ApiError> {
     let n = job.instances.len();
-    let candidates: Vec<&Arc<InstanceRecord>> = match job.params.backend_instance_id {
-        Some(id) => {
-            let pinned: Vec<_> = job
-                .instances
-                .iter()
-                .filter(|i| i.instance_id == id)
-                .collect();
-            if pinned.is_empty() {
-                return Err(ApiError::validation(format!(
-                    "Validation: nvext.backend_instance_id {id} is not a live instance of this model"
-                )));
-            }
-            pinned
+    if let Some(id) = job.params.backend_instance_id {
+        let pinned: Vec<_> = job
+            .instances
+            .iter()
+            .filter(|i| i.instance_id == id)
+            .cloned()
+            .collect();
+        if pinned.is_empty() {
+            return Err(ApiError::validation(format!(
+                "Validation: nvext.backend_instance_id {id} is not a live instance of this model"
+            )));
         }
-        None => {
-            let select = tracing::info_span!("kv_router.select_worker");
-            let _s = select.enter();
-            routing_spans(job);
-            let _c = tracing::info_span!("kv_router.schedule", overlap_blocks = 0).entered();
-            let first = state.router.pick(n);
-            (0..n.min(3))
-                .map(|k| &job.instances[(first + k) % n])
-                .collect()
-        }
-    };
+        return Ok((pinned, None, 0));
+    }
+    let select = tracing::info_span!("kv_router.select_worker");
+    if let Some(kv) = &state.kv {
+        let first = &job.instances[0];
+        let router = kv.router(
+            &state.drt,
+            &state.models,
+            &first.namespace,
+            &first.component,
+        );
+        let sel = router
+            .select(&job.request.token_ids, &job.instances)
+            .instrument(select)
+            .await
+            .map_err(|e| ApiError::new(ErrorClass::Internal, format!("KV router: {e}")))?;
+        let order = (0..n.min(3))
+            .map(|k| job.instances[(sel.index + k) % n].clone())
+            .collect();
+        return Ok((order, Some(sel.ticket), sel.overlap_blocks));
+    }
+    let _s = select.enter();
+    routing_spans(job);
+    let _c = tracing::info_span!("kv_router.schedule", overlap_blocks = 0).entered();
+    let first = state.router.pick(n);
+    let order = (0..n.min(3))
+        .map(|k| job.instances[(first + k) % n].clone())
+        .collect();
+    Ok((order, None, 0))
+}
+
+/// Send the request to a worker, trying others when an instance does not answer.
+pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiError> {
+    let (candidates, mut ticket, overlap) = choose(state, job).await?;
     let mut last = None;
-    for inst in candidates {
+    for (k, inst) in candidates.iter().enumerate() {
+        if k > 0 {
+            // The router's pick did not answer: this request no longer counts against it.
+            ticket = None;
+        }
         let alive = state.models.alive_fn(inst.instance_id);
         let route = tracing::info_span!(
             "kv_router.route_request",
@@ -228,7 +276,7 @@ pub async fn dispatch(
             request_id = %job.call.request_id,
             worker_id = inst.instance_id,
             dp_rank = 0,
-            overlap_blocks = 0,
+            overlap_blocks = if k == 0 { overlap } else { 0 },
             phase = "Aggregated",
         );
         let mut call = job.call.clone();
@@ -239,7 +287,7 @@ pub async fn dispatch(
             .instrument(route)
             .await
         {
-            Ok(s) => return Ok(s),
+            Ok(stream) => return Ok(Dispatched { stream, ticket }),
             Err(e @ (RuntimeError::NoResponders { .. } | RuntimeError::AckTimeout(_))) => {
                 tracing::warn!(instance = %format!("{:x}", inst.instance_id), error = %e, "instance did not answer; trying another");
                 last = Some(e);

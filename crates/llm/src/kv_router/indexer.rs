@@ -1,0 +1,388 @@
+//! The router's radix index of cached KV blocks (`../shared/spec/kv-router.md` §3): a tree of
+//! blocks keyed by local block hash under their parent, each node holding the set of workers
+//! that cache it; per-worker lookup tables from the engine's sequence hash to the node (for
+//! removals and for finding a stored run's parent); `find_matches` giving each worker's
+//! number of leading blocks cached. Plain data, single-threaded: the index task owns it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use dynamo_protocols::kv_events::{KvCacheEventData, KvCacheStoredBlock};
+use smallvec::SmallVec;
+
+/// A worker (instance id) and data-parallel rank.
+pub type WorkerKey = (u64, u32);
+
+type NodeId = u32;
+const ROOT: NodeId = 0;
+
+/// Hasher for keys that are already uniformly distributed hashes (block hashes): one
+/// multiply-xorshift instead of SipHash.
+#[derive(Default, Clone, Copy)]
+pub struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        let x = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^ (x >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(23) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+/// A `HashMap` with [`MixHasher`].
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<MixHasher>>;
+
+#[derive(Debug, Clone)]
+struct Node {
+    parent: NodeId,
+    local: u64,
+    /// Worker slots caching this block.
+    workers: SmallVec<[u32; 4]>,
+    children: u32,
+}
+
+#[derive(Debug, Default)]
+struct WorkerSlot {
+    key: Option<WorkerKey>,
+    /// Sequence hash → node.
+    blocks: FastMap<u64, NodeId>,
+}
+
+/// Why an event could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    #[error("stored event names parent block {0:#x}, which this worker does not cache")]
+    UnknownParent(u64),
+}
+
+/// Per-worker overlap of one request with the index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OverlapScores {
+    /// Leading blocks of the request each worker caches (workers with none are absent).
+    pub scores: HashMap<WorkerKey, u32>,
+    /// Blocks each of those workers caches in total.
+    pub tree_sizes: HashMap<WorkerKey, usize>,
+}
+
+impl OverlapScores {
+    pub fn get(&self, w: WorkerKey) -> u32 {
+        self.scores.get(&w).copied().unwrap_or(0)
+    }
+    /// The highest overlap of any worker.
+    pub fn best(&self) -> u32 {
+        self.scores.values().copied().max().unwrap_or(0)
+    }
+}
+
+/// The radix index.
+#[derive(Debug)]
+pub struct RadixIndex {
+    nodes: Vec<Node>,
+    free_nodes: Vec<NodeId>,
+    /// (parent node, local hash) → child.
+    children: FastMap<(NodeId, u64), NodeId>,
+    slots: Vec<WorkerSlot>,
+    free_slots: Vec<u32>,
+    slot_of: HashMap<WorkerKey, u32>,
+    /// Scratch for `find_matches`: per slot, the depth at which it was last seen.
+    seen: Vec<u32>,
+}
+
+impl Default for RadixIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RadixIndex {
+    pub fn new() -> Self {
+        RadixIndex {
+            nodes: vec![Node {
+                parent: ROOT,
+                local: 0,
+                workers: SmallVec::new(),
+                children: 0,
+            }],
+            free_nodes: Vec::new(),
+            children: FastMap::default(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            slot_of: HashMap::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Blocks in the tree (nodes other than the root).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len() - 1 - self.free_nodes.len()
+    }
+
+    /// Workers with at least one block, or known through an event.
+    pub fn workers(&self) -> Vec<WorkerKey> {
+        self.slot_of.keys().copied().collect()
+    }
+
+    /// Blocks `w` caches.
+    pub fn worker_blocks(&self, w: WorkerKey) -> usize {
+        self.slot_of
+            .get(&w)
+            .map_or(0, |&s| self.slots[s as usize].blocks.len())
+    }
+
+    /// Whether `w` caches the block with sequence hash `h`.
+    pub fn has_block(&self, w: WorkerKey, h: u64) -> bool {
+        self.slot_of
+            .get(&w)
+            .is_some_and(|&s| self.slots[s as usize].blocks.contains_key(&h))
+    }
+
+    fn slot(&mut self, w: WorkerKey) -> u32 {
+        if let Some(&s) = self.slot_of.get(&w) {
+            return s;
+        }
+        let s = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(WorkerSlot::default());
+                self.seen.push(u32::MAX);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[s as usize].key = Some(w);
+        self.slot_of.insert(w, s);
+        s
+    }
+
+    /// Apply one event of worker `w`.
+    pub fn apply(&mut self, w: WorkerKey, data: &KvCacheEventData) -> Result<(), IndexError> {
+        match data {
+            KvCacheEventData::Stored(s) => self.store(w, s.parent_hash, &s.blocks),
+            KvCacheEventData::Removed(r) => {
+                self.remove(w, &r.block_hashes);
+                Ok(())
+            }
+            KvCacheEventData::Cleared => {
+                self.clear(w);
+                Ok(())
+            }
+        }
+    }
+
+    /// Blocks stored by `w` under `parent_hash` (`None`: the root), in prefix order.
+    pub fn store(
+        &mut self,
+        w: WorkerKey,
+        parent_hash: Option<u64>,
+        blocks: &[KvCacheStoredBlock],
+    ) -> Result<(), IndexError> {
+        let slot = self.slot(w);
+        let mut cur = match parent_hash {
+            None => ROOT,
+            Some(p) => match self.slots[slot as usize].blocks.get(&p) {
+                Some(&n) => n,
+                None => return Err(IndexError::UnknownParent(p)),
+            },
+        };
+        for b in blocks {
+            cur = self.store_one(slot, cur, b.block_hash, b.tokens_hash);
+        }
+        Ok(())
+    }
+
+    /// Store one block for `slot` under node `parent`; returns its node.
+    fn store_one(&mut self, slot: u32, parent: NodeId, block_hash: u64, local: u64) -> NodeId {
+        let child = match self.children.get(&(parent, local)) {
+            Some(&c) => c,
+            None => {
+                let node = Node {
+                    parent,
+                    local,
+                    workers: SmallVec::new(),
+                    children: 0,
+                };
+                let id = match self.free_nodes.pop() {
+                    Some(id) => {
+                        self.nodes[id as usize] = node;
+                        id
+                    }
+                    None => {
+                        self.nodes.push(node);
+                        (self.nodes.len() - 1) as NodeId
+                    }
+                };
+                self.children.insert((parent, local), id);
+                self.nodes[parent as usize].children += 1;
+                id
+            }
+        };
+        let ws = &mut self.nodes[child as usize].workers;
+        if !ws.contains(&slot) {
+            ws.push(slot);
+        }
+        if let Some(old) = self.slots[slot as usize].blocks.insert(block_hash, child) {
+            if old != child {
+                // The engine reused a sequence hash for another position: drop the stale one.
+                self.drop_worker_from(slot, old);
+            }
+        }
+        child
+    }
+
+    /// Blocks removed by `w`, by sequence hash; unknown hashes are ignored (already gone).
+    /// Returns how many were known.
+    pub fn remove(&mut self, w: WorkerKey, hashes: &[u64]) -> usize {
+        let Some(&slot) = self.slot_of.get(&w) else {
+            return 0;
+        };
+        let mut known = 0;
+        for h in hashes {
+            if let Some(n) = self.slots[slot as usize].blocks.remove(h) {
+                known += 1;
+                self.drop_worker_from(slot, n);
+            }
+        }
+        known
+    }
+
+    /// Everything `w` caches is gone (the worker stays known).
+    pub fn clear(&mut self, w: WorkerKey) {
+        let Some(&slot) = self.slot_of.get(&w) else {
+            return;
+        };
+        let blocks = std::mem::take(&mut self.slots[slot as usize].blocks);
+        for (_, n) in blocks {
+            self.drop_worker_from(slot, n);
+        }
+    }
+
+    /// `w` left: drop its blocks and forget it.
+    pub fn remove_worker(&mut self, w: WorkerKey) {
+        self.clear(w);
+        if let Some(slot) = self.slot_of.remove(&w) {
+            self.slots[slot as usize].key = None;
+            self.slots[slot as usize].blocks = FastMap::default();
+            self.free_slots.push(slot);
+        }
+    }
+
+    fn drop_worker_from(&mut self, slot: u32, n: NodeId) {
+        let ws = &mut self.nodes[n as usize].workers;
+        if let Some(i) = ws.iter().position(|&s| s == slot) {
+            ws.swap_remove(i);
+        }
+        self.prune(n);
+    }
+
+    /// Free `n` and its ancestors while they have no workers and no children.
+    fn prune(&mut self, mut n: NodeId) {
+        while n != ROOT {
+            let node = &self.nodes[n as usize];
+            if !node.workers.is_empty() || node.children > 0 {
+                return;
+            }
+            let (parent, local) = (node.parent, node.local);
+            self.children.remove(&(parent, local));
+            self.nodes[n as usize].workers = SmallVec::new();
+            self.free_nodes.push(n);
+            self.nodes[parent as usize].children -= 1;
+            n = parent;
+        }
+    }
+
+    /// Overlaps as sorted (worker, blocks) pairs, without the scratch state (tests, tools).
+    pub fn find_matches_ro(&self, local_hashes: &[u64]) -> Vec<(WorkerKey, u32)> {
+        // A read-only walk with its own scratch.
+        let mut active: Vec<u32> = Vec::new();
+        let mut out: Vec<(WorkerKey, u32)> = Vec::new();
+        let mut cur = ROOT;
+        let mut depth = 0u32;
+        for (i, h) in local_hashes.iter().enumerate() {
+            let Some(&n) = self.children.get(&(cur, *h)) else {
+                break;
+            };
+            let ws = &self.nodes[n as usize].workers;
+            if i == 0 {
+                active.extend(ws.iter().copied());
+            } else {
+                active.retain(|s| {
+                    let keep = ws.contains(s);
+                    if !keep {
+                        out.push((self.slots[*s as usize].key.expect("live"), i as u32));
+                    }
+                    keep
+                });
+            }
+            if active.is_empty() {
+                break;
+            }
+            depth = i as u32 + 1;
+            cur = n;
+        }
+        for s in active {
+            out.push((self.slots[s as usize].key.expect("live"), depth));
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Each worker's count of consecutive leading blocks of `local_hashes` it caches.
+    pub fn find_matches(&mut self, local_hashes: &[u64]) -> OverlapScores {
+        let mut out = OverlapScores::default();
+        let mut active: SmallVec<[u32; 16]> = SmallVec::new();
+        let mut cur = ROOT;
+        let mut depth = 0u32;
+        for (i, h) in local_hashes.iter().enumerate() {
+            let Some(&n) = self.children.get(&(cur, *h)) else {
+                break;
+            };
+            let ws = &self.nodes[n as usize].workers;
+            let stamp = i as u32;
+            if i == 0 {
+                active.extend(ws.iter().copied());
+            } else {
+                for &s in ws {
+                    self.seen[s as usize] = stamp;
+                }
+                let seen = &self.seen;
+                active.retain(|s| {
+                    let keep = seen[*s as usize] == stamp;
+                    if !keep {
+                        let key = self.slots[*s as usize].key.expect("live slot");
+                        out.scores.insert(key, i as u32);
+                    }
+                    keep
+                });
+            }
+            if active.is_empty() {
+                break;
+            }
+            depth = i as u32 + 1;
+            cur = n;
+        }
+        for s in active {
+            let key = self.slots[s as usize].key.expect("live slot");
+            out.scores.insert(key, depth);
+        }
+        for (&k, _) in out.scores.iter() {
+            out.tree_sizes.insert(k, self.worker_blocks(k));
+        }
+        // Stamps from this query must not match the next one's first levels.
+        for s in self.seen.iter_mut() {
+            *s = u32::MAX;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

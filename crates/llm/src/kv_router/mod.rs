@@ -1,0 +1,484 @@
+//! The KV-aware router (`--router-mode kv`): per worker component, a radix index of cached
+//! blocks fed by the workers' KV events (or, in approximate mode, by its own routing
+//! decisions with a TTL), the cost function over overlap and the router's account of active
+//! blocks, and the tickets that keep that account right until each request ends. The worker
+//! side (event, load and re-sync publishing) is in [`publisher`].
+
+pub mod indexer;
+pub mod metrics;
+pub mod publisher;
+pub mod scheduler;
+pub mod sync;
+pub mod task;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
+use dynamo_protocols::kv_events::{
+    kv_events_subject, kv_metrics_subject, kv_query_subject, KvQuery, KvQueryReply,
+};
+use dynamo_protocols::{LoadReport, RouterEvent};
+use dynamo_runtime::{InstanceMap, InstanceRecord};
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+pub use indexer::{OverlapScores, RadixIndex, WorkerKey};
+pub use metrics::RouterMetrics;
+use scheduler::{ActiveLoad, Candidate, Costing};
+use task::{IndexMsg, IndexTask, SyncAnswer};
+
+/// Settings from the frontend's flags.
+#[derive(Debug, Clone)]
+pub struct KvRouterConfig {
+    /// `--kv-overlap-score-weight`.
+    pub overlap_weight: f64,
+    /// `--router-temperature`.
+    pub temperature: f64,
+    /// `--kv-events` (false: approximate mode).
+    pub kv_events: bool,
+    /// `--kv-cache-block-size` (default: the worker's card).
+    pub block_size: Option<usize>,
+    /// Approximate mode's block lifetime (`--router-ttl-secs`).
+    pub ttl: Duration,
+    /// A worker's load report counts for this long.
+    pub load_fresh: Duration,
+}
+
+impl Default for KvRouterConfig {
+    fn default() -> Self {
+        KvRouterConfig {
+            overlap_weight: 1.0,
+            temperature: 0.0,
+            kv_events: true,
+            block_size: None,
+            ttl: Duration::from_secs(120),
+            load_fresh: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why the router could not choose.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("no candidate workers")]
+    NoCandidates,
+    #[error("the KV index task stopped")]
+    IndexGone,
+}
+
+/// The router of one worker component (`namespace.component`).
+pub struct KvRouter {
+    tx: mpsc::UnboundedSender<IndexMsg>,
+    cfg: KvRouterConfig,
+    metrics: RouterMetrics,
+    active: Mutex<ActiveLoad>,
+    loads: Arc<Mutex<HashMap<u64, (LoadReport, Instant)>>>,
+    rng: Mutex<StdRng>,
+    next_id: AtomicU64,
+}
+
+/// The router's choice for one request.
+pub struct Selection {
+    /// Index into the candidates.
+    pub index: usize,
+    pub overlap_blocks: u32,
+    pub ticket: RouteTicket,
+}
+
+/// Keeps the router's account of one routed request: prefill done at the first token, freed
+/// (with the request-level router metrics) when dropped.
+pub struct RouteTicket {
+    router: Arc<KvRouter>,
+    id: u64,
+    start: Instant,
+    first: Option<Instant>,
+    tokens: u64,
+}
+
+impl RouteTicket {
+    /// Output tokens arrived.
+    pub fn on_tokens(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.tokens += n as u64;
+        if self.first.is_none() {
+            let now = Instant::now();
+            self.first = Some(now);
+            self.router
+                .metrics
+                .ttft
+                .observe(now.duration_since(self.start).as_secs_f64());
+            let done = self.router.active.lock().unwrap().prefill_done(self.id);
+            if let Some((w, l)) = done {
+                self.router
+                    .metrics
+                    .worker_load(w, l.active_blocks, l.prefill_tokens);
+            }
+        }
+    }
+}
+
+impl Drop for RouteTicket {
+    fn drop(&mut self) {
+        let m = &self.router.metrics;
+        m.osl.observe(self.tokens as f64);
+        if let (Some(first), true) = (self.first, self.tokens > 1) {
+            m.itl
+                .observe(first.elapsed().as_secs_f64() / (self.tokens - 1) as f64);
+        }
+        let freed = self.router.active.lock().unwrap().free(self.id);
+        if let Some((w, l)) = freed {
+            m.worker_load(w, l.active_blocks, l.prefill_tokens);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl KvRouter {
+    /// Start the router for `namespace.component`: index task, event and load subscriptions,
+    /// and the discovery watch that re-syncs new workers and drops departed ones.
+    pub fn start(
+        nats: async_nats::Client,
+        namespace: &str,
+        component: &str,
+        instances: watch::Receiver<InstanceMap>,
+        cfg: KvRouterConfig,
+        metrics: RouterMetrics,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let resync: Option<task::Resync> = cfg.kv_events.then(|| {
+            let nats = nats.clone();
+            let tx = tx.clone();
+            let (ns, comp) = (namespace.to_string(), component.to_string());
+            Box::new(move |worker: u64, from: Option<u64>| {
+                let (nats, tx) = (nats.clone(), tx.clone());
+                let subject = kv_query_subject(&ns, &comp, worker);
+                tokio::spawn(async move {
+                    let answer = query_worker(&nats, subject, from).await;
+                    let _ = tx.send(IndexMsg::Answer { worker, answer });
+                });
+            }) as task::Resync
+        });
+        let ttl = (!cfg.kv_events).then_some(cfg.ttl);
+        tokio::spawn(IndexTask::new(resync, Some(metrics.clone()), ttl).run(rx));
+        let loads: Arc<Mutex<HashMap<u64, (LoadReport, Instant)>>> = Default::default();
+        if cfg.kv_events {
+            tokio::spawn(forward_events(
+                nats.clone(),
+                kv_events_subject(namespace, component),
+                tx.clone(),
+            ));
+        }
+        tokio::spawn(collect_loads(
+            nats.clone(),
+            kv_metrics_subject(namespace, component),
+            loads.clone(),
+        ));
+        let router = Arc::new(KvRouter {
+            tx,
+            cfg,
+            metrics,
+            active: Mutex::new(ActiveLoad::default()),
+            loads,
+            rng: Mutex::new(StdRng::from_os_rng()),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(watch_workers(
+            Arc::downgrade(&router),
+            namespace.to_string(),
+            component.to_string(),
+            instances,
+        ));
+        router
+    }
+
+    pub fn config(&self) -> &KvRouterConfig {
+        &self.cfg
+    }
+
+    /// Per-worker overlap of a prompt's blocks (for tests and tools).
+    pub async fn find_matches(&self, local: Vec<u64>) -> Result<OverlapScores, RouterError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(IndexMsg::Find { local, reply })
+            .map_err(|_| RouterError::IndexGone)?;
+        rx.await.map_err(|_| RouterError::IndexGone)
+    }
+
+    /// Blocks in the index.
+    pub async fn index_size(&self) -> Result<usize, RouterError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(IndexMsg::Size(reply))
+            .map_err(|_| RouterError::IndexGone)?;
+        rx.await.map_err(|_| RouterError::IndexGone)
+    }
+
+    /// Choose among `candidates` for a prompt of `tokens`, recording the `kv_router.*` spans
+    /// (under the caller's `kv_router.select_worker`) and the overhead metrics.
+    pub async fn select(
+        self: &Arc<Self>,
+        tokens: &[u32],
+        candidates: &[Arc<InstanceRecord>],
+    ) -> Result<Selection, RouterError> {
+        if candidates.is_empty() {
+            return Err(RouterError::NoCandidates);
+        }
+        let t0 = Instant::now();
+        let bs = self
+            .cfg
+            .block_size
+            .or_else(|| {
+                candidates[0].card["kv_cache_block_size"]
+                    .as_u64()
+                    .map(|b| b as usize)
+            })
+            .unwrap_or(16)
+            .max(1);
+        let m = &self.metrics;
+        let local = tracing::info_span!(
+            "kv_router.compute_block_hashes",
+            isl_tokens = tokens.len() as i64,
+            block_count = tracing::field::Empty,
+        )
+        .in_scope(|| {
+            let h = block_hashes(tokens, bs);
+            tracing::Span::current().record("block_count", h.len() as i64);
+            h
+        });
+        let t1 = Instant::now();
+        m.block_hashing_ms.observe(ms(t1 - t0));
+        let seq = tracing::info_span!(
+            "kv_router.compute_seq_hashes",
+            seq_hash_count = local.len() as i64
+        )
+        .in_scope(|| sequence_hashes(&local));
+        let t2 = Instant::now();
+        m.seq_hashing_ms.observe(ms(t2 - t1));
+        let find = tracing::info_span!(
+            "kv_router.find_matches",
+            block_count = local.len() as i64,
+            overlap_blocks = tracing::field::Empty,
+            workers_matched = tracing::field::Empty,
+        );
+        let overlaps = if self.cfg.overlap_weight > 0.0 && !local.is_empty() {
+            self.find_matches(local.clone())
+                .instrument(find.clone())
+                .await?
+        } else {
+            OverlapScores::default()
+        };
+        find.record("overlap_blocks", i64::from(overlaps.best()));
+        find.record("workers_matched", overlaps.scores.len() as i64);
+        drop(find);
+        let t3 = Instant::now();
+        m.find_matches_ms.observe(ms(t3 - t2));
+
+        let costing = Costing {
+            isl_tokens: tokens.len(),
+            block_size: bs,
+            overlap_weight: self.cfg.overlap_weight,
+        };
+        let schedule = tracing::info_span!(
+            "kv_router.schedule",
+            block_count = local.len() as i64,
+            overlap_blocks = tracing::field::Empty,
+            cached_tokens = tracing::field::Empty,
+            pending_count = tracing::field::Empty,
+            pending_isl_tokens = tracing::field::Empty,
+            worker_id = tracing::field::Empty,
+        );
+        let _s = schedule.enter();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (index, overlap, load) = {
+            let now = Instant::now();
+            let reported = self.loads.lock().unwrap().clone();
+            let mut active = self.active.lock().unwrap();
+            let cands: Vec<Candidate> = candidates
+                .iter()
+                .map(|c| {
+                    let w = (c.instance_id, 0);
+                    let tracked = active.load(w).active_blocks;
+                    let seen = reported
+                        .get(&c.instance_id)
+                        .filter(|(_, at)| now.duration_since(*at) < self.cfg.load_fresh)
+                        .map_or(0, |(l, _)| l.active_blocks);
+                    Candidate {
+                        worker: w,
+                        overlap_blocks: overlaps.get(w),
+                        active_blocks: tracked.max(seen),
+                    }
+                })
+                .collect();
+            let index = scheduler::choose(
+                &cands,
+                &costing,
+                self.cfg.temperature,
+                &mut *self.rng.lock().unwrap(),
+            );
+            let c = cands[index];
+            let prefill = costing.isl_tokens - (c.overlap_blocks as usize * bs).min(tokens.len());
+            let load = active.add(id, c.worker, costing.request_blocks(), prefill as u64);
+            (index, c.overlap_blocks, load)
+        };
+        let chosen = candidates[index].instance_id;
+        schedule.record("overlap_blocks", i64::from(overlap));
+        schedule.record("cached_tokens", (overlap as usize * bs) as i64);
+        schedule.record("pending_count", load.requests as i64);
+        schedule.record("pending_isl_tokens", load.prefill_tokens as i64);
+        schedule.record("worker_id", chosen as i64);
+        drop(_s);
+        m.worker_load((chosen, 0), load.active_blocks, load.prefill_tokens);
+        if !self.cfg.kv_events && !local.is_empty() {
+            let _ = self.tx.send(IndexMsg::Routed {
+                worker: (chosen, 0),
+                local,
+                seq,
+            });
+        }
+        let t4 = Instant::now();
+        m.scheduling_ms.observe(ms(t4 - t3));
+        m.total_ms.observe(ms(t4 - t0));
+        m.requests.inc();
+        m.isl.observe(tokens.len() as f64);
+        let blocks = costing.request_blocks().max(1);
+        m.kv_hit_rate
+            .observe((f64::from(overlap) / blocks as f64).min(1.0));
+        Ok(Selection {
+            index,
+            overlap_blocks: overlap,
+            ticket: RouteTicket {
+                router: self.clone(),
+                id,
+                start: t0,
+                first: None,
+                tokens: 0,
+            },
+        })
+    }
+}
+
+/// Ask one worker for its KV state; collect the answer's messages (5 s budget).
+async fn query_worker(
+    nats: &async_nats::Client,
+    subject: String,
+    from: Option<u64>,
+) -> Result<SyncAnswer, String> {
+    let inbox = nats.new_inbox();
+    let mut sub = nats
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&KvQuery {
+        from_event_id: from,
+    })
+    .expect("serializable");
+    nats.publish_with_reply(subject, inbox, body.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = SyncAnswer::default();
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Err("no complete answer within 5 s".into()),
+            m = sub.next() => {
+                let Some(m) = m else { return Err("answer subscription closed".into()) };
+                let part: KvQueryReply = serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?;
+                answer.full |= part.full;
+                answer.last_event_id = part.last_event_id;
+                answer.blocks.extend(part.blocks);
+                answer.events.extend(part.events);
+                if part.done {
+                    return Ok(answer);
+                }
+            }
+        }
+    }
+}
+
+async fn forward_events(
+    nats: async_nats::Client,
+    subject: String,
+    tx: mpsc::UnboundedSender<IndexMsg>,
+) {
+    let mut sub = match nats.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, %subject, "cannot subscribe to KV events");
+            return;
+        }
+    };
+    while let Some(m) = sub.next().await {
+        match serde_json::from_slice::<RouterEvent>(&m.payload) {
+            Ok(ev) => {
+                if tx.send(IndexMsg::Event(ev)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable KV event"),
+        }
+    }
+}
+
+async fn collect_loads(
+    nats: async_nats::Client,
+    subject: String,
+    loads: Arc<Mutex<HashMap<u64, (LoadReport, Instant)>>>,
+) {
+    let Ok(mut sub) = nats.subscribe(subject).await else {
+        return;
+    };
+    while let Some(m) = sub.next().await {
+        if let Ok(l) = serde_json::from_slice::<LoadReport>(&m.payload) {
+            loads
+                .lock()
+                .unwrap()
+                .insert(l.worker_id, (l, Instant::now()));
+        }
+    }
+}
+
+/// Follow discovery: new workers of this component are re-synced, departed ones dropped.
+async fn watch_workers(
+    router: std::sync::Weak<KvRouter>,
+    namespace: String,
+    component: String,
+    mut rx: watch::Receiver<InstanceMap>,
+) {
+    let mut known: HashSet<u64> = HashSet::new();
+    loop {
+        let now: HashSet<u64> = rx
+            .borrow_and_update()
+            .values()
+            .filter(|r| r.namespace == namespace && r.component == component)
+            .map(|r| r.instance_id)
+            .collect();
+        let Some(r) = router.upgrade() else { return };
+        for &w in now.difference(&known) {
+            let _ = r.tx.send(IndexMsg::WorkerAdded(w));
+        }
+        for &w in known.difference(&now) {
+            tracing::info!(worker = %format!("{w:x}"), "worker left; dropping its KV blocks");
+            let _ = r.tx.send(IndexMsg::WorkerRemoved(w));
+            r.active.lock().unwrap().remove_worker(w);
+            r.loads.lock().unwrap().remove(&w);
+            r.metrics.forget_worker((w, 0));
+        }
+        drop(r);
+        known = now;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The task that owns the radix index: everything reaches it through one channel (KV events,
+//! re-sync answers, workers joining and leaving, lookups, approximate-mode insertions), so
+//! the request path never takes a lock on the tree. It keeps each worker's events in order
+//! ([`WorkerSync`]), asks for re-syncs through a callback, expires approximate-mode blocks
+//! after their TTL, and counts applied events.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use dynamo_protocols::kv_events::{DumpBlock, KvCacheStoredBlock};
+use dynamo_protocols::{KvCacheEvent, KvCacheEventData, RouterEvent};
+use tokio::sync::{mpsc, oneshot};
+
+use super::indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
+use super::metrics::RouterMetrics;
+use super::sync::{Step, WorkerSync};
+
+/// A worker's answer to a re-sync query, collected from all its messages.
+#[derive(Debug, Default)]
+pub struct SyncAnswer {
+    pub last_event_id: Option<u64>,
+    pub full: bool,
+    pub blocks: Vec<DumpBlock>,
+    pub events: Vec<KvCacheEvent>,
+}
+
+/// Messages to the index task.
+pub enum IndexMsg {
+    Event(RouterEvent),
+    Answer {
+        worker: u64,
+        answer: Result<SyncAnswer, String>,
+    },
+    WorkerAdded(u64),
+    WorkerRemoved(u64),
+    Find {
+        local: Vec<u64>,
+        reply: oneshot::Sender<OverlapScores>,
+    },
+    /// Approximate mode: the router sent a request with these blocks to `worker`.
+    Routed {
+        worker: WorkerKey,
+        local: Vec<u64>,
+        seq: Vec<u64>,
+    },
+    /// Test and benchmark aid: answer with the number of blocks in the tree.
+    Size(oneshot::Sender<usize>),
+}
+
+/// Asks `worker` for its state from an event id (`None`: everything); the answer comes back
+/// as [`IndexMsg::Answer`].
+pub type Resync = Box<dyn Fn(u64, Option<u64>) + Send + Sync>;
+
+/// The index task's state.
+pub struct IndexTask {
+    index: RadixIndex,
+    sync: HashMap<u64, WorkerSync>,
+    resync: Option<Resync>,
+    metrics: Option<RouterMetrics>,
+    /// Approximate mode: expiry per (worker, sequence hash), and insertions in time order.
+    ttl: Option<Duration>,
+    expiry: FastMap<(WorkerKey, u64), Instant>,
+    expiring: VecDeque<(Instant, WorkerKey, Vec<u64>)>,
+}
+
+fn kind(d: &KvCacheEventData) -> &'static str {
+    match d {
+        KvCacheEventData::Stored(_) => "stored",
+        KvCacheEventData::Removed(_) => "removed",
+        KvCacheEventData::Cleared => "cleared",
+    }
+}
+
+impl IndexTask {
+    /// `resync`: how to ask a worker for its state (`None`: events only, no re-sync).
+    /// `ttl`: approximate mode's block lifetime (`None`: KV events mode).
+    pub fn new(
+        resync: Option<Resync>,
+        metrics: Option<RouterMetrics>,
+        ttl: Option<Duration>,
+    ) -> Self {
+        IndexTask {
+            index: RadixIndex::new(),
+            sync: HashMap::new(),
+            resync,
+            metrics,
+            ttl,
+            expiry: FastMap::default(),
+            expiring: VecDeque::new(),
+        }
+    }
+
+    /// Run until every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<IndexMsg>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => self.handle(m),
+                    None => return,
+                },
+                _ = tick.tick() => self.expire(Instant::now()),
+            }
+        }
+    }
+
+    fn apply(&mut self, worker: u64, ev: &KvCacheEvent) {
+        let w = (worker, ev.dp_rank);
+        let ok = match self.index.apply(w, &ev.data) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(worker = %format!("{worker:x}"), event_id = ev.event_id, error = %e, "KV event rejected");
+                false
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.event(kind(&ev.data), ok);
+        }
+    }
+
+    fn start_resync(&self, worker: u64, from: Option<u64>) {
+        if let Some(r) = &self.resync {
+            r(worker, from);
+        }
+    }
+
+    /// Handle one message (also used directly by tests and benchmarks).
+    pub fn handle(&mut self, m: IndexMsg) {
+        match m {
+            IndexMsg::Event(RouterEvent { worker_id, event }) => {
+                let step = self.sync.entry(worker_id).or_default().on_event(event);
+                match step {
+                    Step::Apply(ev) => self.apply(worker_id, &ev),
+                    Step::Duplicate | Step::Held => {}
+                    Step::Resync { from } if self.resync.is_some() => {
+                        tracing::info!(worker = %format!("{worker_id:x}"), ?from, "KV event gap; re-syncing worker");
+                        self.start_resync(worker_id, from);
+                    }
+                    Step::Resync { .. } => {
+                        // No way to ask: carry on from the event after the gap.
+                        let s = self.sync.get_mut(&worker_id).expect("just used");
+                        for ev in s.skip_gap() {
+                            self.apply(worker_id, &ev);
+                        }
+                    }
+                }
+            }
+            IndexMsg::Answer { worker, answer } => self.answer(worker, answer),
+            IndexMsg::WorkerAdded(w) => {
+                if self.resync.is_some() && self.sync.entry(w).or_default().on_discovered() {
+                    self.start_resync(w, None);
+                }
+            }
+            IndexMsg::WorkerRemoved(w) => {
+                self.sync.remove(&w);
+                for k in self.index.workers() {
+                    if k.0 == w {
+                        self.index.remove_worker(k);
+                    }
+                }
+            }
+            IndexMsg::Find { local, reply } => {
+                let _ = reply.send(self.index.find_matches(&local));
+            }
+            IndexMsg::Routed { worker, local, seq } => self.routed(worker, &local, &seq),
+            IndexMsg::Size(reply) => {
+                let _ = reply.send(self.index.node_count());
+            }
+        }
+    }
+
+    fn answer(&mut self, worker: u64, answer: Result<SyncAnswer, String>) {
+        let Some(s) = self.sync.get_mut(&worker) else {
+            return; // left meanwhile
+        };
+        let a = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(worker = %format!("{worker:x}"), error = %e, "KV re-sync failed; dropping the worker's blocks until its next event");
+                s.on_failed();
+                for k in self.index.workers() {
+                    if k.0 == worker {
+                        self.index.clear(k);
+                    }
+                }
+                return;
+            }
+        };
+        if a.full {
+            for k in self.index.workers() {
+                if k.0 == worker {
+                    self.index.clear(k);
+                }
+            }
+            for b in &a.blocks {
+                let blk = [KvCacheStoredBlock {
+                    block_hash: b.block_hash,
+                    tokens_hash: b.tokens_hash,
+                    mm_extra_info: None,
+                }];
+                if let Err(e) = self.index.store((worker, 0), b.parent_hash, &blk) {
+                    tracing::debug!(error = %e, "dump block rejected");
+                }
+            }
+        }
+        for ev in &a.events {
+            self.apply(worker, ev);
+        }
+        let s = self.sync.get_mut(&worker).expect("checked");
+        let (held, again) = s.on_answer(a.last_event_id);
+        for ev in &held {
+            self.apply(worker, ev);
+        }
+        tracing::debug!(worker = %format!("{worker:x}"), full = a.full, blocks = a.blocks.len(), events = a.events.len(), held = held.len(), "KV re-sync applied");
+        if let Some(from) = again {
+            self.start_resync(worker, from);
+        }
+    }
+
+    fn routed(&mut self, w: WorkerKey, local: &[u64], seq: &[u64]) {
+        let Some(ttl) = self.ttl else { return };
+        let blocks: Vec<KvCacheStoredBlock> = local
+            .iter()
+            .zip(seq)
+            .map(|(&l, &s)| KvCacheStoredBlock {
+                block_hash: s,
+                tokens_hash: l,
+                mm_extra_info: None,
+            })
+            .collect();
+        let _ = self.index.store(w, None, &blocks);
+        let until = Instant::now() + ttl;
+        for &h in seq {
+            self.expiry.insert((w, h), until);
+        }
+        self.expiring.push_back((until, w, seq.to_vec()));
+    }
+
+    /// Approximate mode: drop blocks whose TTL ran out and were not routed to again.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((t, _, _)) = self.expiring.front() {
+            if *t > now {
+                break;
+            }
+            let (_, w, seq) = self.expiring.pop_front().expect("checked");
+            let gone: Vec<u64> = seq
+                .into_iter()
+                .filter(|h| match self.expiry.get(&(w, *h)) {
+                    Some(&until) if until <= now => {
+                        self.expiry.remove(&(w, *h));
+                        true
+                    }
+                    _ => false,
+                })
+                .collect();
+            self.index.remove(w, &gone);
+        }
+    }
+
+    pub fn index(&self) -> &RadixIndex {
+        &self.index
+    }
+}
+
+#[cfg(test)]
+mod tests;

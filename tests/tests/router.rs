@@ -1,0 +1,275 @@
+//! KV-aware routing end to end with mockers (real nats-server, frontend in `--router-mode kv`,
+//! mockers publishing KV events and load): shared prefixes land on the worker that caches
+//! them, disjoint prompts spread by load, a killed worker's blocks leave the index, a router
+//! started late re-syncs the workers' state, approximate mode routes repeats without events;
+//! and the router's metrics and spans carry the decision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynamo_e2e::{metric_value, Cluster, MODEL};
+use dynamo_llm::kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
+use dynamo_protocols::hashing::block_hashes;
+use dynamo_runtime::{DistributedRuntime, HealthState, MetricsRegistry, RuntimeConfig};
+use serde_json::json;
+
+fn kv_frontend(extra: &[(&str, &str)]) -> Cluster {
+    let mut env = vec![("DYN_ROUTER_MODE", "kv")];
+    env.extend_from_slice(extra);
+    Cluster::start(&env)
+}
+
+/// A token prompt: `prefix_blocks` 16-token blocks from group `group`, then `tail` tokens
+/// unique to `salt`.
+fn prompt(group: u32, prefix_blocks: u32, salt: u32, tail: u32) -> Vec<u32> {
+    let mut t: Vec<u32> = (0..prefix_blocks * 16)
+        .map(|i| 1000 + (group * 977 + i) % 30_000)
+        .collect();
+    t.extend((0..tail).map(|i| 40_000 + (salt * 64 + i) % 9_000));
+    t
+}
+
+async fn complete(c: &Cluster, tokens: &[u32], max_tokens: u32) -> serde_json::Value {
+    let body = json!({"model": MODEL, "prompt": tokens, "max_tokens": max_tokens});
+    let (st, _, v) = c.post("/v1/completions", &body).await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// Requests each worker has served (its work-handler counter).
+async fn served(c: &Cluster) -> Vec<u64> {
+    let mut out = vec![];
+    for i in 0..c.workers.len() {
+        out.push(
+            c.worker_metric(i, "dynamo_component_requests_total")
+                .await
+                .unwrap_or(0.0) as u64,
+        );
+    }
+    out
+}
+
+fn applied(text: &str, event_type: &str, status: &str) -> f64 {
+    let want = format!(
+        "dynamo_component_kv_cache_events_applied{{event_type=\"{event_type}\",status=\"{status}\"}}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Wait until the frontend has applied at least `n` stored events.
+async fn wait_stored(c: &Cluster, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = c.frontend_metrics().await;
+        if applied(&m, "stored", "ok") >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stored events not applied:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_prefix_follows_the_cache_and_disjoint_load_spreads() {
+    let mut c = kv_frontend(&[]);
+    for _ in 0..3 {
+        c.add_mocker(&["--speedup-ratio", "10"]);
+    }
+    c.wait_instances(3, Duration::from_secs(20)).await.unwrap();
+
+    // One request stores a 20-block prefix on some worker; every later request sharing it
+    // (with a different tail) goes there and finds it cached.
+    let first = complete(&c, &prompt(1, 20, 0, 5), 2).await;
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    wait_stored(&c, 1.0).await;
+    let before = served(&c).await;
+    let owner = (0..3)
+        .find(|&i| before[i] == 1)
+        .expect("one worker served it");
+    for salt in 1..=6 {
+        let v = complete(&c, &prompt(1, 20, salt, 5), 2).await;
+        assert_eq!(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"], 320,
+            "request {salt} hit the cached prefix: {v}"
+        );
+    }
+    let after = served(&c).await;
+    assert_eq!(after[owner], 7, "all on the owner: {after:?}");
+
+    // Disjoint prompts sent at once spread over the workers by the router's load account.
+    let t0 = served(&c).await;
+    let mut tasks = vec![];
+    let c = Arc::new(c);
+    for g in 0..12 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            complete(&c, &prompt(100 + g, 4, g, 3), 200).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let t1 = served(&c).await;
+    let per: Vec<u64> = (0..3).map(|i| t1[i] - t0[i]).collect();
+    assert_eq!(per.iter().sum::<u64>(), 12);
+    assert!(per.iter().all(|&n| n >= 3), "load spread: {per:?}");
+
+    // The router's metrics: requests, predicted hit rate, overhead, per-worker gauges.
+    let m = c.frontend_metrics().await;
+    assert_eq!(metric_value(&m, "dynamo_router_requests_total"), Some(19.0));
+    assert_eq!(
+        metric_value(&m, "dynamo_router_kv_hit_rate_count"),
+        Some(19.0)
+    );
+    // Six requests predicted 20 of 21 blocks cached: the hit-rate sum is 6 × 20/21.
+    let sum = metric_value(&m, "dynamo_router_kv_hit_rate_sum").unwrap();
+    assert!((sum - 6.0 * 20.0 / 21.0).abs() < 1e-6, "hit-rate sum {sum}");
+    for h in [
+        "dynamo_router_overhead_block_hashing_ms",
+        "dynamo_router_overhead_seq_hashing_ms",
+        "dynamo_router_overhead_indexer_find_matches_ms",
+        "dynamo_router_overhead_scheduling_ms",
+        "dynamo_router_overhead_total_ms",
+        "dynamo_router_time_to_first_token_seconds",
+        "dynamo_router_input_sequence_tokens",
+        "dynamo_router_output_sequence_tokens",
+    ] {
+        assert_eq!(metric_value(&m, &format!("{h}_count")), Some(19.0), "{h}");
+    }
+    assert!(m.contains("router_id=\""), "router_id label");
+    // Every request ended: the router's account is back to zero on every worker.
+    assert_eq!(
+        metric_value(&m, "dynamo_frontend_worker_active_decode_blocks"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "dynamo_frontend_worker_active_prefill_tokens"),
+        Some(0.0)
+    );
+    assert!(m.contains("dynamo_frontend_worker_active_decode_blocks{dp_rank=\"0\",worker_id=\""));
+    assert_eq!(applied(&m, "stored", "error"), 0.0, "{m}");
+    assert!(applied(&m, "stored", "ok") >= 13.0, "{m}");
+}
+
+/// A router of our own on the cluster's NATS, to look into the index.
+async fn observer(c: &Cluster) -> (DistributedRuntime, Arc<KvRouter>) {
+    let drt = DistributedRuntime::connect(
+        RuntimeConfig {
+            nats_url: c.nats.url(),
+            ..RuntimeConfig::default()
+        },
+        HealthState::new(Instant::now(), true, vec![]),
+    )
+    .await
+    .expect("connect");
+    let reg = MetricsRegistry::new(Instant::now());
+    let r = KvRouter::start(
+        drt.nats().clone(),
+        "dynamo",
+        "backend",
+        drt.watch_instances("instances.dynamo"),
+        KvRouterConfig::default(),
+        RouterMetrics::new(&reg, "observer"),
+    );
+    (drt, r)
+}
+
+async fn overlaps(r: &KvRouter, tokens: &[u32]) -> HashMap<u64, u32> {
+    r.find_matches(block_hashes(tokens, 16))
+        .await
+        .unwrap()
+        .scores
+        .into_iter()
+        .map(|((w, _), n)| (w, n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_router_resyncs_and_a_killed_worker_leaves_the_index() {
+    let mut c = Cluster::start(&[("DYN_ROUTER_MODE", "round-robin")]);
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.wait_instances(2, Duration::from_secs(20)).await.unwrap();
+    // Round-robin puts the same 8-block prompt on both workers.
+    let p = prompt(7, 8, 0, 0);
+    complete(&c, &p, 2).await;
+    complete(&c, &p, 2).await;
+    assert_eq!(served(&c).await, vec![1, 1]);
+    let health = c.get_json("/health").await.unwrap();
+    let ids: Vec<u64> = health["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_u64().unwrap())
+        .collect();
+
+    // Started after the events were published: it learns the state by asking the workers.
+    let (_drt, r) = observer(&c).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = overlaps(&r, &p).await;
+        if o.len() == 2 {
+            for id in &ids {
+                assert_eq!(o[id], 8, "{o:?}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "no re-sync: {o:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Live events keep it current: a new prompt shows up without another query.
+    let q = prompt(8, 3, 0, 0);
+    complete(&c, &q, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while overlaps(&r, &q).await.values().copied().max() != Some(3) {
+        assert!(Instant::now() < deadline, "new blocks not indexed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let size = r.index_size().await.unwrap();
+    assert_eq!(size, 11, "8 shared + 3 new blocks");
+
+    // Kill the worker that served q: its blocks leave the index when discovery drops it.
+    let o = overlaps(&r, &q).await;
+    let victim_id = *o.keys().next().unwrap();
+    let victim = ids.iter().position(|&i| i == victim_id).unwrap();
+    c.workers[victim].child.kill();
+    c.wait_instances(1, Duration::from_secs(15)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = overlaps(&r, &p).await;
+        if o.len() == 1 && !o.contains_key(&victim_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "victim's blocks still indexed: {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(overlaps(&r, &q).await.is_empty());
+    assert_eq!(r.index_size().await.unwrap(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approximate_mode_routes_repeats_without_events() {
+    let mut c = kv_frontend(&[("DYN_KV_EVENTS", "false")]);
+    for _ in 0..3 {
+        c.add_mocker(&["--speedup-ratio", "1000"]);
+    }
+    c.wait_instances(3, Duration::from_secs(20)).await.unwrap();
+    for salt in 0..6 {
+        complete(&c, &prompt(3, 10, salt, 4), 2).await;
+    }
+    let s = served(&c).await;
+    assert!(s.contains(&6), "all repeats on one worker: {s:?}");
+    let m = c.frontend_metrics().await;
+    assert_eq!(applied(&m, "stored", "ok"), 0.0, "no events used: {m}");
+    // The first request had no prediction, the other five predicted 10 of 11 blocks.
+    let sum = metric_value(&m, "dynamo_router_kv_hit_rate_sum").unwrap();
+    assert!((sum - 5.0 * 10.0 / 11.0).abs() < 1e-6, "hit-rate sum {sum}");
+}
