@@ -156,6 +156,21 @@ async fn shared_prefix_follows_the_cache_and_disjoint_load_spreads() {
     assert!(applied(&m, "stored", "ok") >= 13.0, "{m}");
 }
 
+/// A mocker process's instance id, from its "mocker ready" log line.
+fn instance_of(c: &Cluster, worker: usize) -> u64 {
+    c.workers[worker]
+        .child
+        .log_text()
+        .lines()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "mocker ready")
+                .then(|| v["instance_id"].as_str().map(str::to_string))?
+        })
+        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+        .expect("mocker ready line with instance_id")
+}
+
 /// A router of our own on the cluster's NATS, to look into the index.
 async fn observer(c: &Cluster) -> (DistributedRuntime, Arc<KvRouter>) {
     let drt = DistributedRuntime::connect(
@@ -236,7 +251,9 @@ async fn late_router_resyncs_and_a_killed_worker_leaves_the_index() {
     // Kill the worker that served q: its blocks leave the index when discovery drops it.
     let o = overlaps(&r, &q).await;
     let victim_id = *o.keys().next().unwrap();
-    let victim = ids.iter().position(|&i| i == victim_id).unwrap();
+    let victim = (0..2)
+        .find(|&i| instance_of(&c, i) == victim_id)
+        .expect("a mocker with that id");
     c.workers[victim].child.kill();
     c.wait_instances(1, Duration::from_secs(15)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -247,7 +264,7 @@ async fn late_router_resyncs_and_a_killed_worker_leaves_the_index() {
         }
         assert!(
             Instant::now() < deadline,
-            "victim's blocks still indexed: {o:?}"
+            "victim {victim_id} ({victim}) of {ids:?}: blocks still indexed: {o:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,12 +1,19 @@
 //! The router's radix index of cached KV blocks (`../shared/spec/kv-router.md` §3): a tree of
 //! blocks keyed by local block hash under their parent, each node holding the set of workers
-//! that cache it; per-worker lookup tables from the engine's sequence hash to the node (for
+//! that cache it; per-worker lookup tables from the engine's block hash to the node (for
 //! removals and for finding a stored run's parent); `find_matches` giving each worker's
 //! number of leading blocks cached. Plain data, single-threaded: the index task owns it.
+//!
+//! The (parent, local hash) edges live in one flat map keyed by the router's own chained hash
+//! of the path (`chain(parent's key, local)`, the root's children keyed by their local hash:
+//! the spec's sequence hash of the local hashes), whatever ids the engine uses for its blocks.
+//! A lookup then probes one independent key per depth, so the CPU overlaps the cache misses of
+//! consecutive depths instead of waiting for each parent before the child.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use dynamo_protocols::hashing::{next_sequence_hash, sequence_hashes};
 use dynamo_protocols::kv_events::{KvCacheEventData, KvCacheStoredBlock};
 use smallvec::SmallVec;
 
@@ -45,7 +52,8 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<MixHasher>>;
 #[derive(Debug, Clone)]
 struct Node {
     parent: NodeId,
-    local: u64,
+    /// Chained hash of the path from the root (the key in `by_key`).
+    key: u64,
     /// Worker slots caching this block.
     workers: SmallVec<[u32; 4]>,
     children: u32,
@@ -89,13 +97,15 @@ impl OverlapScores {
 pub struct RadixIndex {
     nodes: Vec<Node>,
     free_nodes: Vec<NodeId>,
-    /// (parent node, local hash) → child.
-    children: FastMap<(NodeId, u64), NodeId>,
+    /// Path key → node.
+    by_key: FastMap<u64, NodeId>,
     slots: Vec<WorkerSlot>,
     free_slots: Vec<u32>,
     slot_of: HashMap<WorkerKey, u32>,
     /// Scratch for `find_matches`: per slot, the depth at which it was last seen.
     seen: Vec<u32>,
+    /// Scratch for `find_matches`: the nodes along the request's path.
+    path: Vec<NodeId>,
 }
 
 impl Default for RadixIndex {
@@ -109,16 +119,17 @@ impl RadixIndex {
         RadixIndex {
             nodes: vec![Node {
                 parent: ROOT,
-                local: 0,
+                key: 0,
                 workers: SmallVec::new(),
                 children: 0,
             }],
             free_nodes: Vec::new(),
-            children: FastMap::default(),
+            by_key: FastMap::default(),
             slots: Vec::new(),
             free_slots: Vec::new(),
             slot_of: HashMap::new(),
             seen: Vec::new(),
+            path: Vec::new(),
         }
     }
 
@@ -201,12 +212,17 @@ impl RadixIndex {
 
     /// Store one block for `slot` under node `parent`; returns its node.
     fn store_one(&mut self, slot: u32, parent: NodeId, block_hash: u64, local: u64) -> NodeId {
-        let child = match self.children.get(&(parent, local)) {
+        let key = if parent == ROOT {
+            local
+        } else {
+            next_sequence_hash(self.nodes[parent as usize].key, local)
+        };
+        let child = match self.by_key.get(&key) {
             Some(&c) => c,
             None => {
                 let node = Node {
                     parent,
-                    local,
+                    key,
                     workers: SmallVec::new(),
                     children: 0,
                 };
@@ -220,7 +236,7 @@ impl RadixIndex {
                         (self.nodes.len() - 1) as NodeId
                     }
                 };
-                self.children.insert((parent, local), id);
+                self.by_key.insert(key, id);
                 self.nodes[parent as usize].children += 1;
                 id
             }
@@ -290,8 +306,8 @@ impl RadixIndex {
             if !node.workers.is_empty() || node.children > 0 {
                 return;
             }
-            let (parent, local) = (node.parent, node.local);
-            self.children.remove(&(parent, local));
+            let (parent, key) = (node.parent, node.key);
+            self.by_key.remove(&key);
             self.nodes[n as usize].workers = SmallVec::new();
             self.free_nodes.push(n);
             self.nodes[parent as usize].children -= 1;
@@ -301,13 +317,13 @@ impl RadixIndex {
 
     /// Overlaps as sorted (worker, blocks) pairs, without the scratch state (tests, tools).
     pub fn find_matches_ro(&self, local_hashes: &[u64]) -> Vec<(WorkerKey, u32)> {
+        let keys = sequence_hashes(local_hashes);
         // A read-only walk with its own scratch.
         let mut active: Vec<u32> = Vec::new();
         let mut out: Vec<(WorkerKey, u32)> = Vec::new();
-        let mut cur = ROOT;
         let mut depth = 0u32;
-        for (i, h) in local_hashes.iter().enumerate() {
-            let Some(&n) = self.children.get(&(cur, *h)) else {
+        for (i, h) in keys.iter().enumerate() {
+            let Some(&n) = self.by_key.get(h) else {
                 break;
             };
             let ws = &self.nodes[n as usize].workers;
@@ -326,7 +342,6 @@ impl RadixIndex {
                 break;
             }
             depth = i as u32 + 1;
-            cur = n;
         }
         for s in active {
             out.push((self.slots[s as usize].key.expect("live"), depth));
@@ -337,14 +352,26 @@ impl RadixIndex {
 
     /// Each worker's count of consecutive leading blocks of `local_hashes` it caches.
     pub fn find_matches(&mut self, local_hashes: &[u64]) -> OverlapScores {
+        self.find_matches_seq(&sequence_hashes(local_hashes))
+    }
+
+    /// [`RadixIndex::find_matches`] given the request's sequence hashes (the chain of its local
+    /// hashes, which the router computes anyway).
+    pub fn find_matches_seq(&mut self, seq_hashes: &[u64]) -> OverlapScores {
         let mut out = OverlapScores::default();
         let mut active: SmallVec<[u32; 16]> = SmallVec::new();
-        let mut cur = ROOT;
         let mut depth = 0u32;
-        for (i, h) in local_hashes.iter().enumerate() {
-            let Some(&n) = self.children.get(&(cur, *h)) else {
-                break;
-            };
+        // Phase 1: the nodes along the path. The probes are independent of each other, so
+        // their cache misses overlap; the walk below then reads nodes whose ids it knows.
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
+        for h in seq_hashes {
+            match self.by_key.get(h) {
+                Some(&n) => path.push(n),
+                None => break,
+            }
+        }
+        for (i, &n) in path.iter().enumerate() {
             let ws = &self.nodes[n as usize].workers;
             let stamp = i as u32;
             if i == 0 {
@@ -367,7 +394,6 @@ impl RadixIndex {
                 break;
             }
             depth = i as u32 + 1;
-            cur = n;
         }
         for s in active {
             let key = self.slots[s as usize].key.expect("live slot");
@@ -380,6 +406,7 @@ impl RadixIndex {
         for s in self.seen.iter_mut() {
             *s = u32::MAX;
         }
+        self.path = path;
         out
     }
 }

@@ -208,9 +208,13 @@ impl KvRouter {
 
     /// Per-worker overlap of a prompt's blocks (for tests and tools).
     pub async fn find_matches(&self, local: Vec<u64>) -> Result<OverlapScores, RouterError> {
+        self.find_seq(sequence_hashes(&local)).await
+    }
+
+    async fn find_seq(&self, seq: Vec<u64>) -> Result<OverlapScores, RouterError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(IndexMsg::Find { local, reply })
+            .send(IndexMsg::Find { seq, reply })
             .map_err(|_| RouterError::IndexGone)?;
         rx.await.map_err(|_| RouterError::IndexGone)
     }
@@ -272,9 +276,7 @@ impl KvRouter {
             workers_matched = tracing::field::Empty,
         );
         let overlaps = if self.cfg.overlap_weight > 0.0 && !local.is_empty() {
-            self.find_matches(local.clone())
-                .instrument(find.clone())
-                .await?
+            self.find_seq(seq.clone()).instrument(find.clone()).await?
         } else {
             OverlapScores::default()
         };

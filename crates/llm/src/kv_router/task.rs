@@ -33,8 +33,9 @@ pub enum IndexMsg {
     },
     WorkerAdded(u64),
     WorkerRemoved(u64),
+    /// Overlaps for a request's sequence hashes.
     Find {
-        local: Vec<u64>,
+        seq: Vec<u64>,
         reply: oneshot::Sender<OverlapScores>,
     },
     /// Approximate mode: the router sent a request with these blocks to `worker`.
@@ -160,8 +161,8 @@ impl IndexTask {
                     }
                 }
             }
-            IndexMsg::Find { local, reply } => {
-                let _ = reply.send(self.index.find_matches(&local));
+            IndexMsg::Find { seq, reply } => {
+                let _ = reply.send(self.index.find_matches_seq(&seq));
             }
             IndexMsg::Routed { worker, local, seq } => self.routed(worker, &local, &seq),
             IndexMsg::Size(reply) => {

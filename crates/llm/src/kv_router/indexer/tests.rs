@@ -113,7 +113,7 @@ fn random_event_sequences_match_the_model() {
             idx.remove_worker(*w);
         }
         assert_eq!(idx.node_count(), 0, "seed {seed}");
-        assert!(idx.children.is_empty());
+        assert!(idx.by_key.is_empty());
     }
 }
 
