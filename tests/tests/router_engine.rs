@@ -1,7 +1,7 @@
 //! KV routing against round-robin with two real workers (the default model, one thread each)
 //! on the same workload: 8 prefix groups, each a long system prompt shared by its requests,
-//! with distinct user turns, sent in pairs over 3 rounds whose order makes round-robin put a
-//! group on alternating workers. KV routing must show a higher engine cache hit rate
+//! with distinct user turns, sent one at a time over 3 rounds whose order makes round-robin put
+//! a group on alternating workers. KV routing must show a higher engine cache hit rate
 //! (`sglang:cached_tokens_total / sglang:prompt_tokens_total` over both workers, the quantity
 //! `sglang:cache_hit_rate` reports per interval) and a lower TTFT p50, compared as ratios of
 //! the two runs in this one test.
@@ -53,7 +53,7 @@ async fn run(mode: &str) -> RunResult {
     for round in 0..ROUNDS {
         // Rotating the group order by one per round alternates round-robin's worker per group.
         let order: Vec<usize> = (0..GROUPS).map(|j| (j + round) % GROUPS).collect();
-        for pair in order.chunks(2) {
+        for pair in order.chunks(1) {
             let mut tasks = vec![];
             for &g in pair {
                 let body = json!({

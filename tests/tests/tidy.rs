@@ -163,6 +163,7 @@ fn user_visible_names_match_the_spec() {
         let short = name
             .strip_prefix("dynamo_frontend_")
             .or_else(|| name.strip_prefix("dynamo_component_"))
+            .or_else(|| name.strip_prefix("dynamo_router_"))
             .unwrap();
         assert!(
             metrics_spec.contains(name) || metrics_spec.contains(&format!("_{short}`")),

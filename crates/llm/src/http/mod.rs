@@ -2,6 +2,7 @@
 //! shared state; and serving with `TCP_NODELAY` so streamed chunks are not held back by
 //! Nagle's algorithm.
 
+mod dispatch;
 mod handlers;
 pub mod metrics;
 mod pipeline;

@@ -1,5 +1,5 @@
-//! One generation from dispatch to the last byte: pick a worker (trying the next one when an
-//! instance does not answer), stream its token ids through the incremental detokenizer and the
+//! One generation from dispatch to the last byte: send it to a worker (`dispatch`), stream its
+//! token ids through the incremental detokenizer and the
 //! stop-string matcher, and produce either one JSON body or SSE chunks. Records the per-request
 //! frontend metrics; a client that disconnects cancels the request on the worker.
 
@@ -9,14 +9,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use dynamo_protocols::{EngineOutput, FinishReason, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
-use dynamo_runtime::{CallOptions, InstanceRecord, ResponseStream, RuntimeError};
+use dynamo_runtime::{CallOptions, InstanceRecord, RuntimeError};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::dispatch::dispatch;
 use super::AppState;
 use crate::detok::{IncrementalDecoder, StopMatcher};
-use crate::kv_router::RouteTicket;
 use crate::openai::request::GenParams;
 use crate::openai::response::*;
 use crate::openai::{ApiError, ErrorClass};
@@ -131,7 +131,7 @@ impl Drop for RequestGuard {
     }
 }
 
-fn map_runtime_error(e: RuntimeError) -> ApiError {
+pub(super) fn map_runtime_error(e: RuntimeError) -> ApiError {
     match e {
         RuntimeError::Remote {
             kind: ErrorKind::InvalidRequest,
@@ -152,152 +152,6 @@ fn map_runtime_error(e: RuntimeError) -> ApiError {
         }
         other => ApiError::new(ErrorClass::Internal, format!("worker error: {other}")),
     }
-}
-
-/// The hashing and lookup spans of the non-KV modes: the same block and sequence hashes the
-/// KV router computes (block size from the model card), with no index to look them up in.
-fn routing_spans(job: &Job) {
-    use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
-    let toks = &job.request.token_ids;
-    let bs = job
-        .instances
-        .first()
-        .and_then(|i| i.card["kv_cache_block_size"].as_u64())
-        .unwrap_or(16)
-        .max(1) as usize;
-    let local = tracing::info_span!(
-        "kv_router.compute_block_hashes",
-        isl_tokens = toks.len() as i64,
-        block_count = tracing::field::Empty,
-    )
-    .in_scope(|| {
-        let h = block_hashes(toks, bs);
-        tracing::Span::current().record("block_count", h.len() as i64);
-        h
-    });
-    let seq = tracing::info_span!(
-        "kv_router.compute_seq_hashes",
-        seq_hash_count = local.len() as i64
-    )
-    .in_scope(|| sequence_hashes(&local));
-    let _m = tracing::info_span!(
-        "kv_router.find_matches",
-        block_count = seq.len() as i64,
-        overlap_blocks = 0
-    )
-    .entered();
-}
-
-/// A worker's response stream with the KV router's ticket for it (first token: prefill done;
-/// dropped: the request's blocks leave the router's account).
-pub struct Dispatched {
-    stream: ResponseStream<EngineOutput>,
-    ticket: Option<RouteTicket>,
-}
-
-impl futures::Stream for Dispatched {
-    type Item = Result<EngineOutput, RuntimeError>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let p = this.stream.poll_next_unpin(cx);
-        if let (std::task::Poll::Ready(Some(Ok(o))), Some(t)) = (&p, this.ticket.as_mut()) {
-            t.on_tokens(o.token_ids.len());
-        }
-        p
-    }
-}
-
-/// The instances to try, best first, and the KV router's ticket and overlap for the first.
-async fn choose(
-    state: &AppState,
-    job: &Job,
-) -> Result<(Vec<Arc<InstanceRecord>>, Option<RouteTicket>, u32), ApiError> {
-    let n = job.instances.len();
-    if let Some(id) = job.params.backend_instance_id {
-        let pinned: Vec<_> = job
-            .instances
-            .iter()
-            .filter(|i| i.instance_id == id)
-            .cloned()
-            .collect();
-        if pinned.is_empty() {
-            return Err(ApiError::validation(format!(
-                "Validation: nvext.backend_instance_id {id} is not a live instance of this model"
-            )));
-        }
-        return Ok((pinned, None, 0));
-    }
-    let select = tracing::info_span!("kv_router.select_worker");
-    if let Some(kv) = &state.kv {
-        let first = &job.instances[0];
-        let router = kv.router(
-            &state.drt,
-            &state.models,
-            &first.namespace,
-            &first.component,
-        );
-        let sel = router
-            .select(&job.request.token_ids, &job.instances)
-            .instrument(select)
-            .await
-            .map_err(|e| ApiError::new(ErrorClass::Internal, format!("KV router: {e}")))?;
-        let order = (0..n.min(3))
-            .map(|k| job.instances[(sel.index + k) % n].clone())
-            .collect();
-        return Ok((order, Some(sel.ticket), sel.overlap_blocks));
-    }
-    let _s = select.enter();
-    routing_spans(job);
-    let _c = tracing::info_span!("kv_router.schedule", overlap_blocks = 0).entered();
-    let first = state.router.pick(n);
-    let order = (0..n.min(3))
-        .map(|k| job.instances[(first + k) % n].clone())
-        .collect();
-    Ok((order, None, 0))
-}
-
-/// Send the request to a worker, trying others when an instance does not answer.
-pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiError> {
-    let (candidates, mut ticket, overlap) = choose(state, job).await?;
-    let mut last = None;
-    for (k, inst) in candidates.iter().enumerate() {
-        if k > 0 {
-            // The router's pick did not answer: this request no longer counts against it.
-            ticket = None;
-        }
-        let alive = state.models.alive_fn(inst.instance_id);
-        let route = tracing::info_span!(
-            "kv_router.route_request",
-            otel.kind = "client",
-            request_id = %job.call.request_id,
-            worker_id = inst.instance_id,
-            dp_rank = 0,
-            overlap_blocks = if k == 0 { overlap } else { 0 },
-            phase = "Aggregated",
-        );
-        let mut call = job.call.clone();
-        call.traceparent = dynamo_telemetry::context::span_context(&route).map(|c| c.to_header());
-        match state
-            .drt
-            .call(inst, &job.request, call, alive)
-            .instrument(route)
-            .await
-        {
-            Ok(stream) => return Ok(Dispatched { stream, ticket }),
-            Err(e @ (RuntimeError::NoResponders { .. } | RuntimeError::AckTimeout(_))) => {
-                tracing::warn!(instance = %format!("{:x}", inst.instance_id), error = %e, "instance did not answer; trying another");
-                last = Some(e);
-            }
-            Err(e) => return Err(map_runtime_error(e)),
-        }
-    }
-    Err(map_runtime_error(
-        last.unwrap_or(RuntimeError::ShuttingDown),
-    ))
 }
 
 /// Token ids → text deltas, with stop strings and counting.

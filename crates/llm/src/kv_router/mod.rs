@@ -311,9 +311,16 @@ impl KvRouter {
                 .map(|c| {
                     let w = (c.instance_id, 0);
                     let tracked = active.load(w).active_blocks;
+                    // A worker's own report counts (load other frontends sent there) when it
+                    // is fresh and arrived well after this router last changed its account,
+                    // so it cannot be a stale view of requests that already ended.
+                    let settled = active
+                        .last_change(w)
+                        .map(|t| t + Duration::from_millis(100));
                     let seen = reported
                         .get(&c.instance_id)
                         .filter(|(_, at)| now.duration_since(*at) < self.cfg.load_fresh)
+                        .filter(|(_, at)| settled.is_none_or(|s| *at > s))
                         .map_or(0, |(l, _)| l.active_blocks);
                     Candidate {
                         worker: w,

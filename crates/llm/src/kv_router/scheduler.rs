@@ -112,9 +112,17 @@ pub struct WorkerLoad {
 pub struct ActiveLoad {
     requests: HashMap<u64, Held>,
     workers: HashMap<WorkerKey, WorkerLoad>,
+    /// When this router last added or freed a request on each worker.
+    changed: HashMap<WorkerKey, std::time::Instant>,
 }
 
 impl ActiveLoad {
+    /// When this router last changed its account of `w` (a worker's own load report is only
+    /// newer information if it was received after that).
+    pub fn last_change(&self, w: WorkerKey) -> Option<std::time::Instant> {
+        self.changed.get(&w).copied()
+    }
+
     pub fn load(&self, w: WorkerKey) -> WorkerLoad {
         self.workers.get(&w).copied().unwrap_or_default()
     }
@@ -135,6 +143,7 @@ impl ActiveLoad {
                 prefill_tokens,
             },
         );
+        self.changed.insert(worker, std::time::Instant::now());
         let l = self.workers.entry(worker).or_default();
         l.active_blocks += blocks;
         l.prefill_tokens += prefill_tokens;
@@ -155,6 +164,7 @@ impl ActiveLoad {
     /// The request ended (finished, failed or cancelled).
     pub fn free(&mut self, id: u64) -> Option<(WorkerKey, WorkerLoad)> {
         let h = self.requests.remove(&id)?;
+        self.changed.insert(h.worker, std::time::Instant::now());
         let l = self.workers.get_mut(&h.worker)?;
         l.active_blocks -= h.blocks;
         l.prefill_tokens -= h.prefill_tokens;
@@ -169,6 +179,7 @@ impl ActiveLoad {
     /// Forget a worker that left (its requests fail on their own).
     pub fn remove_worker(&mut self, worker: u64) {
         self.workers.retain(|w, _| w.0 != worker);
+        self.changed.retain(|w, _| w.0 != worker);
         self.requests.retain(|_, h| h.worker.0 != worker);
     }
 }
