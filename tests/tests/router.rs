@@ -290,3 +290,79 @@ async fn approximate_mode_routes_repeats_without_events() {
     let sum = metric_value(&m, "dynamo_router_kv_hit_rate_sum").unwrap();
     assert!((sum - 5.0 * 10.0 / 11.0).abs() < 1e-6, "hit-rate sum {sum}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_router_spans_carry_the_decision() {
+    use dynamo_telemetry::receiver::{render, Receiver};
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = rx.endpoint();
+    let mut c = kv_frontend(&[
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ep.as_str()),
+        ("OTEL_SERVICE_NAME", "dynamo-frontend"),
+    ]);
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.wait_instances(2, Duration::from_secs(20)).await.unwrap();
+    let p = prompt(11, 6, 0, 7); // 103 tokens: 6 full blocks
+    complete(&c, &p, 2).await;
+    wait_stored(&c, 1.0).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = json!({"model": MODEL, "prompt": p, "max_tokens": 2});
+    let r = c
+        .http
+        .post(format!("{}/v1/completions", c.url()))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let names = [
+        "kv_router.select_worker",
+        "kv_router.compute_block_hashes",
+        "kv_router.compute_seq_hashes",
+        "kv_router.find_matches",
+        "kv_router.schedule",
+        "kv_router.route_request",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let s = rx.trace(trace);
+        if names.iter().all(|n| s.iter().any(|x| x.name == *n)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "spans missing:\n{}", render(&s));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let get = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
+    let select = get("kv_router.select_worker");
+    for n in &names[1..5] {
+        assert_eq!(get(n).parent_span_id, select.span_id, "{n}");
+    }
+    let bh = get("kv_router.compute_block_hashes");
+    assert_eq!(bh.attributes["isl_tokens"], json!(103));
+    assert_eq!(bh.attributes["block_count"], json!(6));
+    assert_eq!(
+        get("kv_router.compute_seq_hashes").attributes["seq_hash_count"],
+        json!(6)
+    );
+    let fm = get("kv_router.find_matches");
+    assert_eq!(
+        fm.attributes["overlap_blocks"],
+        json!(6),
+        "{}",
+        render(&spans)
+    );
+    assert_eq!(fm.attributes["workers_matched"], json!(1));
+    let sc = get("kv_router.schedule");
+    assert_eq!(sc.attributes["overlap_blocks"], json!(6));
+    assert_eq!(sc.attributes["cached_tokens"], json!(96));
+    assert_eq!(sc.attributes["pending_count"], json!(1));
+    assert_eq!(sc.attributes["pending_isl_tokens"], json!(7));
+    let route = get("kv_router.route_request");
+    assert_eq!(route.attributes["overlap_blocks"], json!(6));
+    assert_eq!(route.attributes["worker_id"], sc.attributes["worker_id"]);
+}

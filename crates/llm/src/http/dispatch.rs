@@ -137,7 +137,7 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiErro
             request_id = %job.call.request_id,
             worker_id = inst.instance_id,
             dp_rank = 0,
-            overlap_blocks = if k == 0 { overlap } else { 0 },
+            overlap_blocks = if k == 0 { i64::from(overlap) } else { 0 },
             phase = "Aggregated",
         );
         let mut call = job.call.clone();

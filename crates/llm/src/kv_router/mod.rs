@@ -345,7 +345,7 @@ impl KvRouter {
         schedule.record("cached_tokens", (overlap as usize * bs) as i64);
         schedule.record("pending_count", load.requests as i64);
         schedule.record("pending_isl_tokens", load.prefill_tokens as i64);
-        schedule.record("worker_id", chosen as i64);
+        schedule.record("worker_id", chosen);
         drop(_s);
         m.worker_load((chosen, 0), load.active_blocks, load.prefill_tokens);
         if !self.cfg.kv_events && !local.is_empty() {
