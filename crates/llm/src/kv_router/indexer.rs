@@ -217,30 +217,27 @@ impl RadixIndex {
         } else {
             next_sequence_hash(self.nodes[parent as usize].key, local)
         };
-        let child = match self.by_key.get(&key) {
-            Some(&c) => c,
-            None => {
-                let node = Node {
-                    parent,
-                    key,
-                    workers: SmallVec::new(),
-                    children: 0,
-                };
-                let id = match self.free_nodes.pop() {
-                    Some(id) => {
-                        self.nodes[id as usize] = node;
-                        id
-                    }
-                    None => {
-                        self.nodes.push(node);
-                        (self.nodes.len() - 1) as NodeId
-                    }
-                };
-                self.by_key.insert(key, id);
-                self.nodes[parent as usize].children += 1;
-                id
+        // One probe for both the lookup and the insertion.
+        let (nodes, free) = (&mut self.nodes, &mut self.free_nodes);
+        let child = *self.by_key.entry(key).or_insert_with(|| {
+            let node = Node {
+                parent,
+                key,
+                workers: SmallVec::new(),
+                children: 0,
+            };
+            nodes[parent as usize].children += 1;
+            match free.pop() {
+                Some(id) => {
+                    nodes[id as usize] = node;
+                    id
+                }
+                None => {
+                    nodes.push(node);
+                    (nodes.len() - 1) as NodeId
+                }
             }
-        };
+        });
         let ws = &mut self.nodes[child as usize].workers;
         if !ws.contains(&slot) {
             ws.push(slot);
