@@ -259,8 +259,10 @@ impl Tokenizer {
         self.special.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// Vocabulary size with added tokens (computed once: the `tokenizers` call builds and
+    /// drops a copy of the whole vocabulary on every call).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.special.len()
     }
 
     pub fn bos_text(&self) -> Option<&str> {
