@@ -42,6 +42,7 @@ for mode in $MODES; do
   res=$(python3 tests/bench/prefix_trace.py --url "http://127.0.0.1:$HPORT" --model SmolLM2-135M-Instruct \
         -n "$REQUESTS" -c "$CONC" --label "$mode")
   curl -s "127.0.0.1:$HPORT/metrics" >"$WORK/metrics.txt"
+  [ -n "${METRICS_OUT:-}" ] && cp "$WORK/metrics.txt" "$METRICS_OUT.$mode"
   python3 - "$res" "$WORK/metrics.txt" "$mode" "$MOCKERS" "$CONC" <<'PY'
 import json, re, sys
 r = json.loads(sys.argv[1]); text = open(sys.argv[2]).read()

@@ -25,7 +25,8 @@ use dynamo_runtime::{InstanceMap, InstanceRecord};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::mpsc;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 pub use indexer::{OverlapScores, RadixIndex, WorkerKey};
@@ -74,7 +75,7 @@ pub enum RouterError {
 
 /// The router of one worker component (`namespace.component`).
 pub struct KvRouter {
-    tx: mpsc::UnboundedSender<IndexMsg>,
+    tx: mpsc::Sender<IndexMsg>,
     cfg: KvRouterConfig,
     metrics: RouterMetrics,
     active: Mutex<ActiveLoad>,
@@ -140,6 +141,9 @@ impl Drop for RouteTicket {
     }
 }
 
+/// How long a lookup waits for the index thread before awaiting its answer asynchronously.
+const FIND_SPIN: Duration = Duration::from_micros(500);
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -155,22 +159,28 @@ impl KvRouter {
         cfg: KvRouterConfig,
         metrics: RouterMetrics,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
+        let rt = tokio::runtime::Handle::current();
         let resync: Option<task::Resync> = cfg.kv_events.then(|| {
             let nats = nats.clone();
             let tx = tx.clone();
             let (ns, comp) = (namespace.to_string(), component.to_string());
+            let rt = rt.clone();
             Box::new(move |worker: u64, from: Option<u64>| {
                 let (nats, tx) = (nats.clone(), tx.clone());
                 let subject = kv_query_subject(&ns, &comp, worker);
-                tokio::spawn(async move {
+                rt.spawn(async move {
                     let answer = query_worker(&nats, subject, from).await;
                     let _ = tx.send(IndexMsg::Answer { worker, answer });
                 });
             }) as task::Resync
         });
         let ttl = (!cfg.kv_events).then_some(cfg.ttl);
-        tokio::spawn(IndexTask::new(resync, Some(metrics.clone()), ttl).run(rx));
+        let task = IndexTask::new(resync, Some(metrics.clone()), ttl);
+        std::thread::Builder::new()
+            .name(format!("kv-index-{component}"))
+            .spawn(move || task.run_blocking(rx))
+            .expect("spawn the KV index thread");
         let loads: Arc<Mutex<HashMap<u64, (LoadReport, Instant)>>> = Default::default();
         if cfg.kv_events {
             tokio::spawn(forward_events(
@@ -212,10 +222,22 @@ impl KvRouter {
     }
 
     async fn find_seq(&self, seq: Vec<u64>) -> Result<OverlapScores, RouterError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
         self.tx
             .send(IndexMsg::Find { seq, reply })
             .map_err(|_| RouterError::IndexGone)?;
+        // The index thread answers in tens of microseconds. Waiting for it here, yielding the
+        // CPU, for up to FIND_SPIN keeps the answer off the runtime's queues (a task woken
+        // from another thread waits behind every runnable task, milliseconds under load);
+        // past that, wait asynchronously.
+        let t0 = Instant::now();
+        while t0.elapsed() < FIND_SPIN {
+            match rx.try_recv() {
+                Ok(v) => return Ok(v),
+                Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+                Err(oneshot::error::TryRecvError::Closed) => return Err(RouterError::IndexGone),
+            }
+        }
         rx.await.map_err(|_| RouterError::IndexGone)
     }
 
@@ -416,11 +438,7 @@ async fn query_worker(
     }
 }
 
-async fn forward_events(
-    nats: async_nats::Client,
-    subject: String,
-    tx: mpsc::UnboundedSender<IndexMsg>,
-) {
+async fn forward_events(nats: async_nats::Client, subject: String, tx: mpsc::Sender<IndexMsg>) {
     let mut sub = match nats.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {

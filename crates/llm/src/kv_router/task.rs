@@ -1,4 +1,4 @@
-//! The task that owns the radix index: everything reaches it through one channel (KV events,
+//! The thread that owns the radix index: everything reaches it through one channel (KV events,
 //! re-sync answers, workers joining and leaving, lookups, approximate-mode insertions), so
 //! the request path never takes a lock on the tree. It keeps each worker's events in order
 //! ([`WorkerSync`]), asks for re-syncs through a callback, expires approximate-mode blocks
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dynamo_protocols::kv_events::{DumpBlock, KvCacheStoredBlock};
 use dynamo_protocols::{KvCacheEvent, KvCacheEventData, RouterEvent};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
 use super::metrics::RouterMetrics;
@@ -91,17 +91,21 @@ impl IndexTask {
         }
     }
 
-    /// Run until every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<IndexMsg>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Run on the calling thread until every sender is gone (the router gives the index a
+    /// thread of its own, so a lookup is answered without waiting for a turn on the async
+    /// runtime's queues).
+    pub fn run_blocking(mut self, rx: std::sync::mpsc::Receiver<IndexMsg>) {
+        let tick = Duration::from_millis(500);
+        let mut last = Instant::now();
         loop {
-            tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => self.handle(m),
-                    None => return,
-                },
-                _ = tick.tick() => self.expire(Instant::now()),
+            match rx.recv_timeout(tick) {
+                Ok(m) => self.handle(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if last.elapsed() >= tick {
+                last = Instant::now();
+                self.expire(last);
             }
         }
     }
