@@ -5,6 +5,7 @@
 # router mode in the same invocation. Per mode: req/s, output tok/s, TTFT p50/p99, the engines'
 # actual hit rate (cached / prompt tokens from usage), the router's predicted hit rate (mean of
 # dynamo_router_kv_hit_rate) and dynamo_router_overhead_total_ms p50/p99 (from its buckets).
+#   METRICS_OUT=prefix keeps each mode's /metrics scrape, FE_LOG=file the frontend log.
 #   MOCKERS=32 CONC=64 REQUESTS=2000 MODES="round-robin kv" BLOCKS=512 SPEEDUP=1 \
 #     tests/bench/router_scale.sh
 set -euo pipefail
@@ -31,7 +32,7 @@ for mode in $MODES; do
     "$BIN/dynamo-mocker" --speedup-ratio "$SPEEDUP" --num-gpu-blocks "$BLOCKS" >"$WORK/m$i.log" 2>&1 &
     pids+=($!)
   done
-  "$BIN/dynamo-frontend" --http-port "$HPORT" --http-host 127.0.0.1 --router-mode "$mode" >"$WORK/fe.log" 2>&1 &
+  "$BIN/dynamo-frontend" --http-port "$HPORT" --http-host 127.0.0.1 --router-mode "$mode" >"${FE_LOG:-$WORK/fe.log}" 2>&1 &
   fe=$!
   for _ in $(seq 1 1200); do
     n=$(curl -s "127.0.0.1:$HPORT/health" | grep -o '"instance_id"' | wc -l || true)
