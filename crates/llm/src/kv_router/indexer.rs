@@ -312,6 +312,49 @@ impl RadixIndex {
         }
     }
 
+    /// [`RadixIndex::find_matches_seq`] through a shared reference (the request path reads
+    /// the published copy of the index this way).
+    pub fn find_matches_seq_ro(&self, seq_hashes: &[u64]) -> OverlapScores {
+        let mut out = OverlapScores::default();
+        let mut path: SmallVec<[NodeId; 64]> = SmallVec::new();
+        // Phase 1: independent probes (see the module docs); phase 2: the worker sets.
+        for h in seq_hashes {
+            match self.by_key.get(h) {
+                Some(&n) => path.push(n),
+                None => break,
+            }
+        }
+        let mut active: SmallVec<[u32; 16]> = SmallVec::new();
+        let mut depth = 0u32;
+        for (i, &n) in path.iter().enumerate() {
+            let ws = &self.nodes[n as usize].workers;
+            if i == 0 {
+                active.extend(ws.iter().copied());
+            } else {
+                active.retain(|s| {
+                    let keep = ws.contains(s);
+                    if !keep {
+                        let key = self.slots[*s as usize].key.expect("live slot");
+                        out.scores.insert(key, i as u32);
+                    }
+                    keep
+                });
+            }
+            if active.is_empty() {
+                break;
+            }
+            depth = i as u32 + 1;
+        }
+        for s in active {
+            let key = self.slots[s as usize].key.expect("live slot");
+            out.scores.insert(key, depth);
+        }
+        for (&k, _) in out.scores.iter() {
+            out.tree_sizes.insert(k, self.worker_blocks(k));
+        }
+        out
+    }
+
     /// Overlaps as sorted (worker, blocks) pairs, without the scratch state (tests, tools).
     pub fn find_matches_ro(&self, local_hashes: &[u64]) -> Vec<(WorkerKey, u32)> {
         let keys = sequence_hashes(local_hashes);

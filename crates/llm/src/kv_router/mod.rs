@@ -4,6 +4,7 @@
 //! blocks, and the tickets that keep that account right until each request ends. The worker
 //! side (event, load and re-sync publishing) is in [`publisher`].
 
+pub mod dual;
 pub mod indexer;
 pub mod metrics;
 pub mod publisher;
@@ -76,6 +77,8 @@ pub enum RouterError {
 /// The router of one worker component (`namespace.component`).
 pub struct KvRouter {
     tx: mpsc::Sender<IndexMsg>,
+    /// The published copy of the index: lookups read it directly.
+    reader: Arc<arc_swap::ArcSwap<RadixIndex>>,
     cfg: KvRouterConfig,
     metrics: RouterMetrics,
     active: Mutex<ActiveLoad>,
@@ -141,9 +144,6 @@ impl Drop for RouteTicket {
     }
 }
 
-/// How long a lookup waits for the index thread before awaiting its answer asynchronously.
-const FIND_SPIN: Duration = Duration::from_micros(500);
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -177,6 +177,7 @@ impl KvRouter {
         });
         let ttl = (!cfg.kv_events).then_some(cfg.ttl);
         let task = IndexTask::new(resync, Some(metrics.clone()), ttl);
+        let reader = task.reader();
         std::thread::Builder::new()
             .name(format!("kv-index-{component}"))
             .spawn(move || task.run_blocking(rx))
@@ -196,6 +197,7 @@ impl KvRouter {
         ));
         let router = Arc::new(KvRouter {
             tx,
+            reader,
             cfg,
             metrics,
             active: Mutex::new(ActiveLoad::default()),
@@ -221,24 +223,10 @@ impl KvRouter {
         self.find_seq(sequence_hashes(&local)).await
     }
 
+    /// Overlaps from the published copy of the index: no lock, no hand-off to the index
+    /// thread (which may be waiting for a CPU when the machine is busy).
     async fn find_seq(&self, seq: Vec<u64>) -> Result<OverlapScores, RouterError> {
-        let (reply, mut rx) = oneshot::channel();
-        self.tx
-            .send(IndexMsg::Find { seq, reply })
-            .map_err(|_| RouterError::IndexGone)?;
-        // The index thread answers in tens of microseconds. Waiting for it here, yielding the
-        // CPU, for up to FIND_SPIN keeps the answer off the runtime's queues (a task woken
-        // from another thread waits behind every runnable task, milliseconds under load);
-        // past that, wait asynchronously.
-        let t0 = Instant::now();
-        while t0.elapsed() < FIND_SPIN {
-            match rx.try_recv() {
-                Ok(v) => return Ok(v),
-                Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
-                Err(oneshot::error::TryRecvError::Closed) => return Err(RouterError::IndexGone),
-            }
-        }
-        rx.await.map_err(|_| RouterError::IndexGone)
+        Ok(self.reader.load().find_matches_seq_ro(&seq))
     }
 
     /// Blocks in the index.
@@ -326,7 +314,7 @@ impl KvRouter {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (index, overlap, load) = {
             let now = Instant::now();
-            let reported = self.loads.lock().unwrap().clone();
+            let reported = self.loads.lock().unwrap();
             let mut active = self.active.lock().unwrap();
             let cands: Vec<Candidate> = candidates
                 .iter()
@@ -351,6 +339,7 @@ impl KvRouter {
                     }
                 })
                 .collect();
+            drop(reported);
             let index = scheduler::choose(
                 &cands,
                 &costing,

@@ -4,11 +4,9 @@
 //! by the largest one. Also the router's own account of what it sent where: per worker, the
 //! blocks of its active requests and the prompt tokens still to prefill.
 
-use std::collections::HashMap;
-
 use rand::Rng;
 
-use super::indexer::WorkerKey;
+use super::indexer::{FastMap as HashMap, WorkerKey};
 
 /// One candidate's inputs to the cost function.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -11,6 +11,7 @@ use dynamo_protocols::kv_events::{DumpBlock, KvCacheStoredBlock};
 use dynamo_protocols::{KvCacheEvent, KvCacheEventData, RouterEvent};
 use tokio::sync::oneshot;
 
+use super::dual::DualIndex;
 use super::indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
 use super::metrics::RouterMetrics;
 use super::sync::{Step, WorkerSync};
@@ -54,7 +55,7 @@ pub type Resync = Box<dyn Fn(u64, Option<u64>) + Send + Sync>;
 
 /// The index task's state.
 pub struct IndexTask {
-    index: RadixIndex,
+    index: DualIndex,
     sync: HashMap<u64, WorkerSync>,
     resync: Option<Resync>,
     metrics: Option<RouterMetrics>,
@@ -81,7 +82,7 @@ impl IndexTask {
         ttl: Option<Duration>,
     ) -> Self {
         IndexTask {
-            index: RadixIndex::new(),
+            index: DualIndex::new(),
             sync: HashMap::new(),
             resync,
             metrics,
@@ -99,7 +100,16 @@ impl IndexTask {
         let mut last = Instant::now();
         loop {
             match rx.recv_timeout(tick) {
-                Ok(m) => self.handle(m),
+                Ok(m) => {
+                    self.handle(m);
+                    // Whatever else is queued joins the same batch, then readers see it.
+                    for _ in 0..1024 {
+                        match rx.try_recv() {
+                            Ok(m) => self.handle(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
@@ -107,6 +117,7 @@ impl IndexTask {
                 last = Instant::now();
                 self.expire(last);
             }
+            self.index.publish();
         }
     }
 
@@ -159,18 +170,19 @@ impl IndexTask {
             }
             IndexMsg::WorkerRemoved(w) => {
                 self.sync.remove(&w);
-                for k in self.index.workers() {
+                let known = self.index.latest().workers();
+                for k in known {
                     if k.0 == w {
                         self.index.remove_worker(k);
                     }
                 }
             }
             IndexMsg::Find { seq, reply } => {
-                let _ = reply.send(self.index.find_matches_seq(&seq));
+                let _ = reply.send(self.index.latest().find_matches_seq_ro(&seq));
             }
             IndexMsg::Routed { worker, local, seq } => self.routed(worker, &local, &seq),
             IndexMsg::Size(reply) => {
-                let _ = reply.send(self.index.node_count());
+                let _ = reply.send(self.index.latest().node_count());
             }
         }
     }
@@ -184,7 +196,8 @@ impl IndexTask {
             Err(e) => {
                 tracing::warn!(worker = %format!("{worker:x}"), error = %e, "KV re-sync failed; dropping the worker's blocks until its next event");
                 s.on_failed();
-                for k in self.index.workers() {
+                let known = self.index.latest().workers();
+                for k in known {
                     if k.0 == worker {
                         self.index.clear(k);
                     }
@@ -193,7 +206,8 @@ impl IndexTask {
             }
         };
         if a.full {
-            for k in self.index.workers() {
+            let known = self.index.latest().workers();
+            for k in known {
                 if k.0 == worker {
                     self.index.clear(k);
                 }
@@ -263,8 +277,14 @@ impl IndexTask {
         }
     }
 
-    pub fn index(&self) -> &RadixIndex {
-        &self.index
+    /// The index as of the last change (tests and benchmarks).
+    pub fn index(&self) -> arc_swap::Guard<std::sync::Arc<RadixIndex>> {
+        self.index.latest()
+    }
+
+    /// What the request path reads lookups from (the published copy).
+    pub fn reader(&self) -> std::sync::Arc<arc_swap::ArcSwap<RadixIndex>> {
+        self.index.reader()
     }
 }
 
