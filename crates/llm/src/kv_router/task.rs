@@ -1,8 +1,9 @@
-//! The thread that owns the radix index: everything reaches it through one channel (KV events,
-//! re-sync answers, workers joining and leaving, lookups, approximate-mode insertions), so
-//! the request path never takes a lock on the tree. It keeps each worker's events in order
-//! ([`WorkerSync`]), asks for re-syncs through a callback, expires approximate-mode blocks
-//! after their TTL, and counts applied events.
+//! The thread that owns the radix index: every change reaches it through one channel (KV
+//! events, re-sync answers, workers joining and leaving, approximate-mode insertions); it is
+//! the index's only writer and publishes each batch for the request path to read
+//! ([`DualIndex`]), so lookups take no lock and wait for no other thread. It keeps each
+//! worker's events in order ([`WorkerSync`]), asks for re-syncs through a callback, expires
+//! approximate-mode blocks after their TTL, and counts applied events.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use dynamo_protocols::{KvCacheEvent, KvCacheEventData, RouterEvent};
 use tokio::sync::oneshot;
 
 use super::dual::DualIndex;
-use super::indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
+use super::indexer::{FastMap, RadixIndex, WorkerKey};
 use super::metrics::RouterMetrics;
 use super::sync::{Step, WorkerSync};
 
@@ -34,11 +35,6 @@ pub enum IndexMsg {
     },
     WorkerAdded(u64),
     WorkerRemoved(u64),
-    /// Overlaps for a request's sequence hashes.
-    Find {
-        seq: Vec<u64>,
-        reply: oneshot::Sender<OverlapScores>,
-    },
     /// Approximate mode: the router sent a request with these blocks to `worker`.
     Routed {
         worker: WorkerKey,
@@ -176,9 +172,6 @@ impl IndexTask {
                         self.index.remove_worker(k);
                     }
                 }
-            }
-            IndexMsg::Find { seq, reply } => {
-                let _ = reply.send(self.index.latest().find_matches_seq_ro(&seq));
             }
             IndexMsg::Routed { worker, local, seq } => self.routed(worker, &local, &seq),
             IndexMsg::Size(reply) => {
