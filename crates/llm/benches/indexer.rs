@@ -10,7 +10,7 @@ use std::time::Instant;
 use dynamo_llm::kv_router::RadixIndex;
 use dynamo_protocols::hashing::sequence_hashes;
 use dynamo_protocols::kv_events::{
-    KvCacheEventData, KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlock,
+    stored_blocks, KvCacheEventData, KvCacheRemoveData, KvCacheStoreData,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,15 +22,7 @@ const DOC_BLOCKS: usize = 512;
 fn stored(local: &[u64], seq: &[u64], parent: Option<u64>) -> KvCacheEventData {
     KvCacheEventData::Stored(KvCacheStoreData {
         parent_hash: parent,
-        blocks: local
-            .iter()
-            .zip(seq)
-            .map(|(&l, &s)| KvCacheStoredBlock {
-                block_hash: s,
-                tokens_hash: l,
-                mm_extra_info: None,
-            })
-            .collect(),
+        blocks: stored_blocks(local, seq),
     })
 }
 

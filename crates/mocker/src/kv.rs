@@ -5,9 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use dynamo_protocols::kv_events::{
-    KvCacheEventData, KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlock,
-};
+use dynamo_protocols::kv_events::{EventBuffer, KvCacheEventData};
 
 /// A bounded pool of KV blocks with prefix reuse.
 #[derive(Debug)]
@@ -20,7 +18,7 @@ pub struct BlockPool {
     /// Unreferenced cached blocks by last use tick, for LRU eviction.
     lru: BTreeMap<u64, u64>,
     tick: u64,
-    events: Vec<KvCacheEventData>,
+    events: EventBuffer,
 }
 
 impl BlockPool {
@@ -31,7 +29,7 @@ impl BlockPool {
             cached: HashMap::new(),
             lru: BTreeMap::new(),
             tick: 0,
-            events: Vec::new(),
+            events: EventBuffer::default(),
         }
     }
 
@@ -67,38 +65,13 @@ impl BlockPool {
         };
         self.lru.remove(&t);
         self.cached.remove(&h);
-        if let Some(KvCacheEventData::Removed(r)) = self.events.last_mut() {
-            r.block_hashes.push(h);
-        } else {
-            self.events
-                .push(KvCacheEventData::Removed(KvCacheRemoveData {
-                    block_hashes: vec![h],
-                }));
-        }
+        self.events.removed(h);
         true
     }
 
     /// Take the events produced since the last call.
     pub fn drain_events(&mut self) -> Vec<KvCacheEventData> {
-        std::mem::take(&mut self.events)
-    }
-
-    fn stored(&mut self, parent: Option<u64>, block_hash: u64, tokens_hash: u64) {
-        let blk = KvCacheStoredBlock {
-            block_hash,
-            tokens_hash,
-            mm_extra_info: None,
-        };
-        if let Some(KvCacheEventData::Stored(s)) = self.events.last_mut() {
-            if parent.is_some() && s.blocks.last().map(|b| b.block_hash) == parent {
-                s.blocks.push(blk);
-                return;
-            }
-        }
-        self.events.push(KvCacheEventData::Stored(KvCacheStoreData {
-            parent_hash: parent,
-            blocks: vec![blk],
-        }));
+        self.events.drain()
     }
 
     fn make_room(&mut self, n: usize) -> bool {
@@ -139,7 +112,7 @@ impl BlockPool {
                 debug_assert!(ok);
                 self.cached.insert(*h, (1, self.tick));
                 let parent = i.checked_sub(1).map(|p| hashes[p]);
-                self.stored(parent, *h, locals[i]);
+                self.events.stored(parent, *h, locals[i]);
             }
         }
         let ok = self.make_room(extra);
@@ -176,6 +149,7 @@ impl BlockPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dynamo_protocols::kv_events::{KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlock};
 
     #[test]
     fn prefix_reuse_and_lru_eviction() {

@@ -98,6 +98,61 @@ pub struct KvCacheStoredBlock {
     pub mm_extra_info: Option<()>,
 }
 
+/// Stored-block entries from a run's local hashes and their sequence hashes.
+pub fn stored_blocks(local: &[u64], seq: &[u64]) -> Vec<KvCacheStoredBlock> {
+    local
+        .iter()
+        .zip(seq)
+        .map(|(&l, &s)| KvCacheStoredBlock {
+            block_hash: s,
+            tokens_hash: l,
+            mm_extra_info: None,
+        })
+        .collect()
+}
+
+/// A cache's changes not yet published, merged as they come: a block stored right under the
+/// previous stored block extends that run; consecutive removals share one event.
+#[derive(Debug, Clone, Default)]
+pub struct EventBuffer(Vec<KvCacheEventData>);
+
+impl EventBuffer {
+    /// Block `block_hash` (local hash `tokens_hash`) stored under `parent` (`None`: the root).
+    pub fn stored(&mut self, parent: Option<u64>, block_hash: u64, tokens_hash: u64) {
+        let blk = KvCacheStoredBlock {
+            block_hash,
+            tokens_hash,
+            mm_extra_info: None,
+        };
+        if let Some(KvCacheEventData::Stored(s)) = self.0.last_mut() {
+            if parent.is_some() && s.blocks.last().map(|b| b.block_hash) == parent {
+                s.blocks.push(blk);
+                return;
+            }
+        }
+        self.0.push(KvCacheEventData::Stored(KvCacheStoreData {
+            parent_hash: parent,
+            blocks: vec![blk],
+        }));
+    }
+
+    /// Block `block_hash` evicted.
+    pub fn removed(&mut self, block_hash: u64) {
+        if let Some(KvCacheEventData::Removed(r)) = self.0.last_mut() {
+            r.block_hashes.push(block_hash);
+            return;
+        }
+        self.0.push(KvCacheEventData::Removed(KvCacheRemoveData {
+            block_hashes: vec![block_hash],
+        }));
+    }
+
+    /// Take what was buffered.
+    pub fn drain(&mut self) -> Vec<KvCacheEventData> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 /// Blocks evicted, by sequence hash.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvCacheRemoveData {

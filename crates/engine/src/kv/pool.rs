@@ -8,9 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
-use dynamo_protocols::kv_events::{
-    KvCacheEventData, KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlock,
-};
+use dynamo_protocols::kv_events::{EventBuffer, KvCacheEventData};
 
 /// Node index; 0 is the root (no block).
 pub type NodeId = u32;
@@ -52,7 +50,7 @@ pub struct BlockPool {
     tick: u64,
     unreferenced: usize,
     referenced: usize,
-    events: Vec<KvCacheEventData>,
+    events: EventBuffer,
     caching: bool,
 }
 
@@ -81,7 +79,7 @@ impl BlockPool {
             tick: 0,
             unreferenced: 0,
             referenced: 0,
-            events: Vec::new(),
+            events: EventBuffer::default(),
             caching,
         }
     }
@@ -112,7 +110,7 @@ impl BlockPool {
 
     /// Take the events produced since the last call.
     pub fn drain_events(&mut self) -> Vec<KvCacheEventData> {
-        std::mem::take(&mut self.events)
+        self.events.drain()
     }
 
     /// The longest chain of cached full blocks that prefixes `tokens`, at most `max_blocks`.
@@ -206,7 +204,7 @@ impl BlockPool {
             self.free_nodes.push(n);
             self.free.push(block);
             self.unreferenced -= 1;
-            self.push_removed(seq_hash);
+            self.events.removed(seq_hash);
             let p = &self.nodes[parent as usize];
             if parent != ROOT && p.refs == 0 && p.children.is_empty() {
                 self.lru.push(Reverse((p.last_use, parent)));
@@ -257,37 +255,8 @@ impl BlockPool {
         };
         self.nodes[parent as usize].children.insert(h, id);
         self.referenced += 1;
-        self.push_stored(parent_hash, seq_hash, h);
+        self.events.stored(parent_hash, seq_hash, h);
         (id, true)
-    }
-
-    fn push_stored(&mut self, parent_hash: Option<u64>, block_hash: u64, tokens_hash: u64) {
-        let blk = KvCacheStoredBlock {
-            block_hash,
-            tokens_hash,
-            mm_extra_info: None,
-        };
-        if let Some(KvCacheEventData::Stored(s)) = self.events.last_mut() {
-            if parent_hash.is_some() && s.blocks.last().map(|b| b.block_hash) == parent_hash {
-                s.blocks.push(blk);
-                return;
-            }
-        }
-        self.events.push(KvCacheEventData::Stored(KvCacheStoreData {
-            parent_hash,
-            blocks: vec![blk],
-        }));
-    }
-
-    fn push_removed(&mut self, h: u64) {
-        if let Some(KvCacheEventData::Removed(r)) = self.events.last_mut() {
-            r.block_hashes.push(h);
-            return;
-        }
-        self.events
-            .push(KvCacheEventData::Removed(KvCacheRemoveData {
-                block_hashes: vec![h],
-            }));
     }
 }
 

@@ -147,19 +147,12 @@ impl DualIndex {
 mod tests {
     use super::*;
     use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
+    use dynamo_protocols::kv_events::stored_blocks;
 
     fn blocks(toks: &[u32]) -> (Vec<u64>, Vec<KvCacheStoredBlock>) {
         let local = block_hashes(toks, 4);
         let seq = sequence_hashes(&local);
-        let b = local
-            .iter()
-            .zip(&seq)
-            .map(|(&l, &s)| KvCacheStoredBlock {
-                block_hash: s,
-                tokens_hash: l,
-                mm_extra_info: None,
-            })
-            .collect();
+        let b = stored_blocks(&local, &seq);
         (local, b)
     }
 

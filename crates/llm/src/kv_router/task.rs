@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use dynamo_protocols::kv_events::{DumpBlock, KvCacheStoredBlock};
+use dynamo_protocols::kv_events::{stored_blocks, DumpBlock};
 use dynamo_protocols::{KvCacheEvent, KvCacheEventData, RouterEvent};
 use tokio::sync::oneshot;
 
@@ -206,11 +206,7 @@ impl IndexTask {
                 }
             }
             for b in &a.blocks {
-                let blk = [KvCacheStoredBlock {
-                    block_hash: b.block_hash,
-                    tokens_hash: b.tokens_hash,
-                    mm_extra_info: None,
-                }];
+                let blk = stored_blocks(&[b.tokens_hash], &[b.block_hash]);
                 if let Err(e) = self.index.store((worker, 0), b.parent_hash, &blk) {
                     tracing::debug!(error = %e, "dump block rejected");
                 }
@@ -232,16 +228,7 @@ impl IndexTask {
 
     fn routed(&mut self, w: WorkerKey, local: &[u64], seq: &[u64]) {
         let Some(ttl) = self.ttl else { return };
-        let blocks: Vec<KvCacheStoredBlock> = local
-            .iter()
-            .zip(seq)
-            .map(|(&l, &s)| KvCacheStoredBlock {
-                block_hash: s,
-                tokens_hash: l,
-                mm_extra_info: None,
-            })
-            .collect();
-        let _ = self.index.store(w, None, &blocks);
+        let _ = self.index.store(w, None, &stored_blocks(local, seq));
         let until = Instant::now() + ttl;
         for &h in seq {
             self.expiry.insert((w, h), until);

@@ -5,23 +5,12 @@
 use std::collections::{HashMap, HashSet};
 
 use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
-use dynamo_protocols::kv_events::KvCacheStoredBlock;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
 
-fn blocks(local: &[u64], seq: &[u64]) -> Vec<KvCacheStoredBlock> {
-    local
-        .iter()
-        .zip(seq)
-        .map(|(&l, &s)| KvCacheStoredBlock {
-            block_hash: s,
-            tokens_hash: l,
-            mm_extra_info: None,
-        })
-        .collect()
-}
+use dynamo_protocols::kv_events::stored_blocks as blocks;
 
 /// A prompt from one of a few prefix groups, so workers share prefixes.
 fn prompt(rng: &mut StdRng, bs: usize) -> Vec<u32> {

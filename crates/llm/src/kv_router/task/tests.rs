@@ -6,9 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
-use dynamo_protocols::kv_events::{
-    KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlock, KvQuery,
-};
+use dynamo_protocols::kv_events::{stored_blocks, KvCacheRemoveData, KvCacheStoreData, KvQuery};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -20,15 +18,7 @@ const W: u64 = 0xabc;
 fn stored_data(local: &[u64], seq: &[u64]) -> KvCacheEventData {
     KvCacheEventData::Stored(KvCacheStoreData {
         parent_hash: None,
-        blocks: local
-            .iter()
-            .zip(seq)
-            .map(|(&l, &s)| KvCacheStoredBlock {
-                block_hash: s,
-                tokens_hash: l,
-                mm_extra_info: None,
-            })
-            .collect(),
+        blocks: stored_blocks(local, seq),
     })
 }
 
