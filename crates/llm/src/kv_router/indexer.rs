@@ -102,10 +102,6 @@ pub struct RadixIndex {
     slots: Vec<WorkerSlot>,
     free_slots: Vec<u32>,
     slot_of: HashMap<WorkerKey, u32>,
-    /// Scratch for `find_matches`: per slot, the depth at which it was last seen.
-    seen: Vec<u32>,
-    /// Scratch for `find_matches`: the nodes along the request's path.
-    path: Vec<NodeId>,
 }
 
 impl Default for RadixIndex {
@@ -128,8 +124,6 @@ impl RadixIndex {
             slots: Vec::new(),
             free_slots: Vec::new(),
             slot_of: HashMap::new(),
-            seen: Vec::new(),
-            path: Vec::new(),
         }
     }
 
@@ -165,7 +159,6 @@ impl RadixIndex {
             Some(s) => s,
             None => {
                 self.slots.push(WorkerSlot::default());
-                self.seen.push(u32::MAX);
                 (self.slots.len() - 1) as u32
             }
         };
@@ -312,9 +305,14 @@ impl RadixIndex {
         }
     }
 
-    /// [`RadixIndex::find_matches_seq`] through a shared reference (the request path reads
-    /// the published copy of the index this way).
-    pub fn find_matches_seq_ro(&self, seq_hashes: &[u64]) -> OverlapScores {
+    /// Each worker's count of consecutive leading blocks of `local_hashes` it caches.
+    pub fn find_matches(&self, local_hashes: &[u64]) -> OverlapScores {
+        self.find_matches_seq(&sequence_hashes(local_hashes))
+    }
+
+    /// [`RadixIndex::find_matches`] given the request's sequence hashes (the chain of its local
+    /// hashes, which the router computes anyway).
+    pub fn find_matches_seq(&self, seq_hashes: &[u64]) -> OverlapScores {
         let mut out = OverlapScores::default();
         let mut path: SmallVec<[NodeId; 64]> = SmallVec::new();
         // Phase 1: independent probes (see the module docs); phase 2: the worker sets.
@@ -325,104 +323,19 @@ impl RadixIndex {
             }
         }
         let mut active: SmallVec<[u32; 16]> = SmallVec::new();
+        // Per worker slot, the last depth whose node listed it.
+        let mut seen: SmallVec<[u32; 64]> = smallvec::smallvec![u32::MAX; self.slots.len()];
         let mut depth = 0u32;
         for (i, &n) in path.iter().enumerate() {
             let ws = &self.nodes[n as usize].workers;
-            if i == 0 {
-                active.extend(ws.iter().copied());
-            } else {
-                active.retain(|s| {
-                    let keep = ws.contains(s);
-                    if !keep {
-                        let key = self.slots[*s as usize].key.expect("live slot");
-                        out.scores.insert(key, i as u32);
-                    }
-                    keep
-                });
-            }
-            if active.is_empty() {
-                break;
-            }
-            depth = i as u32 + 1;
-        }
-        for s in active {
-            let key = self.slots[s as usize].key.expect("live slot");
-            out.scores.insert(key, depth);
-        }
-        for (&k, _) in out.scores.iter() {
-            out.tree_sizes.insert(k, self.worker_blocks(k));
-        }
-        out
-    }
-
-    /// Overlaps as sorted (worker, blocks) pairs, without the scratch state (tests, tools).
-    pub fn find_matches_ro(&self, local_hashes: &[u64]) -> Vec<(WorkerKey, u32)> {
-        let keys = sequence_hashes(local_hashes);
-        // A read-only walk with its own scratch.
-        let mut active: Vec<u32> = Vec::new();
-        let mut out: Vec<(WorkerKey, u32)> = Vec::new();
-        let mut depth = 0u32;
-        for (i, h) in keys.iter().enumerate() {
-            let Some(&n) = self.by_key.get(h) else {
-                break;
-            };
-            let ws = &self.nodes[n as usize].workers;
-            if i == 0 {
-                active.extend(ws.iter().copied());
-            } else {
-                active.retain(|s| {
-                    let keep = ws.contains(s);
-                    if !keep {
-                        out.push((self.slots[*s as usize].key.expect("live"), i as u32));
-                    }
-                    keep
-                });
-            }
-            if active.is_empty() {
-                break;
-            }
-            depth = i as u32 + 1;
-        }
-        for s in active {
-            out.push((self.slots[s as usize].key.expect("live"), depth));
-        }
-        out.sort_unstable();
-        out
-    }
-
-    /// Each worker's count of consecutive leading blocks of `local_hashes` it caches.
-    pub fn find_matches(&mut self, local_hashes: &[u64]) -> OverlapScores {
-        self.find_matches_seq(&sequence_hashes(local_hashes))
-    }
-
-    /// [`RadixIndex::find_matches`] given the request's sequence hashes (the chain of its local
-    /// hashes, which the router computes anyway).
-    pub fn find_matches_seq(&mut self, seq_hashes: &[u64]) -> OverlapScores {
-        let mut out = OverlapScores::default();
-        let mut active: SmallVec<[u32; 16]> = SmallVec::new();
-        let mut depth = 0u32;
-        // Phase 1: the nodes along the path. The probes are independent of each other, so
-        // their cache misses overlap; the walk below then reads nodes whose ids it knows.
-        let mut path = std::mem::take(&mut self.path);
-        path.clear();
-        for h in seq_hashes {
-            match self.by_key.get(h) {
-                Some(&n) => path.push(n),
-                None => break,
-            }
-        }
-        for (i, &n) in path.iter().enumerate() {
-            let ws = &self.nodes[n as usize].workers;
-            let stamp = i as u32;
             if i == 0 {
                 active.extend(ws.iter().copied());
             } else {
                 for &s in ws {
-                    self.seen[s as usize] = stamp;
+                    seen[s as usize] = i as u32;
                 }
-                let seen = &self.seen;
                 active.retain(|s| {
-                    let keep = seen[*s as usize] == stamp;
+                    let keep = seen[*s as usize] == i as u32;
                     if !keep {
                         let key = self.slots[*s as usize].key.expect("live slot");
                         out.scores.insert(key, i as u32);
@@ -442,11 +355,14 @@ impl RadixIndex {
         for (&k, _) in out.scores.iter() {
             out.tree_sizes.insert(k, self.worker_blocks(k));
         }
-        // Stamps from this query must not match the next one's first levels.
-        for s in self.seen.iter_mut() {
-            *s = u32::MAX;
-        }
-        self.path = path;
+        out
+    }
+
+    /// Overlaps as sorted (worker, blocks) pairs (tests, tools).
+    pub fn find_matches_ro(&self, local_hashes: &[u64]) -> Vec<(WorkerKey, u32)> {
+        let mut out: Vec<(WorkerKey, u32)> =
+            self.find_matches(local_hashes).scores.into_iter().collect();
+        out.sort_unstable();
         out
     }
 }

@@ -226,7 +226,7 @@ impl KvRouter {
     /// Overlaps from the published copy of the index: no lock, no hand-off to the index
     /// thread (which may be waiting for a CPU when the machine is busy).
     async fn find_seq(&self, seq: Vec<u64>) -> Result<OverlapScores, RouterError> {
-        Ok(self.reader.load().find_matches_seq_ro(&seq))
+        Ok(self.reader.load().find_matches_seq(&seq))
     }
 
     /// Blocks in the index.
