@@ -1,6 +1,6 @@
 //! Wiring both worker binaries (`dynamo-worker`, `dynamo-mocker`) share: the model and
-//! endpoint flags, connecting to the runtime and starting the system status server, and
-//! turning an engine's output channel (or its refusal) into a request-plane handler stream.
+//! endpoint flags, connecting to the runtime and starting the system status server, publishing
+//! KV events and load for the router, and turning an engine's output channel (or its refusal) into a request-plane handler stream.
 //! Included by each binary with `#[path]`.
 
 use std::path::PathBuf;
@@ -9,7 +9,8 @@ use clap::Args;
 use dynamo_llm::model;
 use dynamo_runtime::EndpointId;
 
-use dynamo_protocols::EngineOutput;
+use dynamo_llm::kv_router::publisher;
+use dynamo_protocols::{EngineOutput, KvCacheEvent, LoadReport};
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{DistributedRuntime, HandlerError, HandlerStream};
 use futures::StreamExt;
@@ -81,6 +82,29 @@ pub async fn connect(
         None => None,
     };
     Ok((drt, port))
+}
+
+/// Publish an engine's KV events and load (once a second) for the KV router, and answer its
+/// re-sync queries, as instance `instance_id` of the worker's component, until shutdown.
+pub fn spawn_kv_publisher(
+    drt: &DistributedRuntime,
+    m: &ModelArgs,
+    instance_id: u64,
+    events: UnboundedReceiver<KvCacheEvent>,
+    load: impl Fn() -> LoadReport + Send + 'static,
+) {
+    tokio::spawn(publisher::run_publisher(
+        drt.nats().clone(),
+        publisher::PublisherConfig {
+            namespace: m.namespace.clone(),
+            component: m.component.clone(),
+            instance_id,
+            load_interval: std::time::Duration::from_secs(1),
+        },
+        events,
+        load,
+        drt.stopping(),
+    ));
 }
 
 /// Stream what the engine sends; dropping the stream drops the receiver, which cancels.

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use dynamo_llm::kv_router::publisher;
 use dynamo_llm::model::{self, LoadedModel};
 use dynamo_mocker::{MockEngine, MockerConfig};
 use dynamo_protocols::{EngineOutput, LoadReport, ModelCard, PreprocessedRequest};
@@ -119,27 +118,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     if let Some(events) = events {
-        tokio::spawn(publisher::run_publisher(
-            drt.nats().clone(),
-            publisher::PublisherConfig {
-                namespace: cli.m.namespace.clone(),
-                component: cli.m.component.clone(),
-                instance_id: instance,
-                load_interval: std::time::Duration::from_secs(1),
-            },
-            events,
-            move || {
-                let s = stats.stats();
-                LoadReport {
-                    active_blocks: s.active_blocks as u64,
-                    total_blocks: s.total_blocks as u64,
-                    running: s.running as u64,
-                    waiting: s.waiting as u64,
-                    ..LoadReport::default()
-                }
-            },
-            drt.stopping(),
-        ));
+        worker_wiring::spawn_kv_publisher(&drt, &cli.m, instance, events, move || {
+            let s = stats.stats();
+            LoadReport {
+                active_blocks: s.active_blocks as u64,
+                total_blocks: s.total_blocks as u64,
+                running: s.running as u64,
+                waiting: s.waiting as u64,
+                ..LoadReport::default()
+            }
+        });
     }
     tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "mocker ready");
 

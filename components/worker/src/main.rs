@@ -19,7 +19,6 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use dynamo_engine::trace::{TraceConfig, TraceRequest};
 use dynamo_engine::{Engine, EngineConfig, EngineError};
-use dynamo_llm::kv_router::publisher;
 use dynamo_llm::model;
 use dynamo_protocols::LoadReport;
 use dynamo_protocols::{EngineOutput, ModelCard, PreprocessedRequest};
@@ -238,27 +237,16 @@ async fn main() -> anyhow::Result<()> {
     if let Some(events) = events {
         let e = engine.clone();
         let total = info.kv_blocks as u64;
-        tokio::spawn(publisher::run_publisher(
-            drt.nats().clone(),
-            publisher::PublisherConfig {
-                namespace: cli.m.namespace.clone(),
-                component: cli.m.component.clone(),
-                instance_id: instance,
-                load_interval: std::time::Duration::from_secs(1),
-            },
-            events,
-            move || {
-                let s = e.stats();
-                LoadReport {
-                    active_blocks: (s.pool.shared_in_use + s.pool.private_in_use) as u64,
-                    total_blocks: total,
-                    running: s.running as u64,
-                    waiting: s.waiting as u64,
-                    ..LoadReport::default()
-                }
-            },
-            drt.stopping(),
-        ));
+        worker_wiring::spawn_kv_publisher(&drt, &cli.m, instance, events, move || {
+            let s = e.stats();
+            LoadReport {
+                active_blocks: (s.pool.shared_in_use + s.pool.private_in_use) as u64,
+                total_blocks: total,
+                running: s.running as u64,
+                waiting: s.waiting as u64,
+                ..LoadReport::default()
+            }
+        });
     }
     tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "worker ready");
 
