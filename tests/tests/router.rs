@@ -195,9 +195,7 @@ async fn observer(c: &Cluster) -> (DistributedRuntime, Arc<KvRouter>) {
 }
 
 async fn overlaps(r: &KvRouter, tokens: &[u32]) -> HashMap<u64, u32> {
-    r.find_matches(block_hashes(tokens, 16))
-        .await
-        .unwrap()
+    r.find_matches(&block_hashes(tokens, 16))
         .scores
         .into_iter()
         .map(|((w, _), n)| (w, n))

@@ -12,35 +12,15 @@ use tracing::Instrument;
 
 use super::pipeline::{map_runtime_error, Job};
 use super::AppState;
-use crate::kv_router::RouteTicket;
+use crate::kv_router::{card_block_size, chain_hashes, hash_blocks, RouteTicket};
 use crate::openai::{ApiError, ErrorClass};
 
 /// The hashing and lookup spans of the non-KV modes: the same block and sequence hashes the
 /// KV router computes (block size from the model card), with no index to look them up in.
 fn routing_spans(job: &Job) {
-    use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
-    let toks = &job.request.token_ids;
-    let bs = job
-        .instances
-        .first()
-        .and_then(|i| i.card["kv_cache_block_size"].as_u64())
-        .unwrap_or(16)
-        .max(1) as usize;
-    let local = tracing::info_span!(
-        "kv_router.compute_block_hashes",
-        isl_tokens = toks.len() as i64,
-        block_count = tracing::field::Empty,
-    )
-    .in_scope(|| {
-        let h = block_hashes(toks, bs);
-        tracing::Span::current().record("block_count", h.len() as i64);
-        h
-    });
-    let seq = tracing::info_span!(
-        "kv_router.compute_seq_hashes",
-        seq_hash_count = local.len() as i64
-    )
-    .in_scope(|| sequence_hashes(&local));
+    let bs = job.instances.first().map_or(16, |i| card_block_size(i));
+    let local = hash_blocks(&job.request.token_ids, bs);
+    let seq = chain_hashes(&local);
     let _m = tracing::info_span!(
         "kv_router.find_matches",
         block_count = seq.len() as i64,
@@ -73,10 +53,10 @@ impl futures::Stream for Dispatched {
 }
 
 /// The instances to try, best first, and the KV router's ticket and overlap for the first.
-async fn choose(
-    state: &AppState,
-    job: &Job,
-) -> Result<(Vec<Arc<InstanceRecord>>, Option<RouteTicket>, u32), ApiError> {
+type Choice = (Vec<Arc<InstanceRecord>>, Option<RouteTicket>, u32);
+
+/// Choose the instances to try for `job` (see [`Choice`]).
+fn choose(state: &AppState, job: &Job) -> Result<Choice, ApiError> {
     let n = job.instances.len();
     if let Some(id) = job.params.backend_instance_id {
         let pinned: Vec<_> = job
@@ -101,10 +81,8 @@ async fn choose(
             &first.namespace,
             &first.component,
         );
-        let sel = router
-            .select(&job.request.token_ids, &job.instances)
-            .instrument(select)
-            .await
+        let sel = select
+            .in_scope(|| router.select(&job.request.token_ids, &job.instances))
             .map_err(|e| ApiError::new(ErrorClass::Internal, format!("KV router: {e}")))?;
         let order = (0..n.min(3))
             .map(|k| job.instances[(sel.index + k) % n].clone())
@@ -123,7 +101,7 @@ async fn choose(
 
 /// Send the request to a worker, trying others when an instance does not answer.
 pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiError> {
-    let (candidates, mut ticket, overlap) = choose(state, job).await?;
+    let (candidates, mut ticket, overlap) = choose(state, job)?;
     let mut last = None;
     for (k, inst) in candidates.iter().enumerate() {
         if k > 0 {

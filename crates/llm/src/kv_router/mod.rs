@@ -28,7 +28,6 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::mpsc;
 use tokio::sync::{oneshot, watch};
-use tracing::Instrument;
 
 pub use indexer::{OverlapScores, RadixIndex, WorkerKey};
 pub use metrics::RouterMetrics;
@@ -218,15 +217,11 @@ impl KvRouter {
         &self.cfg
     }
 
-    /// Per-worker overlap of a prompt's blocks (for tests and tools).
-    pub async fn find_matches(&self, local: Vec<u64>) -> Result<OverlapScores, RouterError> {
-        self.find_seq(sequence_hashes(&local)).await
-    }
-
-    /// Overlaps from the published copy of the index: no lock, no hand-off to the index
-    /// thread (which may be waiting for a CPU when the machine is busy).
-    async fn find_seq(&self, seq: Vec<u64>) -> Result<OverlapScores, RouterError> {
-        Ok(self.reader.load().find_matches_seq(&seq))
+    /// Per-worker overlap of a prompt's blocks, from the published copy of the index (no
+    /// lock, no hand-off to the index thread, which may be waiting for a CPU when the machine
+    /// is busy).
+    pub fn find_matches(&self, local: &[u64]) -> OverlapScores {
+        self.reader.load().find_matches(local)
     }
 
     /// Blocks in the index.
@@ -240,7 +235,7 @@ impl KvRouter {
 
     /// Choose among `candidates` for a prompt of `tokens`, recording the `kv_router.*` spans
     /// (under the caller's `kv_router.select_worker`) and the overhead metrics.
-    pub async fn select(
+    pub fn select(
         self: &Arc<Self>,
         tokens: &[u32],
         candidates: &[Arc<InstanceRecord>],
@@ -252,31 +247,12 @@ impl KvRouter {
         let bs = self
             .cfg
             .block_size
-            .or_else(|| {
-                candidates[0].card["kv_cache_block_size"]
-                    .as_u64()
-                    .map(|b| b as usize)
-            })
-            .unwrap_or(16)
-            .max(1);
+            .unwrap_or_else(|| card_block_size(&candidates[0]));
         let m = &self.metrics;
-        let local = tracing::info_span!(
-            "kv_router.compute_block_hashes",
-            isl_tokens = tokens.len() as i64,
-            block_count = tracing::field::Empty,
-        )
-        .in_scope(|| {
-            let h = block_hashes(tokens, bs);
-            tracing::Span::current().record("block_count", h.len() as i64);
-            h
-        });
+        let local = hash_blocks(tokens, bs);
         let t1 = Instant::now();
         m.block_hashing_ms.observe(ms(t1 - t0));
-        let seq = tracing::info_span!(
-            "kv_router.compute_seq_hashes",
-            seq_hash_count = local.len() as i64
-        )
-        .in_scope(|| sequence_hashes(&local));
+        let seq = chain_hashes(&local);
         let t2 = Instant::now();
         m.seq_hashing_ms.observe(ms(t2 - t1));
         let find = tracing::info_span!(
@@ -286,7 +262,7 @@ impl KvRouter {
             workers_matched = tracing::field::Empty,
         );
         let overlaps = if self.cfg.overlap_weight > 0.0 && !local.is_empty() {
-            self.find_seq(seq.clone()).instrument(find.clone()).await?
+            find.in_scope(|| self.reader.load().find_matches_seq(&seq))
         } else {
             OverlapScores::default()
         };
@@ -386,6 +362,37 @@ impl KvRouter {
             },
         })
     }
+}
+
+/// The KV block size in an instance's model card (16 when it names none).
+pub fn card_block_size(inst: &InstanceRecord) -> usize {
+    inst.card["kv_cache_block_size"]
+        .as_u64()
+        .map_or(16, |b| b as usize)
+        .max(1)
+}
+
+/// Local hashes of a prompt's complete blocks, as the `kv_router.compute_block_hashes` span.
+pub fn hash_blocks(tokens: &[u32], block_size: usize) -> Vec<u64> {
+    tracing::info_span!(
+        "kv_router.compute_block_hashes",
+        isl_tokens = tokens.len() as i64,
+        block_count = tracing::field::Empty,
+    )
+    .in_scope(|| {
+        let h = block_hashes(tokens, block_size);
+        tracing::Span::current().record("block_count", h.len() as i64);
+        h
+    })
+}
+
+/// Sequence hashes of those blocks, as the `kv_router.compute_seq_hashes` span.
+pub fn chain_hashes(local: &[u64]) -> Vec<u64> {
+    tracing::info_span!(
+        "kv_router.compute_seq_hashes",
+        seq_hash_count = local.len() as i64
+    )
+    .in_scope(|| sequence_hashes(local))
 }
 
 /// Ask one worker for its KV state; collect the answer's messages (5 s budget).
