@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use dynamo_test_support::{wait_until, Child, NatsServer};
 
@@ -352,5 +352,27 @@ impl Drop for Cluster {
                 );
             }
         }
+    }
+}
+
+/// Wait (15 s at most) until trace `trace_id` holds a span of each name in `want`; its spans.
+pub async fn wait_trace(
+    rx: &dynamo_telemetry::receiver::Receiver,
+    trace_id: &str,
+    want: &[&str],
+) -> Vec<dynamo_telemetry::receiver::Span> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let spans = rx.trace(trace_id);
+        if want.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace_id} lacks some of {want:?}:\n{}\nall traces: {:?}",
+            dynamo_telemetry::receiver::render(&spans),
+            rx.trace_ids()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

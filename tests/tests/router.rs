@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{metric_value, Cluster, MODEL};
+use dynamo_e2e::{metric_value, wait_trace, Cluster, MODEL};
 use dynamo_llm::kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
 use dynamo_protocols::hashing::block_hashes;
 use dynamo_runtime::{DistributedRuntime, HealthState, MetricsRegistry, RuntimeConfig};
@@ -326,15 +326,7 @@ async fn kv_router_spans_carry_the_decision() {
         "kv_router.schedule",
         "kv_router.route_request",
     ];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let spans = loop {
-        let s = rx.trace(trace);
-        if names.iter().all(|n| s.iter().any(|x| x.name == *n)) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "spans missing:\n{}", render(&s));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let spans = wait_trace(&rx, trace, &names).await;
     let get = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
     let select = get("kv_router.select_worker");
     for n in &names[1..5] {

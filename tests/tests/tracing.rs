@@ -6,26 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{Cluster, MODEL};
+use dynamo_e2e::{wait_trace, Cluster, MODEL};
 use dynamo_telemetry::receiver::{render, Receiver, Span};
 use serde_json::json;
-
-async fn wait_trace(rx: &Receiver, trace_id: &str, want: &[&str]) -> Vec<Span> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let spans = rx.trace(trace_id);
-        if want.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
-            return spans;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "trace {trace_id} lacks some of {want:?}:\n{}\nall traces: {:?}",
-            render(&spans),
-            rx.trace_ids()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
     let v: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
