@@ -11,21 +11,7 @@ source launch/lib.sh
 
 MODEL="${MODEL:-SmolLM2-135M-Instruct}"
 WORKER="${WORKER:-engine}"
-export NATS_SERVER="${NATS_SERVER:-nats://127.0.0.1:4222}"
-export DYN_LOG_DIR="${DYN_LOG_DIR:-/tmp/dynamo-logs}"; mkdir -p "$DYN_LOG_DIR"
-
-ensure_nats
-ensure_model
-log "building release binaries (cargo build --release)"
-cargo build --release --bins -q
-BIN="$CARGO_TARGET_DIR/release"
-
-pids=()
-cleanup() { log "stopping"; kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-ensure_nats_running
-[ -n "${NATS_PID:-}" ] && pids+=("$NATS_PID")
+launch_prepare
 
 case "$WORKER" in
   engine) DYN_SYSTEM_PORT="${DYN_SYSTEM_PORT:-8081}" "$BIN/dynamo-worker" --model "$MODEL" --enable-metrics ${WORKER_ARGS:-} &;;

@@ -12,20 +12,7 @@ source launch/lib.sh
 MODEL="${MODEL:-SmolLM2-135M-Instruct}"
 WORKER="${WORKER:-engine}"
 WORKERS="${WORKERS:-2}"
-export NATS_SERVER="${NATS_SERVER:-nats://127.0.0.1:4222}"
-
-ensure_nats
-ensure_model
-log "building release binaries (cargo build --release)"
-cargo build --release --bins -q
-BIN="$CARGO_TARGET_DIR/release"
-
-pids=()
-cleanup() { log "stopping"; kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-ensure_nats_running
-[ -n "${NATS_PID:-}" ] && pids+=("$NATS_PID")
+launch_prepare
 
 for i in $(seq 1 "$WORKERS"); do
   port=$((8080 + i))

@@ -95,3 +95,22 @@ ensure_nats_running() {
   done
   log "nats-server did not start; see ${DYN_LOG_DIR:-/tmp}/nats-server.log"; return 1
 }
+
+# Shared start of the launch scripts: nats-server and the model installed when missing, a
+# release build (BIN), nats-server started when none answers (NATS_SERVER), and an exit trap
+# that stops every pid the script appends to `pids`.
+launch_prepare() {
+  export NATS_SERVER="${NATS_SERVER:-nats://127.0.0.1:4222}"
+  export DYN_LOG_DIR="${DYN_LOG_DIR:-/tmp/dynamo-logs}"; mkdir -p "$DYN_LOG_DIR"
+  ensure_nats
+  ensure_model
+  log "building release binaries (cargo build --release)"
+  cargo build --release --bins -q
+  BIN="$CARGO_TARGET_DIR/release"
+  pids=()
+  trap launch_cleanup EXIT INT TERM
+  ensure_nats_running
+  if [ -n "${NATS_PID:-}" ]; then pids+=("$NATS_PID"); fi
+}
+
+launch_cleanup() { log "stopping"; kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
