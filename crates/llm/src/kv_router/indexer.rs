@@ -2,7 +2,8 @@
 //! blocks keyed by local block hash under their parent, each node holding the set of workers
 //! that cache it; per-worker lookup tables from the engine's block hash to the node (for
 //! removals and for finding a stored run's parent); `find_matches` giving each worker's
-//! number of leading blocks cached. Plain data, single-threaded: the index task owns it.
+//! number of leading blocks cached. Plain data: the index thread is its only writer (through
+//! `DualIndex`); lookups take `&self`.
 //!
 //! The (parent, local hash) edges live in one flat map keyed by the router's own chained hash
 //! of the path (`chain(parent's key, local)`, the root's children keyed by their local hash:
