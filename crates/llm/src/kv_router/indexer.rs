@@ -9,7 +9,10 @@
 //! of the path (`chain(parent's key, local)`, the root's children keyed by their local hash:
 //! the spec's sequence hash of the local hashes), whatever ids the engine uses for its blocks.
 //! A lookup then probes one independent key per depth, so the CPU overlaps the cache misses of
-//! consecutive depths instead of waiting for each parent before the child.
+//! consecutive depths instead of waiting for each parent before the child. Each map entry also
+//! carries a bitmap of the first 64 worker slots caching that block, so while a router knows
+//! at most 64 workers a lookup touches nothing but the map (one entry per depth); past 64 it
+//! reads the nodes' worker lists.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -50,6 +53,24 @@ impl Hasher for MixHasher {
 /// A `HashMap` with [`MixHasher`].
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<MixHasher>>;
 
+/// Worker slots below this have a bit in [`Edge::mask`].
+const MASK_SLOTS: usize = 64;
+
+/// The map's value for one block: its node and the bitmap of the slots (< 64) caching it.
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    node: NodeId,
+    mask: u64,
+}
+
+fn bit(slot: u32) -> u64 {
+    if (slot as usize) < MASK_SLOTS {
+        1 << slot
+    } else {
+        0
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Node {
     parent: NodeId,
@@ -78,9 +99,9 @@ pub enum IndexError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OverlapScores {
     /// Leading blocks of the request each worker caches (workers with none are absent).
-    pub scores: HashMap<WorkerKey, u32>,
+    pub scores: FastMap<WorkerKey, u32>,
     /// Blocks each of those workers caches in total.
-    pub tree_sizes: HashMap<WorkerKey, usize>,
+    pub tree_sizes: FastMap<WorkerKey, usize>,
 }
 
 impl OverlapScores {
@@ -98,8 +119,8 @@ impl OverlapScores {
 pub struct RadixIndex {
     nodes: Vec<Node>,
     free_nodes: Vec<NodeId>,
-    /// Path key → node.
-    by_key: FastMap<u64, NodeId>,
+    /// Path key → node and worker bitmap.
+    by_key: FastMap<u64, Edge>,
     slots: Vec<WorkerSlot>,
     free_slots: Vec<u32>,
     slot_of: HashMap<WorkerKey, u32>,
@@ -213,7 +234,7 @@ impl RadixIndex {
         };
         // One probe for both the lookup and the insertion.
         let (nodes, free) = (&mut self.nodes, &mut self.free_nodes);
-        let child = *self.by_key.entry(key).or_insert_with(|| {
+        let edge = self.by_key.entry(key).or_insert_with(|| {
             let node = Node {
                 parent,
                 key,
@@ -221,7 +242,7 @@ impl RadixIndex {
                 children: 0,
             };
             nodes[parent as usize].children += 1;
-            match free.pop() {
+            let node = match free.pop() {
                 Some(id) => {
                     nodes[id as usize] = node;
                     id
@@ -230,8 +251,11 @@ impl RadixIndex {
                     nodes.push(node);
                     (nodes.len() - 1) as NodeId
                 }
-            }
+            };
+            Edge { node, mask: 0 }
         });
+        edge.mask |= bit(slot);
+        let child = edge.node;
         let ws = &mut self.nodes[child as usize].workers;
         if !ws.contains(&slot) {
             ws.push(slot);
@@ -283,9 +307,14 @@ impl RadixIndex {
     }
 
     fn drop_worker_from(&mut self, slot: u32, n: NodeId) {
-        let ws = &mut self.nodes[n as usize].workers;
-        if let Some(i) = ws.iter().position(|&s| s == slot) {
-            ws.swap_remove(i);
+        let node = &mut self.nodes[n as usize];
+        if let Some(i) = node.workers.iter().position(|&s| s == slot) {
+            node.workers.swap_remove(i);
+            if bit(slot) != 0 {
+                if let Some(e) = self.by_key.get_mut(&node.key) {
+                    e.mask &= !bit(slot);
+                }
+            }
         }
         self.prune(n);
     }
@@ -314,12 +343,55 @@ impl RadixIndex {
     /// [`RadixIndex::find_matches`] given the request's sequence hashes (the chain of its local
     /// hashes, which the router computes anyway).
     pub fn find_matches_seq(&self, seq_hashes: &[u64]) -> OverlapScores {
+        if self.slots.len() <= MASK_SLOTS {
+            self.find_matches_masks(seq_hashes)
+        } else {
+            self.find_matches_lists(seq_hashes)
+        }
+    }
+
+    /// The lookup while every slot has a bit: the map entries' bitmaps only.
+    fn find_matches_masks(&self, seq_hashes: &[u64]) -> OverlapScores {
+        let mut out = OverlapScores::default();
+        let mut active = 0u64;
+        let mut depth = 0u32;
+        for (i, h) in seq_hashes.iter().enumerate() {
+            let Some(e) = self.by_key.get(h) else { break };
+            let next = if i == 0 { e.mask } else { active & e.mask };
+            let mut gone = active & !next;
+            while gone != 0 {
+                self.score(&mut out, gone.trailing_zeros(), i as u32);
+                gone &= gone - 1;
+            }
+            active = next;
+            if active == 0 {
+                break;
+            }
+            depth = i as u32 + 1;
+        }
+        while active != 0 {
+            self.score(&mut out, active.trailing_zeros(), depth);
+            active &= active - 1;
+        }
+        out
+    }
+
+    /// Record `blocks` of overlap for worker slot `s`.
+    fn score(&self, out: &mut OverlapScores, s: u32, blocks: u32) {
+        let slot = &self.slots[s as usize];
+        let key = slot.key.expect("live slot");
+        out.scores.insert(key, blocks);
+        out.tree_sizes.insert(key, slot.blocks.len());
+    }
+
+    /// The lookup through the nodes' worker lists (any number of slots).
+    fn find_matches_lists(&self, seq_hashes: &[u64]) -> OverlapScores {
         let mut out = OverlapScores::default();
         let mut path: SmallVec<[NodeId; 64]> = SmallVec::new();
         // Phase 1: independent probes (see the module docs); phase 2: the worker sets.
         for h in seq_hashes {
             match self.by_key.get(h) {
-                Some(&n) => path.push(n),
+                Some(e) => path.push(e.node),
                 None => break,
             }
         }
@@ -338,8 +410,7 @@ impl RadixIndex {
                 active.retain(|s| {
                     let keep = seen[*s as usize] == i as u32;
                     if !keep {
-                        let key = self.slots[*s as usize].key.expect("live slot");
-                        out.scores.insert(key, i as u32);
+                        self.score(&mut out, *s, i as u32);
                     }
                     keep
                 });
@@ -350,11 +421,7 @@ impl RadixIndex {
             depth = i as u32 + 1;
         }
         for s in active {
-            let key = self.slots[s as usize].key.expect("live slot");
-            out.scores.insert(key, depth);
-        }
-        for (&k, _) in out.scores.iter() {
-            out.tree_sizes.insert(k, self.worker_blocks(k));
+            self.score(&mut out, s, depth);
         }
         out
     }

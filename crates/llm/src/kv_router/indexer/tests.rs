@@ -28,13 +28,19 @@ fn model_overlap(set: &HashSet<u64>, seq: &[u64]) -> u32 {
 
 #[test]
 fn random_event_sequences_match_the_model() {
+    // 5 workers: the bitmap lookup (checked against the list walk too); 100: the list walk.
+    random_sequences(5, 20, 400);
+    random_sequences(100, 4, 1500);
+}
+
+fn random_sequences(n_workers: u64, seeds: u64, steps: usize) {
     let bs = 4;
-    for seed in 0..20u64 {
+    for seed in 0..seeds {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut idx = RadixIndex::new();
         let mut model: HashMap<WorkerKey, HashSet<u64>> = HashMap::new();
-        let workers: Vec<WorkerKey> = (0..5).map(|i| (100 + i, (i % 2) as u32)).collect();
-        for _step in 0..400 {
+        let workers: Vec<WorkerKey> = (0..n_workers).map(|i| (100 + i, (i % 2) as u32)).collect();
+        for _step in 0..steps {
             let w = workers[rng.random_range(0..workers.len())];
             let set = model.entry(w).or_default();
             match rng.random_range(0..10) {
@@ -81,6 +87,9 @@ fn random_event_sequences_match_the_model() {
                 let p = prompt(&mut rng, bs);
                 let seq = sequence_hashes(&block_hashes(&p, bs));
                 let got = idx.find_matches(&block_hashes(&p, bs));
+                if idx.slots.len() <= MASK_SLOTS {
+                    assert_eq!(got, idx.find_matches_lists(&seq), "seed {seed}: both walks");
+                }
                 for (w, set) in &model {
                     assert_eq!(
                         got.get(*w),
@@ -97,6 +106,10 @@ fn random_event_sequences_match_the_model() {
                 assert_eq!(idx.worker_blocks(*w), set.len());
             }
         }
+        assert_eq!(
+            idx.slots.len() > MASK_SLOTS,
+            n_workers as usize > MASK_SLOTS
+        );
         // Removing every worker frees every node.
         for w in &workers {
             idx.remove_worker(*w);
