@@ -9,10 +9,12 @@
 //! of the path (`chain(parent's key, local)`, the root's children keyed by their local hash:
 //! the spec's sequence hash of the local hashes), whatever ids the engine uses for its blocks.
 //! A lookup then probes one independent key per depth, so the CPU overlaps the cache misses of
-//! consecutive depths instead of waiting for each parent before the child. Each map entry also
-//! carries a bitmap of the first 64 worker slots caching that block, so while a router knows
-//! at most 64 workers a lookup touches nothing but the map (one entry per depth); past 64 it
-//! reads the nodes' worker lists.
+//! consecutive depths instead of waiting for each parent before the child. The map is our own
+//! open-addressing table (`table.rs`: key and node id in one slot, one cache line per probe).
+//! Beside the nodes, a dense array holds each node's bitmap of the first 64 worker slots caching
+//! it (a path's nodes, created in order, sit next to each other there), so while a router knows
+//! at most 64 workers a lookup reads one table slot per depth and a few bitmap lines; past 64
+//! it reads the nodes' worker lists.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -20,6 +22,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use dynamo_protocols::hashing::{next_sequence_hash, sequence_hashes};
 use dynamo_protocols::kv_events::{KvCacheEventData, KvCacheStoredBlock};
 use smallvec::SmallVec;
+use table::IdMap;
+
+mod table;
 
 /// A worker (instance id) and data-parallel rank.
 pub type WorkerKey = (u64, u32);
@@ -53,15 +58,11 @@ impl Hasher for MixHasher {
 /// A `HashMap` with [`MixHasher`].
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<MixHasher>>;
 
-/// Worker slots below this have a bit in [`Edge::mask`].
-const MASK_SLOTS: usize = 64;
+/// How many depths ahead a lookup asks for the path map's slots.
+const AHEAD: usize = 16;
 
-/// The map's value for one block: its node and the bitmap of the slots (< 64) caching it.
-#[derive(Debug, Clone, Copy)]
-struct Edge {
-    node: NodeId,
-    mask: u64,
-}
+/// Worker slots below this have a bit in the nodes' bitmaps.
+const MASK_SLOTS: usize = 64;
 
 fn bit(slot: u32) -> u64 {
     if (slot as usize) < MASK_SLOTS {
@@ -85,7 +86,7 @@ struct Node {
 struct WorkerSlot {
     key: Option<WorkerKey>,
     /// Sequence hash → node.
-    blocks: FastMap<u64, NodeId>,
+    blocks: IdMap,
 }
 
 /// Why an event could not be applied.
@@ -119,8 +120,10 @@ impl OverlapScores {
 pub struct RadixIndex {
     nodes: Vec<Node>,
     free_nodes: Vec<NodeId>,
-    /// Path key → node and worker bitmap.
-    by_key: FastMap<u64, Edge>,
+    /// Path key → node.
+    by_key: IdMap,
+    /// Per node, the bitmap of the worker slots (< 64) caching it.
+    masks: Vec<u64>,
     slots: Vec<WorkerSlot>,
     free_slots: Vec<u32>,
     slot_of: HashMap<WorkerKey, u32>,
@@ -142,7 +145,8 @@ impl RadixIndex {
                 children: 0,
             }],
             free_nodes: Vec::new(),
-            by_key: FastMap::default(),
+            by_key: IdMap::default(),
+            masks: vec![0],
             slots: Vec::new(),
             free_slots: Vec::new(),
             slot_of: HashMap::new(),
@@ -170,7 +174,7 @@ impl RadixIndex {
     pub fn has_block(&self, w: WorkerKey, h: u64) -> bool {
         self.slot_of
             .get(&w)
-            .is_some_and(|&s| self.slots[s as usize].blocks.contains_key(&h))
+            .is_some_and(|&s| self.slots[s as usize].blocks.contains(h))
     }
 
     fn slot(&mut self, w: WorkerKey) -> u32 {
@@ -214,15 +218,32 @@ impl RadixIndex {
         let slot = self.slot(w);
         let mut cur = match parent_hash {
             None => ROOT,
-            Some(p) => match self.slots[slot as usize].blocks.get(&p) {
-                Some(&n) => n,
+            Some(p) => match self.slots[slot as usize].blocks.get(p) {
+                Some(n) => n,
                 None => return Err(IndexError::UnknownParent(p)),
             },
         };
+        if blocks.len() > 1 {
+            self.prefetch_run(slot, cur, blocks);
+        }
         for b in blocks {
             cur = self.store_one(slot, cur, b.block_hash, b.tokens_hash);
         }
         Ok(())
+    }
+
+    /// Start loading the table slots a stored run will touch, so that their cache misses
+    /// overlap instead of each insertion waiting for its own (the keys need no memory: they
+    /// chain from the parent's).
+    fn prefetch_run(&self, slot: u32, parent: NodeId, blocks: &[KvCacheStoredBlock]) {
+        let mut key = (parent != ROOT).then(|| self.nodes[parent as usize].key);
+        let table = &self.slots[slot as usize].blocks;
+        for b in blocks {
+            let k = key.map_or(b.tokens_hash, |p| next_sequence_hash(p, b.tokens_hash));
+            key = Some(k);
+            self.by_key.prefetch(k);
+            table.prefetch(b.block_hash);
+        }
     }
 
     /// Store one block for `slot` under node `parent`; returns its node.
@@ -233,8 +254,8 @@ impl RadixIndex {
             next_sequence_hash(self.nodes[parent as usize].key, local)
         };
         // One probe for both the lookup and the insertion.
-        let (nodes, free) = (&mut self.nodes, &mut self.free_nodes);
-        let edge = self.by_key.entry(key).or_insert_with(|| {
+        let (nodes, free, masks) = (&mut self.nodes, &mut self.free_nodes, &mut self.masks);
+        let child = self.by_key.get_or_insert_with(key, || {
             let node = Node {
                 parent,
                 key,
@@ -242,20 +263,20 @@ impl RadixIndex {
                 children: 0,
             };
             nodes[parent as usize].children += 1;
-            let node = match free.pop() {
+            match free.pop() {
                 Some(id) => {
                     nodes[id as usize] = node;
+                    masks[id as usize] = 0;
                     id
                 }
                 None => {
                     nodes.push(node);
+                    masks.push(0);
                     (nodes.len() - 1) as NodeId
                 }
-            };
-            Edge { node, mask: 0 }
+            }
         });
-        edge.mask |= bit(slot);
-        let child = edge.node;
+        self.masks[child as usize] |= bit(slot);
         let ws = &mut self.nodes[child as usize].workers;
         if !ws.contains(&slot) {
             ws.push(slot);
@@ -277,7 +298,7 @@ impl RadixIndex {
         };
         let mut known = 0;
         for h in hashes {
-            if let Some(n) = self.slots[slot as usize].blocks.remove(h) {
+            if let Some(n) = self.slots[slot as usize].blocks.remove(*h) {
                 known += 1;
                 self.drop_worker_from(slot, n);
             }
@@ -291,7 +312,7 @@ impl RadixIndex {
             return;
         };
         let blocks = std::mem::take(&mut self.slots[slot as usize].blocks);
-        for (_, n) in blocks {
+        for n in blocks.values() {
             self.drop_worker_from(slot, n);
         }
     }
@@ -301,7 +322,7 @@ impl RadixIndex {
         self.clear(w);
         if let Some(slot) = self.slot_of.remove(&w) {
             self.slots[slot as usize].key = None;
-            self.slots[slot as usize].blocks = FastMap::default();
+            self.slots[slot as usize].blocks = IdMap::default();
             self.free_slots.push(slot);
         }
     }
@@ -310,11 +331,7 @@ impl RadixIndex {
         let node = &mut self.nodes[n as usize];
         if let Some(i) = node.workers.iter().position(|&s| s == slot) {
             node.workers.swap_remove(i);
-            if bit(slot) != 0 {
-                if let Some(e) = self.by_key.get_mut(&node.key) {
-                    e.mask &= !bit(slot);
-                }
-            }
+            self.masks[n as usize] &= !bit(slot);
         }
         self.prune(n);
     }
@@ -327,7 +344,7 @@ impl RadixIndex {
                 return;
             }
             let (parent, key) = (node.parent, node.key);
-            self.by_key.remove(&key);
+            self.by_key.remove(key);
             self.nodes[n as usize].workers = SmallVec::new();
             self.free_nodes.push(n);
             self.nodes[parent as usize].children -= 1;
@@ -355,9 +372,16 @@ impl RadixIndex {
         let mut out = OverlapScores::default();
         let mut active = 0u64;
         let mut depth = 0u32;
+        for h in seq_hashes.iter().take(AHEAD) {
+            self.by_key.prefetch(*h);
+        }
         for (i, h) in seq_hashes.iter().enumerate() {
-            let Some(e) = self.by_key.get(h) else { break };
-            let next = if i == 0 { e.mask } else { active & e.mask };
+            if let Some(next) = seq_hashes.get(i + AHEAD) {
+                self.by_key.prefetch(*next);
+            }
+            let Some(n) = self.by_key.get(*h) else { break };
+            let mask = self.masks[n as usize];
+            let next = if i == 0 { mask } else { active & mask };
             let mut gone = active & !next;
             while gone != 0 {
                 self.score(&mut out, gone.trailing_zeros(), i as u32);
@@ -390,8 +414,8 @@ impl RadixIndex {
         let mut path: SmallVec<[NodeId; 64]> = SmallVec::new();
         // Phase 1: independent probes (see the module docs); phase 2: the worker sets.
         for h in seq_hashes {
-            match self.by_key.get(h) {
-                Some(e) => path.push(e.node),
+            match self.by_key.get(*h) {
+                Some(n) => path.push(n),
                 None => break,
             }
         }

@@ -12,7 +12,7 @@ pub mod scheduler;
 pub mod sync;
 pub mod task;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use rand::SeedableRng;
 use std::sync::mpsc;
 use tokio::sync::{oneshot, watch};
 
-pub use indexer::{OverlapScores, RadixIndex, WorkerKey};
+pub use indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
 pub use metrics::RouterMetrics;
 use scheduler::{ActiveLoad, Candidate, Costing};
 use task::{IndexMsg, IndexTask, SyncAnswer};
@@ -81,7 +81,7 @@ pub struct KvRouter {
     cfg: KvRouterConfig,
     metrics: RouterMetrics,
     active: Mutex<ActiveLoad>,
-    loads: Arc<Mutex<HashMap<u64, (LoadReport, Instant)>>>,
+    loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>>,
     rng: Mutex<StdRng>,
     next_id: AtomicU64,
 }
@@ -181,7 +181,7 @@ impl KvRouter {
             .name(format!("kv-index-{component}"))
             .spawn(move || task.run_blocking(rx))
             .expect("spawn the KV index thread");
-        let loads: Arc<Mutex<HashMap<u64, (LoadReport, Instant)>>> = Default::default();
+        let loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>> = Default::default();
         if cfg.kv_events {
             tokio::spawn(forward_events(
                 nats.clone(),
@@ -457,7 +457,7 @@ async fn forward_events(nats: async_nats::Client, subject: String, tx: mpsc::Sen
 async fn collect_loads(
     nats: async_nats::Client,
     subject: String,
-    loads: Arc<Mutex<HashMap<u64, (LoadReport, Instant)>>>,
+    loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>>,
 ) {
     let Ok(mut sub) = nats.subscribe(subject).await else {
         return;
