@@ -16,6 +16,9 @@ ensure_model
 python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
 MOCKERS="${MOCKERS:-32}"; CONC="${CONC:-64}"; REQUESTS="${REQUESTS:-2000}"
 MODES="${MODES:-round-robin kv}"; BLOCKS="${BLOCKS:-512}"; SPEEDUP="${SPEEDUP:-1}"
+# ISOLATE=1 runs the mockers and the load client under SCHED_IDLE: they stand for GPU workers and
+# clients on other hosts, so they get only the CPU that the frontend and nats-server leave.
+HARNESS=""; [ "${ISOLATE:-0}" = 1 ] && HARNESS="chrt --idle 0"
 cargo build --release --bins -q
 BIN="$CARGO_TARGET_DIR/release"
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -29,7 +32,7 @@ echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for mode in $MODES; do
   pids=()
   for i in $(seq 1 "$MOCKERS"); do
-    "$BIN/dynamo-mocker" --speedup-ratio "$SPEEDUP" --num-gpu-blocks "$BLOCKS" >"$WORK/m$i.log" 2>&1 &
+    $HARNESS "$BIN/dynamo-mocker" --speedup-ratio "$SPEEDUP" --num-gpu-blocks "$BLOCKS" >"$WORK/m$i.log" 2>&1 &
     pids+=($!)
   done
   "$BIN/dynamo-frontend" --http-port "$HPORT" --http-host 127.0.0.1 --router-mode "$mode" >"${FE_LOG:-$WORK/fe.log}" 2>&1 &
@@ -40,7 +43,7 @@ for mode in $MODES; do
   done
   [ "$n" = "$MOCKERS" ] || { log "only $n of $MOCKERS mockers registered"; exit 1; }
   sleep 2
-  res=$(python3 tests/bench/prefix_trace.py --url "http://127.0.0.1:$HPORT" --model SmolLM2-135M-Instruct \
+  res=$($HARNESS python3 tests/bench/prefix_trace.py --url "http://127.0.0.1:$HPORT" --model SmolLM2-135M-Instruct \
         -n "$REQUESTS" -c "$CONC" --label "$mode")
   curl -s "127.0.0.1:$HPORT/metrics" >"$WORK/metrics.txt"
   [ -n "${METRICS_OUT:-}" ] && cp "$WORK/metrics.txt" "$METRICS_OUT.$mode"
