@@ -11,6 +11,16 @@ pub fn available() -> bool {
     false
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+pub fn scores_f16(q: &[f32], g: usize, kc: &[u16], offs: &[usize], scale: f32, out: &mut [f32]) {
+    super::scalar_scores_f16(q, g, kc, offs, scale, out, dot_f16)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn weighted_f16(w: &[f32], inv: f32, vc: &[u16], offs: &[usize], out: &mut [f32]) {
+    super::scalar_weighted_f16(w, inv, vc, offs, out, axpy_f16)
+}
+
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
 
@@ -96,28 +106,48 @@ mod imp {
         }
     }
 
-    /// [`q4_1_tile`] for one weight row against an aligned group of 4 activation rows, with
-    /// the 4 rows' scales multiplied and their min terms accumulated as one vector each. The
-    /// per-pair arithmetic (`dw·da` rounded once, `mw·s` fused into the sum) is the same.
+    /// One Q4_1 weight row unpacked for [`q4_1_tile_g4`]: per block the 32 nibble values as
+    /// bytes (low nibbles, then high: the vector [`q4_1_tile`] builds in a register) in `unp`,
+    /// and its scale and min as f32 in `dm`. Prefill unpacks each weight row once per region
+    /// and reuses it for every group of 4 activation rows, instead of once per group.
     #[inline(always)]
-    unsafe fn q4_1_tile_g4(w: &[u8], x: &ActQ8, r: usize, out: &mut [[f32; 4]; 1]) {
+    unsafe fn unpack_q4_1_row(w: &[u8], unp: &mut [u8], dm: &mut [f32]) {
         let nb = w.len() / Q4_1_BYTES;
-        let g = r / 4;
-        let d4 = x.d4.as_ptr().add(g * nb * 4);
-        let s4 = x.s4.as_ptr().add(g * nb * 4);
-        let qs: [*const i8; 4] = std::array::from_fn(|a| x.qs.as_ptr().add((r + a) * x.k));
+        debug_assert!(unp.len() >= nb * QK && dm.len() >= nb * 2);
         let mask = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let idx: [__m256i; 4] = std::array::from_fn(|a| _mm256_set1_epi32(a as i32));
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut summ = _mm_setzero_ps();
         for b in 0..nb {
             let blk = w.as_ptr().add(b * Q4_1_BYTES);
             let (dw, mw) = f16x2(blk);
             let q = _mm_loadu_si128(blk.add(4).cast());
             let lo = _mm_and_si128(q, mask);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-            let wv = _mm256_set_m128i(hi, lo);
+            _mm256_storeu_si256(
+                unp.as_mut_ptr().add(b * QK).cast(),
+                _mm256_set_m128i(hi, lo),
+            );
+            *dm.get_unchecked_mut(2 * b) = dw;
+            *dm.get_unchecked_mut(2 * b + 1) = mw;
+        }
+    }
+
+    /// [`q4_1_tile`] for one (unpacked, see [`unpack_q4_1_row`]) weight row against an
+    /// aligned group of 4 activation rows, with the 4 rows' scales multiplied and their min
+    /// terms accumulated as one vector each. The per-pair arithmetic (`dw·da` rounded once,
+    /// `mw·s` fused into the sum) is the same.
+    #[inline(always)]
+    unsafe fn q4_1_tile_g4(unp: &[u8], dm: &[f32], x: &ActQ8, r: usize, out: &mut [[f32; 4]; 1]) {
+        let nb = unp.len() / QK;
+        let g = r / 4;
+        let d4 = x.d4.as_ptr().add(g * nb * 4);
+        let s4 = x.s4.as_ptr().add(g * nb * 4);
+        let qs: [*const i8; 4] = std::array::from_fn(|a| x.qs.as_ptr().add((r + a) * x.k));
+        let ones = _mm256_set1_epi16(1);
+        let idx: [__m256i; 4] = std::array::from_fn(|a| _mm256_set1_epi32(a as i32));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summ = _mm_setzero_ps();
+        for b in 0..nb {
+            let wv = _mm256_loadu_si256(unp.as_ptr().add(b * QK).cast());
+            let (dw, mw) = (*dm.get_unchecked(2 * b), *dm.get_unchecked(2 * b + 1));
             let sc4 = _mm_mul_ps(_mm_set1_ps(dw), _mm_loadu_ps(d4.add(b * 4)));
             summ = _mm_fmadd_ps(_mm_set1_ps(mw), _mm_loadu_ps(s4.add(b * 4)), summ);
             let sc8 = _mm256_castps128_ps256(sc4);
@@ -190,6 +220,12 @@ mod imp {
                 let rb = nb * $bytes;
                 let ld = c1 - c0;
                 let wide = if r1 - r0 <= 2 { 4 } else { 1 };
+                // The unpacked weight row of the 4-row groups (Q4_1 only), and which row it is.
+                let (mut unp, mut dm, mut unpacked) = if $g4 && wide == 1 {
+                    (vec![0u8; nb * QK], vec![0f32; nb * 2], usize::MAX)
+                } else {
+                    (Vec::new(), Vec::new(), usize::MAX)
+                };
                 let mut c = c0;
                 while c < c1 {
                     let rw = wide.min(c1 - c);
@@ -216,8 +252,12 @@ mod imp {
                             && r % 4 == 0
                             && (r / 4 + 1) * nb * 4 <= x.d4.len()
                         {
+                            if unpacked != c {
+                                unpack_q4_1_row(&w[c * rb..(c + 1) * rb], &mut unp, &mut dm);
+                                unpacked = c;
+                            }
                             let mut res = [[0f32; 4]; 1];
-                            q4_1_tile_g4(&w[c * rb..(c + 1) * rb], x, r, &mut res);
+                            q4_1_tile_g4(&unp, &dm, x, r, &mut res);
                             for a in 0..4 {
                                 out[(r - r0 + a) * ld + (c - c0)] = res[0][a];
                             }
@@ -410,5 +450,106 @@ mod imp {
     pub fn axpy_f16(acc: &mut [f32], w: f32, v: &[u16]) {
         // SAFETY: called only when `available()` (see kernels::isa); lengths clamped inside.
         unsafe { axpy_f16_impl(acc, w, v) }
+    }
+
+    /// [`super::scores_f16`] for `hd` a multiple of 8: each key row is converted once and
+    /// dotted with up to 4 heads at a time, each head's sum in the order [`dot_f16`] uses.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_f16_impl(
+        q: &[f32],
+        g: usize,
+        kc: &[u16],
+        offs: &[usize],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (hd, n) = (q.len() / g, offs.len());
+        for (j, &o) in offs.iter().enumerate() {
+            let k = kc.as_ptr().add(o);
+            let mut h0 = 0;
+            while h0 < g {
+                let m = (g - h0).min(4);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for i in (0..hd).step_by(8) {
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(i).cast()));
+                    for h in 0..m {
+                        let qv = _mm256_loadu_ps(q.as_ptr().add((h0 + h) * hd + i));
+                        acc[h] = _mm256_fmadd_ps(qv, kv, acc[h]);
+                    }
+                }
+                for h in 0..m {
+                    *out.get_unchecked_mut((h0 + h) * n + j) = hsum(acc[h]) * scale;
+                }
+                h0 += m;
+            }
+        }
+    }
+
+    pub fn scores_f16(
+        q: &[f32],
+        g: usize,
+        kc: &[u16],
+        offs: &[usize],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = q.len() / g;
+        if hd % 8 != 0 {
+            return crate::kernels::scalar_scores_f16(q, g, kc, offs, scale, out, dot_f16);
+        }
+        assert!(g * hd == q.len() && out.len() >= g * offs.len());
+        assert!(offs.iter().all(|&o| o + hd <= kc.len()));
+        // SAFETY: `available()` checked by kernels::isa; bounds asserted above.
+        unsafe { scores_f16_impl(q, g, kc, offs, scale, out) }
+    }
+
+    /// `M` 8-float chunks of the output from dimension `d0`, accumulated in registers over
+    /// every key in order (per element the same fused multiply-adds as [`axpy_f16`] calls).
+    #[inline(always)]
+    unsafe fn weighted_pass<const M: usize>(
+        w: &[f32],
+        inv: f32,
+        vc: &[u16],
+        offs: &[usize],
+        d0: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); M];
+        for (j, &o) in offs.iter().enumerate() {
+            let wv = _mm256_set1_ps(*w.get_unchecked(j) * inv);
+            let v = vc.as_ptr().add(o + d0);
+            for c in 0..M {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(v.add(8 * c).cast()));
+                acc[c] = _mm256_fmadd_ps(wv, x, acc[c]);
+            }
+        }
+        for c in 0..M {
+            _mm256_storeu_ps(out.as_mut_ptr().add(d0 + 8 * c), acc[c]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_f16_impl(w: &[f32], inv: f32, vc: &[u16], offs: &[usize], out: &mut [f32]) {
+        let hd = out.len();
+        let mut d0 = 0;
+        while d0 + 64 <= hd {
+            weighted_pass::<8>(w, inv, vc, offs, d0, out);
+            d0 += 64;
+        }
+        while d0 < hd {
+            weighted_pass::<1>(w, inv, vc, offs, d0, out);
+            d0 += 8;
+        }
+    }
+
+    pub fn weighted_f16(w: &[f32], inv: f32, vc: &[u16], offs: &[usize], out: &mut [f32]) {
+        let hd = out.len();
+        if hd % 8 != 0 {
+            return crate::kernels::scalar_weighted_f16(w, inv, vc, offs, out, axpy_f16);
+        }
+        assert!(w.len() >= offs.len());
+        assert!(offs.iter().all(|&o| o + hd <= vc.len()));
+        // SAFETY: `available()` checked by kernels::isa; bounds asserted above.
+        unsafe { weighted_f16_impl(w, inv, vc, offs, out) }
     }
 }

@@ -402,6 +402,61 @@ pub fn axpy_f16(acc: &mut [f32], w: f32, v: &[u16]) {
     }
 }
 
+/// Attention scores of the `g` query heads in `q` (head-major, `g × hd`) that share one KV
+/// head, against the key rows at `offs` in `kc` (f16): `out[h · n + j] = (q_h · K_j) · scale`
+/// with `n = offs.len()`. Each score is computed exactly as [`dot_f16`] would.
+pub fn scores_f16(q: &[f32], g: usize, kc: &[u16], offs: &[usize], scale: f32, out: &mut [f32]) {
+    if isa() == Isa::Avx2 {
+        avx2::scores_f16(q, g, kc, offs, scale, out)
+    } else {
+        scalar_scores_f16(q, g, kc, offs, scale, out, scalar::dot_f16)
+    }
+}
+
+/// `out = Σ_j (w_j · inv) · V_j` over the value rows at `offs` in `vc` (f16), `out.len()` wide;
+/// per element the same operations, in the same order, as [`axpy_f16`] from zero.
+pub fn weighted_f16(w: &[f32], inv: f32, vc: &[u16], offs: &[usize], out: &mut [f32]) {
+    if isa() == Isa::Avx2 {
+        avx2::weighted_f16(w, inv, vc, offs, out)
+    } else {
+        scalar_weighted_f16(w, inv, vc, offs, out, scalar::axpy_f16)
+    }
+}
+
+/// [`scores_f16`] one dot product at a time (portable path, odd head sizes).
+pub(crate) fn scalar_scores_f16(
+    q: &[f32],
+    g: usize,
+    kc: &[u16],
+    offs: &[usize],
+    scale: f32,
+    out: &mut [f32],
+    dot: fn(&[f32], &[u16]) -> f32,
+) {
+    let (hd, n) = (q.len() / g, offs.len());
+    for (j, &o) in offs.iter().enumerate() {
+        for h in 0..g {
+            out[h * n + j] = dot(&q[h * hd..(h + 1) * hd], &kc[o..o + hd]) * scale;
+        }
+    }
+}
+
+/// [`weighted_f16`] one `axpy` at a time (portable path, odd head sizes).
+pub(crate) fn scalar_weighted_f16(
+    w: &[f32],
+    inv: f32,
+    vc: &[u16],
+    offs: &[usize],
+    out: &mut [f32],
+    axpy: fn(&mut [f32], f32, &[u16]),
+) {
+    let hd = out.len();
+    out.fill(0.0);
+    for (j, &o) in offs.iter().enumerate() {
+        axpy(out, w[j] * inv, &vc[o..o + hd]);
+    }
+}
+
 /// f32 → f16 bits (round to nearest even).
 pub fn to_f16(x: &[f32], out: &mut [u16]) {
     for (o, v) in out.iter_mut().zip(x) {

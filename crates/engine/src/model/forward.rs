@@ -231,7 +231,7 @@ impl Model {
         let items = t * nkv;
         let per = items.div_ceil(pool.threads() * 8).max(1);
         pool.chunks_mut(&mut s.att[..t * nh * hd], per * g * hd, |task, outs| {
-            let mut scores = Vec::new();
+            let (mut scores, mut offs) = (Vec::new(), Vec::new());
             for (j, out) in outs.chunks_exact_mut(g * hd).enumerate() {
                 let item = task * per + j;
                 let (ti, kh) = (item / nkv, item % nkv);
@@ -239,14 +239,14 @@ impl Model {
                 let n = tok_pos[ti] as usize + 1;
                 scores.clear();
                 scores.resize(g * n, 0.0);
+                // Where this KV head's row of each cached position starts in the layer's cache.
+                offs.clear();
+                offs.extend(
+                    (0..n)
+                        .map(|j| (seq.pages[j / page] as usize * page + j % page) * kvd + kh * hd),
+                );
                 let q = &qkv[ti * qkv_n + kh * g * hd..ti * qkv_n + (kh + 1) * g * hd];
-                for j in 0..n {
-                    let sl = seq.pages[j / page] as usize * page + j % page;
-                    let k = &kc[sl * kvd + kh * hd..sl * kvd + (kh + 1) * hd];
-                    for h in 0..g {
-                        scores[h * n + j] = kernels::dot_f16(&q[h * hd..(h + 1) * hd], k) * scale;
-                    }
-                }
+                kernels::scores_f16(q, g, kc, &offs, scale, &mut scores);
                 for h in 0..g {
                     let sc = &mut scores[h * n..(h + 1) * n];
                     let m = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -256,16 +256,7 @@ impl Model {
                         sum += *v;
                     }
                     let inv = 1.0 / sum;
-                    let o = &mut out[h * hd..(h + 1) * hd];
-                    o.fill(0.0);
-                    for (j, w) in sc.iter().enumerate() {
-                        let sl = seq.pages[j / page] as usize * page + j % page;
-                        kernels::axpy_f16(
-                            o,
-                            w * inv,
-                            &vc[sl * kvd + kh * hd..sl * kvd + (kh + 1) * hd],
-                        );
-                    }
+                    kernels::weighted_f16(sc, inv, vc, &offs, &mut out[h * hd..(h + 1) * hd]);
                 }
             }
         });
