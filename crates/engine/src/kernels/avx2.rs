@@ -494,7 +494,7 @@ mod imp {
         out: &mut [f32],
     ) {
         let hd = q.len() / g;
-        if hd % 8 != 0 {
+        if !hd.is_multiple_of(8) {
             return crate::kernels::scalar_scores_f16(q, g, kc, offs, scale, out, dot_f16);
         }
         assert!(g * hd == q.len() && out.len() >= g * offs.len());
@@ -544,7 +544,7 @@ mod imp {
 
     pub fn weighted_f16(w: &[f32], inv: f32, vc: &[u16], offs: &[usize], out: &mut [f32]) {
         let hd = out.len();
-        if hd % 8 != 0 {
+        if !hd.is_multiple_of(8) {
             return crate::kernels::scalar_weighted_f16(w, inv, vc, offs, out, axpy_f16);
         }
         assert!(w.len() >= offs.len());
