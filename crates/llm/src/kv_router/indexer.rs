@@ -11,10 +11,10 @@
 //! A lookup then probes one independent key per depth, so the CPU overlaps the cache misses of
 //! consecutive depths instead of waiting for each parent before the child. The map is our own
 //! open-addressing table (`table.rs`: key and node id in one slot, one cache line per probe).
-//! Beside the nodes, a dense array holds each node's bitmap of the first 64 worker slots caching
-//! it (a path's nodes, created in order, sit next to each other there), so while a router knows
-//! at most 64 workers a lookup reads one table slot per depth and a few bitmap lines; past 64
-//! it reads the nodes' worker lists.
+//! Which workers cache a node is split by worker slot: slots 0–63 are bits in a dense array
+//! beside the nodes (a path's nodes, created in order, sit next to each other there), any
+//! higher slots a list in the node. While a router knows at most 64 workers a lookup reads one
+//! table slot per depth and a few bitmap lines; past 64 it also reads the nodes' lists.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -61,15 +61,18 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<MixHasher>>;
 /// How many depths ahead a lookup asks for the path map's slots.
 const AHEAD: usize = 16;
 
-/// Worker slots below this have a bit in the nodes' bitmaps.
+/// Worker slots below this are bits in the nodes' bitmaps; the others are listed in the node.
 const MASK_SLOTS: usize = 64;
 
-fn bit(slot: u32) -> u64 {
-    if (slot as usize) < MASK_SLOTS {
-        1 << slot
-    } else {
-        0
-    }
+/// The slots of a bitmap, lowest first.
+fn mask_slots(mut m: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        (m != 0).then(|| {
+            let s = m.trailing_zeros();
+            m &= m - 1;
+            s
+        })
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -77,8 +80,8 @@ struct Node {
     parent: NodeId,
     /// Chained hash of the path from the root (the key in `by_key`).
     key: u64,
-    /// Worker slots caching this block.
-    workers: SmallVec<[u32; 4]>,
+    /// Worker slots of 64 and above caching this block (the lower ones are in `masks`).
+    high_slots: SmallVec<[u32; 2]>,
     children: u32,
 }
 
@@ -122,7 +125,7 @@ pub struct RadixIndex {
     free_nodes: Vec<NodeId>,
     /// Path key → node.
     by_key: IdMap,
-    /// Per node, the bitmap of the worker slots (< 64) caching it.
+    /// Per node, the bitmap of the worker slots below 64 caching it.
     masks: Vec<u64>,
     slots: Vec<WorkerSlot>,
     free_slots: Vec<u32>,
@@ -141,7 +144,7 @@ impl RadixIndex {
             nodes: vec![Node {
                 parent: ROOT,
                 key: 0,
-                workers: SmallVec::new(),
+                high_slots: SmallVec::new(),
                 children: 0,
             }],
             free_nodes: Vec::new(),
@@ -259,7 +262,7 @@ impl RadixIndex {
             let node = Node {
                 parent,
                 key,
-                workers: SmallVec::new(),
+                high_slots: SmallVec::new(),
                 children: 0,
             };
             nodes[parent as usize].children += 1;
@@ -276,10 +279,13 @@ impl RadixIndex {
                 }
             }
         });
-        self.masks[child as usize] |= bit(slot);
-        let ws = &mut self.nodes[child as usize].workers;
-        if !ws.contains(&slot) {
-            ws.push(slot);
+        if (slot as usize) < MASK_SLOTS {
+            self.masks[child as usize] |= 1 << slot;
+        } else {
+            let ws = &mut self.nodes[child as usize].high_slots;
+            if !ws.contains(&slot) {
+                ws.push(slot);
+            }
         }
         if let Some(old) = self.slots[slot as usize].blocks.insert(block_hash, child) {
             if old != child {
@@ -328,10 +334,13 @@ impl RadixIndex {
     }
 
     fn drop_worker_from(&mut self, slot: u32, n: NodeId) {
-        let node = &mut self.nodes[n as usize];
-        if let Some(i) = node.workers.iter().position(|&s| s == slot) {
-            node.workers.swap_remove(i);
-            self.masks[n as usize] &= !bit(slot);
+        if (slot as usize) < MASK_SLOTS {
+            self.masks[n as usize] &= !(1 << slot);
+        } else {
+            let ws = &mut self.nodes[n as usize].high_slots;
+            if let Some(i) = ws.iter().position(|&s| s == slot) {
+                ws.swap_remove(i);
+            }
         }
         self.prune(n);
     }
@@ -340,12 +349,12 @@ impl RadixIndex {
     fn prune(&mut self, mut n: NodeId) {
         while n != ROOT {
             let node = &self.nodes[n as usize];
-            if !node.workers.is_empty() || node.children > 0 {
+            if self.masks[n as usize] != 0 || !node.high_slots.is_empty() || node.children > 0 {
                 return;
             }
             let (parent, key) = (node.parent, node.key);
             self.by_key.remove(key);
-            self.nodes[n as usize].workers = SmallVec::new();
+            self.nodes[n as usize].high_slots = SmallVec::new();
             self.free_nodes.push(n);
             self.nodes[parent as usize].children -= 1;
             n = parent;
@@ -367,7 +376,7 @@ impl RadixIndex {
         }
     }
 
-    /// The lookup while every slot has a bit: the map entries' bitmaps only.
+    /// The lookup while every slot has a bit: the nodes' bitmaps only.
     fn find_matches_masks(&self, seq_hashes: &[u64]) -> OverlapScores {
         let mut out = OverlapScores::default();
         let mut active = 0u64;
@@ -382,10 +391,8 @@ impl RadixIndex {
             let Some(n) = self.by_key.get(*h) else { break };
             let mask = self.masks[n as usize];
             let next = if i == 0 { mask } else { active & mask };
-            let mut gone = active & !next;
-            while gone != 0 {
-                self.score(&mut out, gone.trailing_zeros(), i as u32);
-                gone &= gone - 1;
+            for s in mask_slots(active & !next) {
+                self.score(&mut out, s, i as u32);
             }
             active = next;
             if active == 0 {
@@ -393,9 +400,8 @@ impl RadixIndex {
             }
             depth = i as u32 + 1;
         }
-        while active != 0 {
-            self.score(&mut out, active.trailing_zeros(), depth);
-            active &= active - 1;
+        for s in mask_slots(active) {
+            self.score(&mut out, s, depth);
         }
         out
     }
@@ -408,7 +414,7 @@ impl RadixIndex {
         out.tree_sizes.insert(key, slot.blocks.len());
     }
 
-    /// The lookup through the nodes' worker lists (any number of slots).
+    /// The lookup through the nodes' bitmaps and lists (any number of slots).
     fn find_matches_lists(&self, seq_hashes: &[u64]) -> OverlapScores {
         let mut out = OverlapScores::default();
         let mut path: SmallVec<[NodeId; 64]> = SmallVec::new();
@@ -424,11 +430,12 @@ impl RadixIndex {
         let mut seen: SmallVec<[u32; 64]> = smallvec::smallvec![u32::MAX; self.slots.len()];
         let mut depth = 0u32;
         for (i, &n) in path.iter().enumerate() {
-            let ws = &self.nodes[n as usize].workers;
+            let ws = mask_slots(self.masks[n as usize])
+                .chain(self.nodes[n as usize].high_slots.iter().copied());
             if i == 0 {
-                active.extend(ws.iter().copied());
+                active.extend(ws);
             } else {
-                for &s in ws {
+                for s in ws {
                     seen[s as usize] = i as u32;
                 }
                 active.retain(|s| {
