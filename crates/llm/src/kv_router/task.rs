@@ -166,11 +166,8 @@ impl IndexTask {
             }
             IndexMsg::WorkerRemoved(w) => {
                 self.sync.remove(&w);
-                let known = self.index.latest().workers();
-                for k in known {
-                    if k.0 == w {
-                        self.index.remove_worker(k);
-                    }
+                for k in self.ranks_of(w) {
+                    self.index.remove_worker(k);
                 }
             }
             IndexMsg::Routed { worker, local, seq } => self.routed(worker, &local, &seq),
@@ -189,21 +186,15 @@ impl IndexTask {
             Err(e) => {
                 tracing::warn!(worker = %format!("{worker:x}"), error = %e, "KV re-sync failed; dropping the worker's blocks until its next event");
                 s.on_failed();
-                let known = self.index.latest().workers();
-                for k in known {
-                    if k.0 == worker {
-                        self.index.clear(k);
-                    }
+                for k in self.ranks_of(worker) {
+                    self.index.clear(k);
                 }
                 return;
             }
         };
         if a.full {
-            let known = self.index.latest().workers();
-            for k in known {
-                if k.0 == worker {
-                    self.index.clear(k);
-                }
+            for k in self.ranks_of(worker) {
+                self.index.clear(k);
             }
             for b in &a.blocks {
                 let blk = stored_blocks(&[b.tokens_hash], &[b.block_hash]);
@@ -224,6 +215,13 @@ impl IndexTask {
         if let Some(from) = again {
             self.start_resync(worker, from);
         }
+    }
+
+    /// The index's keys (data-parallel ranks) of instance `worker`.
+    fn ranks_of(&self, worker: u64) -> Vec<WorkerKey> {
+        let mut keys = self.index.latest().workers();
+        keys.retain(|k| k.0 == worker);
+        keys
     }
 
     fn routed(&mut self, w: WorkerKey, local: &[u64], seq: &[u64]) {
