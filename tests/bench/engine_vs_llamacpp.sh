@@ -52,7 +52,7 @@ done
 
 fi
 [ -n "${SKIP_SERVED:-}" ] && exit 0
-python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
+ensure_aiohttp
 serve_load() { # url c  (the client exits non-zero when a request failed; the JSON says which)
   python3 "$LOAD" --url "$1" --model SmolLM2-135M-Instruct -n $(( $2 * 4 )) -c "$2" --stream \
     --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$2" || true

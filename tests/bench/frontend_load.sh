@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 source launch/lib.sh
 ensure_nats
 ensure_model
-python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
+ensure_aiohttp
 LOAD="${LOAD:-../shared/tools/openai_load.py}"
 [ -f "$LOAD" ] || { log "load client $LOAD not found"; exit 1; }
 cargo build --release --bins -q

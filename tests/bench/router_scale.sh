@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 source launch/lib.sh
 ensure_nats
 ensure_model
-python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
+ensure_aiohttp
 MOCKERS="${MOCKERS:-32}"; CONC="${CONC:-64}"; REQUESTS="${REQUESTS:-2000}"
 MODES="${MODES:-round-robin kv}"; BLOCKS="${BLOCKS:-512}"; SPEEDUP="${SPEEDUP:-1}"
 # ISOLATE=1 runs the mockers and the load client under SCHED_IDLE: they stand for GPU workers and

@@ -12,7 +12,7 @@ ensure_nats
 ensure_model
 T="${THREADS:-2}"
 LOAD="${LOAD:-../shared/tools/openai_load.py}"
-python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp
+ensure_aiohttp
 cargo build --release --bins -q
 BIN="$CARGO_TARGET_DIR/release"
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
