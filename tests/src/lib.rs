@@ -355,6 +355,15 @@ impl Drop for Cluster {
     }
 }
 
+/// Environment for a process that exports its spans over OTLP to `endpoint` as `service`.
+pub fn otel_env<'a>(endpoint: &'a str, service: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
+        ("OTEL_SERVICE_NAME", service),
+    ]
+}
+
 /// Wait (15 s at most) until trace `trace_id` holds a span of each name in `want`; its spans.
 pub async fn wait_trace(
     rx: &dynamo_telemetry::receiver::Receiver,

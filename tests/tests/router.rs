@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{metric_value, wait_trace, Cluster, MODEL};
+use dynamo_e2e::{metric_value, otel_env, wait_trace, Cluster, MODEL};
 use dynamo_llm::kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
 use dynamo_protocols::hashing::block_hashes;
 use dynamo_runtime::{DistributedRuntime, HealthState, MetricsRegistry, RuntimeConfig};
@@ -296,11 +296,7 @@ async fn kv_router_spans_carry_the_decision() {
         .await
         .unwrap();
     let ep = rx.endpoint();
-    let mut c = kv_frontend(&[
-        ("OTEL_EXPORT_ENABLED", "true"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ep.as_str()),
-        ("OTEL_SERVICE_NAME", "dynamo-frontend"),
-    ]);
+    let mut c = kv_frontend(&otel_env(&ep, "dynamo-frontend"));
     c.add_mocker(&["--speedup-ratio", "1000"]);
     c.add_mocker(&["--speedup-ratio", "1000"]);
     c.wait_instances(2, Duration::from_secs(20)).await.unwrap();

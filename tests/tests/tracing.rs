@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{wait_trace, Cluster, MODEL};
+use dynamo_e2e::{otel_env, wait_trace, Cluster, MODEL};
 use dynamo_telemetry::receiver::{render, Receiver, Span};
 use serde_json::json;
 
@@ -35,12 +35,9 @@ async fn one_trace_per_request_across_frontend_and_worker() {
         .unwrap();
     let ep = rx.endpoint();
     let otel = |svc: &'static str, log: &'static str| {
-        vec![
-            ("OTEL_EXPORT_ENABLED", "true"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ep.as_str()),
-            ("OTEL_SERVICE_NAME", svc),
-            ("DYN_LOG", log),
-        ]
+        let mut env = otel_env(&ep, svc);
+        env.push(("DYN_LOG", log));
+        env
     };
     // The frontend logs at warn only: its (info) spans must be exported all the same.
     let mut c = Cluster::start(&otel("dynamo-frontend", "warn,dynamo_frontend=info"));
