@@ -137,6 +137,31 @@ async fn sigterm_deregisters_at_once_and_drains() {
     assert!(status.success(), "clean exit: {status:?}");
 }
 
+/// With nats-server already gone (a launch script stopping everything at once), SIGTERM still
+/// ends the worker and the frontend instead of leaving them waiting for a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_even_with_nats_gone() {
+    let mut c = Cluster::start(&[]);
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    c.nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.workers[0].child.signal(libc::SIGTERM);
+    let fe = c.frontend.as_mut().expect("frontend running");
+    fe.signal(libc::SIGTERM);
+    assert!(
+        fe.wait_timeout(Duration::from_secs(30)).is_some(),
+        "frontend still running 30 s after SIGTERM"
+    );
+    assert!(
+        c.workers[0]
+            .child
+            .wait_timeout(Duration::from_secs(30))
+            .is_some(),
+        "worker still running 30 s after SIGTERM"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_is_survived() {
     let mut c = Cluster::start(&[]);

@@ -275,6 +275,8 @@ impl DistributedRuntime {
         }
         inner.process_stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), inner.tracker.wait()).await;
-        let _ = inner.client.flush().await;
+        // Send what is buffered (the last responses, the discovery deletes); with NATS gone
+        // the client would wait for a reconnect forever, so give it a bound.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), inner.client.flush()).await;
     }
 }
