@@ -395,7 +395,9 @@ pub fn chain_hashes(local: &[u64]) -> Vec<u64> {
     .in_scope(|| sequence_hashes(local))
 }
 
-/// Ask one worker for its KV state; collect the answer's messages (5 s budget).
+/// Ask one worker for its KV state; collect the answer's messages (5 s budget). A worker that
+/// has registered but not yet subscribed to its query subject (NATS answers "no responders")
+/// is asked again every 200 ms within the budget.
 async fn query_worker(
     nats: &async_nats::Client,
     subject: String,
@@ -410,9 +412,9 @@ async fn query_worker(
         from_event_id: from,
     })
     .expect("serializable");
-    nats.publish_with_reply(subject, inbox, body.into())
-        .await
-        .map_err(|e| e.to_string())?;
+    let body = bytes::Bytes::from(body);
+    let ask = || nats.publish_with_reply(subject.clone(), inbox.clone(), body.clone());
+    ask().await.map_err(|e| e.to_string())?;
     let mut answer = SyncAnswer::default();
     let deadline = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(deadline);
@@ -421,6 +423,11 @@ async fn query_worker(
             _ = &mut deadline => return Err("no complete answer within 5 s".into()),
             m = sub.next() => {
                 let Some(m) = m else { return Err("answer subscription closed".into()) };
+                if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    ask().await.map_err(|e| e.to_string())?;
+                    continue;
+                }
                 let part: KvQueryReply = serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?;
                 answer.full |= part.full;
                 answer.last_event_id = part.last_event_id;
