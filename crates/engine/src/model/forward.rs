@@ -231,34 +231,36 @@ impl Model {
         let items = t * nkv;
         let per = items.div_ceil(pool.threads() * 8).max(1);
         pool.chunks_mut(&mut s.att[..t * nh * hd], per * g * hd, |task, outs| {
-            let (mut scores, mut offs) = (Vec::new(), Vec::new());
-            for (j, out) in outs.chunks_exact_mut(g * hd).enumerate() {
-                let item = task * per + j;
-                let (ti, kh) = (item / nkv, item % nkv);
-                let seq = &seqs[tok_seq[ti] as usize];
-                let n = tok_pos[ti] as usize + 1;
-                scores.clear();
-                scores.resize(g * n, 0.0);
-                // Where this KV head's row of each cached position starts in the layer's cache.
-                offs.clear();
-                offs.extend(
-                    (0..n)
-                        .map(|j| (seq.pages[j / page] as usize * page + j % page) * kvd + kh * hd),
-                );
-                let q = &qkv[ti * qkv_n + kh * g * hd..ti * qkv_n + (kh + 1) * g * hd];
-                kernels::scores_f16(q, g, kc, &offs, scale, &mut scores);
-                for h in 0..g {
-                    let sc = &mut scores[h * n..(h + 1) * n];
-                    let m = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let mut sum = 0.0;
-                    for v in sc.iter_mut() {
-                        *v = (*v - m).exp();
-                        sum += *v;
+            ATTENTION_BUFS.with_borrow_mut(|(scores, offs)| {
+                for (j, out) in outs.chunks_exact_mut(g * hd).enumerate() {
+                    let item = task * per + j;
+                    let (ti, kh) = (item / nkv, item % nkv);
+                    let seq = &seqs[tok_seq[ti] as usize];
+                    let n = tok_pos[ti] as usize + 1;
+                    scores.clear();
+                    scores.resize(g * n, 0.0);
+                    // Where this KV head's row of each cached position starts in the layer's cache.
+                    offs.clear();
+                    offs.extend(
+                        (0..n).map(|j| {
+                            (seq.pages[j / page] as usize * page + j % page) * kvd + kh * hd
+                        }),
+                    );
+                    let q = &qkv[ti * qkv_n + kh * g * hd..ti * qkv_n + (kh + 1) * g * hd];
+                    kernels::scores_f16(q, g, kc, offs, scale, scores);
+                    for h in 0..g {
+                        let sc = &mut scores[h * n..(h + 1) * n];
+                        let m = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                        let mut sum = 0.0;
+                        for v in sc.iter_mut() {
+                            *v = (*v - m).exp();
+                            sum += *v;
+                        }
+                        let inv = 1.0 / sum;
+                        kernels::weighted_f16(sc, inv, vc, offs, &mut out[h * hd..(h + 1) * hd]);
                     }
-                    let inv = 1.0 / sum;
-                    kernels::weighted_f16(sc, inv, vc, &offs, &mut out[h * hd..(h + 1) * hd]);
                 }
-            }
+            });
         });
     }
 }
@@ -281,6 +283,13 @@ fn rope(h: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
             }
         }
     }
+}
+
+thread_local! {
+    /// Each compute thread's attention scores and cached-row offsets, reused across steps so
+    /// the per-token loop does not allocate them.
+    static ATTENTION_BUFS: std::cell::RefCell<(Vec<f32>, Vec<usize>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Rows per task of the element-wise steps.
