@@ -27,7 +27,8 @@ pub use imp::*;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // tile loops index several arrays in lockstep
 mod imp {
-    use crate::kernels::{ActQ8, ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
+    use crate::kernels::q4_1::{row_bytes, PAIR_BYTES};
+    use crate::kernels::{ActQ8, ActRow, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;
 
     pub fn available() -> bool {
@@ -58,46 +59,83 @@ mod imp {
         (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
     }
 
-    /// `RW` weight rows × `RA` activation rows of Q4_1 · Q8_1 dot products. Each pair has its
-    /// own accumulators and the same operation sequence whatever the tile shape.
+    /// The 32 weights of both blocks of the pair at `p` (pair layout, see `kernels::q4_1`),
+    /// in natural order, one byte each.
+    #[inline(always)]
+    unsafe fn q4_1_pair(p: *const u8, mask: __m256i) -> (__m256i, __m256i) {
+        let v = _mm256_loadu_si256(p.add(8).cast());
+        (
+            _mm256_and_si256(v, mask),
+            _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+        )
+    }
+
+    /// Block `b` (of a pair whose weights are `wv`, scales and mins `hdr` = `[d0 d1 m0 m1]`)
+    /// into the accumulators of `RW` weight rows × `RA` activation rows: `acc += (d·da) ·
+    /// Σ₄(w·q)` per lane and `summ += m·s`, the per-block arithmetic of llama.cpp's Q4_1 ·
+    /// Q8_1 dot product.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn q4_1_block<const RW: usize, const RA: usize, const H: usize>(
+        wv: &[__m256i; RW],
+        hdr: &[__m128; RW],
+        acts: &[ActRow; RA],
+        b: usize,
+        ones: __m256i,
+        acc: &mut [[__m256; RA]; RW],
+        summ: &mut [[f32; RA]; RW],
+    ) {
+        for a in 0..RA {
+            let r = acts.get_unchecked(a);
+            let av = _mm256_loadu_si256(r.qs.as_ptr().add(b * QK).cast());
+            let ad = _mm_set1_ps(*r.d.get_unchecked(b));
+            let s = *r.s.get_unchecked(b);
+            for i in 0..RW {
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[i], av), ones);
+                let sc = _mm_mul_ps(hdr[i], ad);
+                let sc = if H == 0 { sc } else { _mm_movehdup_ps(sc) };
+                acc[i][a] =
+                    _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), acc[i][a]);
+                let m = if H == 0 {
+                    _mm_movehl_ps(hdr[i], hdr[i])
+                } else {
+                    _mm_shuffle_ps(hdr[i], hdr[i], 3)
+                };
+                summ[i][a] = _mm_cvtss_f32(m).mul_add(s, summ[i][a]);
+            }
+        }
+    }
+
+    /// `RW` weight rows (pair layout) × `RA` activation rows of Q4_1 · Q8_1 dot products over
+    /// `nb` blocks. Each pair has its own accumulators and the same operation sequence
+    /// whatever the tile shape.
     #[inline(always)]
     unsafe fn q4_1_tile<const RW: usize, const RA: usize>(
         w: &[&[u8]; RW],
         acts: &[ActRow; RA],
+        nb: usize,
         out: &mut [[f32; RA]; RW],
     ) {
-        let nb = w[0].len() / Q4_1_BYTES;
-        let mask = _mm_set1_epi8(0x0F);
+        let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); RA]; RW];
         let mut summ = [[0f32; RA]; RW];
-        for b in 0..nb {
-            let mut av = [_mm256_setzero_si256(); RA];
-            let mut ad = [0f32; RA];
-            let mut asum = [0f32; RA];
-            for a in 0..RA {
-                let r = acts.get_unchecked(a);
-                av[a] = _mm256_loadu_si256(r.qs.as_ptr().add(b * QK).cast());
-                ad[a] = *r.d.get_unchecked(b);
-                asum[a] = *r.s.get_unchecked(b);
-            }
+        let mut b = 0;
+        while b < nb {
+            let mut lo = [_mm256_setzero_si256(); RW];
+            let mut hi = [_mm256_setzero_si256(); RW];
+            let mut hdr = [_mm_setzero_ps(); RW];
             for i in 0..RW {
-                let blk = w.get_unchecked(i).as_ptr().add(b * Q4_1_BYTES);
-                if b % 2 == 0 {
-                    _mm_prefetch(blk.wrapping_add(PF).cast(), _MM_HINT_T0);
-                }
-                let (dw, mw) = f16x2(blk);
-                let q = _mm_loadu_si128(blk.add(4).cast());
-                let lo = _mm_and_si128(q, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-                let wv = _mm256_set_m128i(hi, lo);
-                for a in 0..RA {
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av[a]), ones);
-                    let sc = _mm256_set1_ps(dw * ad[a]);
-                    acc[i][a] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[i][a]);
-                    summ[i][a] = mw.mul_add(asum[a], summ[i][a]);
-                }
+                let p = w.get_unchecked(i).as_ptr().add(b / 2 * PAIR_BYTES);
+                _mm_prefetch(p.wrapping_add(PF).cast(), _MM_HINT_T0);
+                hdr[i] = _mm_cvtph_ps(_mm_loadl_epi64(p.cast()));
+                (lo[i], hi[i]) = q4_1_pair(p, mask);
             }
+            q4_1_block::<RW, RA, 0>(&lo, &hdr, acts, b, ones, &mut acc, &mut summ);
+            if b + 1 < nb {
+                q4_1_block::<RW, RA, 1>(&hi, &hdr, acts, b + 1, ones, &mut acc, &mut summ);
+            }
+            b += 2;
         }
         for i in 0..RW {
             for a in 0..RA {
@@ -106,27 +144,26 @@ mod imp {
         }
     }
 
-    /// One Q4_1 weight row unpacked for [`q4_1_tile_g4`]: per block the 32 nibble values as
-    /// bytes (low nibbles, then high: the vector [`q4_1_tile`] builds in a register) in `unp`,
-    /// and its scale and min as f32 in `dm`. Prefill unpacks each weight row once per region
-    /// and reuses it for every group of 4 activation rows, instead of once per group.
+    /// One Q4_1 weight row (pair layout) unpacked for [`q4_1_tile_g4`]: per block the 32
+    /// weights as bytes in `unp`, and its scale and min as f32 in `dm`. Prefill unpacks each
+    /// weight row once per region and reuses it for every group of 4 activation rows.
     #[inline(always)]
-    unsafe fn unpack_q4_1_row(w: &[u8], unp: &mut [u8], dm: &mut [f32]) {
-        let nb = w.len() / Q4_1_BYTES;
+    unsafe fn unpack_q4_1_row(w: &[u8], nb: usize, unp: &mut [u8], dm: &mut [f32]) {
         debug_assert!(unp.len() >= nb * QK && dm.len() >= nb * 2);
-        let mask = _mm_set1_epi8(0x0F);
-        for b in 0..nb {
-            let blk = w.as_ptr().add(b * Q4_1_BYTES);
-            let (dw, mw) = f16x2(blk);
-            let q = _mm_loadu_si128(blk.add(4).cast());
-            let lo = _mm_and_si128(q, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-            _mm256_storeu_si256(
-                unp.as_mut_ptr().add(b * QK).cast(),
-                _mm256_set_m128i(hi, lo),
-            );
-            *dm.get_unchecked_mut(2 * b) = dw;
-            *dm.get_unchecked_mut(2 * b + 1) = mw;
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut h = [0f32; 4];
+        for b in (0..nb).step_by(2) {
+            let p = w.as_ptr().add(b / 2 * PAIR_BYTES);
+            _mm_storeu_ps(h.as_mut_ptr(), _mm_cvtph_ps(_mm_loadl_epi64(p.cast())));
+            let (lo, hi) = q4_1_pair(p, mask);
+            _mm256_storeu_si256(unp.as_mut_ptr().add(b * QK).cast(), lo);
+            *dm.get_unchecked_mut(2 * b) = h[0];
+            *dm.get_unchecked_mut(2 * b + 1) = h[2];
+            if b + 1 < nb {
+                _mm256_storeu_si256(unp.as_mut_ptr().add((b + 1) * QK).cast(), hi);
+                *dm.get_unchecked_mut(2 * b + 2) = h[1];
+                *dm.get_unchecked_mut(2 * b + 3) = h[3];
+            }
         }
     }
 
@@ -170,9 +207,9 @@ mod imp {
     unsafe fn q8_0_tile<const RW: usize, const RA: usize>(
         w: &[&[u8]; RW],
         acts: &[ActRow; RA],
+        nb: usize,
         out: &mut [[f32; RA]; RW],
     ) {
-        let nb = w[0].len() / Q8_0_BYTES;
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); RA]; RW];
         for b in 0..nb {
@@ -207,7 +244,7 @@ mod imp {
     /// Walk a region of the output in tiles: up to 4 weight rows when there are few
     /// activation rows (decode), 2 × 4 otherwise (prefill). `out` has row stride `c1 - c0`.
     macro_rules! region {
-        ($name:ident, $tile:ident, $bytes:expr, $g4:expr) => {
+        ($name:ident, $tile:ident, $row_bytes:expr, $g4:expr) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn $name(
                 w: &[u8],
@@ -217,7 +254,7 @@ mod imp {
                 out: &mut [f32],
             ) {
                 let nb = x.k / QK;
-                let rb = nb * $bytes;
+                let rb: usize = $row_bytes(x.k);
                 let ld = c1 - c0;
                 let wide = if r1 - r0 <= 2 { 4 } else { 1 };
                 // The unpacked weight row of the 4-row groups (Q4_1 only), and which row it is.
@@ -234,11 +271,18 @@ mod imp {
                         let ra = (r1 - r).min(4);
                         macro_rules! go {
                             ($rw:literal, $ra:literal) => {{
-                                let ws: [&[u8]; $rw] =
-                                    std::array::from_fn(|i| &w[(c + i) * rb..(c + i + 1) * rb]);
-                                let acts: [ActRow; $ra] = std::array::from_fn(|a| x.row(r + a));
+                                // Plain loops, not `array::from_fn`: its closures were not
+                                // inlined here and cost ~3% of decode.
+                                let mut ws: [&[u8]; $rw] = [&[]; $rw];
+                                for i in 0..$rw {
+                                    ws[i] = w.get_unchecked((c + i) * rb..(c + i + 1) * rb);
+                                }
+                                let mut acts: [ActRow; $ra] = [x.row(r); $ra];
+                                for a in 0..$ra {
+                                    acts[a] = x.row(r + a);
+                                }
                                 let mut res = [[0f32; $ra]; $rw];
-                                $tile::<$rw, $ra>(&ws, &acts, &mut res);
+                                $tile::<$rw, $ra>(&ws, &acts, nb, &mut res);
                                 for i in 0..$rw {
                                     for a in 0..$ra {
                                         out[(r - r0 + a) * ld + (c - c0 + i)] = res[i][a];
@@ -253,7 +297,7 @@ mod imp {
                             && (r / 4 + 1) * nb * 4 <= x.d4.len()
                         {
                             if unpacked != c {
-                                unpack_q4_1_row(&w[c * rb..(c + 1) * rb], &mut unp, &mut dm);
+                                unpack_q4_1_row(&w[c * rb..(c + 1) * rb], nb, &mut unp, &mut dm);
                                 unpacked = c;
                             }
                             let mut res = [[0f32; 4]; 1];
@@ -286,20 +330,20 @@ mod imp {
             }
         };
     }
-    region!(q4_1_region_impl, q4_1_tile, Q4_1_BYTES, true);
-    region!(q8_0_region_impl, q8_0_tile, Q8_0_BYTES, false);
+    region!(q4_1_region_impl, q4_1_tile, row_bytes, true);
+    region!(q8_0_region_impl, q8_0_tile, |k| k / QK * Q8_0_BYTES, false);
 
-    /// Bounds the region kernels rely on: `w` holds `cols.1` rows of `bytes`-sized blocks,
+    /// Bounds the region kernels rely on: `w` holds `cols.1` rows of `row_bytes` bytes,
     /// `x` holds `rows.1` rows, `out` the region.
     fn check(
         w: &[u8],
-        bytes: usize,
+        row_bytes: usize,
         x: &ActQ8,
         rows: (usize, usize),
         cols: (usize, usize),
         out: &[f32],
     ) {
-        assert!(w.len() >= cols.1 * (x.k / QK) * bytes && x.rows >= rows.1);
+        assert!(w.len() >= cols.1 * row_bytes && x.rows >= rows.1);
         assert!(out.len() >= (rows.1 - rows.0) * (cols.1 - cols.0));
     }
 
@@ -311,7 +355,7 @@ mod imp {
         cols: (usize, usize),
         out: &mut [f32],
     ) {
-        check(w, Q4_1_BYTES, x, rows, cols, out);
+        check(w, row_bytes(x.k), x, rows, cols, out);
         // SAFETY: `available()` was checked by kernels::isa; bounds checked above.
         unsafe { q4_1_region_impl(w, x, rows, cols, out) }
     }
@@ -324,7 +368,7 @@ mod imp {
         cols: (usize, usize),
         out: &mut [f32],
     ) {
-        check(w, Q8_0_BYTES, x, rows, cols, out);
+        check(w, x.k / QK * Q8_0_BYTES, x, rows, cols, out);
         // SAFETY: as above.
         unsafe { q8_0_region_impl(w, x, rows, cols, out) }
     }
@@ -334,18 +378,17 @@ mod imp {
     unsafe fn q4_1_one(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
         for (a, o) in rows.iter().zip(out.iter_mut()) {
             let mut res = [[0f32; 1]; 1];
-            q4_1_tile::<1, 1>(&[w], &[*a], &mut res);
+            q4_1_tile::<1, 1>(&[w], &[*a], a.d.len(), &mut res);
             *o = res[0][0];
         }
     }
 
-    /// One weight row against each activation row (tests).
+    /// One weight row (pair layout) against each activation row (tests).
     #[cfg(test)]
     pub fn q4_1(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
-        let nb = w.len() / Q4_1_BYTES;
-        assert!(rows
-            .iter()
-            .all(|r| r.qs.len() >= nb * QK && r.d.len() >= nb && r.s.len() >= nb));
+        assert!(rows.iter().all(|r| r.qs.len() >= r.d.len() * QK
+            && r.s.len() >= r.d.len()
+            && w.len() >= row_bytes(r.d.len() * QK)));
         assert!(out.len() >= rows.len());
         // SAFETY: as above.
         unsafe { q4_1_one(w, rows, out) }

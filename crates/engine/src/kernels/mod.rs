@@ -9,6 +9,7 @@
 
 mod avx2;
 mod pool;
+pub mod q4_1;
 mod scalar;
 
 pub use pool::ComputePool;
@@ -17,8 +18,6 @@ use std::sync::OnceLock;
 
 /// Elements per quantization block (all formats used here).
 pub const QK: usize = 32;
-/// Bytes of one GGUF Q4_1 block: f16 scale, f16 min, 16 bytes of nibbles.
-pub const Q4_1_BYTES: usize = 20;
 /// Bytes of one GGUF Q8_0 block: f16 scale, 32 signed bytes.
 pub const Q8_0_BYTES: usize = 34;
 
@@ -116,6 +115,7 @@ impl ActQ8 {
         }
     }
 
+    #[inline(always)]
     fn row(&self, r: usize) -> ActRow<'_> {
         let nb = self.k / QK;
         ActRow {
@@ -161,7 +161,7 @@ pub(crate) struct ActRow<'a> {
 /// A weight matrix of `n` output rows by `k` inputs.
 #[derive(Debug, Clone)]
 pub enum Weight {
-    /// GGUF Q4_1 blocks, row-major.
+    /// Q4_1 blocks repacked in pairs ([`q4_1`]), row-major; build with [`Linear::q4_1`].
     Q4_1(Vec<u8>),
     /// GGUF Q8_0 blocks, row-major.
     Q8_0(Vec<u8>),
@@ -187,7 +187,7 @@ pub struct Input<'a> {
 impl Linear {
     pub fn new(n: usize, k: usize, w: Weight) -> Result<Self, String> {
         let ok = match &w {
-            Weight::Q4_1(b) => k.is_multiple_of(QK) && b.len() == n * k / QK * Q4_1_BYTES,
+            Weight::Q4_1(b) => k.is_multiple_of(QK) && b.len() == n * q4_1::row_bytes(k),
             Weight::Q8_0(b) => k.is_multiple_of(QK) && b.len() == n * k / QK * Q8_0_BYTES,
             Weight::F32(v) => v.len() == n * k,
         };
@@ -196,6 +196,11 @@ impl Linear {
         } else {
             Err(format!("weight data does not match shape {n}x{k}"))
         }
+    }
+
+    /// A layer from GGUF Q4_1 data (`n` rows of `k` inputs), repacked for the kernels.
+    pub fn q4_1(n: usize, k: usize, gguf: &[u8]) -> Result<Self, String> {
+        Linear::new(n, k, Weight::Q4_1(q4_1::from_gguf(gguf, n, k)?))
     }
 
     /// Whether the input must be quantized for this layer.
@@ -265,14 +270,12 @@ impl Linear {
                 }
             }
             Weight::Q4_1(b) => {
-                let row = &b[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES];
-                for (blk, o) in row.chunks_exact(Q4_1_BYTES).zip(out.chunks_exact_mut(QK)) {
-                    let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-                    let m = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-                    let (lo, hi) = o.split_at_mut(QK / 2);
-                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[4..]) {
-                        *l = d * f32::from(q & 0xF) + m;
-                        *h = d * f32::from(q >> 4) + m;
+                let rb = q4_1::row_bytes(self.k);
+                let row = &b[r * rb..(r + 1) * rb];
+                for (i, o) in out.chunks_exact_mut(QK).enumerate() {
+                    let (d, m, q) = q4_1::block(row, i);
+                    for (o, &q) in o.iter_mut().zip(&q) {
+                        *o = d * f32::from(q) + m;
                     }
                 }
             }

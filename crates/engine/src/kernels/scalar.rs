@@ -1,21 +1,22 @@
 //! Portable kernels (any CPU): the same formats and the same per-row arithmetic order as the
 //! SIMD ones, in plain loops. Also the reference the SIMD kernels are tested against.
 
-use super::{f16_to_f32, ActQ8, ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
+use super::{f16_to_f32, q4_1 as layout, ActQ8, ActRow, Q8_0_BYTES, QK};
 
+/// One pair-layout Q4_1 weight row against each activation row (each row's `d` has one entry
+/// per block).
 pub fn q4_1(w: &[u8], rows: &[ActRow], out: &mut [f32]) {
     for (row, o) in rows.iter().zip(out.iter_mut()) {
         let mut acc = 0f32;
         let mut summ = 0f32;
-        for (b, blk) in w.chunks_exact(Q4_1_BYTES).enumerate() {
-            let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-            let mw = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+        for b in 0..row.d.len() {
+            let (dw, mw, q) = layout::block(w, b);
             let a = &row.qs[b * QK..(b + 1) * QK];
-            let mut isum = 0i32;
-            for (j, &q) in blk[4..].iter().enumerate() {
-                isum += i32::from(q & 0xF) * i32::from(a[j]);
-                isum += i32::from(q >> 4) * i32::from(a[j + 16]);
-            }
+            let isum: i32 = q
+                .iter()
+                .zip(a)
+                .map(|(&q, &x)| i32::from(q) * i32::from(x))
+                .sum();
             acc += dw * row.d[b] * isum as f32;
             summ += mw * row.s[b];
         }
@@ -93,7 +94,7 @@ pub fn q4_1_region(
     cols: (usize, usize),
     out: &mut [f32],
 ) {
-    region(w, Q4_1_BYTES, x, rows, cols, out, q4_1)
+    region(w, layout::row_bytes(x.k), x, rows, cols, out, q4_1)
 }
 
 /// As [`q4_1_region`] for Q8_0 weights.
@@ -104,19 +105,18 @@ pub fn q8_0_region(
     cols: (usize, usize),
     out: &mut [f32],
 ) {
-    region(w, Q8_0_BYTES, x, rows, cols, out, q8_0)
+    region(w, x.k / QK * Q8_0_BYTES, x, rows, cols, out, q8_0)
 }
 
 fn region(
     w: &[u8],
-    bytes: usize,
+    rb: usize,
     x: &ActQ8,
     (r0, r1): (usize, usize),
     (c0, c1): (usize, usize),
     out: &mut [f32],
     kernel: fn(&[u8], &[ActRow], &mut [f32]),
 ) {
-    let rb = x.k / QK * bytes;
     let ld = c1 - c0;
     for c in c0..c1 {
         for r in r0..r1 {

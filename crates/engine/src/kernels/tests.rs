@@ -99,10 +99,117 @@ fn check(lin: &Linear, t: usize, seed: &mut u64) {
 fn q4_1_matches_reference_and_is_tile_invariant() {
     let mut seed = 7;
     let (n, k) = (70, 128);
-    let lin = Linear::new(n, k, Weight::Q4_1(q4_1_weights(n, k, &mut seed))).unwrap();
+    let lin = Linear::q4_1(n, k, &q4_1_weights(n, k, &mut seed)).unwrap();
     for t in [1, 3, 5, 9, 40] {
         check(&lin, t, &mut seed);
     }
+}
+
+/// llama.cpp's AVX2 Q4_1 · Q8_1 dot product written out lane by lane from the GGUF bytes:
+/// per block, 8 integer lanes of 4 products each scaled by `f32(d) · da` and fused into 8
+/// float accumulators, `m · s` fused into a scalar sum, then the lanes added pairwise
+/// (4 + 4, 2 + 2, 1 + 1) plus the sum.
+fn q4_1_lanes_reference(gguf_row: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
+    let f = |b: &[u8]| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+    let mut acc = [0f32; 8];
+    let mut summ = 0f32;
+    for (b, blk) in gguf_row.chunks_exact(20).enumerate() {
+        let w: Vec<i32> = (0..QK)
+            .map(|j| {
+                i32::from(if j < 16 {
+                    blk[4 + j] & 0xF
+                } else {
+                    blk[4 + j - 16] >> 4
+                })
+            })
+            .collect();
+        let sc = f(&blk[..2]) * d[b];
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let p: i32 = (4 * l..4 * l + 4)
+                .map(|j| w[j] * i32::from(qs[b * QK + j]))
+                .sum();
+            *acc = sc.mul_add(p as f32, *acc);
+        }
+        summ = f(&blk[2..4]).mul_add(s[b], summ);
+    }
+    let h: Vec<f32> = (0..4).map(|i| acc[i] + acc[i + 4]).collect();
+    ((h[0] + h[2]) + (h[1] + h[3])) + summ
+}
+
+/// The SIMD kernel on the repacked layout gives, in every tile shape (decode's 4-row tiles,
+/// prefill's unpacked 4-activation groups, the ragged edges), exactly the bits of the
+/// lane-by-lane reference on the GGUF bytes, for even and odd block counts.
+#[test]
+fn q4_1_simd_is_bit_exact_to_the_lane_reference() {
+    if isa() != Isa::Avx2 {
+        return;
+    }
+    let mut seed = 21;
+    for (n, k) in [(13, 96), (9, 576), (6, 64)] {
+        let gguf = q4_1_weights(n, k, &mut seed);
+        let lin = Linear::q4_1(n, k, &gguf).unwrap();
+        let pool = ComputePool::new(2).unwrap();
+        for t in [1, 2, 5, 12, 37] {
+            let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut seed) * 3.0).collect();
+            let mut q = ActQ8::default();
+            q.quantize_into(&x, t, k, &pool);
+            let mut out = vec![0f32; t * n];
+            lin.forward(
+                &Input {
+                    rows: t,
+                    f32: &x,
+                    q8: Some(&q),
+                },
+                &mut out,
+                &pool,
+            );
+            let rb = k / QK * 20;
+            for r in 0..t {
+                let a = q.row(r);
+                for c in 0..n {
+                    let want = q4_1_lanes_reference(&gguf[c * rb..(c + 1) * rb], a.qs, a.d, a.s);
+                    assert_eq!(
+                        out[r * n + c].to_bits(),
+                        want.to_bits(),
+                        "k {k} t {t} row {r} col {c}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_1_repack_round_trips_every_block() {
+    let mut seed = 17;
+    for (n, k) in [(3, 96), (2, 64)] {
+        let gguf = q4_1_weights(n, k, &mut seed);
+        let lin = Linear::q4_1(n, k, &gguf).unwrap();
+        for r in 0..n {
+            let row = lin.row_f32(r);
+            for (b, blk) in gguf[r * k / QK * 20..(r + 1) * k / QK * 20]
+                .chunks_exact(20)
+                .enumerate()
+            {
+                let f = |i: usize| {
+                    half::f16::from_bits(u16::from_le_bytes([blk[i], blk[i + 1]])).to_f32()
+                };
+                for j in 0..QK {
+                    let q = if j < 16 {
+                        blk[4 + j] & 0xF
+                    } else {
+                        blk[4 + j - 16] >> 4
+                    };
+                    assert_eq!(
+                        row[b * QK + j],
+                        f(0) * f32::from(q) + f(2),
+                        "row {r} block {b} weight {j}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(Linear::q4_1(2, 64, &[0u8; 79]).is_err());
 }
 
 #[test]
@@ -130,14 +237,13 @@ fn f32_matches_reference_and_is_tile_invariant() {
 fn simd_and_portable_agree() {
     let mut seed = 5;
     let (n, k) = (8, 256);
-    let w = q4_1_weights(n, k, &mut seed);
+    let w = q4_1::from_gguf(&q4_1_weights(n, k, &mut seed), n, k).unwrap();
     let x: Vec<f32> = (0..3 * k).map(|_| lcg(&mut seed)).collect();
     let mut q = ActQ8::default();
     q.quantize_into(&x, 3, k, &ComputePool::new(1).unwrap());
     let rows: Vec<ActRow> = (0..3).map(|r| q.row(r)).collect();
-    let nb = k / QK;
     for c in 0..n {
-        let wr = &w[c * nb * Q4_1_BYTES..(c + 1) * nb * Q4_1_BYTES];
+        let wr = &w[c * q4_1::row_bytes(k)..(c + 1) * q4_1::row_bytes(k)];
         let mut a = [0f32; 3];
         let mut b = [0f32; 3];
         scalar::q4_1(wr, &rows, &mut a);
@@ -156,9 +262,9 @@ fn simd_and_portable_agree() {
 #[test]
 fn concat_stacks_rows_and_widens_mixed_formats() {
     let mut seed = 3;
-    let a = Linear::new(4, 64, Weight::Q4_1(q4_1_weights(4, 64, &mut seed))).unwrap();
-    let b = Linear::new(2, 64, Weight::Q4_1(q4_1_weights(2, 64, &mut seed))).unwrap();
-    let c = Linear::new(3, 64, Weight::Q8_0(q8_0_weights(3, 64, &mut seed))).unwrap();
+    let a = Linear::q4_1(4, 96, &q4_1_weights(4, 96, &mut seed)).unwrap();
+    let b = Linear::q4_1(2, 96, &q4_1_weights(2, 96, &mut seed)).unwrap();
+    let c = Linear::new(3, 96, Weight::Q8_0(q8_0_weights(3, 96, &mut seed))).unwrap();
     let ab = Linear::concat(vec![a.clone(), b.clone()]).unwrap();
     assert!(matches!(ab.w, Weight::Q4_1(_)));
     assert_eq!(ab.row_f32(5), b.row_f32(1));

@@ -128,8 +128,8 @@ impl Gguf {
     }
 }
 
-/// A GGUF weight matrix as the kernels take it: Q4_1 / Q8_0 blocks as stored, Q4_0 repacked
-/// to Q4_1, anything else dequantized to f32.
+/// A GGUF weight matrix as the kernels take it: Q8_0 blocks as stored, Q4_1 repacked in pairs
+/// of blocks (`kernels::q4_1`), Q4_0 converted to Q4_1 first, anything else dequantized to f32.
 fn linear_from_qtensor(t: &QTensor) -> Result<Linear, String> {
     let dims = t.shape().dims().to_vec();
     let [n, k] = dims[..] else {
@@ -137,9 +137,9 @@ fn linear_from_qtensor(t: &QTensor) -> Result<Linear, String> {
     };
     let data = t.data().map_err(|e| e.to_string())?;
     let w = match t.dtype() {
-        GgmlDType::Q4_1 => Weight::Q4_1(data.into_owned()),
+        GgmlDType::Q4_1 => return Linear::q4_1(n, k, &data),
+        GgmlDType::Q4_0 => return Linear::q4_1(n, k, &q4_0_to_q4_1(&data)),
         GgmlDType::Q8_0 => Weight::Q8_0(data.into_owned()),
-        GgmlDType::Q4_0 => Weight::Q4_1(q4_0_to_q4_1(&data)),
         _ => Weight::F32(
             t.dequantize(&Device::Cpu)
                 .and_then(|t| t.flatten_all())
