@@ -126,7 +126,8 @@ impl ActQ8 {
     }
 }
 
-/// Quantize consecutive 32-element blocks: `d = f16(amax / 127)`, `q = round_even(x / d)`,
+/// Quantize consecutive 32-element blocks: `d = f16(amax / 127)`, `q = round_even(x · (127 /
+/// amax))`,
 /// `s = f16(d · Σq)` (llama.cpp's Q8_1 and Q8_0 activation formats).
 #[inline(always)]
 pub(crate) fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
@@ -138,7 +139,8 @@ pub(crate) fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
     {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let dd = amax / 127.0;
-        let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+        // `127 / amax`, not `1 / dd`: the two round differently, and llama.cpp uses this one.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in qb.iter_mut().zip(xb) {
             let r = (v * id).round_ties_even() as i32;
