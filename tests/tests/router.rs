@@ -190,7 +190,8 @@ async fn observer(c: &Cluster) -> (DistributedRuntime, Arc<KvRouter>) {
         drt.watch_instances("instances.dynamo"),
         KvRouterConfig::default(),
         RouterMetrics::new(&reg, "observer"),
-    );
+    )
+    .await;
     (drt, r)
 }
 

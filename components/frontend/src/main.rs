@@ -193,7 +193,7 @@ async fn start_kv_routers(state: Arc<AppState>) {
             .collect();
         if let Some(kv) = &state.kv {
             for (ns, c) in comps {
-                kv.router(&state.drt, &state.models, &ns, &c);
+                kv.router(&state.drt, &state.models, &ns, &c).await;
             }
         }
         if rx.changed().await.is_err() {

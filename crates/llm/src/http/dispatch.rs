@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::pipeline::{map_runtime_error, Job};
 use super::AppState;
-use crate::kv_router::{card_block_size, chain_hashes, hash_blocks, RouteTicket};
+use crate::kv_router::{card_block_size, chain_hashes, hash_blocks, KvRouter, RouteTicket};
 use crate::openai::{ApiError, ErrorClass};
 
 /// The hashing and lookup spans of the non-KV modes: the same block and sequence hashes the
@@ -56,7 +56,7 @@ impl futures::Stream for Dispatched {
 type Choice = (Vec<Arc<InstanceRecord>>, Option<RouteTicket>, u32);
 
 /// Choose the instances to try for `job` (see [`Choice`]).
-fn choose(state: &AppState, job: &Job) -> Result<Choice, ApiError> {
+fn choose(state: &AppState, job: &Job, kv: Option<&Arc<KvRouter>>) -> Result<Choice, ApiError> {
     let n = job.instances.len();
     if let Some(id) = job.params.backend_instance_id {
         let pinned: Vec<_> = job
@@ -73,14 +73,7 @@ fn choose(state: &AppState, job: &Job) -> Result<Choice, ApiError> {
         return Ok((pinned, None, 0));
     }
     let select = tracing::info_span!("kv_router.select_worker");
-    if let Some(kv) = &state.kv {
-        let first = &job.instances[0];
-        let router = kv.router(
-            &state.drt,
-            &state.models,
-            &first.namespace,
-            &first.component,
-        );
+    if let Some(router) = kv {
         let sel = select
             .in_scope(|| router.select(&job.request.token_ids, &job.instances))
             .map_err(|e| ApiError::new(ErrorClass::Internal, format!("KV router: {e}")))?;
@@ -101,7 +94,19 @@ fn choose(state: &AppState, job: &Job) -> Result<Choice, ApiError> {
 
 /// Send the request to a worker, trying others when an instance does not answer.
 pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiError> {
-    let (candidates, mut ticket, overlap) = choose(state, job)?;
+    let kv = match (&state.kv, job.instances.first()) {
+        (Some(kv), Some(first)) => Some(
+            kv.router(
+                &state.drt,
+                &state.models,
+                &first.namespace,
+                &first.component,
+            )
+            .await,
+        ),
+        _ => None,
+    };
+    let (candidates, mut ticket, overlap) = choose(state, job, kv.as_ref())?;
     let mut last = None;
     for (k, inst) in candidates.iter().enumerate() {
         if k > 0 {

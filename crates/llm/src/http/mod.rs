@@ -36,7 +36,7 @@ pub struct HttpConfig {
 pub struct KvRouting {
     pub config: KvRouterConfig,
     pub metrics: RouterMetrics,
-    routers: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<KvRouter>>>,
+    routers: tokio::sync::Mutex<std::collections::HashMap<(String, String), Arc<KvRouter>>>,
 }
 
 impl KvRouting {
@@ -48,33 +48,37 @@ impl KvRouting {
         }
     }
 
-    /// The router of `namespace.component`, started on first use.
-    pub fn router(
+    /// The router of `namespace.component`, started on first use (the first request waits
+    /// until its event subscriptions are in place).
+    pub async fn router(
         &self,
         drt: &DistributedRuntime,
         models: &ModelManager,
         namespace: &str,
         component: &str,
     ) -> Arc<KvRouter> {
-        let mut map = self.routers.lock().unwrap();
-        map.entry((namespace.to_string(), component.to_string()))
-            .or_insert_with(|| {
-                tracing::info!(
-                    namespace,
-                    component,
-                    kv_events = self.config.kv_events,
-                    "starting KV router"
-                );
-                KvRouter::start(
-                    drt.nats().clone(),
-                    namespace,
-                    component,
-                    models.instances_rx(),
-                    self.config.clone(),
-                    self.metrics.clone(),
-                )
-            })
-            .clone()
+        let mut map = self.routers.lock().await;
+        let key = (namespace.to_string(), component.to_string());
+        if let Some(r) = map.get(&key) {
+            return r.clone();
+        }
+        tracing::info!(
+            namespace,
+            component,
+            kv_events = self.config.kv_events,
+            "starting KV router"
+        );
+        let r = KvRouter::start(
+            drt.nats().clone(),
+            namespace,
+            component,
+            models.instances_rx(),
+            self.config.clone(),
+            self.metrics.clone(),
+        )
+        .await;
+        map.insert(key, r.clone());
+        r
     }
 }
 

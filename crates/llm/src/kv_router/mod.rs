@@ -149,8 +149,10 @@ fn ms(d: Duration) -> f64 {
 
 impl KvRouter {
     /// Start the router for `namespace.component`: index task, event and load subscriptions,
-    /// and the discovery watch that re-syncs new workers and drops departed ones.
-    pub fn start(
+    /// and the discovery watch that re-syncs new workers and drops departed ones. Returns once
+    /// nats-server holds the subscriptions, so no event a worker publishes after this (for
+    /// the request about to be routed, say) is missed; what came before, the re-sync fetches.
+    pub async fn start(
         nats: async_nats::Client,
         namespace: &str,
         component: &str,
@@ -183,17 +185,24 @@ impl KvRouter {
             .expect("spawn the KV index thread");
         let loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>> = Default::default();
         if cfg.kv_events {
-            tokio::spawn(forward_events(
-                nats.clone(),
-                kv_events_subject(namespace, component),
-                tx.clone(),
-            ));
+            let subject = kv_events_subject(namespace, component);
+            match nats.subscribe(subject.clone()).await {
+                Ok(sub) => {
+                    tokio::spawn(forward_events(sub, tx.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, %subject, "cannot subscribe to KV events"),
+            }
         }
-        tokio::spawn(collect_loads(
-            nats.clone(),
-            kv_metrics_subject(namespace, component),
-            loads.clone(),
-        ));
+        if let Ok(sub) = nats
+            .subscribe(kv_metrics_subject(namespace, component))
+            .await
+        {
+            tokio::spawn(collect_loads(sub, loads.clone()));
+        }
+        // The server has seen the subscriptions once a flush returns (same connection, in order).
+        if let Err(e) = nats.flush().await {
+            tracing::warn!(error = %e, "flushing the KV router's subscriptions");
+        }
         let router = Arc::new(KvRouter {
             tx,
             reader,
@@ -441,14 +450,7 @@ async fn query_worker(
     }
 }
 
-async fn forward_events(nats: async_nats::Client, subject: String, tx: mpsc::Sender<IndexMsg>) {
-    let mut sub = match nats.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, %subject, "cannot subscribe to KV events");
-            return;
-        }
-    };
+async fn forward_events(mut sub: async_nats::Subscriber, tx: mpsc::Sender<IndexMsg>) {
     while let Some(m) = sub.next().await {
         match serde_json::from_slice::<RouterEvent>(&m.payload) {
             Ok(ev) => {
@@ -462,13 +464,9 @@ async fn forward_events(nats: async_nats::Client, subject: String, tx: mpsc::Sen
 }
 
 async fn collect_loads(
-    nats: async_nats::Client,
-    subject: String,
+    mut sub: async_nats::Subscriber,
     loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>>,
 ) {
-    let Ok(mut sub) = nats.subscribe(subject).await else {
-        return;
-    };
     while let Some(m) = sub.next().await {
         if let Ok(l) = serde_json::from_slice::<LoadReport>(&m.payload) {
             loads

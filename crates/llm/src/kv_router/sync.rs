@@ -25,6 +25,8 @@ pub struct WorkerSync {
     last: Option<u64>,
     syncing: bool,
     held: Vec<KvCacheEvent>,
+    /// Held events the last answer already contained (see [`WorkerSync::take_covered`]).
+    covered: Vec<KvCacheEvent>,
 }
 
 impl WorkerSync {
@@ -83,13 +85,25 @@ impl WorkerSync {
         let mut apply = Vec::new();
         let mut again = None;
         for ev in held {
+            let copy = self
+                .last
+                .is_some_and(|l| ev.event_id <= l)
+                .then(|| ev.clone());
             match self.on_event(ev) {
                 Step::Apply(e) => apply.push(e),
-                Step::Duplicate | Step::Held => {}
+                Step::Duplicate => self.covered.extend(copy),
+                Step::Held => {}
                 Step::Resync { from } => again = Some(from),
             }
         }
         (apply, again)
+    }
+
+    /// The events received while a re-sync was in flight whose effect arrived with its
+    /// answer instead (the worker's state dump already held them): counted as applied, since
+    /// the index reflects them, though they are not applied again.
+    pub fn take_covered(&mut self) -> Vec<KvCacheEvent> {
+        std::mem::take(&mut self.covered)
     }
 
     /// Give up on the missing events (nobody to ask): apply the held ones from the first.
@@ -148,6 +162,19 @@ mod tests {
         );
         assert_eq!(again, None);
         assert_eq!(s.last(), Some(5));
+    }
+
+    #[test]
+    fn held_events_the_answer_contained_are_reported_once() {
+        let mut s = WorkerSync::default();
+        assert!(s.on_discovered());
+        assert_eq!(s.on_event(ev(0)), Step::Held);
+        assert_eq!(s.on_event(ev(1)), Step::Held);
+        let (apply, again) = s.on_answer(Some(0));
+        assert_eq!(ids(&apply), vec![1], "1 came after the dump");
+        assert_eq!(again, None);
+        assert_eq!(ids(&s.take_covered()), vec![0], "0 was in the dump");
+        assert!(s.take_covered().is_empty());
     }
 
     #[test]

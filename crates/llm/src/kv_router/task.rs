@@ -208,8 +208,14 @@ impl IndexTask {
         }
         let s = self.sync.get_mut(&worker).expect("checked");
         let (held, again) = s.on_answer(a.last_event_id);
+        let covered = s.take_covered();
         for ev in &held {
             self.apply(worker, ev);
+        }
+        if let Some(m) = &self.metrics {
+            for ev in &covered {
+                m.event(kind(&ev.data), true);
+            }
         }
         tracing::debug!(worker = %format!("{worker:x}"), full = a.full, blocks = a.blocks.len(), events = a.events.len(), held = held.len(), "KV re-sync applied");
         if let Some(from) = again {
