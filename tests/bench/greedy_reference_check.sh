@@ -4,7 +4,7 @@
 # configurations, flash attention auto (the default) and off, and prints per prompt how many
 # reference tokens it reproduces against how many the reference's 0.05 near-tie rule
 # requires, with both gaps at the first divergence. The engine's own figures come from
-# `cargo nextest run -p dynamo-tests -E 'test(greedy)' --no-capture`.
+# `cargo nextest run -p dynamo-e2e -E 'test(greedy)' --no-capture`.
 #   tests/bench/greedy_reference_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
