@@ -199,9 +199,13 @@ impl KvRouter {
         {
             tokio::spawn(collect_loads(sub, loads.clone()));
         }
-        // The server has seen the subscriptions once a flush returns (same connection, in order).
-        if let Err(e) = nats.flush().await {
-            tracing::warn!(error = %e, "flushing the KV router's subscriptions");
+        // The server has seen the subscriptions once a flush returns (same connection, in
+        // order). Bounded: while NATS is reconnecting, requests fail on their own instead of
+        // queueing behind the first one.
+        match tokio::time::timeout(Duration::from_secs(2), nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing the KV router's subscriptions"),
+            Err(_) => tracing::warn!("KV router subscriptions not confirmed within 2 s"),
         }
         let router = Arc::new(KvRouter {
             tx,
