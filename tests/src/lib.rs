@@ -52,6 +52,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A runtime connection of the test's own to the cluster's NATS (events plane, discovery).
+    pub async fn runtime(&self) -> dynamo_runtime::DistributedRuntime {
+        dynamo_runtime::DistributedRuntime::connect(
+            dynamo_runtime::RuntimeConfig {
+                nats_url: self.nats.url(),
+                ..Default::default()
+            },
+            dynamo_runtime::HealthState::new(Instant::now(), true, vec![]),
+        )
+        .await
+        .expect("connect to the cluster's NATS")
+    }
+
     /// Start NATS and a frontend with extra env vars.
     pub fn start(frontend_env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dynamo_engine::{Engine, EngineConfig};
-use dynamo_llm::model::{self, LoadedModel};
+use dynamo_preprocessor::model::{self, LoadedModel};
 use dynamo_protocols::{
     EngineOutput, FinishReason, PreprocessedRequest, SamplingOptions, StopConditions,
 };
@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 fn model_path() -> PathBuf {
     let cache = model::default_cache_dir(std::env::var_os("HOME"));
-    model::resolve(model::DEFAULT_MODEL_NAME, &cache, false)
+    model::resolve(model::DEFAULT_MODEL_NAME, &cache)
         .expect("the default model is cached (./tests/run.sh fetches it)")
         .path()
         .to_path_buf()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynamo_e2e::{metric_value, otel_env, wait_trace, Cluster, MODEL};
-use dynamo_llm::kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
+use dynamo_kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
 use dynamo_protocols::hashing::block_hashes;
 use dynamo_runtime::{DistributedRuntime, HealthState, MetricsRegistry, RuntimeConfig};
 use serde_json::json;
@@ -184,7 +184,7 @@ async fn observer(c: &Cluster) -> (DistributedRuntime, Arc<KvRouter>) {
     .expect("connect");
     let reg = MetricsRegistry::new(Instant::now());
     let r = KvRouter::start(
-        drt.nats().clone(),
+        drt.events(),
         "dynamo",
         "backend",
         drt.watch_instances("instances.dynamo"),

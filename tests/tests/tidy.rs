@@ -1,14 +1,24 @@
-//! Tidy checks run as ordinary tests: module docs, file size, no debugging leftovers, the
-//! dependency directions of ARCHITECTURE.md, and user-visible names checked against
-//! `../shared/spec`.
+//! Tidy checks run as ordinary tests: module docs and file size, no debugging leftovers, the
+//! dependency table of `docs/architecture.md` against every manifest (normal and dev
+//! dependencies apart), NATS only in the runtime, no environment reads in library sources,
+//! `unsafe` only in allowlisted files, and the names users see against the project's own
+//! reference pages in `docs/` and the binaries' `--help`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use dynamo_protocols::names::{self, env};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    let p = root().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -34,6 +44,10 @@ fn all_rust() -> Vec<PathBuf> {
     v
 }
 
+fn rel(p: &Path) -> String {
+    p.strip_prefix(root()).unwrap().display().to_string()
+}
+
 #[test]
 fn every_file_has_a_module_doc_and_fits_one_sitting() {
     const MAX_LINES: usize = 600;
@@ -41,17 +55,11 @@ fn every_file_has_a_module_doc_and_fits_one_sitting() {
     for f in all_rust() {
         let text = std::fs::read_to_string(&f).unwrap();
         if !text.starts_with("//!") {
-            bad.push(format!(
-                "{}: does not open with a //! module doc",
-                f.display()
-            ));
+            bad.push(format!("{}: does not open with a //! module doc", rel(&f)));
         }
         let n = text.lines().count();
         if n > MAX_LINES {
-            bad.push(format!(
-                "{}: {n} lines (max {MAX_LINES}); split it",
-                f.display()
-            ));
+            bad.push(format!("{}: {n} lines (max {MAX_LINES}); split it", rel(&f)));
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
@@ -69,154 +77,268 @@ fn no_debugging_leftovers() {
         let text = std::fs::read_to_string(&f).unwrap();
         for b in banned {
             if text.contains(b) {
-                bad.push(format!("{}: contains {b}", f.display()));
+                bad.push(format!("{}: contains {b}", rel(&f)));
             }
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
-/// Workspace crates each package may depend on (ARCHITECTURE.md's table; the mocker binary,
-/// like the worker, may use `llm` for model-card loading).
-const ALLOWED: &[(&str, &[&str])] = &[
-    ("crates/telemetry", &[]),
-    ("crates/protocols", &[]),
-    ("crates/runtime", &["dynamo-telemetry"]),
-    ("crates/mocker", &["dynamo-telemetry", "dynamo-protocols"]),
-    (
-        "crates/llm",
-        &["dynamo-runtime", "dynamo-telemetry", "dynamo-protocols"],
-    ),
-    ("crates/test-support", &[]),
-    ("components/trace", &["dynamo-telemetry"]),
-    (
-        "components/frontend",
-        &[
-            "dynamo-llm",
-            "dynamo-runtime",
-            "dynamo-telemetry",
-            "dynamo-protocols",
-        ],
-    ),
-    (
-        "components/mocker",
-        &[
-            "dynamo-mocker",
-            "dynamo-runtime",
-            "dynamo-protocols",
-            "dynamo-telemetry",
-            "dynamo-llm",
-        ],
-    ),
-    ("crates/engine", &["dynamo-telemetry", "dynamo-protocols"]),
-    (
-        "components/worker",
-        &[
-            "dynamo-engine",
-            "dynamo-runtime",
-            "dynamo-protocols",
-            "dynamo-telemetry",
-            "dynamo-llm",
-        ],
-    ),
-    (
-        "tests",
-        &[
-            "dynamo-test-support",
-            "dynamo-protocols",
-            "dynamo-engine",
-            "dynamo-llm",
-            "dynamo-runtime",
-            "dynamo-telemetry",
-        ],
-    ),
-];
+/// A row of the architecture page's package table.
+#[derive(Debug)]
+struct Allowed {
+    package: String,
+    deps: BTreeSet<String>,
+    dev_extra: BTreeSet<String>,
+}
 
-#[test]
-fn dependency_directions_follow_the_architecture() {
-    let mut bad = vec![];
-    for (dir, allowed) in ALLOWED {
-        let toml = std::fs::read_to_string(root().join(dir).join("Cargo.toml")).unwrap();
-        for line in toml.lines() {
-            let name = line.split(['=', ' ', '.']).next().unwrap_or("");
-            if name.starts_with("dynamo-") && !allowed.contains(&name) {
-                bad.push(format!("{dir} depends on {name}"));
-            }
+fn backticked(cell: &str) -> BTreeSet<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Path → allowed edges, from `docs/architecture.md`.
+fn architecture_table() -> BTreeMap<String, Allowed> {
+    let mut rows = BTreeMap::new();
+    for line in read("docs/architecture.md").lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() != 7 || !cells[1].starts_with('`') || !cells[2].starts_with('`') {
+            continue;
+        }
+        rows.insert(
+            cells[1].trim_matches('`').to_string(),
+            Allowed {
+                package: cells[2].trim_matches('`').to_string(),
+                deps: backticked(cells[4]),
+                dev_extra: backticked(cells[5]),
+            },
+        );
+    }
+    assert!(rows.len() >= 10, "read the package table: {rows:?}");
+    rows
+}
+
+/// The workspace packages a manifest names, per section (`dependencies`, `dev-dependencies`,
+/// `build-dependencies`).
+fn manifest_deps(toml: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.trim_matches(['[', ']']).to_string();
+            continue;
+        }
+        let name = line.split(['=', ' ', '.']).next().unwrap_or("");
+        if section.ends_with("dependencies") && !name.is_empty() {
+            out.entry(section.clone())
+                .or_default()
+                .insert(name.to_string());
         }
     }
-    assert!(bad.is_empty(), "forbidden edges:\n{}", bad.join("\n"));
+    out
+}
+
+fn workspace_members() -> Vec<String> {
+    let toml = read("Cargo.toml");
+    let start = toml.find("members = [").expect("workspace members");
+    let end = start + toml[start..].find(']').unwrap();
+    toml[start..end]
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
-fn user_visible_names_match_the_spec() {
-    let spec = root().join("../shared/spec");
-    let metrics_spec = std::fs::read_to_string(spec.join("dynamo-metrics.md"))
-        .expect("../shared/spec/dynamo-metrics.md beside the checkout");
-    let mut all_spec =
-        std::fs::read_to_string(root().join("../shared/ARCHITECTURE.md")).unwrap_or_default();
-    for e in std::fs::read_dir(&spec).unwrap().flatten() {
-        all_spec.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-    }
-    // Metric families may be listed in the spec with a shared prefix, e.g. `…_model_max_num_seqs`
-    // after `dynamo_frontend_model_total_kv_blocks`; check the distinctive suffix then.
-    for name in dynamo_protocols::names::ALL_METRICS {
-        let short = name
-            .strip_prefix("dynamo_frontend_")
-            .or_else(|| name.strip_prefix("dynamo_component_"))
-            .or_else(|| name.strip_prefix("dynamo_router_"))
-            .unwrap();
+fn dependency_directions_follow_the_architecture() {
+    let table = architecture_table();
+    let mut bad = vec![];
+    for member in workspace_members() {
+        let Some(allowed) = table.get(&member) else {
+            bad.push(format!("{member} is not in docs/architecture.md's package table"));
+            continue;
+        };
+        let toml = read(&format!("{member}/Cargo.toml"));
         assert!(
-            metrics_spec.contains(name) || metrics_spec.contains(&format!("_{short}`")),
-            "metric {name} is not in the spec"
+            toml.contains(&format!("name = \"{}\"", allowed.package)),
+            "{member} is not package {}",
+            allowed.package
+        );
+        for (section, names) in manifest_deps(&toml) {
+            for name in names.iter().filter(|n| n.starts_with("dynamo-")) {
+                let ok = allowed.deps.contains(name)
+                    || (section == "dev-dependencies" && allowed.dev_extra.contains(name));
+                if !ok {
+                    bad.push(format!("{member} [{section}] names {name}"));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "edges docs/architecture.md does not allow:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn only_the_runtime_talks_to_nats() {
+    let mut bad = vec![];
+    for member in workspace_members() {
+        let deps = manifest_deps(&read(&format!("{member}/Cargo.toml")));
+        if member != "crates/runtime" && deps.values().any(|d| d.contains("async-nats")) {
+            bad.push(member);
+        }
+    }
+    for f in all_rust() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let r = rel(&f);
+        if !r.starts_with("crates/runtime/") && text.contains(concat!("async_", "nats")) {
+            bad.push(r);
+        }
+    }
+    assert!(bad.is_empty(), "NATS outside the runtime: {bad:?}");
+}
+
+/// Library sources that may read the environment, and why.
+const ENV_ALLOWED: &[&str] = &[
+    // Test-only helper: a test picks its nats-server binary with NATS_SERVER_BIN.
+    "crates/test-support/src/nats.rs",
+];
+
+#[test]
+fn libraries_never_read_the_environment() {
+    let mut bad = vec![];
+    for f in all_rust() {
+        let r = rel(&f);
+        let lib_src = r.starts_with("crates/") && r.split('/').nth(2) == Some("src");
+        if !lib_src || ENV_ALLOWED.contains(&r.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for needle in [concat!("env::", "var("), concat!("env::", "var_os(")] {
+            if text.contains(needle) {
+                bad.push(format!("{r}: {needle}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "libraries read the environment:\n{}", bad.join("\n"));
+}
+
+/// Files that may opt out of the workspace's `unsafe_code = "deny"`. This list may only
+/// shrink: a file here that no longer needs `unsafe` fails the test until it is removed.
+const UNSAFE_ALLOWED: &[&str] = &[
+    // AVX2 intrinsics of the matrix kernels.
+    "crates/engine/src/kernels/avx2.rs",
+    // The compute pool hands borrowed slices to its threads for one call.
+    "crates/engine/src/kernels/pool.rs",
+    // `_mm_prefetch` of the index's hash table.
+    "crates/kv-router/src/indexer/table.rs",
+    // `libc::kill` to signal a child process in tests.
+    "crates/test-support/src/process.rs",
+];
+
+#[test]
+fn unsafe_only_in_allowlisted_files() {
+    let mut bad = vec![];
+    let mut seen = BTreeSet::new();
+    for f in all_rust() {
+        let r = rel(&f);
+        let text = std::fs::read_to_string(&f).unwrap();
+        let uses = text
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| !l.starts_with("//"))
+            .any(|l| l.contains(concat!("unsafe", " ")) || l.contains(concat!("unsafe", "_code")));
+        if uses {
+            seen.insert(r.clone());
+            if !UNSAFE_ALLOWED.contains(&r.as_str()) {
+                bad.push(format!("{r} uses unsafe"));
+            }
+        }
+    }
+    for f in UNSAFE_ALLOWED {
+        if !seen.contains(*f) {
+            bad.push(format!("{f} no longer uses unsafe: take it off the allowlist"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// `--help` of one of the workspace's binaries.
+fn help(bin: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join(bin);
+    let out = std::process::Command::new(&p)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn user_visible_names_match_the_docs() {
+    let metrics = read("docs/observability/metrics.md");
+    for name in names::ALL_METRICS {
+        assert!(
+            metrics.contains(&format!("`{name}`")),
+            "metric {name} is not in docs/observability/metrics.md"
         );
     }
-    for var in dynamo_protocols::names::ALL_ENV {
-        assert!(all_spec.contains(var), "env var {var} is not in the spec");
+    let config = read("docs/configuration.md");
+    for var in names::ALL_ENV {
+        assert!(
+            config.contains(&format!("`{var}`")),
+            "env var {var} is not in docs/configuration.md"
+        );
     }
-    // And the binaries' --help shows the env vars they honour.
-    let help = |bin: &str| {
-        let exe = std::env::current_exe().unwrap();
-        let p = exe.parent().unwrap().parent().unwrap().join(bin);
-        let out = std::process::Command::new(&p)
-            .arg("--help")
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let tracing = read("docs/observability/tracing.md");
+    for span in names::ALL_SPANS {
+        assert!(
+            tracing.contains(&format!("`{span}`")),
+            "span {span} is not in docs/observability/tracing.md"
+        );
+    }
+    // The binaries' --help shows the env vars they honour.
     let fe = help("dynamo-frontend");
     for v in [
-        "DYN_HTTP_PORT",
-        "NATS_SERVER",
-        "DYN_ROUTER_MODE",
-        "DYN_LOG",
-        "DYN_LOGGING_JSONL",
-        "DYN_HTTP_BODY_LIMIT_MB",
-        "OTEL_EXPORT_ENABLED",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_SERVICE_NAME",
+        env::DYN_HTTP_PORT,
+        env::DYN_HTTP_HOST,
+        env::NATS_SERVER,
+        env::DYN_ROUTER_MODE,
+        env::DYN_LOG,
+        env::DYN_LOGGING_JSONL,
+        env::DYN_HTTP_BODY_LIMIT_MB,
+        env::DYN_NAMESPACE,
+        env::DYN_MODEL_CACHE,
+        env::DYN_GRACEFUL_SHUTDOWN_TIMEOUT,
+        env::OTEL_EXPORT_ENABLED,
+        env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        env::OTEL_SERVICE_NAME,
     ] {
         assert!(fe.contains(v), "dynamo-frontend --help lacks {v}");
     }
     assert!(
-        !fe.contains("DYN_SYSTEM_PORT"),
+        !fe.contains(env::DYN_SYSTEM_PORT),
         "the frontend has no system port flag"
     );
+    let workers = [
+        env::DYN_SYSTEM_PORT,
+        env::DYN_SYSTEM_HOST,
+        env::DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS,
+        env::DYN_SYSTEM_STARTING_HEALTH_STATUS,
+        env::NATS_SERVER,
+        env::DYN_NAMESPACE,
+        env::DYN_MODEL_CACHE,
+        env::DYN_LOGGING_JSONL,
+    ];
     let mk = help("dynamo-mocker");
-    for v in [
-        "DYN_SYSTEM_PORT",
-        "NATS_SERVER",
-        "DYN_SYSTEM_STARTING_HEALTH_STATUS",
-        "--speedup-ratio",
-        "--max-num-seqs",
-    ] {
+    for v in workers.iter().chain(&["--speedup-ratio", "--max-num-seqs"]) {
         assert!(mk.contains(v), "dynamo-mocker --help lacks {v}");
     }
     let wk = help("dynamo-worker");
-    for v in [
-        "DYN_SYSTEM_PORT",
-        "NATS_SERVER",
-        "DYN_LOGGING_JSONL",
+    let worker_flags = [
         "--page-size",
         "--max-running-requests",
         "--max-total-tokens",
@@ -224,7 +346,25 @@ fn user_visible_names_match_the_spec() {
         "--context-length",
         "--threads",
         "--device",
-    ] {
+        "--kernels",
+        env::DYN_ENGINE_KERNELS,
+    ];
+    for v in workers.iter().chain(&worker_flags) {
         assert!(wk.contains(v), "dynamo-worker --help lacks {v}");
+    }
+    // Every flag has help text: no `--flag <VALUE>` line without a description.
+    for (bin, text) in [("dynamo-frontend", &fe), ("dynamo-mocker", &mk), ("dynamo-worker", &wk)] {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            if t.starts_with("--") && !t.starts_with("--help") && !t.starts_with("--version") {
+                // Long help puts the description on the next line; `[default: …]` or
+                // `[env: …]` there means there is none.
+                let next = lines.get(i + 1).map_or("", |n| n.trim());
+                let described = t.split_once("  ").is_some_and(|(_, d)| !d.trim().is_empty())
+                    || (!next.is_empty() && !next.starts_with('[') && !next.starts_with('-'));
+                assert!(described, "{bin} --help: {t:?} has no description");
+            }
+        }
     }
 }

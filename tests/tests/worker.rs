@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use dynamo_e2e::{bin, read_sse, Cluster};
-use futures::StreamExt;
+use dynamo_protocols::kv_events::kv_events_subject;
 use serde_json::json;
 
 async fn cluster() -> Cluster {
@@ -65,9 +65,10 @@ async fn greedy_completion_matches_reference_and_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_prefix_is_cached_and_kv_events_are_published() {
     let c = cluster().await;
-    let nats = async_nats::connect(c.nats.url()).await.unwrap();
-    let mut events = nats
-        .subscribe("namespace.dynamo.component.backend.kv_events")
+    let drt = c.runtime().await;
+    let mut events = drt
+        .events()
+        .subscribe::<dynamo_protocols::RouterEvent>(&kv_events_subject("dynamo", "backend"))
         .await
         .unwrap();
     let long =
@@ -95,7 +96,7 @@ async fn repeated_prefix_is_cached_and_kv_events_are_published() {
         .await
         .unwrap()
         .unwrap();
-    let ev: dynamo_protocols::RouterEvent = serde_json::from_slice(&msg.payload).unwrap();
+    let ev = msg.body;
     assert_eq!(ev.event.event_id, 0);
     match ev.event.data {
         dynamo_protocols::KvCacheEventData::Stored(s) => {

@@ -1,20 +1,17 @@
-//! `dynamo-mocker`: a worker that registers like a real one (model card from a real model, so
-//! the frontend preprocesses for real) but simulates the engine, and publishes KV events and
+//! `dynamo-mocker`: a worker that registers like a real one (model card from a real model's
+//! metadata, so the frontend preprocesses for real) but simulates the engine, and publishes KV events and
 //! load for the KV router like a real worker. Flags → config → wiring.
-
-#[path = "../../common/runtime_args.rs"]
-mod runtime_args;
-#[path = "../../common/system_args.rs"]
-mod system_args;
-#[path = "../../common/worker_wiring.rs"]
-mod worker_wiring;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use dynamo_llm::model::{self, LoadedModel};
+use dynamo_common::model_fetch::resolve_or_fetch;
+use dynamo_common::runtime_args::{shutdown_signal, RuntimeArgs};
+use dynamo_common::system_args::SystemArgs;
+use dynamo_common::worker_wiring::{self, ModelArgs};
 use dynamo_mocker::{MockEngine, MockerConfig};
+use dynamo_preprocessor::model::ModelInfo;
 use dynamo_protocols::{EngineOutput, LoadReport, ModelCard, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{Handler, HandlerStream, RequestContext};
@@ -27,7 +24,7 @@ use dynamo_runtime::{Handler, HandlerStream, RequestContext};
 )]
 struct Cli {
     #[command(flatten)]
-    m: worker_wiring::ModelArgs,
+    m: ModelArgs,
     /// Divide all simulated times by this (100000 ≈ no simulated compute).
     #[arg(long, default_value_t = 1.0)]
     speedup_ratio: f64,
@@ -47,9 +44,9 @@ struct Cli {
     #[arg(long)]
     context_length: Option<usize>,
     #[command(flatten)]
-    rt: runtime_args::RuntimeArgs,
+    rt: RuntimeArgs,
     #[command(flatten)]
-    system: system_args::SystemArgs,
+    system: SystemArgs,
 }
 
 struct MockHandler(MockEngine);
@@ -78,25 +75,27 @@ async fn main() -> anyhow::Result<()> {
 
     let cache = cli.m.cache_dir();
     let spec = cli.m.model.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let src = model::resolve(&spec, &cache, true)?;
-        LoadedModel::load(src)
+    // Only the name and context length are needed: no tokenizer is built.
+    let (source, info) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let src = resolve_or_fetch(&spec, &cache)?;
+        let info = ModelInfo::read(&src)?;
+        Ok((src, info))
     })
     .await?
     .with_context(|| format!("loading model {:?}", cli.m.model))?;
-    let served = cli.m.served_name(|| loaded.name.clone());
+    let served = cli.m.served_name(|| info.name.clone());
     let cfg = MockerConfig {
         block_size: cli.block_size,
         num_blocks: cli.num_gpu_blocks,
         max_num_seqs: cli.max_num_seqs,
         max_num_batched_tokens: cli.max_num_batched_tokens,
         speedup_ratio: cli.speedup_ratio,
-        context_length: cli.context_length.unwrap_or(loaded.context_length as usize),
+        context_length: cli.context_length.unwrap_or(info.context_length as usize),
         ..MockerConfig::default()
     };
     let card = ModelCard {
         served_model_name: served.clone(),
-        source: loaded.source.path().display().to_string(),
+        source: source.path().display().to_string(),
         context_length: cfg.context_length as u32,
         kv_cache_block_size: cfg.block_size as u32,
         total_kv_blocks: cfg.num_blocks as u64,
@@ -131,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "mocker ready");
 
-    runtime_args::shutdown_signal().await;
+    shutdown_signal().await;
     drt.shutdown().await;
     telemetry.shutdown();
     tracing::info!("mocker stopped");

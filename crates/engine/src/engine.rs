@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest};
 use tokio::sync::mpsc as tmpsc;
 
-use crate::kernels::{self, Isa};
-use crate::kv::{BlockPool, KvCache, PoolStats};
+use crate::executor::{CpuExecutor, Executor};
+use crate::kernels::{self, Isa, KernelChoice};
+use crate::kv::{BlockPool, PoolStats};
 use crate::metrics::{EngineMetrics, MetricsConfig, StaticFacts};
-use crate::model::{self, Model, ModelConfig, WeightSummary};
+use crate::model::{self, ModelConfig, WeightSummary};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::scheduler::{Cmd, SchedConfig, Scheduler, Seq};
+use crate::scheduler::{Cmd, SchedConfig, Scheduler, SchedulerParts, Seq};
 use crate::trace::{SeqTrace, TraceConfig, TraceRequest, TraceSink};
-use crate::EngineError;
+use crate::{EngineError, RequestError};
 
 /// Engine settings (the worker's flags).
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct EngineConfig {
     pub metrics: Option<MetricsConfig>,
     /// `--enable-trace`: build spans of traced requests ([`Engine::generate_traced`]).
     pub trace: Option<TraceConfig>,
+    /// `--kernels`: which matrix kernels the process uses (fixed by the first engine loaded).
+    pub kernels: KernelChoice,
 }
 
 impl EngineConfig {
@@ -62,6 +65,7 @@ impl EngineConfig {
             kv_events: false,
             metrics: None,
             trace: None,
+            kernels: KernelChoice::Auto,
         }
     }
 }
@@ -127,6 +131,10 @@ impl Engine {
         if cfg.threads == 0 {
             return bad("--threads must be > 0".into());
         }
+        let isa = kernels::select(cfg.kernels);
+        if cfg.kernels == KernelChoice::Portable && isa != Isa::Portable {
+            return bad("--kernels portable: this process already runs other kernels".into());
+        }
         let metrics = match &cfg.metrics {
             Some(m) => Some(Arc::new(
                 EngineMetrics::new(m).map_err(EngineError::Config)?,
@@ -137,12 +145,13 @@ impl Engine {
         let weights = model::load(&cfg.model)?;
         let load_weights = t0.elapsed();
         let mc = weights.cfg.clone();
+        let summary = weights.summary.clone();
         let context_length = cfg.context_length.unwrap_or(mc.context_length);
         if context_length == 0 {
             return bad("--context-length must be > 0".into());
         }
-        let kv_dim = mc.kv_heads * mc.head_dim;
-        let per_token = KvCache::bytes_per_token(mc.layers, kv_dim);
+        // f16 K and V of every layer.
+        let per_token = mc.layers * 2 * mc.kv_heads * mc.head_dim * 2;
         let tokens = cfg
             .max_total_tokens
             .unwrap_or(cfg.kv_cache_memory_bytes / per_token);
@@ -152,12 +161,16 @@ impl Engine {
                 "KV pool of {tokens} tokens is too small (--max-total-tokens or the memory budget)"
             ));
         }
-        let kv = KvCache::new(mc.layers, blocks, cfg.page_size, kv_dim);
-        let pool = kernels::ComputePool::new(cfg.threads)
-            .map_err(|e| EngineError::Config(format!("thread pool: {e}")))?;
+        let threads =
+            kernels::ComputePool::new(cfg.threads).map_err(|reason| EngineError::Spawn {
+                what: "compute pool",
+                reason,
+            })?;
+        let exec = CpuExecutor::new(weights, blocks, cfg.page_size, threads);
+        debug_assert_eq!(exec.kv_bytes_per_token(), per_token);
         let info = EngineInfo {
             model: mc.clone(),
-            weights: weights.summary.clone(),
+            weights: summary,
             page_size: cfg.page_size,
             kv_blocks: blocks,
             max_total_tokens: blocks * cfg.page_size,
@@ -166,15 +179,19 @@ impl Engine {
             max_running_requests: cfg.max_running_requests,
             chunked_prefill_size: cfg.chunked_prefill_size,
             threads: cfg.threads,
-            isa: kernels::isa(),
+            isa,
             load_time: t0.elapsed(),
         };
         let tracing = cfg.trace.is_some();
         let sink = match cfg.trace {
-            Some(t) => Some(
-                TraceSink::start(t.provider, t.model)
-                    .map_err(|e| EngineError::Config(format!("trace thread: {e}")))?,
-            ),
+            Some(t) => {
+                Some(
+                    TraceSink::start(t.provider, t.model).map_err(|e| EngineError::Spawn {
+                        what: "engine-trace",
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
             None => None,
         };
         let (tx, rx) = mpsc::channel();
@@ -185,26 +202,27 @@ impl Engine {
         } else {
             (None, None)
         };
-        let sched = Scheduler::new(
-            Model { w: weights },
-            kv,
-            BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching),
-            SchedConfig {
+        let sched = Scheduler::new(SchedulerParts {
+            exec: Box::new(exec),
+            pool: BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching),
+            cfg: SchedConfig {
                 max_running: cfg.max_running_requests,
                 chunk: cfg.chunked_prefill_size,
                 context_length,
             },
-            pool,
             rx,
-            etx,
-            stats.clone(),
-            metrics.clone(),
-            sink,
-        );
+            events: etx,
+            stats: stats.clone(),
+            metrics: metrics.clone(),
+            trace: sink,
+        });
         std::thread::Builder::new()
             .name("engine-scheduler".into())
             .spawn(move || sched.run())
-            .map_err(|e| EngineError::Config(format!("scheduler thread: {e}")))?;
+            .map_err(|e| EngineError::Spawn {
+                what: "engine-scheduler",
+                reason: e.to_string(),
+            })?;
         if let Some(m) = &metrics {
             let facts = StaticFacts {
                 max_total_tokens: info.max_total_tokens,
@@ -265,46 +283,43 @@ impl Engine {
         req: PreprocessedRequest,
         trace: Option<TraceRequest>,
     ) -> Result<tmpsc::UnboundedReceiver<EngineOutput>, EngineError> {
-        let inv = |m: String| Err(EngineError::InvalidRequest(m));
+        let inv = |e: RequestError| Err(EngineError::InvalidRequest(e));
         let prompt = req.token_ids;
         if prompt.is_empty() {
-            return inv("the prompt is empty".into());
+            return inv(RequestError::EmptyPrompt);
         }
         let vocab = self.info.model.vocab;
-        if let Some(t) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return inv(format!(
-                "token id {t} is outside the vocabulary (size {vocab})"
-            ));
+        if let Some(&token) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return inv(RequestError::TokenOutOfVocab { token, vocab });
         }
-        let ctx = self.info.context_length;
-        let room = ctx.saturating_sub(prompt.len());
+        let context = self.info.context_length;
+        let room = context.saturating_sub(prompt.len());
         if room == 0 {
-            return inv(format!(
-                "the prompt has {} tokens but the context length is {ctx}",
-                prompt.len()
-            ));
+            return inv(RequestError::PromptTooLong {
+                prompt: prompt.len(),
+                context,
+            });
         }
         let max_new = match req.stop.max_tokens {
-            Some(0) => return inv("max_tokens must be at least 1".into()),
-            Some(m) if m as usize > room => {
-                return inv(format!(
-                    "prompt ({} tokens) plus max_tokens ({m}) exceeds the context length {ctx}",
-                    prompt.len()
-                ))
+            Some(0) => return inv(RequestError::ZeroMaxTokens),
+            Some(max_tokens) if max_tokens as usize > room => {
+                return inv(RequestError::ExceedsContext {
+                    prompt: prompt.len(),
+                    max_tokens,
+                    context,
+                })
             }
             Some(m) => m as usize,
             None => room,
         };
         let need = (prompt.len() + max_new).div_ceil(self.info.page_size);
         if need > self.info.kv_blocks {
-            return inv(format!(
-                "prompt plus max_tokens needs {} KV tokens but the pool holds {}",
-                need * self.info.page_size,
-                self.info.max_total_tokens
-            ));
+            return inv(RequestError::ExceedsKvPool {
+                need: need * self.info.page_size,
+                capacity: self.info.max_total_tokens,
+            });
         }
-        let params =
-            SamplingParams::from_options(&req.sampling).map_err(EngineError::InvalidRequest)?;
+        let params = SamplingParams::from_options(&req.sampling).map_err(RequestError::Sampling)?;
         let mut stop_ids = req.stop.stop_token_ids.clone();
         if !req.stop.ignore_eos {
             stop_ids.extend(self.info.model.eos_token_ids.iter().copied());

@@ -13,15 +13,15 @@ use dynamo_protocols::{EngineOutput, FinishReason, KvCacheEvent, Usage};
 use tokio::sync::mpsc as tmpsc;
 
 use crate::engine::EngineStats;
-use crate::kernels::ComputePool;
-use crate::kv::{BlockPool, KvCache, NodeId, ROOT};
+use crate::executor::Executor;
+use crate::kv::{BlockPool, NodeId, ROOT};
 use crate::metrics::{EngineMetrics, Stage, Window};
-use crate::model::{Model, Scratch, SeqInput};
+use crate::model::SeqInput;
 use crate::sampling::Sampler;
 use crate::trace::{SeqTrace, Slice, TraceSink};
 
 mod observe;
-use observe::finished;
+use observe::{finished, observe_decode, observe_prefill, observe_token};
 
 pub(crate) enum Cmd {
     Add(Box<Seq>),
@@ -98,12 +98,26 @@ pub(crate) struct SchedConfig {
     pub context_length: usize,
 }
 
+/// What a scheduler thread is built from.
+pub(crate) struct SchedulerParts {
+    /// Runs the forward pass over the KV storage it owns.
+    pub exec: Box<dyn Executor>,
+    /// Which blocks of that storage hold what (radix tree, free list).
+    pub pool: BlockPool,
+    pub cfg: SchedConfig,
+    pub rx: mpsc::Receiver<Cmd>,
+    /// Where KV events go (`None`: not produced).
+    pub events: Option<tmpsc::UnboundedSender<KvCacheEvent>>,
+    /// Shared with [`crate::Engine::stats`], refreshed once per iteration.
+    pub stats: Arc<Mutex<EngineStats>>,
+    pub metrics: Option<Arc<EngineMetrics>>,
+    pub trace: Option<TraceSink>,
+}
+
 pub(crate) struct Scheduler {
-    model: Model,
-    kv: KvCache,
+    exec: Box<dyn Executor>,
     pool: BlockPool,
     cfg: SchedConfig,
-    threads: ComputePool,
     rx: mpsc::Receiver<Cmd>,
     events: Option<tmpsc::UnboundedSender<KvCacheEvent>>,
     event_id: u64,
@@ -112,31 +126,26 @@ pub(crate) struct Scheduler {
     metrics: Option<Arc<EngineMetrics>>,
     window: Window,
     trace: Option<TraceSink>,
-    scratch: Scratch,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
 }
 
 impl Scheduler {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        model: Model,
-        kv: KvCache,
-        pool: BlockPool,
-        cfg: SchedConfig,
-        threads: ComputePool,
-        rx: mpsc::Receiver<Cmd>,
-        events: Option<tmpsc::UnboundedSender<KvCacheEvent>>,
-        stats: Arc<Mutex<EngineStats>>,
-        metrics: Option<Arc<EngineMetrics>>,
-        trace: Option<TraceSink>,
-    ) -> Self {
-        Scheduler {
-            model,
-            kv,
+    pub(crate) fn new(parts: SchedulerParts) -> Self {
+        let SchedulerParts {
+            exec,
             pool,
             cfg,
-            threads,
+            rx,
+            events,
+            stats,
+            metrics,
+            trace,
+        } = parts;
+        Scheduler {
+            exec,
+            pool,
+            cfg,
             rx,
             events,
             event_id: 0,
@@ -145,7 +154,6 @@ impl Scheduler {
             metrics,
             window: Window::new(Instant::now()),
             trace,
-            scratch: Scratch::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
@@ -360,12 +368,11 @@ impl Scheduler {
                 }
             })
             .collect();
-        let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
         let t0 = Instant::now();
-        let logits = model.forward(kv, &inputs, scratch, &self.threads);
+        let logits = self.exec.forward(&inputs);
         let t1 = Instant::now();
         drop(inputs);
-        let vocab = self.model.w.cfg.vocab;
+        let vocab = self.exec.model().vocab;
         let page = self.pool.page();
 
         // Advance, publish full blocks, collect who samples.
@@ -378,29 +385,11 @@ impl Scheduler {
             // Prompt work, including a prompt's last token when chunking leaves it alone.
             if s.tokens.len() - s.computed > 1 || s.generated() == 0 {
                 prefill += n as u64;
-                let (fresh, chunked) = (s.generated() == 0, s.chunked);
-                if let Some(t) = s.trace.as_mut().filter(|_| fresh) {
-                    if chunked {
-                        t.slices.push((Slice::ChunkedPrefill, t0, t1));
-                    }
-                    if let Some(a) = t.admitted.filter(|_| completes) {
-                        t.slices.push((Slice::PrefillForward, a, t1));
-                    }
-                }
-                if let Some(m) = self.metrics.as_deref().filter(|_| s.generated() == 0) {
-                    if s.chunked {
-                        m.stage(Stage::ChunkedPrefill, t1 - t0);
-                    }
-                    if let Some(a) = s.admitted.filter(|_| s.computed + n == s.tokens.len()) {
-                        m.stage(Stage::PrefillForward, t1.duration_since(a));
-                    }
-                }
+                observe_prefill(self.metrics.as_deref(), s, completes, t0, t1);
             } else {
                 decode += 1;
                 decode_lens += s.tokens.len();
-                if let Some(t) = s.trace.as_mut() {
-                    t.slices.push((Slice::Decode { bid, batch }, t0, t1));
-                }
+                observe_decode(s, bid, batch, t0, t1);
             }
             s.computed += n;
             if s.computed == s.tokens.len() {
@@ -424,12 +413,7 @@ impl Scheduler {
         }
         self.local.prefill_tokens += prefill;
         self.local.decode_tokens += decode;
-        if let Some(m) = &self.metrics {
-            m.realtime_prefill_compute.inc_by(prefill);
-            m.realtime_decode.inc_by(decode);
-            m.decode_sum_seq_lens.set(decode_lens as i64);
-            self.window.forward(t1 - t0, decode);
-        }
+        self.observe_forward(prefill, decode, decode_lens, t1 - t0);
         // Sample in parallel (each sequence's generator is its own). `samplers` is ascending
         // and in the order of the logits rows.
         let mut logits = logits;
@@ -441,7 +425,7 @@ impl Scheduler {
             .map(|(_, s)| s)
             .zip(logits.chunks_mut(vocab))
             .collect();
-        self.threads.chunks_mut(&mut work, 1, |_, item| {
+        self.exec.threads().chunks_mut(&mut work, 1, |_, item| {
             let (s, row) = &mut item[0];
             let banned = if s.generated() < s.min_new {
                 s.stop_ids.clone()
@@ -458,16 +442,7 @@ impl Scheduler {
         let now = Instant::now();
         for &i in &samplers {
             let s = &mut self.running[i];
-            if let Some(m) = &self.metrics {
-                match s.last_token {
-                    None => m.ttft.observe(now.duration_since(s.arrival).as_secs_f64()),
-                    Some(t) => m.itl.observe(now.duration_since(t).as_secs_f64()),
-                }
-            }
-            s.last_token = Some(now);
-            if let Some(t) = s.trace.as_mut() {
-                t.first_token.get_or_insert(now);
-            }
+            observe_token(self.metrics.as_deref(), s, now);
             let tok = *s.tokens.last().expect("sampled");
             let g = s.generated();
             let is_stop = g > s.min_new && s.stop_ids.contains(&tok);

@@ -7,6 +7,7 @@
 //! timestamps to the request's [`SeqTrace`]; spans are built on the `engine-trace` thread when
 //! the request ends, so exporters never run inside the forward loop.
 
+use dynamo_protocols::names::spans;
 use std::sync::mpsc;
 use std::time::{Instant, SystemTime};
 
@@ -167,7 +168,7 @@ impl Builder {
         let parent = dynamo_telemetry::context::remote_span_context(&t.req.parent);
         let (start, end) = (t.submitted, f.end);
         let (mut room, room_cx) = self.open(
-            "Bootstrap Room 0x0".into(),
+            spans::BOOTSTRAP_ROOM_0.into(),
             &parent,
             start,
             vec![KeyValue::new("bootstrap_room", "0x0")],

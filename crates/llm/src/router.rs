@@ -1,5 +1,5 @@
 //! `--router-mode` and the stateless choices (round-robin, random); the KV-aware mode is in
-//! [`crate::kv_router`].
+//! [`dynamo_kv_router`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

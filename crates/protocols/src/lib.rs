@@ -1,10 +1,12 @@
-//! Wire types shared by the frontend, the workers (engine and mocker) and the router, plus the
-//! names users see (env vars, metric names, label names) defined once.
+//! Wire types shared by the frontend, the workers (engine and mocker) and the router, the byte
+//! format of exported KV blocks, plus the names users see (env vars, flag defaults, span
+//! names, metric names, label names) defined once.
 //!
 //! Everything here is plain serde data: no I/O, no runtime.
 
 pub mod hashing;
 pub mod kv_events;
+pub mod kv_transfer;
 pub mod model_card;
 pub mod names;
 pub mod request;

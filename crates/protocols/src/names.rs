@@ -1,12 +1,18 @@
-//! Names users see: environment variables, metric names and label names. Defined once here;
-//! a test in the e2e crate checks them against `../shared/spec`.
+//! Names users see: environment variables, flag defaults, span names, metric names and label
+//! names. Defined once here: the binaries' flags use them (`env = names::env::…`), the code
+//! that records spans and metrics uses them, and the tidy test checks them against the
+//! project's reference pages in `docs/` (which other tests keep equal to the live endpoints).
 
 /// Environment variables the binaries read (libraries never read the environment).
 pub mod env {
     pub const NATS_SERVER: &str = "NATS_SERVER";
     pub const DYN_HTTP_PORT: &str = "DYN_HTTP_PORT";
+    pub const DYN_HTTP_HOST: &str = "DYN_HTTP_HOST";
     pub const DYN_HTTP_BODY_LIMIT_MB: &str = "DYN_HTTP_BODY_LIMIT_MB";
     pub const DYN_SYSTEM_PORT: &str = "DYN_SYSTEM_PORT";
+    pub const DYN_SYSTEM_HOST: &str = "DYN_SYSTEM_HOST";
+    pub const DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS: &str = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS";
+    pub const DYN_GRACEFUL_SHUTDOWN_TIMEOUT: &str = "DYN_GRACEFUL_SHUTDOWN_TIMEOUT";
     pub const DYN_SYSTEM_STARTING_HEALTH_STATUS: &str = "DYN_SYSTEM_STARTING_HEALTH_STATUS";
     pub const DYN_SYSTEM_HEALTH_PATH: &str = "DYN_SYSTEM_HEALTH_PATH";
     pub const DYN_SYSTEM_LIVE_PATH: &str = "DYN_SYSTEM_LIVE_PATH";
@@ -20,9 +26,59 @@ pub mod env {
     pub const DYN_NAMESPACE: &str = "DYN_NAMESPACE";
     pub const DYN_MODEL_CACHE: &str = "DYN_MODEL_CACHE";
     pub const DYN_ENABLE_FORCE_INCLUDE_USAGE: &str = "DYN_ENABLE_FORCE_INCLUDE_USAGE";
+    /// The worker's `--kernels` (`auto` or `portable`).
+    pub const DYN_ENGINE_KERNELS: &str = "DYN_ENGINE_KERNELS";
     pub const OTEL_EXPORT_ENABLED: &str = "OTEL_EXPORT_ENABLED";
     pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
     pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+}
+
+/// Defaults of flags shared by several binaries (and by the launch scripts and tests).
+pub mod defaults {
+    pub const NATS_SERVER: &str = "nats://127.0.0.1:4222";
+    pub const HTTP_PORT: u16 = 8000;
+    pub const HTTP_HOST: &str = "0.0.0.0";
+    pub const SYSTEM_HOST: &str = "0.0.0.0";
+    pub const NAMESPACE: &str = "dynamo";
+    /// Component of aggregated (and decode) workers.
+    pub const COMPONENT: &str = "backend";
+    pub const ENDPOINT: &str = "generate";
+    pub const HEALTH_PATH: &str = "/health";
+    pub const LIVE_PATH: &str = "/live";
+    pub const LOG: &str = "info";
+    pub const OTLP_TRACES_ENDPOINT: &str = "http://localhost:4317";
+    /// `service.name` of a process's runtime spans unless `OTEL_SERVICE_NAME` says otherwise.
+    pub const SERVICE_NAME: &str = "dynamo";
+    pub const GRACEFUL_SHUTDOWN_TIMEOUT_S: u64 = 30;
+    pub const HTTP_BODY_LIMIT_MB: usize = 45;
+    /// `--model` of the worker binaries.
+    pub const MODEL: &str = "SmolLM2-135M-Instruct";
+}
+
+/// `dynamo-worker` flag defaults (SGLang's names) and the engine's span service.
+pub mod worker {
+    pub const PAGE_SIZE: usize = 16;
+    pub const MAX_RUNNING_REQUESTS: usize = 64;
+    pub const KV_CACHE_MEMORY_MB: usize = 1024;
+    pub const CHUNKED_PREFILL_SIZE: usize = 512;
+    /// `--otlp-traces-endpoint` (host:port, as SGLang takes it).
+    pub const OTLP_TRACES_ENDPOINT: &str = "localhost:4317";
+    /// `service.name` of the engine's spans.
+    pub const ENGINE_SERVICE_NAME: &str = "sglang";
+}
+
+/// Span names (runtime spans; the engine's are built in `dynamo-engine`'s trace module).
+pub mod spans {
+    pub const HTTP_REQUEST: &str = "http-request";
+    pub const HANDLE_PAYLOAD: &str = "handle_payload";
+    pub const ROUTE_REQUEST: &str = "kv_router.route_request";
+    pub const COMPUTE_BLOCK_HASHES: &str = "kv_router.compute_block_hashes";
+    pub const COMPUTE_SEQ_HASHES: &str = "kv_router.compute_seq_hashes";
+    pub const FIND_MATCHES: &str = "kv_router.find_matches";
+    pub const SELECT_WORKER: &str = "kv_router.select_worker";
+    pub const SCHEDULE: &str = "kv_router.schedule";
+    /// The engine's root span of a request (aggregated serving: room 0).
+    pub const BOOTSTRAP_ROOM_0: &str = "Bootstrap Room 0x0";
 }
 
 /// Prometheus label names.
@@ -133,10 +189,30 @@ pub const ALL_METRICS: &[&str] = &[
     router::OVERHEAD_TOTAL_MS,
 ];
 
+/// Every span name defined above, for the spec check.
+pub const ALL_SPANS: &[&str] = &[
+    spans::HTTP_REQUEST,
+    spans::HANDLE_PAYLOAD,
+    spans::ROUTE_REQUEST,
+    spans::COMPUTE_BLOCK_HASHES,
+    spans::COMPUTE_SEQ_HASHES,
+    spans::FIND_MATCHES,
+    spans::SELECT_WORKER,
+    spans::SCHEDULE,
+    spans::BOOTSTRAP_ROOM_0,
+];
+
 /// Every env var defined above, for the spec check.
 pub const ALL_ENV: &[&str] = &[
     env::NATS_SERVER,
     env::DYN_HTTP_PORT,
+    env::DYN_HTTP_HOST,
+    env::DYN_SYSTEM_HOST,
+    env::DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS,
+    env::DYN_GRACEFUL_SHUTDOWN_TIMEOUT,
+    env::DYN_NAMESPACE,
+    env::DYN_MODEL_CACHE,
+    env::DYN_ENGINE_KERNELS,
     env::DYN_HTTP_BODY_LIMIT_MB,
     env::DYN_SYSTEM_PORT,
     env::DYN_SYSTEM_STARTING_HEALTH_STATUS,

@@ -2,6 +2,7 @@
 //! on its own task, stream its items back on the reply subject as envelopes, honour
 //! cancellation messages, and record the `dynamo_component_*` work-handler metrics.
 
+use dynamo_protocols::names::spans;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -106,7 +107,7 @@ where
         let h = msg.headers.as_ref();
         let e = tracing::field::Empty;
         let span = tracing::info_span!(
-            "handle_payload",
+            spans::HANDLE_PAYLOAD,
             component = %self.id.component,
             endpoint = %self.id.endpoint,
             namespace = %self.id.namespace,

@@ -1,7 +1,8 @@
 //! The distributed runtime every process builds on: one NATS connection, endpoint addressing
 //! (`namespace/component/endpoint`), the request plane (a request in, a stream of responses
 //! out, cancellation), discovery of live instances through a JetStream key-value bucket with
-//! heartbeat leases, the system status server (`/metrics`, `/health`, `/live`) and the
+//! heartbeat leases, the events plane (typed publish / subscribe / request-many for KV events,
+//! loads and re-sync), the system status server (`/metrics`, `/health`, `/live`) and the
 //! `dynamo_component_*` metrics.
 //!
 //! Configuration comes in as [`RuntimeConfig`]; this crate never reads the environment.
@@ -11,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod egress;
 pub mod error;
+pub mod events;
 pub mod ingress;
 pub mod metrics;
 mod runtime;
@@ -22,6 +24,7 @@ pub use config::RuntimeConfig;
 pub use discovery::{InstanceMap, InstanceRecord};
 pub use egress::{CallOptions, ResponseStream};
 pub use error::{HandlerError, RuntimeError};
+pub use events::{Events, EventsError, Message, Replier, Subscription};
 pub use ingress::{Handler, HandlerStream, RequestContext};
 pub use metrics::MetricsRegistry;
 pub use runtime::DistributedRuntime;

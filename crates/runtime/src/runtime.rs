@@ -19,6 +19,7 @@ use crate::config::RuntimeConfig;
 use crate::discovery::{self, InstanceMap, InstanceRecord};
 use crate::egress::{self, CallOptions, ResponseStream};
 use crate::error::RuntimeError;
+use crate::events::Events;
 use crate::ingress::{self, Handler, Ingress};
 use crate::metrics::MetricsRegistry;
 use crate::system_status::{self, HealthState, StatusPaths};
@@ -88,8 +89,9 @@ impl DistributedRuntime {
         &self.inner.config
     }
 
-    pub fn nats(&self) -> &async_nats::Client {
-        &self.inner.client
+    /// The events plane (KV events, load reports, re-sync queries) of this connection.
+    pub fn events(&self) -> Events {
+        Events::new(self.inner.client.clone())
     }
 
     pub fn metrics(&self) -> &MetricsRegistry {

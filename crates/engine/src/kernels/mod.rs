@@ -28,19 +28,31 @@ pub enum Isa {
     Portable,
 }
 
-/// Detected once per process.
-pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        if std::env::var_os("DYN_ENGINE_PORTABLE_KERNELS").is_some() {
-            return Isa::Portable;
-        }
-        if avx2::available() {
-            Isa::Avx2
-        } else {
-            Isa::Portable
-        }
+/// Which kernels to use (the worker's `--kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    /// The fastest the CPU supports.
+    #[default]
+    Auto,
+    /// The portable loops, even where AVX2 is available (for comparison and debugging).
+    Portable,
+}
+
+static ISA: OnceLock<Isa> = OnceLock::new();
+
+/// Fix the process's kernels (once: the first call, or the first [`isa`], decides; a later
+/// different choice is ignored and the kernels in use are returned).
+pub fn select(choice: KernelChoice) -> Isa {
+    *ISA.get_or_init(|| match choice {
+        KernelChoice::Portable => Isa::Portable,
+        KernelChoice::Auto if avx2::available() => Isa::Avx2,
+        KernelChoice::Auto => Isa::Portable,
     })
+}
+
+/// The kernels in use (detected on first use unless [`select`] came first).
+pub fn isa() -> Isa {
+    select(KernelChoice::Auto)
 }
 
 /// f16 bits → f32, through a table (the conversion sits in the kernels' inner loops).

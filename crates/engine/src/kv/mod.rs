@@ -8,6 +8,8 @@ pub use pool::{BlockPool, NodeId, PoolStats, ROOT};
 /// K and V for every layer as f16 bits, `blocks × page` slots of `kv_heads × head_dim` each.
 pub struct KvCache {
     pub page: usize,
+    kv_dim: usize,
+    blocks: usize,
     layers: Vec<(Vec<u16>, Vec<u16>)>,
 }
 
@@ -16,6 +18,8 @@ impl KvCache {
         let n = blocks * page * kv_dim;
         KvCache {
             page,
+            kv_dim,
+            blocks,
             layers: (0..layers)
                 .map(|_| (vec![0u16; n], vec![0u16; n]))
                 .collect(),
@@ -35,5 +39,35 @@ impl KvCache {
     pub fn layer_mut(&mut self, i: usize) -> (&mut [u16], &mut [u16]) {
         let (k, v) = &mut self.layers[i];
         (k, v)
+    }
+
+    /// Layers held.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Blocks held per layer.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    /// Slots of one block in one layer's K (or V) slab.
+    fn block_range(&self, block: usize) -> std::ops::Range<usize> {
+        let n = self.page * self.kv_dim;
+        block * n..(block + 1) * n
+    }
+
+    /// One block's K and V in layer `layer`.
+    pub fn block(&self, layer: usize, block: usize) -> (&[u16], &[u16]) {
+        let r = self.block_range(block);
+        let (k, v) = &self.layers[layer];
+        (&k[r.clone()], &v[r])
+    }
+
+    /// One block's K and V in layer `layer`, to write.
+    pub fn block_mut(&mut self, layer: usize, block: usize) -> (&mut [u16], &mut [u16]) {
+        let r = self.block_range(block);
+        let (k, v) = &mut self.layers[layer];
+        (&mut k[r.clone()], &mut v[r])
     }
 }

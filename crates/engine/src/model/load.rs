@@ -60,7 +60,10 @@ impl WeightSummary {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Load(format!("{}: {e}", path.display()))
+    EngineError::Load {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 /// Load a `.gguf` file or a Hugging Face directory.
@@ -272,7 +275,9 @@ fn finish(
     inv_freq: Vec<f32>,
     mut summary: WeightSummary,
 ) -> Result<Weights, EngineError> {
-    let bad = |what: &str| EngineError::Load(format!("{what} has the wrong shape"));
+    let bad = |what: &str| EngineError::WrongShape {
+        tensor: what.to_string(),
+    };
     let (h, kvd) = (cfg.hidden, cfg.kv_heads * cfg.head_dim);
     for l in &layers {
         if l.qkv.k != h || l.qkv.n != cfg.heads * cfg.head_dim + 2 * kvd {

@@ -1,14 +1,81 @@
-//! The scheduler's observability hooks off the main loop's path: metric gauges once per
-//! iteration, the per-request metric families at a request's end, and handing an ended
+//! The scheduler's observability hooks, kept out of the main loop's code: metric gauges once
+//! per iteration, what one forward step records (stage timings, per-token latencies, span
+//! slices), the per-request metric families at a request's end, and handing an ended
 //! request's timestamps to the span builder.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Scheduler, Seq};
-use crate::metrics::EngineMetrics;
-use crate::trace::Finished;
+use crate::metrics::{EngineMetrics, Stage};
+use crate::trace::{Finished, Slice};
+
+/// A prefill chunk of `s` ran from `t0` to `t1` (`completes`: it was the prompt's last).
+pub(super) fn observe_prefill(
+    m: Option<&EngineMetrics>,
+    s: &mut Seq,
+    completes: bool,
+    t0: Instant,
+    t1: Instant,
+) {
+    if s.generated() != 0 {
+        return;
+    }
+    if let Some(t) = s.trace.as_mut() {
+        if s.chunked {
+            t.slices.push((Slice::ChunkedPrefill, t0, t1));
+        }
+        if let Some(a) = t.admitted.filter(|_| completes) {
+            t.slices.push((Slice::PrefillForward, a, t1));
+        }
+    }
+    if let Some(m) = m {
+        if s.chunked {
+            m.stage(Stage::ChunkedPrefill, t1 - t0);
+        }
+        if let Some(a) = s.admitted.filter(|_| completes) {
+            m.stage(Stage::PrefillForward, t1.duration_since(a));
+        }
+    }
+}
+
+/// A decode step of `s` ran from `t0` to `t1` in batch `bid` of `batch` sequences.
+pub(super) fn observe_decode(s: &mut Seq, bid: u32, batch: u32, t0: Instant, t1: Instant) {
+    if let Some(t) = s.trace.as_mut() {
+        t.slices.push((Slice::Decode { bid, batch }, t0, t1));
+    }
+}
+
+/// `s` produced a token at `now`: TTFT or inter-token latency, and the span's first token.
+pub(super) fn observe_token(m: Option<&EngineMetrics>, s: &mut Seq, now: Instant) {
+    if let Some(m) = m {
+        match s.last_token {
+            None => m.ttft.observe(now.duration_since(s.arrival).as_secs_f64()),
+            Some(t) => m.itl.observe(now.duration_since(t).as_secs_f64()),
+        }
+    }
+    s.last_token = Some(now);
+    if let Some(t) = s.trace.as_mut() {
+        t.first_token.get_or_insert(now);
+    }
+}
 
 impl Scheduler {
+    /// One forward step's token counts and duration.
+    pub(super) fn observe_forward(
+        &mut self,
+        prefill: u64,
+        decode: u64,
+        decode_lens: usize,
+        took: Duration,
+    ) {
+        if let Some(m) = &self.metrics {
+            m.realtime_prefill_compute.inc_by(prefill);
+            m.realtime_decode.inc_by(decode);
+            m.decode_sum_seq_lens.set(decode_lens as i64);
+            self.window.forward(took, decode);
+        }
+    }
+
     pub(super) fn gauges(&self, m: &EngineMetrics, idle: bool) {
         let (p, page) = (&self.local.pool, self.pool.page());
         let used = (p.shared_in_use + p.private_in_use) * page;

@@ -3,6 +3,7 @@
 //! spans, a pinned `backend_instance_id`, and trying the next candidate when an instance does
 //! not answer.
 
+use dynamo_protocols::names::spans;
 use std::sync::Arc;
 
 use dynamo_protocols::EngineOutput;
@@ -12,8 +13,8 @@ use tracing::Instrument;
 
 use super::pipeline::{map_runtime_error, Job};
 use super::AppState;
-use crate::kv_router::{card_block_size, chain_hashes, hash_blocks, KvRouter, RouteTicket};
 use crate::openai::{ApiError, ErrorClass};
+use dynamo_kv_router::{card_block_size, chain_hashes, hash_blocks, KvRouter, RouteTicket};
 
 /// The hashing and lookup spans of the non-KV modes: the same block and sequence hashes the
 /// KV router computes (block size from the model card), with no index to look them up in.
@@ -22,7 +23,7 @@ fn routing_spans(job: &Job) {
     let local = hash_blocks(&job.request.token_ids, bs);
     let seq = chain_hashes(&local);
     let _m = tracing::info_span!(
-        "kv_router.find_matches",
+        spans::FIND_MATCHES,
         block_count = seq.len() as i64,
         overlap_blocks = 0
     )
@@ -72,7 +73,7 @@ fn choose(state: &AppState, job: &Job, kv: Option<&Arc<KvRouter>>) -> Result<Cho
         }
         return Ok((pinned, None, 0));
     }
-    let select = tracing::info_span!("kv_router.select_worker");
+    let select = tracing::info_span!(spans::SELECT_WORKER);
     if let Some(router) = kv {
         let sel = select
             .in_scope(|| router.select(&job.request.token_ids, &job.instances))
@@ -84,7 +85,7 @@ fn choose(state: &AppState, job: &Job, kv: Option<&Arc<KvRouter>>) -> Result<Cho
     }
     let _s = select.enter();
     routing_spans(job);
-    let _c = tracing::info_span!("kv_router.schedule", overlap_blocks = 0).entered();
+    let _c = tracing::info_span!(spans::SCHEDULE, overlap_blocks = 0).entered();
     let first = state.router.pick(n);
     let order = (0..n.min(3))
         .map(|k| job.instances[(first + k) % n].clone())
@@ -115,7 +116,7 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiErro
         }
         let alive = state.models.alive_fn(inst.instance_id);
         let route = tracing::info_span!(
-            "kv_router.route_request",
+            spans::ROUTE_REQUEST,
             otel.kind = "client",
             request_id = %job.call.request_id,
             worker_id = inst.instance_id,

@@ -2,6 +2,7 @@
 //! its status), preprocess, and hand over to the pipeline; plus models, health, liveness and
 //! metrics.
 
+use dynamo_protocols::names::spans;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,7 +88,7 @@ fn request_span(
 ) -> tracing::Span {
     let e = tracing::field::Empty;
     let span = tracing::info_span!(
-        "http-request",
+        spans::HTTP_REQUEST,
         otel.kind = "server",
         method = "POST",
         uri = %uri,

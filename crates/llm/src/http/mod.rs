@@ -16,9 +16,9 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use dynamo_runtime::{CancellationToken, DistributedRuntime, MetricsRegistry};
 
-use crate::kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
 use crate::models::ModelManager;
 use crate::router::{Router as WorkerRouter, RouterMode};
+use dynamo_kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
 pub use metrics::FrontendMetrics;
 
 /// Frontend settings (from flags).
@@ -69,7 +69,7 @@ impl KvRouting {
             "starting KV router"
         );
         let r = KvRouter::start(
-            drt.nats().clone(),
+            drt.events(),
             namespace,
             component,
             models.instances_rx(),
@@ -79,6 +79,28 @@ impl KvRouting {
         .await;
         map.insert(key, r.clone());
         r
+    }
+}
+
+/// Start each worker component's KV router as soon as discovery shows it (so its index is
+/// filled before the first request); runs until discovery ends. Nothing to do without
+/// `--router-mode kv`.
+pub async fn start_kv_routers(state: Arc<AppState>) {
+    let Some(kv) = &state.kv else { return };
+    let mut rx = state.models.instances_rx();
+    loop {
+        let comps: std::collections::HashSet<(String, String)> = rx
+            .borrow_and_update()
+            .values()
+            .filter(|r| r.card.get("kv_cache_block_size").is_some())
+            .map(|r| (r.namespace.clone(), r.component.clone()))
+            .collect();
+        for (ns, c) in comps {
+            kv.router(&state.drt, &state.models, &ns, &c).await;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -16,11 +16,11 @@ use tracing::Instrument;
 
 use super::dispatch::dispatch;
 use super::AppState;
-use crate::detok::{IncrementalDecoder, StopMatcher};
 use crate::openai::request::GenParams;
 use crate::openai::response::*;
 use crate::openai::{ApiError, ErrorClass};
 use crate::preprocess::Preprocessor;
+use dynamo_preprocessor::detok::{IncrementalDecoder, StopMatcher};
 
 /// Chat or plain completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

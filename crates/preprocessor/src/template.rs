@@ -4,7 +4,15 @@
 use minijinja::{Environment, ErrorKind, Value};
 use serde::Serialize;
 
-use crate::model::ModelError;
+/// Why a chat template could not be compiled, or messages not rendered with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("invalid chat template: {0}")]
+    Invalid(String),
+    /// Bad messages for this template, or the template raised.
+    #[error("chat template: {0}")]
+    Render(String),
+}
 
 /// A compiled chat template.
 pub struct ChatTemplate {
@@ -12,11 +20,6 @@ pub struct ChatTemplate {
     bos: String,
     eos: String,
 }
-
-/// Rendering failed (bad messages for this template, or the template raised).
-#[derive(Debug, thiserror::Error)]
-#[error("chat template: {0}")]
-pub struct TemplateError(pub String);
 
 fn raise_exception(msg: String) -> Result<Value, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
@@ -66,7 +69,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos: Option<&str>, eos: Option<&str>) -> Result<Self, ModelError> {
+    pub fn new(source: &str, bos: Option<&str>, eos: Option<&str>) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -74,7 +77,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.to_string())
-            .map_err(|e| ModelError::Tokenizer(format!("invalid chat template: {e}")))?;
+            .map_err(|e| TemplateError::Invalid(e.to_string()))?;
         Ok(ChatTemplate {
             env,
             bos: bos.unwrap_or_default().to_string(),
@@ -92,7 +95,7 @@ impl ChatTemplate {
         let tmpl = self
             .env
             .get_template("chat")
-            .map_err(|e| TemplateError(e.to_string()))?;
+            .map_err(|e| TemplateError::Render(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             tools => tools,
@@ -100,7 +103,7 @@ impl ChatTemplate {
             bos_token => self.bos,
             eos_token => self.eos,
         })
-        .map_err(|e| TemplateError(e.to_string()))
+        .map_err(|e| TemplateError::Render(e.to_string()))
     }
 }
 
@@ -124,7 +127,10 @@ mod tests {
         let err = t
             .render(&[json!({"role":"robot","content":"x"})], None, false)
             .unwrap_err();
-        assert!(err.0.contains("bad role robot"), "{err}");
+        assert!(
+            matches!(&err, TemplateError::Render(m) if m.contains("bad role robot")),
+            "{err}"
+        );
     }
 
     #[test]

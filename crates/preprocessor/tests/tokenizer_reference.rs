@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dynamo_llm::detok::IncrementalDecoder;
-use dynamo_llm::model::{fetch_default_model, LoadedModel, ModelSource};
+use dynamo_preprocessor::detok::IncrementalDecoder;
+use dynamo_preprocessor::model::{default_model_path, LoadedModel, ModelSource};
 
 fn model_cache() -> PathBuf {
     std::env::var_os("DYN_MODEL_CACHE")
@@ -26,7 +26,12 @@ fn reference() -> serde_json::Value {
 
 #[test]
 fn gguf_tokenizer_matches_reference_ids() {
-    let path = fetch_default_model(&model_cache()).expect("default model");
+    let path = default_model_path(&model_cache());
+    assert!(
+        path.is_file(),
+        "{} missing: ./tests/run.sh fetches it",
+        path.display()
+    );
     let model = LoadedModel::load(ModelSource::Gguf(path)).unwrap();
     assert_eq!(model.context_length, 8192);
     let tok = Arc::new(model.tokenizer);
@@ -57,7 +62,12 @@ fn gguf_tokenizer_matches_reference_ids() {
 
 #[test]
 fn chat_template_renders_smollm_prompt() {
-    let path = fetch_default_model(&model_cache()).expect("default model");
+    let path = default_model_path(&model_cache());
+    assert!(
+        path.is_file(),
+        "{} missing: ./tests/run.sh fetches it",
+        path.display()
+    );
     let model = LoadedModel::load(ModelSource::Gguf(path)).unwrap();
     let tmpl = model.chat_template.expect("GGUF carries a chat template");
     let msgs = vec![serde_json::json!({"role": "user", "content": "Hi"})];

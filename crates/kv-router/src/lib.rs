@@ -12,6 +12,7 @@ pub mod scheduler;
 pub mod sync;
 pub mod task;
 
+use dynamo_protocols::names::spans;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,7 @@ use dynamo_protocols::kv_events::{
     kv_events_subject, kv_metrics_subject, kv_query_subject, KvQuery, KvQueryReply,
 };
 use dynamo_protocols::{LoadReport, RouterEvent};
-use dynamo_runtime::{InstanceMap, InstanceRecord};
-use futures::StreamExt;
+use dynamo_runtime::{Events, InstanceMap, InstanceRecord, Subscription};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::mpsc;
@@ -33,6 +33,11 @@ pub use indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
 pub use metrics::RouterMetrics;
 use scheduler::{ActiveLoad, Candidate, Costing};
 use task::{IndexMsg, IndexTask, SyncAnswer};
+
+/// How long a router start waits for nats-server to confirm its subscriptions.
+const SUBSCRIPTION_FLUSH_BOUND: Duration = Duration::from_secs(2);
+/// How long a worker's re-sync answer may take to arrive in full.
+const RESYNC_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Settings from the frontend's flags.
 #[derive(Debug, Clone)]
@@ -153,7 +158,7 @@ impl KvRouter {
     /// nats-server holds the subscriptions, so no event a worker publishes after this (for
     /// the request about to be routed, say) is missed; what came before, the re-sync fetches.
     pub async fn start(
-        nats: async_nats::Client,
+        events: Events,
         namespace: &str,
         component: &str,
         instances: watch::Receiver<InstanceMap>,
@@ -163,15 +168,15 @@ impl KvRouter {
         let (tx, rx) = mpsc::channel();
         let rt = tokio::runtime::Handle::current();
         let resync: Option<task::Resync> = cfg.kv_events.then(|| {
-            let nats = nats.clone();
+            let events = events.clone();
             let tx = tx.clone();
             let (ns, comp) = (namespace.to_string(), component.to_string());
             let rt = rt.clone();
             Box::new(move |worker: u64, from: Option<u64>| {
-                let (nats, tx) = (nats.clone(), tx.clone());
+                let (events, tx) = (events.clone(), tx.clone());
                 let subject = kv_query_subject(&ns, &comp, worker);
                 rt.spawn(async move {
-                    let answer = query_worker(&nats, subject, from).await;
+                    let answer = query_worker(&events, &subject, from).await;
                     let _ = tx.send(IndexMsg::Answer { worker, answer });
                 });
             }) as task::Resync
@@ -185,27 +190,30 @@ impl KvRouter {
             .expect("spawn the KV index thread");
         let loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>> = Default::default();
         if cfg.kv_events {
-            let subject = kv_events_subject(namespace, component);
-            match nats.subscribe(subject.clone()).await {
+            match events
+                .subscribe::<RouterEvent>(&kv_events_subject(namespace, component))
+                .await
+            {
                 Ok(sub) => {
                     tokio::spawn(forward_events(sub, tx.clone()));
                 }
-                Err(e) => tracing::error!(error = %e, %subject, "cannot subscribe to KV events"),
+                Err(e) => tracing::error!(error = %e, "cannot subscribe to KV events"),
             }
         }
-        if let Ok(sub) = nats
-            .subscribe(kv_metrics_subject(namespace, component))
+        match events
+            .subscribe::<LoadReport>(&kv_metrics_subject(namespace, component))
             .await
         {
-            tokio::spawn(collect_loads(sub, loads.clone()));
+            Ok(sub) => {
+                tokio::spawn(collect_loads(sub, loads.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot subscribe to worker loads"),
         }
         // The server has seen the subscriptions once a flush returns (same connection, in
         // order). Bounded: while NATS is reconnecting, requests fail on their own instead of
         // queueing behind the first one.
-        match tokio::time::timeout(Duration::from_secs(2), nats.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "flushing the KV router's subscriptions"),
-            Err(_) => tracing::warn!("KV router subscriptions not confirmed within 2 s"),
+        if let Err(e) = events.flush(SUBSCRIPTION_FLUSH_BOUND).await {
+            tracing::warn!(error = %e, "KV router subscriptions not confirmed");
         }
         let router = Arc::new(KvRouter {
             tx,
@@ -269,7 +277,7 @@ impl KvRouter {
         let t2 = Instant::now();
         m.seq_hashing_ms.observe(ms(t2 - t1));
         let find = tracing::info_span!(
-            "kv_router.find_matches",
+            spans::FIND_MATCHES,
             block_count = local.len() as i64,
             overlap_blocks = tracing::field::Empty,
             workers_matched = tracing::field::Empty,
@@ -291,7 +299,7 @@ impl KvRouter {
             overlap_weight: self.cfg.overlap_weight,
         };
         let schedule = tracing::info_span!(
-            "kv_router.schedule",
+            spans::SCHEDULE,
             block_count = local.len() as i64,
             overlap_blocks = tracing::field::Empty,
             cached_tokens = tracing::field::Empty,
@@ -388,7 +396,7 @@ pub fn card_block_size(inst: &InstanceRecord) -> usize {
 /// Local hashes of a prompt's complete blocks, as the `kv_router.compute_block_hashes` span.
 pub fn hash_blocks(tokens: &[u32], block_size: usize) -> Vec<u64> {
     tracing::info_span!(
-        "kv_router.compute_block_hashes",
+        spans::COMPUTE_BLOCK_HASHES,
         isl_tokens = tokens.len() as i64,
         block_count = tracing::field::Empty,
     )
@@ -402,82 +410,54 @@ pub fn hash_blocks(tokens: &[u32], block_size: usize) -> Vec<u64> {
 /// Sequence hashes of those blocks, as the `kv_router.compute_seq_hashes` span.
 pub fn chain_hashes(local: &[u64]) -> Vec<u64> {
     tracing::info_span!(
-        "kv_router.compute_seq_hashes",
+        spans::COMPUTE_SEQ_HASHES,
         seq_hash_count = local.len() as i64
     )
     .in_scope(|| sequence_hashes(local))
 }
 
-/// Ask one worker for its KV state; collect the answer's messages (5 s budget). A worker that
-/// has registered but not yet subscribed to its query subject (NATS answers "no responders")
-/// is asked again every 200 ms within the budget.
+/// Ask one worker for its KV state and collect the answer's messages (5 s budget; a worker
+/// that has registered but not yet subscribed to its query subject is asked again).
 async fn query_worker(
-    nats: &async_nats::Client,
-    subject: String,
+    events: &Events,
+    subject: &str,
     from: Option<u64>,
 ) -> Result<SyncAnswer, String> {
-    let inbox = nats.new_inbox();
-    let mut sub = nats
-        .subscribe(inbox.clone())
+    let query = KvQuery {
+        from_event_id: from,
+    };
+    let parts: Vec<KvQueryReply> = events
+        .request_many(subject, &query, RESYNC_DEADLINE, |p: &KvQueryReply| p.done)
         .await
         .map_err(|e| e.to_string())?;
-    let body = serde_json::to_vec(&KvQuery {
-        from_event_id: from,
-    })
-    .expect("serializable");
-    let body = bytes::Bytes::from(body);
-    let ask = || nats.publish_with_reply(subject.clone(), inbox.clone(), body.clone());
-    ask().await.map_err(|e| e.to_string())?;
     let mut answer = SyncAnswer::default();
-    let deadline = tokio::time::sleep(Duration::from_secs(5));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return Err("no complete answer within 5 s".into()),
-            m = sub.next() => {
-                let Some(m) = m else { return Err("answer subscription closed".into()) };
-                if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    ask().await.map_err(|e| e.to_string())?;
-                    continue;
-                }
-                let part: KvQueryReply = serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?;
-                answer.full |= part.full;
-                answer.last_event_id = part.last_event_id;
-                answer.blocks.extend(part.blocks);
-                answer.events.extend(part.events);
-                if part.done {
-                    return Ok(answer);
-                }
-            }
-        }
+    for part in parts {
+        answer.full |= part.full;
+        answer.last_event_id = part.last_event_id;
+        answer.blocks.extend(part.blocks);
+        answer.events.extend(part.events);
     }
+    Ok(answer)
 }
 
-async fn forward_events(mut sub: async_nats::Subscriber, tx: mpsc::Sender<IndexMsg>) {
+async fn forward_events(mut sub: Subscription<RouterEvent>, tx: mpsc::Sender<IndexMsg>) {
     while let Some(m) = sub.next().await {
-        match serde_json::from_slice::<RouterEvent>(&m.payload) {
-            Ok(ev) => {
-                if tx.send(IndexMsg::Event(ev)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "undecodable KV event"),
+        if tx.send(IndexMsg::Event(m.body)).is_err() {
+            return;
         }
     }
 }
 
 async fn collect_loads(
-    mut sub: async_nats::Subscriber,
+    mut sub: Subscription<LoadReport>,
     loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>>,
 ) {
     while let Some(m) = sub.next().await {
-        if let Ok(l) = serde_json::from_slice::<LoadReport>(&m.payload) {
-            loads
-                .lock()
-                .unwrap()
-                .insert(l.worker_id, (l, Instant::now()));
-        }
+        let l = m.body;
+        loads
+            .lock()
+            .unwrap()
+            .insert(l.worker_id, (l, Instant::now()));
     }
 }
 

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::kv_router::publisher::LocalState;
+use crate::publisher::LocalState;
 
 const W: u64 = 0xabc;
 

@@ -1,15 +1,16 @@
 //! Wiring both worker binaries (`dynamo-worker`, `dynamo-mocker`) share: the model and
 //! endpoint flags, connecting to the runtime and starting the system status server, publishing
-//! KV events and load for the router, and turning an engine's output channel (or its refusal) into a request-plane handler stream.
-//! Included by each binary with `#[path]`.
+//! KV events and load for the router, and turning an engine's output channel (or its refusal)
+//! into a request-plane handler stream.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use dynamo_llm::model;
+use dynamo_kv_router::publisher;
+use dynamo_preprocessor::model;
+use dynamo_protocols::names::{defaults, env};
 use dynamo_runtime::EndpointId;
 
-use dynamo_llm::kv_router::publisher;
 use dynamo_protocols::{EngineOutput, KvCacheEvent, LoadReport};
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{DistributedRuntime, HandlerError, HandlerStream};
@@ -25,19 +26,22 @@ pub struct ModelArgs {
     /// Model: a .gguf file, a Hugging Face directory (config.json, tokenizer.json, and for
     /// dynamo-worker *.safetensors), or `SmolLM2-135M-Instruct` (fetched into the model cache
     /// when missing).
-    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
+    #[arg(long, default_value = defaults::MODEL)]
     pub model: String,
     /// Name clients use in `model` (default: the model name).
     #[arg(long)]
     pub served_model_name: Option<String>,
     /// Model cache directory (default ~/.cache/dynamo/models).
-    #[arg(long, env = "DYN_MODEL_CACHE")]
+    #[arg(long, env = env::DYN_MODEL_CACHE)]
     pub model_cache: Option<PathBuf>,
-    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
+    /// Namespace the worker registers in (frontends serve the workers of their namespace).
+    #[arg(long, env = env::DYN_NAMESPACE, default_value = defaults::NAMESPACE)]
     pub namespace: String,
-    #[arg(long, default_value = "backend")]
+    /// Component the worker registers as (routers keep one KV index per component).
+    #[arg(long, default_value = defaults::COMPONENT)]
     pub component: String,
-    #[arg(long, default_value = "generate")]
+    /// Endpoint the worker serves requests on.
+    #[arg(long, default_value = defaults::ENDPOINT)]
     pub endpoint: String,
 }
 
@@ -94,7 +98,7 @@ pub fn spawn_kv_publisher(
     load: impl Fn() -> LoadReport + Send + 'static,
 ) {
     tokio::spawn(publisher::run_publisher(
-        drt.nats().clone(),
+        drt.events(),
         publisher::PublisherConfig {
             namespace: m.namespace.clone(),
             component: m.component.clone(),

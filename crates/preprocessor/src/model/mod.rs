@@ -1,16 +1,20 @@
 //! Models as the frontend and workers see them: where a model comes from (a GGUF file, a
-//! Hugging Face directory, or the default name resolved through the model cache), and what is
-//! loaded from it for preprocessing (tokenizer, chat template, context length, EOS ids).
+//! Hugging Face directory, or the default name resolved through the model cache), what is
+//! loaded from it for preprocessing (tokenizer, chat template, context length, EOS ids), and
+//! the lighter [`ModelInfo`] (name and context length only) for processes that never tokenize.
+//! Fetching the default model when it is not cached is the binaries' job (`dynamo-common`).
 
-pub mod fetch;
+pub mod default;
 pub mod gguf;
 
 use std::path::{Path, PathBuf};
 
-use crate::template::ChatTemplate;
-use crate::tokenizer::Tokenizer;
+use crate::template::{ChatTemplate, TemplateError};
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
-pub use fetch::{fetch_default_model, DEFAULT_MODEL_NAME};
+pub use default::{
+    default_model_path, DEFAULT_MODEL_FILE, DEFAULT_MODEL_HF_ID, DEFAULT_MODEL_NAME,
+};
 pub use gguf::GgufMetadata;
 
 /// Why a model could not be found or loaded.
@@ -24,10 +28,12 @@ pub enum ModelError {
     Gguf { path: PathBuf, reason: String },
     #[error("bad model config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
-    #[error("cannot build tokenizer: {0}")]
-    Tokenizer(String),
-    #[error("cannot fetch the default model: {0}")]
-    Fetch(String),
+    #[error("default model {name} is not in the model cache ({path}); fetch it first")]
+    NotCached { name: String, path: PathBuf },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 /// A located model.
@@ -54,12 +60,12 @@ pub fn default_cache_dir(home: Option<std::ffi::OsString>) -> PathBuf {
 
 /// Whether `spec` names the default model.
 pub fn is_default_name(spec: &str) -> bool {
-    spec == DEFAULT_MODEL_NAME || spec == fetch::DEFAULT_MODEL_HF_ID
+    spec == DEFAULT_MODEL_NAME || spec == DEFAULT_MODEL_HF_ID
 }
 
-/// Find a model: an existing path, or the default name (downloaded into `cache_dir` if
-/// `allow_fetch`, else only if already cached).
-pub fn resolve(spec: &str, cache_dir: &Path, allow_fetch: bool) -> Result<ModelSource, ModelError> {
+/// Find a model: an existing path, or the default name if it is in `cache_dir`
+/// ([`ModelError::NotCached`] when it is not, so the caller can fetch it and ask again).
+pub fn resolve(spec: &str, cache_dir: &Path) -> Result<ModelSource, ModelError> {
     let p = Path::new(spec);
     if p.is_file() {
         return Ok(ModelSource::Gguf(p.to_path_buf()));
@@ -73,13 +79,14 @@ pub fn resolve(spec: &str, cache_dir: &Path, allow_fetch: bool) -> Result<ModelS
         )));
     }
     if is_default_name(spec) {
-        let cached = fetch::default_model_path(cache_dir);
+        let cached = default_model_path(cache_dir);
         if cached.is_file() {
             return Ok(ModelSource::Gguf(cached));
         }
-        if allow_fetch {
-            return fetch_default_model(cache_dir).map(ModelSource::Gguf);
-        }
+        return Err(ModelError::NotCached {
+            name: DEFAULT_MODEL_NAME.to_string(),
+            path: cached,
+        });
     }
     Err(ModelError::NotFound(spec.to_string()))
 }
@@ -94,18 +101,61 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
 }
 
+/// What a process that never tokenizes needs from a model: its display name and context
+/// length, read from GGUF metadata or `config.json` without building a tokenizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// A display name (from the file's metadata or the directory name).
+    pub name: String,
+    pub context_length: u32,
+}
+
+/// Context length when the model does not state one.
+const FALLBACK_CONTEXT: u32 = 2048;
+
+impl ModelInfo {
+    pub fn read(source: &ModelSource) -> Result<Self, ModelError> {
+        match source {
+            ModelSource::Gguf(path) => Ok(Self::from_gguf(path, &GgufMetadata::read(path)?)),
+            ModelSource::HfDir(dir) => Ok(Self::from_hf_config(
+                dir,
+                &read_json(&dir.join("config.json"))?,
+            )),
+        }
+    }
+
+    fn from_gguf(path: &Path, md: &GgufMetadata) -> Self {
+        ModelInfo {
+            name: md
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| file_stem(path)),
+            context_length: md.context_length().map_or(FALLBACK_CONTEXT, |n| n as u32),
+        }
+    }
+
+    fn from_hf_config(dir: &Path, cfg: &serde_json::Value) -> Self {
+        ModelInfo {
+            name: file_stem(dir),
+            context_length: cfg
+                .get("max_position_embeddings")
+                .and_then(|v| v.as_u64())
+                .map_or(FALLBACK_CONTEXT, |n| n as u32),
+        }
+    }
+}
+
 impl LoadedModel {
     pub fn load(source: ModelSource) -> Result<Self, ModelError> {
         match &source {
             ModelSource::Gguf(path) => {
                 let md = GgufMetadata::read(path)?;
                 let tokenizer = Tokenizer::from_gguf(&md)?;
-                let name = md
-                    .get("general.name")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| file_stem(path));
-                let context_length = md.context_length().unwrap_or(2048) as u32;
+                let ModelInfo {
+                    name,
+                    context_length,
+                } = ModelInfo::from_gguf(path, &md);
                 let chat_template = md
                     .get("tokenizer.chat_template")
                     .and_then(|v| v.as_str())
@@ -123,10 +173,10 @@ impl LoadedModel {
                 let cfg = read_json(&dir.join("config.json"))?;
                 let tok_cfg = read_json(&dir.join("tokenizer_config.json")).ok();
                 let tokenizer = Tokenizer::from_hf_dir(dir, &cfg, tok_cfg.as_ref())?;
-                let context_length = cfg
-                    .get("max_position_embeddings")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(2048) as u32;
+                let ModelInfo {
+                    name,
+                    context_length,
+                } = ModelInfo::from_hf_config(dir, &cfg);
                 let template = tok_cfg
                     .as_ref()
                     .and_then(|c| c.get("chat_template"))
@@ -137,7 +187,7 @@ impl LoadedModel {
                     .map(|t| ChatTemplate::new(&t, tokenizer.bos_text(), tokenizer.eos_text()))
                     .transpose()?;
                 Ok(LoadedModel {
-                    name: file_stem(dir),
+                    name,
                     source,
                     context_length,
                     tokenizer,

@@ -12,7 +12,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper};
 
-use crate::model::{GgufMetadata, ModelError};
+use crate::model::GgufMetadata;
 
 /// Tokenizer plus what preprocessing needs around it.
 pub struct Tokenizer {
@@ -26,10 +26,16 @@ pub struct Tokenizer {
     eos_ids: Vec<u32>,
 }
 
-/// Encoding or decoding failed.
-#[derive(Debug, thiserror::Error)]
-#[error("tokenizer: {0}")]
-pub struct TokenizerError(pub String);
+/// Why a tokenizer could not be built, or text not encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("cannot build tokenizer: {0}")]
+    Build(String),
+    #[error("cannot encode text: {0}")]
+    Encode(String),
+    #[error("cannot decode token ids: {0}")]
+    Decode(String),
+}
 
 /// GPT-2's byte ↔ printable-character table: byte `b` is written as `table[b]`.
 fn byte_to_char_table() -> [char; 256] {
@@ -63,8 +69,8 @@ fn byte_level_bytes(tokens: &[String]) -> Vec<Option<Vec<u8>>> {
 
 impl Tokenizer {
     /// Build from GGUF metadata (`tokenizer.ggml.model = gpt2`).
-    pub fn from_gguf(md: &GgufMetadata) -> Result<Self, ModelError> {
-        let err = |m: String| ModelError::Tokenizer(m);
+    pub fn from_gguf(md: &GgufMetadata) -> Result<Self, TokenizerError> {
+        let err = TokenizerError::Build;
         let kind = md
             .get("tokenizer.ggml.model")
             .and_then(|v| v.as_str())
@@ -159,9 +165,9 @@ impl Tokenizer {
         dir: &Path,
         config: &serde_json::Value,
         tok_config: Option<&serde_json::Value>,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<Self, TokenizerError> {
         let inner = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
         let text_of = |v: Option<&serde_json::Value>| -> Option<String> {
             match v? {
                 serde_json::Value::String(s) => Some(s.clone()),
@@ -223,7 +229,7 @@ impl Tokenizer {
         self.inner
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizerError(e.to_string()))
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     /// Text of `ids` (lossy for incomplete UTF-8).
@@ -242,7 +248,7 @@ impl Tokenizer {
         }
         self.inner
             .decode(ids, skip_special)
-            .map_err(|e| TokenizerError(e.to_string()))
+            .map_err(|e| TokenizerError::Decode(e.to_string()))
     }
 
     /// Raw bytes of one token (byte-level vocabularies).

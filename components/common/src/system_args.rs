@@ -1,38 +1,39 @@
 //! Flags of a worker's system status server (`DYN_SYSTEM_*`), turned into the runtime's health
-//! state, bind address and paths. Included by worker binaries with `#[path]`.
+//! state, bind address and paths.
 
 use std::net::SocketAddr;
 
 use clap::Args;
+use dynamo_protocols::names::{defaults, env};
 use dynamo_runtime::{HealthState, StatusPaths};
 
 /// Flags of the system status server of a worker process.
 #[derive(Debug, Clone, Args)]
 pub struct SystemArgs {
     /// Port of the system status server (/metrics, /health, /live); -1 or unset disables it.
-    #[arg(long, env = "DYN_SYSTEM_PORT", allow_negative_numbers = true)]
+    #[arg(long, env = env::DYN_SYSTEM_PORT, allow_negative_numbers = true)]
     pub system_port: Option<i32>,
 
     /// Host the system status server binds.
-    #[arg(long, env = "DYN_SYSTEM_HOST", default_value = "0.0.0.0")]
+    #[arg(long, env = env::DYN_SYSTEM_HOST, default_value = defaults::SYSTEM_HOST)]
     pub system_host: String,
 
     /// Health status before any endpoint is served: `notready` or `ready`.
-    #[arg(long, env = "DYN_SYSTEM_STARTING_HEALTH_STATUS", default_value = "notready",
+    #[arg(long, env = env::DYN_SYSTEM_STARTING_HEALTH_STATUS, default_value = "notready",
           value_parser = ["notready", "ready"])]
     pub starting_health_status: String,
 
     /// JSON list of endpoint names that must be served before /health turns ready
     /// (default: every served endpoint).
-    #[arg(long, env = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS")]
+    #[arg(long, env = env::DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS)]
     pub use_endpoint_health_status: Option<String>,
 
     /// Path of the health route.
-    #[arg(long, env = "DYN_SYSTEM_HEALTH_PATH", default_value = "/health")]
+    #[arg(long, env = env::DYN_SYSTEM_HEALTH_PATH, default_value = defaults::HEALTH_PATH)]
     pub system_health_path: String,
 
     /// Path of the liveness route.
-    #[arg(long, env = "DYN_SYSTEM_LIVE_PATH", default_value = "/live")]
+    #[arg(long, env = env::DYN_SYSTEM_LIVE_PATH, default_value = defaults::LIVE_PATH)]
     pub system_live_path: String,
 }
 

@@ -1,43 +1,44 @@
 //! Flags every process on the runtime shares (NATS, logging, span export, shutdown grace), turned into
-//! the runtime's config structs. Included by each binary with `#[path]`.
+//! the runtime's config structs.
 
 use clap::Args;
+use dynamo_protocols::names::{defaults, env};
 use dynamo_runtime::RuntimeConfig;
 
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeArgs {
     /// NATS server URL.
-    #[arg(long, env = "NATS_SERVER", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = env::NATS_SERVER, default_value = defaults::NATS_SERVER)]
     pub nats_server: String,
 
     /// Seconds in-flight requests may take to finish after SIGTERM.
-    #[arg(long, env = "DYN_GRACEFUL_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = env::DYN_GRACEFUL_SHUTDOWN_TIMEOUT, default_value_t = defaults::GRACEFUL_SHUTDOWN_TIMEOUT_S)]
     pub graceful_shutdown_timeout: u64,
 
     /// Log filter (tracing directives, e.g. `info` or `dynamo_runtime=debug,info`).
-    #[arg(long, env = "DYN_LOG", default_value = "info")]
+    #[arg(long, env = env::DYN_LOG, default_value = defaults::LOG)]
     pub log: String,
 
     /// Log one JSON object per line (with the current span's trace_id and span_id).
-    #[arg(long, env = "DYN_LOGGING_JSONL", default_value = "false",
+    #[arg(long, env = env::DYN_LOGGING_JSONL, default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub logging_jsonl: bool,
 
     /// Export this process's spans over OTLP/gRPC.
-    #[arg(long, env = "OTEL_EXPORT_ENABLED", default_value = "false",
+    #[arg(long, env = env::OTEL_EXPORT_ENABLED, default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub otel_export_enabled: bool,
 
     /// OTLP/gRPC endpoint URL for span export.
     #[arg(
         long,
-        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        default_value = "http://localhost:4317"
+        env = env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        default_value = defaults::OTLP_TRACES_ENDPOINT
     )]
     pub otel_exporter_otlp_traces_endpoint: String,
 
     /// `service.name` of this process's spans.
-    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "dynamo")]
+    #[arg(long, env = env::OTEL_SERVICE_NAME, default_value = defaults::SERVICE_NAME)]
     pub otel_service_name: String,
 }
 

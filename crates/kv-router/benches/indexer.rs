@@ -2,12 +2,12 @@
 //! an index of ~1M blocks over 64 workers, and `find_matches` p50/p99 for 8k-token prompts
 //! (512 blocks of 16) against it; beside it, the same lookups done the naive way (each
 //! worker's set of sequence hashes probed block by block) as the in-run baseline.
-//! `cargo bench -p dynamo-llm --bench indexer`
+//! `cargo bench -p dynamo-kv-router --bench indexer`
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use dynamo_llm::kv_router::RadixIndex;
+use dynamo_kv_router::RadixIndex;
 use dynamo_protocols::hashing::sequence_hashes;
 use dynamo_protocols::kv_events::{
     stored_blocks, KvCacheEventData, KvCacheRemoveData, KvCacheStoreData,

@@ -1,7 +1,7 @@
 //! A worker's KV gauges on the runtime registry: `dynamo_component_total_blocks`,
 //! `dynamo_component_gpu_cache_usage_percent` (a 0–1 fraction, as in Dynamo) and
 //! `dynamo_component_model_load_time_seconds`, labelled with the worker's endpoint and read
-//! from the engine on every scrape. Included by worker binaries with `#[path]`.
+//! from the engine on every scrape.
 
 use dynamo_protocols::names::{component as n, labels};
 use dynamo_runtime::{EndpointId, MetricsRegistry};

@@ -11,8 +11,7 @@ use dynamo_protocols::kv_events::{
     kv_events_subject, kv_metrics_subject, kv_query_subject, DumpBlock, KvQuery, KvQueryReply,
 };
 use dynamo_protocols::{KvCacheEvent, KvCacheEventData, LoadReport, RouterEvent};
-use dynamo_runtime::CancellationToken;
-use futures::StreamExt;
+use dynamo_runtime::{CancellationToken, Events};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Events kept for range answers.
@@ -183,7 +182,7 @@ pub struct PublisherConfig {
 
 /// Publish `events` and `load()` for the worker and answer re-sync queries, until `stop`.
 pub async fn run_publisher(
-    nats: async_nats::Client,
+    plane: Events,
     cfg: PublisherConfig,
     mut events: UnboundedReceiver<KvCacheEvent>,
     load: impl Fn() -> LoadReport + Send + 'static,
@@ -192,10 +191,10 @@ pub async fn run_publisher(
     let ev_subject = kv_events_subject(&cfg.namespace, &cfg.component);
     let load_subject = kv_metrics_subject(&cfg.namespace, &cfg.component);
     let q_subject = kv_query_subject(&cfg.namespace, &cfg.component, cfg.instance_id);
-    let mut queries = match nats.subscribe(q_subject.clone()).await {
+    let mut queries = match plane.subscribe::<KvQuery>(&q_subject).await {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, subject = %q_subject, "cannot serve KV re-sync queries");
+            tracing::warn!(error = %e, "cannot serve KV re-sync queries");
             None
         }
     };
@@ -209,30 +208,17 @@ pub async fn run_publisher(
                 let Some(ev) = ev else { return };
                 state.apply(&ev);
                 let msg = RouterEvent { worker_id: cfg.instance_id, event: ev };
-                match serde_json::to_vec(&msg) {
-                    Ok(body) => {
-                        if let Err(e) = nats.publish(ev_subject.clone(), body.into()).await {
-                            tracing::warn!(error = %e, "cannot publish KV event");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot encode KV event"),
+                if let Err(e) = plane.publish(&ev_subject, &msg).await {
+                    tracing::warn!(error = %e, "cannot publish KV event");
                 }
             }
             q = async { match queries.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
                 let Some(msg) = q else { queries = None; continue };
-                let Some(reply) = msg.reply.clone() else { continue };
-                let query: KvQuery = match serde_json::from_slice(&msg.payload) {
-                    Ok(q) => q,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "bad KV re-sync query");
-                        continue;
-                    }
-                };
-                let parts = state.answer(&query);
-                tracing::debug!(from = ?query.from_event_id, messages = parts.len(), blocks = state.len(), "answering KV re-sync query");
+                let Some(reply) = msg.reply else { continue };
+                let parts = state.answer(&msg.body);
+                tracing::debug!(from = ?msg.body.from_event_id, messages = parts.len(), blocks = state.len(), "answering KV re-sync query");
                 for p in parts {
-                    let body = serde_json::to_vec(&p).expect("serializable");
-                    if let Err(e) = nats.publish(reply.clone(), body.into()).await {
+                    if let Err(e) = reply.send(&p).await {
                         tracing::warn!(error = %e, "cannot answer KV re-sync query");
                         break;
                     }
@@ -241,8 +227,8 @@ pub async fn run_publisher(
             _ = tick.tick() => {
                 let mut l = load();
                 l.worker_id = cfg.instance_id;
-                if let Ok(body) = serde_json::to_vec(&l) {
-                    let _ = nats.publish(load_subject.clone(), body.into()).await;
+                if let Err(e) = plane.publish(&load_subject, &l).await {
+                    tracing::debug!(error = %e, "cannot publish load");
                 }
             }
         }

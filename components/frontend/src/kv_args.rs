@@ -1,0 +1,74 @@
+//! The frontend's KV router flags (used with `--router-mode kv`), checked and turned into the
+//! router's config.
+
+use dynamo_kv_router::KvRouterConfig;
+use dynamo_protocols::names::env;
+
+/// KV router flags (used with `--router-mode kv`).
+#[derive(Debug, clap::Args)]
+pub struct KvArgs {
+    /// Weight of the blocks still to prefill against the worker's active blocks in the cost
+    /// (higher favours cache hits and TTFT; 0 ignores the cache and balances load).
+    #[arg(
+        long,
+        alias = "router-kv-overlap-score-weight",
+        env = env::DYN_KV_OVERLAP_SCORE_WEIGHT,
+        default_value_t = 1.0
+    )]
+    kv_overlap_score_weight: f64,
+    /// Softmax temperature of the worker choice (0: always the lowest cost).
+    #[arg(long, env = env::DYN_ROUTER_TEMPERATURE, default_value_t = 0.0)]
+    router_temperature: f64,
+    /// Follow the workers' KV events (default).
+    #[arg(long, env = env::DYN_KV_EVENTS, default_value = "true", overrides_with = "no_kv_events",
+          value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1,
+          default_missing_value = "true")]
+    kv_events: bool,
+    /// Approximate mode: no KV events; the router remembers where it sent each prompt's
+    /// blocks for --router-ttl-secs.
+    #[arg(long, overrides_with = "kv_events")]
+    no_kv_events: bool,
+    /// Lifetime of a routed prompt's blocks in approximate mode, in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    router_ttl_secs: f64,
+    /// KV block size in tokens (default: each worker's model card; must equal the engine's
+    /// page size or no overlap is ever found).
+    #[arg(long, env = env::DYN_KV_CACHE_BLOCK_SIZE)]
+    kv_cache_block_size: Option<usize>,
+    /// Start with empty router state. This router keeps no state across restarts (its index
+    /// is rebuilt from the workers at start), so this is always the behaviour; the flag is
+    /// accepted for Dynamo launch-script compatibility.
+    #[arg(long)]
+    router_reset_states: bool,
+}
+
+impl KvArgs {
+    pub fn config(&self) -> anyhow::Result<KvRouterConfig> {
+        let w = self.kv_overlap_score_weight;
+        anyhow::ensure!(
+            w.is_finite() && w >= 0.0,
+            "--kv-overlap-score-weight must be a number >= 0, got {w}"
+        );
+        let t = self.router_temperature;
+        anyhow::ensure!(
+            t.is_finite() && t >= 0.0,
+            "--router-temperature must be a number >= 0, got {t}"
+        );
+        let ttl = self.router_ttl_secs;
+        anyhow::ensure!(
+            ttl.is_finite() && ttl > 0.0,
+            "--router-ttl-secs must be > 0, got {ttl}"
+        );
+        if let Some(b) = self.kv_cache_block_size {
+            anyhow::ensure!(b > 0, "--kv-cache-block-size must be > 0");
+        }
+        Ok(KvRouterConfig {
+            overlap_weight: w,
+            temperature: t,
+            kv_events: self.kv_events && !self.no_kv_events,
+            block_size: self.kv_cache_block_size,
+            ttl: std::time::Duration::from_secs_f64(ttl),
+            ..KvRouterConfig::default()
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! The worker's engine flags (SGLang's names), checked and turned into the engine's config.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use dynamo_engine::kernels::KernelChoice;
+use dynamo_engine::EngineConfig;
+use dynamo_protocols::names::{env, worker as d};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kernels {
+    /// The fastest kernels the CPU supports (AVX2+FMA, else portable).
+    Auto,
+    /// The portable loops everywhere.
+    Portable,
+}
+
+/// How the engine runs: KV pages and pool, batch, prefill chunking, threads, device.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Tokens per KV page; also the KV block size reported to the router.
+    #[arg(long, default_value_t = d::PAGE_SIZE)]
+    pub page_size: usize,
+    /// Most requests in the running batch.
+    #[arg(long, default_value_t = d::MAX_RUNNING_REQUESTS)]
+    pub max_running_requests: usize,
+    /// KV pool capacity in tokens (default: what --kv-cache-memory-mb holds).
+    #[arg(long)]
+    pub max_total_tokens: Option<usize>,
+    /// Memory budget of the KV pool in MiB, used when --max-total-tokens is not given.
+    #[arg(long, default_value_t = d::KV_CACHE_MEMORY_MB)]
+    pub kv_cache_memory_mb: usize,
+    /// Most prompt tokens prefilled per iteration; longer prompts are split into chunks
+    /// that share iterations with decoding requests.
+    #[arg(long, default_value_t = d::CHUNKED_PREFILL_SIZE)]
+    pub chunked_prefill_size: usize,
+    /// Override the model's context length.
+    #[arg(long)]
+    pub context_length: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device to run on (only `cpu` in this build).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Matrix kernels: `auto` (AVX2+FMA when the CPU has them) or `portable`.
+    #[arg(long, value_enum, env = env::DYN_ENGINE_KERNELS, default_value = "auto")]
+    pub kernels: Kernels,
+    /// Do not share KV blocks between requests with a common prefix.
+    #[arg(long)]
+    pub disable_radix_cache: bool,
+}
+
+impl EngineArgs {
+    /// The engine's config for `model` (metrics and tracing are added by the caller).
+    pub fn config(&self, model: PathBuf) -> anyhow::Result<EngineConfig> {
+        if self.device == DeviceKind::Cuda {
+            anyhow::bail!(
+                "--device cuda is not available in this build yet (CUDA support arrives with \
+                 the `cuda` feature); use --device cpu"
+            );
+        }
+        let mut cfg = EngineConfig::new(model);
+        cfg.page_size = self.page_size;
+        cfg.max_running_requests = self.max_running_requests;
+        cfg.max_total_tokens = self.max_total_tokens;
+        cfg.kv_cache_memory_bytes = self.kv_cache_memory_mb << 20;
+        cfg.chunked_prefill_size = self.chunked_prefill_size;
+        cfg.context_length = self.context_length;
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        cfg.kernels = match self.kernels {
+            Kernels::Auto => KernelChoice::Auto,
+            Kernels::Portable => KernelChoice::Portable,
+        };
+        cfg.enable_prefix_caching = !self.disable_radix_cache;
+        cfg.kv_events = true;
+        Ok(cfg)
+    }
+}

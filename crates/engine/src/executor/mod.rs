@@ -1,0 +1,44 @@
+//! The executor seam: what owns the model's weights, the KV storage and the scratch buffers,
+//! runs the batched forward pass, and copies KV blocks out to bytes and back in (the format of
+//! `dynamo_protocols::kv_transfer`). The scheduler, the radix cache, KV events, metrics and
+//! spans see only [`Executor`]; which device holds the tensors is the executor's business.
+//! Today there is one: [`CpuExecutor`], hand-written SIMD kernels over host memory.
+
+mod cpu;
+
+pub use cpu::CpuExecutor;
+
+use dynamo_protocols::kv_transfer::KvLayout;
+
+use crate::kernels::ComputePool;
+use crate::model::{ModelConfig, SeqInput};
+use crate::TransferError;
+
+/// Runs the model over a paged KV cache it owns.
+pub trait Executor: Send {
+    /// The model's shape and tokens.
+    fn model(&self) -> &ModelConfig;
+
+    /// Run one batch: write each sequence's new tokens' K/V into its pages, and return the
+    /// logits rows (vocab-sized) of the sequences with `logits: true`, in order.
+    fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Vec<f32>;
+
+    /// Host threads for work around the forward pass (sampling).
+    fn threads(&self) -> &ComputePool;
+
+    /// The cache's layout (what a peer's export must match to be imported).
+    fn kv_layout(&self) -> KvLayout;
+
+    /// Bytes of one token's K and V across all layers.
+    fn kv_bytes_per_token(&self) -> usize {
+        self.kv_layout().bytes_per_token()
+    }
+
+    /// Append the header and the K/V of `blocks` (in that order) to `out`.
+    fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), TransferError>;
+
+    /// Write an export's blocks into `blocks` (one target per exported block, in order),
+    /// after checking its header against [`Executor::kv_layout`]. Nothing is written when a
+    /// check fails.
+    fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError>;
+}
