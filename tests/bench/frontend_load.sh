@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark of the frontend path: nats-server + 2 mockers at their fastest
-# (--speedup-ratio 100000) + release dynamo-frontend, driven by ../shared/tools/openai_load.py
-# (the client the Dynamo 1.6.1 reference figures were measured with) at concurrency 1, 16, 64,
+# (--speedup-ratio 100000) + release dynamo-frontend, driven by tests/bench/load.py
+# (our closed-loop OpenAI client) at concurrency 1, 16, 64,
 # 256, streaming and unary, 64-word prompt, 16 output tokens. Prints one markdown row per cell:
 # req/s, TTFT and e2e p50/p99, and the frontend's CPU (% of one core) from /proc.
 #   CONCURRENCY="1 16 64 256" MODES="stream unary" tests/bench/frontend_load.sh
@@ -11,7 +11,7 @@ source launch/lib.sh
 ensure_nats
 ensure_model
 ensure_aiohttp
-LOAD="${LOAD:-../shared/tools/openai_load.py}"
+LOAD="${LOAD:-tests/bench/load.py}"
 [ -f "$LOAD" ] || { log "load client $LOAD not found"; exit 1; }
 cargo build --release --bins -q
 BIN="$CARGO_TARGET_DIR/release"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# How reproducible is ../shared/reference/smollm2-greedy.json on this machine? Runs the same
+# How reproducible is tests/fixtures/smollm2-greedy.json on this machine? Runs the same
 # llama.cpp build the reference names (llama-server, raw prompt, temperature 0) in two
 # configurations, flash attention auto (the default) and off, and prints per prompt how many
 # reference tokens it reproduces against how many the reference's 0.05 near-tie rule
 # requires, with both gaps at the first divergence. The engine's own figures come from
-# `cargo nextest run -p dynamo-e2e -E 'test(greedy)' --no-capture`.
+# `cargo nextest run -p dynamo-engine -E 'test(greedy)' --no-capture`.
 #   tests/bench/greedy_reference_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +24,7 @@ check() {
   python3 - "$PORT" <<'PY'
 import json, sys, urllib.request
 port = sys.argv[1]
-ref = json.load(open("../shared/reference/smollm2-greedy.json"))
+ref = json.load(open("tests/fixtures/smollm2-greedy.json"))
 for case in ref["cases"]:
     want = case["tokens"]
     body = {"prompt": case["prompt"], "n_predict": len(want), "temperature": 0,

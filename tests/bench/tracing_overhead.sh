@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Cost of tracing end to end: aggregate output tok/s of frontend + dynamo-worker at 8
-# concurrent streams (../shared/tools/openai_load.py, 128-token prompts, 64 output tokens),
+# concurrent streams (tests/bench/load.py, 128-token prompts, 64 output tokens),
 # with tracing off and on (frontend and worker OTLP export plus the engine's --enable-trace,
 # all three to a local dynamo-trace), each configuration started fresh, in ABBA order
 # (PAIRS pairs); prints both medians and the on/off ratio.
@@ -11,7 +11,7 @@ source launch/lib.sh
 ensure_nats
 ensure_model
 T="${THREADS:-2}"
-LOAD="${LOAD:-../shared/tools/openai_load.py}"
+LOAD="${LOAD:-tests/bench/load.py}"
 ensure_aiohttp
 cargo build --release --bins -q
 BIN="$CARGO_TARGET_DIR/release"

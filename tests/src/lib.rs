@@ -3,10 +3,13 @@
 //! Binaries come from the workspace's target directory (`cargo build --bins` first); a missing
 //! binary or nats-server is a loud failure naming the command that provides it.
 
+pub mod requests;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use dynamo_protocols::names::env;
 pub use dynamo_test_support::{wait_until, Child, NatsServer};
 
 /// Path of a workspace binary next to the running test executable.
@@ -25,14 +28,52 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The model cache the tests use (`DYN_MODEL_CACHE` or ~/.cache/dynamo/models).
 pub fn model_cache() -> PathBuf {
-    std::env::var_os("DYN_MODEL_CACHE")
+    std::env::var_os(env::DYN_MODEL_CACHE)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dynamo/models")
         })
 }
 
-pub const MODEL: &str = "SmolLM2-135M-Instruct";
+pub const MODEL: &str = dynamo_protocols::names::defaults::MODEL;
+
+/// Which worker binary a [`WorkerSpec`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// `dynamo-worker`: the real engine.
+    Engine,
+    /// `dynamo-mocker`: the simulated engine.
+    Mocker,
+}
+
+/// How to start one worker process: the binary, its flags and extra environment.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub kind: WorkerKind,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerSpec {
+    pub fn new(kind: WorkerKind) -> Self {
+        WorkerSpec {
+            kind,
+            args: vec![],
+            env: vec![],
+        }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn env(mut self, env: &[(&str, &str)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+}
 
 /// A running worker with its system status port.
 pub struct Worker {
@@ -70,12 +111,12 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsServer::start(dir.path());
         let mut cmd = Command::new(bin("dynamo-frontend"));
-        cmd.env("NATS_SERVER", nats.url())
-            .env("DYN_HTTP_PORT", "0")
-            .env("DYN_HTTP_HOST", "127.0.0.1")
-            .env("DYN_MODEL_CACHE", model_cache())
-            .env("DYN_LOGGING_JSONL", "true")
-            .env("DYN_LOG", "info");
+        cmd.env(env::NATS_SERVER, nats.url())
+            .env(env::DYN_HTTP_PORT, "0")
+            .env(env::DYN_HTTP_HOST, "127.0.0.1")
+            .env(env::DYN_MODEL_CACHE, model_cache())
+            .env(env::DYN_LOGGING_JSONL, "true")
+            .env(env::DYN_LOG, "info");
         for (k, v) in frontend_env {
             cmd.env(k, v);
         }
@@ -105,41 +146,32 @@ impl Cluster {
 
     /// Start a mocker with extra flags; waits until its /health is ready.
     pub fn add_mocker(&mut self, args: &[&str]) -> usize {
-        self.add_process("dynamo-mocker", "mocker", args)
+        self.spawn(WorkerSpec::new(WorkerKind::Mocker).args(args))
     }
 
     /// Start a real worker (`dynamo-worker`, the default model on 2 threads unless `args`
     /// say otherwise); waits until its /health is ready.
     pub fn add_worker(&mut self, args: &[&str]) -> usize {
-        self.add_process("dynamo-worker", "worker", args)
+        self.spawn(WorkerSpec::new(WorkerKind::Engine).args(args))
     }
 
-    /// [`Cluster::add_worker`] with extra environment variables.
-    pub fn add_worker_with_env(&mut self, args: &[&str], env: &[(&str, &str)]) -> usize {
-        self.add_process_env("dynamo-worker", "worker", args, env)
-    }
-
-    fn add_process(&mut self, binary: &str, role: &str, args: &[&str]) -> usize {
-        self.add_process_env(binary, role, args, &[])
-    }
-
-    fn add_process_env(
-        &mut self,
-        binary: &str,
-        role: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> usize {
+    /// Start the worker `spec` describes on this cluster's NATS, with its system status
+    /// server on a free port; waits until its /health is ready and returns its index.
+    pub fn spawn(&mut self, spec: WorkerSpec) -> usize {
         self.started += 1;
+        let (binary, role) = match spec.kind {
+            WorkerKind::Engine => ("dynamo-worker", "worker"),
+            WorkerKind::Mocker => ("dynamo-mocker", "mocker"),
+        };
         let mut cmd = Command::new(bin(binary));
-        cmd.args(args)
-            .env("NATS_SERVER", self.nats.url())
-            .env("DYN_SYSTEM_PORT", "0")
-            .env("DYN_SYSTEM_HOST", "127.0.0.1")
-            .env("DYN_MODEL_CACHE", model_cache())
-            .env("DYN_LOGGING_JSONL", "true")
-            .env("DYN_LOG", "info");
-        cmd.envs(env.iter().copied());
+        cmd.args(&spec.args)
+            .env(env::NATS_SERVER, self.nats.url())
+            .env(env::DYN_SYSTEM_PORT, "0")
+            .env(env::DYN_SYSTEM_HOST, "127.0.0.1")
+            .env(env::DYN_MODEL_CACHE, model_cache())
+            .env(env::DYN_LOGGING_JSONL, "true")
+            .env(env::DYN_LOG, "info");
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let child = Child::spawn(&format!("{role}-{}", self.started), cmd, self.dir.path())
             .expect("start worker process");
         let system_port = bound_port(&child, "system status server listening");

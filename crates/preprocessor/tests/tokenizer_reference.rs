@@ -1,5 +1,5 @@
 //! The tokenizer built from the default model's GGUF matches llama.cpp's token ids for the
-//! reference texts in `../shared/reference/smollm2-tokenizer.json`, both ways, and the
+//! reference texts in `tests/fixtures/smollm2-tokenizer.json` (provenance beside it), both ways, and the
 //! incremental decoder reproduces the text token by token.
 
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ fn model_cache() -> PathBuf {
 
 fn reference() -> serde_json::Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/smollm2-tokenizer.json");
+        .join("../../tests/fixtures/smollm2-tokenizer.json");
     let text =
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()

@@ -12,7 +12,9 @@ use dynamo_protocols::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn model_path() -> PathBuf {
-    let cache = model::default_cache_dir(std::env::var_os("HOME"));
+    let cache = std::env::var_os("DYN_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| model::default_cache_dir(std::env::var_os("HOME")));
     model::resolve(model::DEFAULT_MODEL_NAME, &cache)
         .expect("the default model is cached (./tests/run.sh fetches it)")
         .path()
@@ -64,11 +66,14 @@ async fn collect(
     panic!("stream ended without a finish reason");
 }
 
+/// llama.cpp's greedy reference; provenance and comparison rule in `tests/fixtures/README.md`.
 fn reference() -> serde_json::Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/smollm2-greedy.json");
-    serde_json::from_str(&std::fs::read_to_string(p).expect("../shared beside the checkout"))
-        .unwrap()
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2-greedy.json");
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

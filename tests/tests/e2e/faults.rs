@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{read_sse, Cluster, MODEL};
+use dynamo_e2e::{read_sse, requests, Cluster, MODEL};
 use futures::StreamExt;
 use serde_json::json;
 
 fn req(max: u32, stream: bool) -> serde_json::Value {
-    json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max, "stream": stream})
+    requests::chat("hi", max, stream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

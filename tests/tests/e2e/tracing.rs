@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{otel_env, wait_trace, Cluster, MODEL};
+use dynamo_e2e::{otel_env, requests, wait_trace, Cluster, WorkerKind, WorkerSpec};
 use dynamo_telemetry::receiver::{render, Receiver, Span};
 use serde_json::json;
 
@@ -20,7 +20,7 @@ async fn completion(c: &Cluster, headers: &[(&str, &str)]) -> (u16, String) {
     let mut r = c
         .http
         .post(format!("{}/v1/completions", c.url()))
-        .json(&json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}));
+        .json(&requests::completion("The capital of France is", 4));
     for (k, v) in headers {
         r = r.header(*k, *v);
     }
@@ -42,17 +42,18 @@ async fn one_trace_per_request_across_frontend_and_worker() {
     // The frontend logs at warn only: its (info) spans must be exported all the same.
     let mut c = Cluster::start(&otel("dynamo-frontend", "warn,dynamo_frontend=info"));
     let engine_ep = rx.host_port();
-    c.add_worker_with_env(
-        &[
-            "--threads",
-            "2",
-            "--enable-trace",
-            "--otlp-traces-endpoint",
-            &engine_ep,
-            "--chunked-prefill-size",
-            "16",
-        ],
-        &otel("dynamo-worker-1", "info,dynamo_runtime=debug"),
+    c.spawn(
+        WorkerSpec::new(WorkerKind::Engine)
+            .args(&[
+                "--threads",
+                "2",
+                "--enable-trace",
+                "--otlp-traces-endpoint",
+                &engine_ep,
+                "--chunked-prefill-size",
+                "16",
+            ])
+            .env(&otel("dynamo-worker-1", "info,dynamo_runtime=debug")),
     );
     c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
 
@@ -212,7 +213,7 @@ async fn one_trace_per_request_across_frontend_and_worker() {
         .http
         .post(format!("{}/v1/completions", c.url()))
         .header("traceparent", format!("00-{trace3}-{parent}-01"))
-        .json(&json!({"model": MODEL, "prompt": long, "max_tokens": 2}))
+        .json(&requests::completion(long, 2))
         .send()
         .await
         .unwrap();
@@ -303,7 +304,11 @@ async fn a_collector_that_is_down_does_not_stall_requests() {
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", dead.as_str()),
     ];
     let mut c = Cluster::start(&env);
-    c.add_worker_with_env(&["--threads", "2"], &env);
+    c.spawn(
+        WorkerSpec::new(WorkerKind::Engine)
+            .args(&["--threads", "2"])
+            .env(&env),
+    );
     c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
     for i in 0..5 {
         let t0 = Instant::now();

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use dynamo_e2e::{bin, read_sse, Cluster};
+use dynamo_e2e::{bin, read_sse, requests, Cluster};
 use dynamo_protocols::kv_events::kv_events_subject;
 use serde_json::json;
 
@@ -19,12 +19,12 @@ async fn cluster() -> Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_completion_matches_reference_and_streams() {
     let c = cluster().await;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/smollm2-greedy.json");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2-greedy.json");
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let case = &reference["cases"][0];
-    let body = json!({"model": dynamo_e2e::MODEL, "prompt": case["prompt"], "max_tokens": 14, "temperature": 0});
+    let body = requests::greedy_completion(case["prompt"].clone(), 14);
     let (st, _, v) = c.post("/v1/completions", &body).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(
@@ -73,8 +73,7 @@ async fn repeated_prefix_is_cached_and_kv_events_are_published() {
         .unwrap();
     let long =
         "Tell me about the history of the printing press and its effects on Europe. ".repeat(6);
-    let body =
-        json!({"model": dynamo_e2e::MODEL, "prompt": long, "max_tokens": 4, "temperature": 0});
+    let body = requests::greedy_completion(long.as_str(), 4);
     let (_, _, a) = c.post("/v1/completions", &body).await;
     let (_, _, b) = c.post("/v1/completions", &body).await;
     assert_eq!(
@@ -124,7 +123,7 @@ async fn engine_rejects_what_it_cannot_serve() {
     let mut c = Cluster::start(&[]);
     c.add_worker(&["--threads", "2", "--context-length", "64"]);
     c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
-    let body = json!({"model": dynamo_e2e::MODEL, "prompt": "word ".repeat(80), "max_tokens": 4});
+    let body = requests::completion("word ".repeat(80), 4);
     let (st, _, v) = c.post("/v1/completions", &body).await;
     assert_eq!(st, 400, "{v}");
     assert!(
@@ -134,7 +133,7 @@ async fn engine_rejects_what_it_cannot_serve() {
             .contains("context length"),
         "{v}"
     );
-    let ok = json!({"model": dynamo_e2e::MODEL, "prompt": "Hi", "max_tokens": 2});
+    let ok = requests::completion("Hi", 2);
     assert_eq!(c.post("/v1/completions", &ok).await.0, 200);
 
     let out = Command::new(bin("dynamo-worker"))

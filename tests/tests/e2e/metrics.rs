@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{metric_value, Child, Cluster, MODEL};
+use dynamo_e2e::{metric_value, requests, Child, Cluster, MODEL};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -95,8 +95,8 @@ struct Usage {
 }
 
 async fn complete(c: &Cluster, prompt: &str, max_tokens: u32, ignore_eos: bool) -> Usage {
-    let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
-        "temperature": 0, "ignore_eos": ignore_eos});
+    let mut body = requests::greedy_completion(prompt, max_tokens);
+    body["ignore_eos"] = json!(ignore_eos);
     let (st, _, r) = c.post("/v1/completions", &body).await;
     assert_eq!(st, 200, "{r}");
     let u = &r["usage"];
@@ -472,7 +472,7 @@ fn docs_match(
     for (name, ty) in &live {
         assert_eq!(documented.get(name), Some(ty), "{name} ({ty}) in the docs");
     }
-    // Families of `--router-mode kv` (this frontend routes round-robin; tests/tests/router.rs
+    // Families of `--router-mode kv` (this frontend routes round-robin; tests/tests/e2e/router.rs
     // checks them live).
     let kv_mode = |n: &str| {
         n.starts_with("dynamo_router_")

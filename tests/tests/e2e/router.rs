@@ -1,17 +1,13 @@
 //! KV-aware routing end to end with mockers (real nats-server, frontend in `--router-mode kv`,
 //! mockers publishing KV events and load): shared prefixes land on the worker that caches
-//! them, disjoint prompts spread by load, a killed worker's blocks leave the index, a router
-//! started late re-syncs the workers' state, approximate mode routes repeats without events;
-//! and the router's metrics and spans carry the decision.
+//! them, disjoint prompts spread by load, approximate mode routes repeats without events; and
+//! the router's metrics and spans carry the decision. (Re-sync of a late router and removal
+//! of a departed worker are tested in process in `crates/kv-router/tests/events_plane.rs`.)
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{metric_value, otel_env, wait_trace, Cluster, MODEL};
-use dynamo_kv_router::{KvRouter, KvRouterConfig, RouterMetrics};
-use dynamo_protocols::hashing::block_hashes;
-use dynamo_runtime::{DistributedRuntime, HealthState, MetricsRegistry, RuntimeConfig};
+use dynamo_e2e::{metric_value, otel_env, requests, wait_trace, Cluster};
 use serde_json::json;
 
 fn kv_frontend(extra: &[(&str, &str)]) -> Cluster {
@@ -31,7 +27,7 @@ fn prompt(group: u32, prefix_blocks: u32, salt: u32, tail: u32) -> Vec<u32> {
 }
 
 async fn complete(c: &Cluster, tokens: &[u32], max_tokens: u32) -> serde_json::Value {
-    let body = json!({"model": MODEL, "prompt": tokens, "max_tokens": max_tokens});
+    let body = requests::completion(tokens, max_tokens);
     let (st, _, v) = c.post("/v1/completions", &body).await;
     assert_eq!(st, 200, "{v}");
     v
@@ -156,121 +152,6 @@ async fn shared_prefix_follows_the_cache_and_disjoint_load_spreads() {
     assert!(applied(&m, "stored", "ok") >= 13.0, "{m}");
 }
 
-/// A mocker process's instance id, from its "mocker ready" log line.
-fn instance_of(c: &Cluster, worker: usize) -> u64 {
-    c.workers[worker]
-        .child
-        .log_text()
-        .lines()
-        .find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "mocker ready")
-                .then(|| v["instance_id"].as_str().map(str::to_string))?
-        })
-        .and_then(|h| u64::from_str_radix(&h, 16).ok())
-        .expect("mocker ready line with instance_id")
-}
-
-/// A router of our own on the cluster's NATS, to look into the index.
-async fn observer(c: &Cluster) -> (DistributedRuntime, Arc<KvRouter>) {
-    let drt = DistributedRuntime::connect(
-        RuntimeConfig {
-            nats_url: c.nats.url(),
-            ..RuntimeConfig::default()
-        },
-        HealthState::new(Instant::now(), true, vec![]),
-    )
-    .await
-    .expect("connect");
-    let reg = MetricsRegistry::new(Instant::now());
-    let r = KvRouter::start(
-        drt.events(),
-        "dynamo",
-        "backend",
-        drt.watch_instances("instances.dynamo"),
-        KvRouterConfig::default(),
-        RouterMetrics::new(&reg, "observer"),
-    )
-    .await;
-    (drt, r)
-}
-
-async fn overlaps(r: &KvRouter, tokens: &[u32]) -> HashMap<u64, u32> {
-    r.find_matches(&block_hashes(tokens, 16))
-        .scores
-        .into_iter()
-        .map(|((w, _), n)| (w, n))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_router_resyncs_and_a_killed_worker_leaves_the_index() {
-    let mut c = Cluster::start(&[("DYN_ROUTER_MODE", "round-robin")]);
-    c.add_mocker(&["--speedup-ratio", "1000"]);
-    c.add_mocker(&["--speedup-ratio", "1000"]);
-    c.wait_instances(2, Duration::from_secs(20)).await.unwrap();
-    // Round-robin puts the same 8-block prompt on both workers.
-    let p = prompt(7, 8, 0, 0);
-    complete(&c, &p, 2).await;
-    complete(&c, &p, 2).await;
-    assert_eq!(served(&c).await, vec![1, 1]);
-    let health = c.get_json("/health").await.unwrap();
-    let ids: Vec<u64> = health["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["instance_id"].as_u64().unwrap())
-        .collect();
-
-    // Started after the events were published: it learns the state by asking the workers.
-    let (_drt, r) = observer(&c).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = overlaps(&r, &p).await;
-        if o.len() == 2 {
-            for id in &ids {
-                assert_eq!(o[id], 8, "{o:?}");
-            }
-            break;
-        }
-        assert!(Instant::now() < deadline, "no re-sync: {o:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Live events keep it current: a new prompt shows up without another query.
-    let q = prompt(8, 3, 0, 0);
-    complete(&c, &q, 2).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while overlaps(&r, &q).await.values().copied().max() != Some(3) {
-        assert!(Instant::now() < deadline, "new blocks not indexed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let size = r.index_size().await.unwrap();
-    assert_eq!(size, 11, "8 shared + 3 new blocks");
-
-    // Kill the worker that served q: its blocks leave the index when discovery drops it.
-    let o = overlaps(&r, &q).await;
-    let victim_id = *o.keys().next().unwrap();
-    let victim = (0..2)
-        .find(|&i| instance_of(&c, i) == victim_id)
-        .expect("a mocker with that id");
-    c.workers[victim].child.kill();
-    c.wait_instances(1, Duration::from_secs(15)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = overlaps(&r, &p).await;
-        if o.len() == 1 && !o.contains_key(&victim_id) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "victim {victim_id} ({victim}) of {ids:?}: blocks still indexed: {o:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(overlaps(&r, &q).await.is_empty());
-    assert_eq!(r.index_size().await.unwrap(), 8);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approximate_mode_routes_repeats_without_events() {
     let mut c = kv_frontend(&[("DYN_KV_EVENTS", "false")]);
@@ -305,7 +186,7 @@ async fn kv_router_spans_carry_the_decision() {
     complete(&c, &p, 2).await;
     wait_stored(&c, 1.0).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let body = json!({"model": MODEL, "prompt": p, "max_tokens": 2});
+    let body = requests::completion(p, 2);
     let r = c
         .http
         .post(format!("{}/v1/completions", c.url()))

@@ -59,7 +59,10 @@ fn every_file_has_a_module_doc_and_fits_one_sitting() {
         }
         let n = text.lines().count();
         if n > MAX_LINES {
-            bad.push(format!("{}: {n} lines (max {MAX_LINES}); split it", rel(&f)));
+            bad.push(format!(
+                "{}: {n} lines (max {MAX_LINES}); split it",
+                rel(&f)
+            ));
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
@@ -159,7 +162,9 @@ fn dependency_directions_follow_the_architecture() {
     let mut bad = vec![];
     for member in workspace_members() {
         let Some(allowed) = table.get(&member) else {
-            bad.push(format!("{member} is not in docs/architecture.md's package table"));
+            bad.push(format!(
+                "{member} is not in docs/architecture.md's package table"
+            ));
             continue;
         };
         let toml = read(&format!("{member}/Cargo.toml"));
@@ -178,7 +183,11 @@ fn dependency_directions_follow_the_architecture() {
             }
         }
     }
-    assert!(bad.is_empty(), "edges docs/architecture.md does not allow:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "edges docs/architecture.md does not allow:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -222,7 +231,11 @@ fn libraries_never_read_the_environment() {
             }
         }
     }
-    assert!(bad.is_empty(), "libraries read the environment:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "libraries read the environment:\n{}",
+        bad.join("\n")
+    );
 }
 
 /// Files that may opt out of the workspace's `unsafe_code = "deny"`. This list may only
@@ -259,7 +272,9 @@ fn unsafe_only_in_allowlisted_files() {
     }
     for f in UNSAFE_ALLOWED {
         if !seen.contains(*f) {
-            bad.push(format!("{f} no longer uses unsafe: take it off the allowlist"));
+            bad.push(format!(
+                "{f} no longer uses unsafe: take it off the allowlist"
+            ));
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
@@ -353,7 +368,11 @@ fn user_visible_names_match_the_docs() {
         assert!(wk.contains(v), "dynamo-worker --help lacks {v}");
     }
     // Every flag has help text: no `--flag <VALUE>` line without a description.
-    for (bin, text) in [("dynamo-frontend", &fe), ("dynamo-mocker", &mk), ("dynamo-worker", &wk)] {
+    for (bin, text) in [
+        ("dynamo-frontend", &fe),
+        ("dynamo-mocker", &mk),
+        ("dynamo-worker", &wk),
+    ] {
         let lines: Vec<&str> = text.lines().collect();
         for (i, l) in lines.iter().enumerate() {
             let t = l.trim_start();
@@ -361,7 +380,9 @@ fn user_visible_names_match_the_docs() {
                 // Long help puts the description on the next line; `[default: …]` or
                 // `[env: …]` there means there is none.
                 let next = lines.get(i + 1).map_or("", |n| n.trim());
-                let described = t.split_once("  ").is_some_and(|(_, d)| !d.trim().is_empty())
+                let described = t
+                    .split_once("  ")
+                    .is_some_and(|(_, d)| !d.trim().is_empty())
                     || (!next.is_empty() && !next.starts_with('[') && !next.starts_with('-'));
                 assert!(described, "{bin} --help: {t:?} has no description");
             }

@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use dynamo_e2e::{read_sse, Cluster, MODEL};
+use dynamo_e2e::{read_sse, requests, Cluster, MODEL};
 use serde_json::json;
 
 fn chat(stream: bool, max: u32) -> serde_json::Value {
-    json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hello"}],
-           "max_tokens": max, "stream": stream})
+    requests::chat("Say hello", max, stream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,10 +86,7 @@ async fn generation_and_usage() {
 
     // Completions: raw prompt, token-id prompt, and streaming without usage.
     let (st, _, v) = c
-        .post(
-            "/v1/completions",
-            &json!({"model": MODEL, "prompt": "Hello world!", "max_tokens": 5}),
-        )
+        .post("/v1/completions", &requests::completion("Hello world!", 5))
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
@@ -99,7 +95,7 @@ async fn generation_and_usage() {
     let (st, _, v) = c
         .post(
             "/v1/completions",
-            &json!({"model": MODEL, "prompt": [19556, 905, 17], "max_tokens": 2}),
+            &requests::completion(json!([19556, 905, 17]), 2),
         )
         .await;
     assert_eq!(st, 200, "{v}");

@@ -1,0 +1,12 @@
+//! The end-to-end suite as one test binary (one link of the whole stack instead of one per
+//! file): real nats-server, the real binaries, the real model and Prometheus, talking to the
+//! frontend over HTTP like a user. Each module is one area; the harness is `dynamo_e2e`.
+
+mod api;
+mod faults;
+mod metrics;
+mod router;
+mod router_engine;
+mod tidy;
+mod tracing;
+mod worker;
