@@ -2,7 +2,7 @@
 //! router's config.
 
 use dynamo_kv_router::KvRouterConfig;
-use dynamo_protocols::names::env;
+use dynamo_protocols::names::{defaults, env};
 
 /// KV router flags (used with `--router-mode kv`).
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ pub struct KvArgs {
     #[arg(long, overrides_with = "kv_events")]
     no_kv_events: bool,
     /// Lifetime of a routed prompt's blocks in approximate mode, in seconds.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = defaults::ROUTER_TTL_SECS)]
     router_ttl_secs: f64,
     /// KV block size in tokens (default: each worker's model card; must equal the engine's
     /// page size or no overlap is ever found).

@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long, env = env::DYN_HTTP_HOST, default_value = defaults::HTTP_HOST)]
     http_host: String,
     /// How to pick a worker: round-robin, random, or kv (KV-cache-aware).
-    #[arg(long, env = env::DYN_ROUTER_MODE, default_value = "round-robin")]
+    #[arg(long, env = env::DYN_ROUTER_MODE, default_value = defaults::ROUTER_MODE)]
     router_mode: RouterMode,
     #[command(flatten)]
     kv: kv_args::KvArgs,

@@ -1,6 +1,9 @@
 //! `dynamo-mocker`: a worker that registers like a real one (model card from a real model's
-//! metadata, so the frontend preprocesses for real) but simulates the engine, and publishes KV events and
-//! load for the KV router like a real worker. Flags → config → wiring.
+//! metadata, so the frontend preprocesses for real) but simulates the engine, and publishes KV
+//! events and load for the KV router like a real worker. Flags → config → wiring.
+
+mod card;
+mod handler;
 
 use std::sync::Arc;
 
@@ -12,9 +15,7 @@ use dynamo_common::system_args::SystemArgs;
 use dynamo_common::worker_wiring::{self, ModelArgs};
 use dynamo_mocker::{MockEngine, MockerConfig};
 use dynamo_preprocessor::model::ModelInfo;
-use dynamo_protocols::{EngineOutput, LoadReport, ModelCard, PreprocessedRequest};
-use dynamo_runtime::error::ErrorKind;
-use dynamo_runtime::{Handler, HandlerStream, RequestContext};
+use dynamo_protocols::names::mocker as mk;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,19 +27,19 @@ struct Cli {
     #[command(flatten)]
     m: ModelArgs,
     /// Divide all simulated times by this (100000 ≈ no simulated compute).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = mk::SPEEDUP_RATIO)]
     speedup_ratio: f64,
     /// Most sequences running at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = mk::MAX_NUM_SEQS)]
     max_num_seqs: usize,
     /// Most prompt tokens prefilled per iteration.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = mk::MAX_NUM_BATCHED_TOKENS)]
     max_num_batched_tokens: usize,
     /// KV blocks in the simulated pool.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = mk::NUM_GPU_BLOCKS)]
     num_gpu_blocks: usize,
     /// KV block size in tokens (the real engine's --page-size).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = mk::BLOCK_SIZE)]
     block_size: usize,
     /// Override the model's context length.
     #[arg(long)]
@@ -47,21 +48,6 @@ struct Cli {
     rt: RuntimeArgs,
     #[command(flatten)]
     system: SystemArgs,
-}
-
-struct MockHandler(MockEngine);
-
-impl Handler<PreprocessedRequest, EngineOutput> for MockHandler {
-    fn generate(
-        &self,
-        req: PreprocessedRequest,
-        _ctx: RequestContext,
-    ) -> HandlerStream<EngineOutput> {
-        match self.0.generate(req) {
-            Ok(rx) => worker_wiring::channel_stream(rx),
-            Err(e) => worker_wiring::error_stream(ErrorKind::InvalidRequest, e.to_string()),
-        }
-    }
 }
 
 #[tokio::main]
@@ -93,15 +79,7 @@ async fn main() -> anyhow::Result<()> {
         context_length: cli.context_length.unwrap_or(info.context_length as usize),
         ..MockerConfig::default()
     };
-    let card = ModelCard {
-        served_model_name: served.clone(),
-        source: source.path().display().to_string(),
-        context_length: cfg.context_length as u32,
-        kv_cache_block_size: cfg.block_size as u32,
-        total_kv_blocks: cfg.num_blocks as u64,
-        max_num_seqs: cfg.max_num_seqs as u64,
-        max_num_batched_tokens: cfg.max_num_batched_tokens as u64,
-    };
+    let card = card::model_card(&served, source.path(), &cfg);
 
     let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
     drt.metrics().track_span_export(telemetry.stats.clone())?;
@@ -111,21 +89,14 @@ async fn main() -> anyhow::Result<()> {
     let instance = drt
         .serve_endpoint(
             id.clone(),
-            Arc::new(MockHandler(engine)),
+            Arc::new(handler::MockHandler(engine)),
             serde_json::to_value(&card)?,
             system_port,
         )
         .await?;
     if let Some(events) = events {
         worker_wiring::spawn_kv_publisher(&drt, &cli.m, instance, events, move || {
-            let s = stats.stats();
-            LoadReport {
-                active_blocks: s.active_blocks as u64,
-                total_blocks: s.total_blocks as u64,
-                running: s.running as u64,
-                waiting: s.waiting as u64,
-                ..LoadReport::default()
-            }
+            card::load_report(&stats)
         });
     }
     tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "mocker ready");

@@ -17,7 +17,7 @@ use clap::Parser;
 )]
 struct Cli {
     /// Address to receive OTLP/gRPC spans on.
-    #[arg(long, default_value = "127.0.0.1:4317")]
+    #[arg(long, default_value = dynamo_protocols::names::defaults::TRACE_LISTEN)]
     listen: SocketAddr,
     /// Also append every span to FILE as JSON lines.
     #[arg(long, value_name = "FILE")]

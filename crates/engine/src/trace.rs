@@ -199,8 +199,13 @@ impl Builder {
                 secs(t.received.unwrap_or(start), a),
             ));
         }
-        let (mut req, req_cx) =
-            self.open(format!(" Req {short}"), &room_cx, start, req_attrs, vec![]);
+        let (mut req, req_cx) = self.open(
+            format!("{}{short}", spans::REQ_PREFIX),
+            &room_cx,
+            start,
+            req_attrs,
+            vec![],
+        );
 
         // Tokenizer thread: token ids arrive tokenized, so `tokenize` is instantaneous;
         // `dispatch` runs until the scheduler thread takes the request.
@@ -217,16 +222,21 @@ impl Builder {
             v
         };
         let (mut tok, tok_cx) = self.open(
-            format!("Tokenizer (host:{} | pid:{})", self.host, self.pid),
+            format!(
+                "{} (host:{} | pid:{})",
+                spans::TOKENIZER_THREAD,
+                self.host,
+                self.pid
+            ),
             &req_cx,
             start,
             thread_attrs("Tokenizer", false),
             vec![],
         );
-        let (mut s1, c1) = self.open("tokenize".into(), &tok_cx, start, vec![], vec![]);
+        let (mut s1, c1) = self.open(spans::TOKENIZE.into(), &tok_cx, start, vec![], vec![]);
         s1.end_with_timestamp(self.wall(start));
         let (mut s2, _) = self.open(
-            "dispatch".into(),
+            spans::DISPATCH.into(),
             &tok_cx,
             start,
             vec![],
@@ -237,7 +247,12 @@ impl Builder {
 
         // Scheduler thread and its slices, each linked to the previous one.
         let (mut sched, sched_cx) = self.open(
-            format!("Scheduler [TP 0] (host:{} | pid:{})", self.host, self.pid),
+            format!(
+                "{} (host:{} | pid:{})",
+                spans::SCHEDULER_THREAD,
+                self.host,
+                self.pid
+            ),
             &req_cx,
             received,
             thread_attrs("Scheduler", true),
@@ -257,13 +272,13 @@ impl Builder {
                 }
             }
             let (name, parent) = match kind {
-                Slice::RequestProcess => ("request_process", &sched_cx),
-                Slice::PrefillForward => ("prefill_forward", &sched_cx),
+                Slice::RequestProcess => (spans::REQUEST_PROCESS, &sched_cx),
+                Slice::PrefillForward => (spans::PREFILL_FORWARD, &sched_cx),
                 Slice::ChunkedPrefill => (
-                    "chunked_prefill",
+                    spans::CHUNKED_PREFILL,
                     prefill.as_ref().map_or(&sched_cx, |(_, c, _)| c),
                 ),
-                Slice::Decode { .. } => ("decode_loop", &sched_cx),
+                Slice::Decode { .. } => (spans::DECODE_LOOP, &sched_cx),
             };
             let (mut s, c) = self.open(name.into(), parent, a, vec![], links);
             prev = Some(c.clone());

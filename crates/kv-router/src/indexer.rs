@@ -1,4 +1,4 @@
-//! The router's radix index of cached KV blocks (`../shared/spec/kv-router.md` §3): a tree of
+//! The router's radix index of cached KV blocks (docs/router.md, "Where the index comes from"): a tree of
 //! blocks keyed by local block hash under their parent, each node holding the set of workers
 //! that cache it; per-worker lookup tables from the engine's block hash to the node (for
 //! removals and for finding a stored run's parent); `find_matches` giving each worker's

@@ -1,4 +1,4 @@
-//! Choosing a worker from overlaps and load (`../shared/spec/kv-router.md` §4):
+//! Choosing a worker from overlaps and load (docs/router.md, "How a request is routed"):
 //! `logit = overlap_weight × prefill_blocks + decode_blocks`, lowest wins at temperature 0
 //! (ties broken at random), otherwise sampled from a softmax over the negated logits divided
 //! by the largest one. Also the router's own account of what it sent where: per worker, the

@@ -1,7 +1,8 @@
-//! KV cache events a worker publishes for the router (JSON shape of `../shared/spec/kv-router.md`
-//! §2): blocks stored (with their sequence and local hashes), removed, or the whole cache
-//! cleared; the periodic load report; and the query a router sends a worker to re-sync its
-//! view after a gap in `event_id`s or when it discovers the worker.
+//! KV cache events a worker publishes for the router (the JSON shape Dynamo's router
+//! consumes, see docs/router.md): blocks stored (with their sequence and local hashes),
+//! removed, or the whole cache cleared; the periodic load report; and the query a router
+//! sends a worker to re-sync its view after a gap in `event_id`s or when it discovers the
+//! worker.
 
 use serde::{Deserialize, Serialize};
 

@@ -53,6 +53,21 @@ pub mod defaults {
     pub const HTTP_BODY_LIMIT_MB: usize = 45;
     /// `--model` of the worker binaries.
     pub const MODEL: &str = "SmolLM2-135M-Instruct";
+    /// The frontend's `--router-mode`.
+    pub const ROUTER_MODE: &str = "round-robin";
+    /// The frontend's `--router-ttl-secs` (approximate KV routing).
+    pub const ROUTER_TTL_SECS: f64 = 120.0;
+    /// `dynamo-trace --listen`: where the OTLP/gRPC receiver binds.
+    pub const TRACE_LISTEN: &str = "127.0.0.1:4317";
+}
+
+/// `dynamo-mocker` flag defaults.
+pub mod mocker {
+    pub const SPEEDUP_RATIO: f64 = 1.0;
+    pub const MAX_NUM_SEQS: usize = 256;
+    pub const MAX_NUM_BATCHED_TOKENS: usize = 8192;
+    pub const NUM_GPU_BLOCKS: usize = 16384;
+    pub const BLOCK_SIZE: usize = 16;
 }
 
 /// `dynamo-worker` flag defaults (SGLang's names) and the engine's span service.
@@ -79,6 +94,18 @@ pub mod spans {
     pub const SCHEDULE: &str = "kv_router.schedule";
     /// The engine's root span of a request (aggregated serving: room 0).
     pub const BOOTSTRAP_ROOM_0: &str = "Bootstrap Room 0x0";
+    /// The engine's request span is `" Req <first 8 of rid>"` (SGLang's leading space).
+    pub const REQ_PREFIX: &str = " Req ";
+    /// Thread spans are `"<label> (host:<host> | pid:<pid>)"`.
+    pub const TOKENIZER_THREAD: &str = "Tokenizer";
+    pub const SCHEDULER_THREAD: &str = "Scheduler [TP 0]";
+    /// Stage slices under the thread spans.
+    pub const TOKENIZE: &str = "tokenize";
+    pub const DISPATCH: &str = "dispatch";
+    pub const REQUEST_PROCESS: &str = "request_process";
+    pub const PREFILL_FORWARD: &str = "prefill_forward";
+    pub const CHUNKED_PREFILL: &str = "chunked_prefill";
+    pub const DECODE_LOOP: &str = "decode_loop";
 }
 
 /// Prometheus label names.
@@ -200,6 +227,12 @@ pub const ALL_SPANS: &[&str] = &[
     spans::SELECT_WORKER,
     spans::SCHEDULE,
     spans::BOOTSTRAP_ROOM_0,
+    spans::TOKENIZE,
+    spans::DISPATCH,
+    spans::REQUEST_PROCESS,
+    spans::PREFILL_FORWARD,
+    spans::CHUNKED_PREFILL,
+    spans::DECODE_LOOP,
 ];
 
 /// Every env var defined above, for the spec check.
