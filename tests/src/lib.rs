@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dynamo_protocols::names::env;
-pub use dynamo_test_support::{wait_until, Child, NatsServer};
+pub use dynamo_test_support::{model_cache, wait_until, Child, NatsServer};
 
 /// Path of a workspace binary next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
@@ -24,15 +24,6 @@ pub fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// The model cache the tests use (`DYN_MODEL_CACHE` or ~/.cache/dynamo/models).
-pub fn model_cache() -> PathBuf {
-    std::env::var_os(env::DYN_MODEL_CACHE)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dynamo/models")
-        })
 }
 
 pub const MODEL: &str = dynamo_protocols::names::defaults::MODEL;
@@ -235,18 +226,27 @@ impl Cluster {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url()))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent");
+        let r = self.send(path, body, &[]).await;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
         let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         (status, headers, v)
+    }
+
+    /// POST `body` as JSON to `path` with extra `headers`; the response as it comes (for
+    /// streams, status and header checks).
+    pub async fn send(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut r = self.http.post(format!("{}{path}", self.url())).json(body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.expect("request to the frontend")
     }
 
     /// POST raw bytes with a content type.

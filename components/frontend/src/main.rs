@@ -11,9 +11,9 @@ use dynamo_common::model_fetch::resolve_or_fetch;
 use dynamo_common::runtime_args::{self, RuntimeArgs};
 use dynamo_kv_router::RouterMetrics;
 use dynamo_llm::http::{self, AppState, FrontendMetrics, HttpConfig, KvRouting};
-use dynamo_llm::models::ModelManager;
+use dynamo_llm::models::{ModelManager, ModelResolver};
 use dynamo_llm::router::{Router, RouterMode};
-use dynamo_preprocessor::model::{default_cache_dir, ModelError};
+use dynamo_preprocessor::model::default_cache_dir;
 use dynamo_protocols::names::{defaults, env};
 use dynamo_runtime::{CancellationToken, DistributedRuntime};
 
@@ -75,9 +75,7 @@ async fn main() -> anyhow::Result<()> {
     drt.metrics().track_span_export(telemetry.stats.clone())?;
     let metrics = FrontendMetrics::new(&registry);
     let instances = drt.watch_instances(&format!("instances.{}", cli.namespace));
-    let resolve = Arc::new(move |spec: &str| {
-        resolve_or_fetch(spec, &cache).map_err(|e| ModelError::NotFound(format!("{spec}: {e:#}")))
-    });
+    let resolve: ModelResolver = Arc::new(move |spec: &str| Ok(resolve_or_fetch(spec, &cache)?));
     let models = ModelManager::start(instances, resolve, metrics.clone());
     let kv = (cli.router_mode == RouterMode::Kv).then(|| {
         // The frontend has no discovery instance; a random id labels its router metrics.

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest};
 use tokio::sync::mpsc as tmpsc;
 
-use crate::executor::{CpuExecutor, Executor};
+use crate::executor::CpuExecutor;
 use crate::kernels::{self, Isa, KernelChoice};
-use crate::kv::{BlockPool, PoolStats};
+use crate::kv::{BlockPool, KvCache, PoolStats};
 use crate::metrics::{EngineMetrics, MetricsConfig, StaticFacts};
 use crate::model::{self, ModelConfig, WeightSummary};
 use crate::sampling::{Sampler, SamplingParams};
@@ -150,8 +150,7 @@ impl Engine {
         if context_length == 0 {
             return bad("--context-length must be > 0".into());
         }
-        // f16 K and V of every layer.
-        let per_token = mc.layers * 2 * mc.kv_heads * mc.head_dim * 2;
+        let per_token = KvCache::bytes_per_token(mc.layers, mc.kv_heads * mc.head_dim);
         let tokens = cfg
             .max_total_tokens
             .unwrap_or(cfg.kv_cache_memory_bytes / per_token);
@@ -167,7 +166,6 @@ impl Engine {
                 reason,
             })?;
         let exec = CpuExecutor::new(weights, blocks, cfg.page_size, threads);
-        debug_assert_eq!(exec.kv_bytes_per_token(), per_token);
         let info = EngineInfo {
             model: mc.clone(),
             weights: summary,

@@ -3,21 +3,13 @@
 //! next-token logits bit for bit, and an export that does not fit is refused with the values
 //! of both sides, leaving the cache untouched.
 
-use std::path::PathBuf;
-
 use dynamo_engine::kernels::ComputePool;
 use dynamo_engine::model::{load, SeqInput, Weights};
 use dynamo_engine::{CpuExecutor, Executor, TransferError};
 use dynamo_protocols::kv_transfer::KvHeaderError;
 
 fn weights() -> Weights {
-    let cache = std::env::var_os("DYN_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dynamo/models")
-        });
-    load(&cache.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
-        .expect("default model cached (./tests/run.sh fetches it)")
+    load(&dynamo_test_support::default_model()).unwrap()
 }
 
 fn executor(blocks: usize, page: usize) -> CpuExecutor {

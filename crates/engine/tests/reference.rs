@@ -12,13 +12,7 @@ use dynamo_protocols::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn model_path() -> PathBuf {
-    let cache = std::env::var_os("DYN_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| model::default_cache_dir(std::env::var_os("HOME")));
-    model::resolve(model::DEFAULT_MODEL_NAME, &cache)
-        .expect("the default model is cached (./tests/run.sh fetches it)")
-        .path()
-        .to_path_buf()
+    dynamo_test_support::default_model()
 }
 
 fn tokenizer() -> LoadedModel {

@@ -12,8 +12,7 @@ use dynamo_engine::kv::KvCache;
 use dynamo_engine::model::{load, Model, Scratch, SeqInput, Weights};
 
 fn gguf_path() -> PathBuf {
-    let home = std::env::var("HOME").expect("HOME");
-    PathBuf::from(home).join(".cache/dynamo/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    dynamo_test_support::default_model()
 }
 
 /// GGUF stores Q and K rows permuted for adjacent-pair RoPE; Hugging Face rotates halves.

@@ -11,12 +11,14 @@ use tokio::sync::watch;
 
 use crate::http::metrics::FrontendMetrics;
 use crate::preprocess::Preprocessor;
-use dynamo_preprocessor::model::{LoadedModel, ModelError, ModelSource};
+use dynamo_preprocessor::model::{LoadedModel, ModelSource};
 
 /// Turns a model card's `source` (or, failing that, its served name) into a model on this
 /// host. The binary supplies it: it decides where the model cache is and whether a missing
 /// default model is fetched.
-pub type ModelResolver = Arc<dyn Fn(&str) -> Result<ModelSource, ModelError> + Send + Sync>;
+pub type ModelResolver = Arc<
+    dyn Fn(&str) -> Result<ModelSource, Box<dyn std::error::Error + Send + Sync>> + Send + Sync,
+>;
 
 /// One served model.
 pub struct ModelEntry {
@@ -122,7 +124,7 @@ impl ModelManager {
         tokio::task::spawn_blocking(move || {
             let resolve = &this.inner.resolve;
             let src = resolve(&card.source).or_else(|_| resolve(&card.served_model_name));
-            let res = src.and_then(LoadedModel::load);
+            let res = src.and_then(|s| Ok(LoadedModel::load(s)?));
             match res {
                 Ok(m) => {
                     let pre = Arc::new(Preprocessor::new(m, Some(card.context_length)));

@@ -1,19 +1,15 @@
 //! The tokenizer built from the default model's GGUF matches llama.cpp's token ids for the
-//! reference texts in `tests/fixtures/smollm2-tokenizer.json` (provenance beside it), both ways, and the
-//! incremental decoder reproduces the text token by token.
+//! reference texts in `tests/fixtures/smollm2-tokenizer.json` (provenance beside it), both
+//! ways, and the incremental decoder reproduces the text token by token.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dynamo_preprocessor::detok::IncrementalDecoder;
-use dynamo_preprocessor::model::{default_model_path, LoadedModel, ModelSource};
+use dynamo_preprocessor::model::{LoadedModel, ModelSource};
 
-fn model_cache() -> PathBuf {
-    std::env::var_os("DYN_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dynamo/models")
-        })
+fn model() -> LoadedModel {
+    LoadedModel::load(ModelSource::Gguf(dynamo_test_support::default_model())).unwrap()
 }
 
 fn reference() -> serde_json::Value {
@@ -26,13 +22,7 @@ fn reference() -> serde_json::Value {
 
 #[test]
 fn gguf_tokenizer_matches_reference_ids() {
-    let path = default_model_path(&model_cache());
-    assert!(
-        path.is_file(),
-        "{} missing: ./tests/run.sh fetches it",
-        path.display()
-    );
-    let model = LoadedModel::load(ModelSource::Gguf(path)).unwrap();
+    let model = model();
     assert_eq!(model.context_length, 8192);
     let tok = Arc::new(model.tokenizer);
     let cases = reference()["cases"].as_array().unwrap().clone();
@@ -62,13 +52,7 @@ fn gguf_tokenizer_matches_reference_ids() {
 
 #[test]
 fn chat_template_renders_smollm_prompt() {
-    let path = default_model_path(&model_cache());
-    assert!(
-        path.is_file(),
-        "{} missing: ./tests/run.sh fetches it",
-        path.display()
-    );
-    let model = LoadedModel::load(ModelSource::Gguf(path)).unwrap();
+    let model = model();
     let tmpl = model.chat_template.expect("GGUF carries a chat template");
     let msgs = vec![serde_json::json!({"role": "user", "content": "Hi"})];
     let prompt = tmpl.render(&msgs, None, true).unwrap();

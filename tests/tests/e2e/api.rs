@@ -35,13 +35,12 @@ async fn generation_and_usage() {
 
     // x-request-id is honoured and echoed.
     let r = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.url()))
-        .header("x-request-id", "my-req-42")
-        .json(&chat(false, 2))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            "/v1/chat/completions",
+            &chat(false, 2),
+            &[("x-request-id", "my-req-42")],
+        )
+        .await;
     assert_eq!(r.headers()["x-request-id"], "my-req-42");
 
     // max_completion_tokens wins over max_tokens.
@@ -53,13 +52,7 @@ async fn generation_and_usage() {
     // Streaming chat with include_usage: role first, content chunks, finish, usage, [DONE].
     let mut body = chat(true, 6);
     body["stream_options"] = json!({"include_usage": true});
-    let r = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.send("/v1/chat/completions", &body, &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let (events, done) = read_sse(r).await;
@@ -101,12 +94,12 @@ async fn generation_and_usage() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["usage"]["prompt_tokens"], 3);
     let r = c
-        .http
-        .post(format!("{}/v1/completions", c.url()))
-        .json(&json!({"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": true}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": true}),
+            &[],
+        )
+        .await;
     let (events, done) = read_sse(r).await;
     assert!(done);
     assert!(

@@ -45,13 +45,7 @@ async fn cancelled_stream_frees_the_worker() {
     c.add_mocker(&["--speedup-ratio", "1"]);
     c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
 
-    let r = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.url()))
-        .json(&req(2000, true))
-        .send()
-        .await
-        .unwrap();
+    let r = c.send("/v1/chat/completions", &req(2000, true), &[]).await;
     let mut body = r.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));

@@ -197,15 +197,13 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
     // 2. A cancelled stream: counted as aborted, in none of the finished-request families.
     let before = scrape(&c).await;
     let r = c
-        .http
-        .post(format!("{}/v1/completions", c.url()))
-        .json(
+        .send(
+            "/v1/completions",
             &json!({"model": MODEL, "prompt": "Count slowly:", "max_tokens": 400,
             "ignore_eos": true, "stream": true}),
+            &[],
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     let mut body = r.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "), "{first:?}");

@@ -188,13 +188,12 @@ async fn kv_router_spans_carry_the_decision() {
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let body = requests::completion(p, 2);
     let r = c
-        .http
-        .post(format!("{}/v1/completions", c.url()))
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            "/v1/completions",
+            &body,
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let names = [
         "kv_router.select_worker",

@@ -211,8 +211,10 @@ fn only_the_runtime_talks_to_nats() {
 
 /// Library sources that may read the environment, and why.
 const ENV_ALLOWED: &[&str] = &[
-    // Test-only helper: a test picks its nats-server binary with NATS_SERVER_BIN.
+    // Test-only helpers: a test picks its nats-server binary with NATS_SERVER_BIN, and finds
+    // the model cache through DYN_MODEL_CACHE / HOME as the binaries do.
     "crates/test-support/src/nats.rs",
+    "crates/test-support/src/model.rs",
 ];
 
 #[test]

@@ -17,14 +17,8 @@ fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
 }
 
 async fn completion(c: &Cluster, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut r = c
-        .http
-        .post(format!("{}/v1/completions", c.url()))
-        .json(&requests::completion("The capital of France is", 4));
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let r = r.send().await.unwrap();
+    let body = requests::completion("The capital of France is", 4);
+    let r = c.send("/v1/completions", &body, headers).await;
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -210,13 +204,12 @@ async fn one_trace_per_request_across_frontend_and_worker() {
     let long = "The quick brown fox jumps over the lazy dog while the cat watches from the warm \
         windowsill and the rain falls softly on the old stone roof of the quiet village house";
     let r = c
-        .http
-        .post(format!("{}/v1/completions", c.url()))
-        .header("traceparent", format!("00-{trace3}-{parent}-01"))
-        .json(&requests::completion(long, 2))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            "/v1/completions",
+            &requests::completion(long, 2),
+            &[("traceparent", &format!("00-{trace3}-{parent}-01"))],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let usage: serde_json::Value = r.json().await.unwrap();
     let prompt_tokens = usage["usage"]["prompt_tokens"].as_u64().unwrap();

@@ -37,13 +37,7 @@ async fn greedy_completion_matches_reference_and_streams() {
     // Streaming gives the same text.
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
-    let r = c
-        .http
-        .post(format!("{}/v1/completions", c.url()))
-        .json(&sbody)
-        .send()
-        .await
-        .unwrap();
+    let r = c.send("/v1/completions", &sbody, &[]).await;
     let (chunks, done) = read_sse(r).await;
     assert!(done);
     let text: String = chunks

@@ -9,7 +9,6 @@ pub use pool::{BlockPool, NodeId, PoolStats, ROOT};
 pub struct KvCache {
     pub page: usize,
     kv_dim: usize,
-    blocks: usize,
     layers: Vec<(Vec<u16>, Vec<u16>)>,
 }
 
@@ -19,7 +18,6 @@ impl KvCache {
         KvCache {
             page,
             kv_dim,
-            blocks,
             layers: (0..layers)
                 .map(|_| (vec![0u16; n], vec![0u16; n]))
                 .collect(),
@@ -48,7 +46,9 @@ impl KvCache {
 
     /// Blocks held per layer.
     pub fn blocks(&self) -> usize {
-        self.blocks
+        self.layers
+            .first()
+            .map_or(0, |(k, _)| k.len() / (self.page * self.kv_dim).max(1))
     }
 
     /// Slots of one block in one layer's K (or V) slab.
