@@ -15,6 +15,7 @@ pub fn model_card(served: &str, source: &Path, cfg: &MockerConfig) -> ModelCard 
         total_kv_blocks: cfg.num_blocks as u64,
         max_num_seqs: cfg.max_num_seqs as u64,
         max_num_batched_tokens: cfg.max_num_batched_tokens as u64,
+        disaggregation_mode: Default::default(),
     }
 }
 

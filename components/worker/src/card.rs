@@ -11,7 +11,12 @@ use dynamo_protocols::{LoadReport, ModelCard};
 use dynamo_runtime::{EndpointId, MetricsRegistry};
 
 /// The card the frontend loads the model from and sizes its metrics with.
-pub fn model_card(served: &str, source: &Path, info: &EngineInfo) -> ModelCard {
+pub fn model_card(
+    served: &str,
+    source: &Path,
+    info: &EngineInfo,
+    mode: dynamo_protocols::DisaggregationMode,
+) -> ModelCard {
     ModelCard {
         served_model_name: served.to_string(),
         source: source.display().to_string(),
@@ -20,6 +25,7 @@ pub fn model_card(served: &str, source: &Path, info: &EngineInfo) -> ModelCard {
         total_kv_blocks: info.kv_blocks as u64,
         max_num_seqs: info.max_running_requests as u64,
         max_num_batched_tokens: info.chunked_prefill_size as u64,
+        disaggregation_mode: mode,
     }
 }
 

@@ -3,6 +3,7 @@
 //! for the router, and serves its metrics on the system port. Flags → config → wiring.
 
 mod card;
+mod disagg_args;
 mod engine_args;
 mod handler;
 mod metrics_args;
@@ -15,9 +16,11 @@ use dynamo_common::model_fetch::resolve_or_fetch;
 use dynamo_common::runtime_args::{shutdown_signal, RuntimeArgs};
 use dynamo_common::system_args::SystemArgs;
 use dynamo_common::worker_wiring::{self, ModelArgs};
+use dynamo_engine::metrics::EngineType;
 use dynamo_engine::trace::TraceConfig;
 use dynamo_engine::Engine;
-use dynamo_protocols::names::worker as d;
+use dynamo_protocols::names::{defaults, worker as d};
+use dynamo_protocols::DisaggregationMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +35,8 @@ struct Cli {
     engine: engine_args::EngineArgs,
     #[command(flatten)]
     metrics: metrics_args::MetricsArgs,
+    #[command(flatten)]
+    disagg: disagg_args::DisaggArgs,
     /// Export the engine's own spans (service `sglang`: Bootstrap Room → Req → thread spans →
     /// stage slices) under each request's `handle_payload` span.
     #[arg(long)]
@@ -64,8 +69,14 @@ fn engine_trace(cli: &Cli, served: &str) -> anyhow::Result<Option<TraceConfig>> 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let telemetry = cli.rt.init_logging()?;
+    let mode = cli.disagg.disaggregation_mode;
+    if mode == DisaggregationMode::Prefill && cli.m.component == defaults::COMPONENT {
+        cli.m.component = defaults::PREFILL_COMPONENT.to_string();
+    }
+    let room_timeout = cli.disagg.room_timeout()?;
+    let bind = cli.disagg.bind()?;
     let id = cli.m.endpoint_id()?;
     let (spec, cache) = (cli.m.model.clone(), cli.m.cache_dir());
     let source = tokio::task::spawn_blocking(move || resolve_or_fetch(&spec, &cache))
@@ -79,7 +90,14 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| cli.m.model.clone())
     });
     let mut cfg = cli.engine.config(source.path().to_path_buf())?;
-    cfg.metrics = cli.metrics.config(&served)?;
+    cfg.metrics = cli.metrics.config(&served)?.map(|mut m| {
+        m.engine_type = match mode {
+            DisaggregationMode::Null => EngineType::Unified,
+            DisaggregationMode::Prefill => EngineType::Prefill,
+            DisaggregationMode::Decode => EngineType::Decode,
+        };
+        m
+    });
     cfg.trace = engine_trace(&cli, &served)?;
     let tracer = cfg.trace.as_ref().map(|t| t.provider.clone());
     // The status server comes up first: /health says notready while the engine loads.
@@ -89,14 +107,39 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("loading {}", source.path().display()))?;
     card::log_loaded(source.path(), &engine);
-    let model_card = card::model_card(&served, source.path(), engine.info());
+    let model_card = card::model_card(&served, source.path(), engine.info(), mode);
     let engine = Arc::new(engine);
     card::register_metrics(drt.metrics(), &id, &engine)?;
     let events = engine.take_kv_events();
+    let role = match mode {
+        DisaggregationMode::Null => handler::Role::Unified,
+        DisaggregationMode::Prefill => {
+            let server = dynamo_disagg::TransferServer::start(
+                engine.clone(),
+                dynamo_disagg::ServerConfig {
+                    bind,
+                    advertise_host: cli.disagg.advertise_host(),
+                    model: served.clone(),
+                    room_timeout,
+                    handshake_timeout: std::time::Duration::from_secs(10),
+                },
+            )
+            .await
+            .with_context(|| format!("--disaggregation-bootstrap-port: cannot bind {bind}"))?;
+            tracing::info!(bootstrap = %format!("{}:{}", cli.disagg.advertise_host(), server.port()), "KV bootstrap server listening");
+            handler::Role::Prefill(server)
+        }
+        DisaggregationMode::Decode => {
+            handler::Role::Decode(dynamo_disagg::FetchConfig::new(served.clone()))
+        }
+    };
     let instance = drt
         .serve_endpoint(
             id.clone(),
-            Arc::new(handler::EngineHandler(engine.clone())),
+            Arc::new(handler::EngineHandler {
+                engine: engine.clone(),
+                role,
+            }),
             serde_json::to_value(&model_card)?,
             system_port,
         )
@@ -107,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
             card::load_report(&e)
         });
     }
-    tracing::info!(model = %served, endpoint = %id, instance_id = %format!("{instance:x}"), "worker ready");
+    tracing::info!(model = %served, endpoint = %id, disaggregation_mode = mode.as_str(), instance_id = %format!("{instance:x}"), "worker ready");
 
     shutdown_signal().await;
     drt.shutdown().await;

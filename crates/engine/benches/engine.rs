@@ -30,6 +30,7 @@ fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
             ignore_eos: true,
             ..Default::default()
         },
+        bootstrap_info: None,
     }
 }
 

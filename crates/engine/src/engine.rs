@@ -6,16 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dynamo_protocols::kv_transfer::KvLayout;
 use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest};
-use tokio::sync::mpsc as tmpsc;
+use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use crate::executor::CpuExecutor;
+use crate::disagg::{KvImport, RoomMsg};
+use crate::executor::{CpuExecutor, Executor};
 use crate::kernels::{self, Isa, KernelChoice};
 use crate::kv::{BlockPool, KvCache, PoolStats};
 use crate::metrics::{EngineMetrics, MetricsConfig, StaticFacts};
 use crate::model::{self, ModelConfig, WeightSummary};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::scheduler::{Cmd, SchedConfig, Scheduler, SchedulerParts, Seq};
+use crate::scheduler::{Cmd, Role, SchedConfig, Scheduler, SchedulerParts, Seq};
 use crate::trace::{SeqTrace, TraceConfig, TraceRequest, TraceSink};
 use crate::{EngineError, RequestError};
 
@@ -85,6 +87,8 @@ pub struct EngineInfo {
     pub threads: usize,
     pub isa: Isa,
     pub load_time: Duration,
+    /// The KV cache's layout (what a disaggregated peer must share).
+    pub kv_layout: KvLayout,
 }
 
 /// Counters and gauges refreshed once per scheduler iteration.
@@ -166,6 +170,7 @@ impl Engine {
                 reason,
             })?;
         let exec = CpuExecutor::new(weights, blocks, cfg.page_size, threads);
+        let kv_layout = exec.kv_layout();
         let info = EngineInfo {
             model: mc.clone(),
             weights: summary,
@@ -179,6 +184,7 @@ impl Engine {
             threads: cfg.threads,
             isa,
             load_time: t0.elapsed(),
+            kv_layout,
         };
         let tracing = cfg.trace.is_some();
         let sink = match cfg.trace {
@@ -246,6 +252,11 @@ impl Engine {
         &self.info
     }
 
+    /// Whether the engine builds spans (`--enable-trace`).
+    pub fn traces(&self) -> bool {
+        self.tracing
+    }
+
     /// The `sglang:` registry when metrics are enabled.
     pub fn metrics(&self) -> Option<&EngineMetrics> {
         self.metrics.as_deref()
@@ -281,6 +292,81 @@ impl Engine {
         req: PreprocessedRequest,
         trace: Option<TraceRequest>,
     ) -> Result<tmpsc::UnboundedReceiver<EngineOutput>, EngineError> {
+        let (seq, rx) = self.build(req, trace)?;
+        self.send(Cmd::Add(Box::new(seq)))?;
+        Ok(rx)
+    }
+
+    /// Disaggregated prefill: run the prompt and sample one token (`max_tokens` is checked
+    /// as given, then treated as 1). The prompt's blocks arrive on the room channel as its
+    /// chunks complete, then the sampled token; dropping the room receiver cancels the
+    /// request.
+    pub fn generate_prefill(
+        &self,
+        req: PreprocessedRequest,
+        trace: Option<TraceRequest>,
+    ) -> Result<
+        (
+            tmpsc::UnboundedReceiver<EngineOutput>,
+            tmpsc::UnboundedReceiver<RoomMsg>,
+        ),
+        EngineError,
+    > {
+        let (mut seq, rx) = self.build(req, trace)?;
+        let (room_tx, room_rx) = tmpsc::unbounded_channel();
+        seq.max_new = 1;
+        seq.role = Role::Prefill(crate::scheduler::PrefillSide {
+            room: room_tx,
+            exported: 0,
+            prompt_blocks: seq.prompt_len.div_ceil(self.info.page_size) as u32,
+            done_sent: false,
+        });
+        self.send(Cmd::Add(Box::new(seq)))?;
+        Ok((rx, room_rx))
+    }
+
+    /// Disaggregated decode: reserve the prompt's blocks, take their KV through the returned
+    /// [`KvImport`], then generate from the prefill side's token on (streamed as the first
+    /// output). The stream ends without a finish reason when the import fails
+    /// ([`KvImport::failure`] says why).
+    pub fn generate_decode(
+        &self,
+        req: PreprocessedRequest,
+        trace: Option<TraceRequest>,
+    ) -> Result<(tmpsc::UnboundedReceiver<EngineOutput>, KvImport), EngineError> {
+        let (mut seq, rx) = self.build(req, trace)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (res_tx, res_rx) = oneshot::channel();
+        let failure = Arc::new(std::sync::OnceLock::new());
+        let prompt_blocks = seq.prompt_len.div_ceil(self.info.page_size) as u32;
+        seq.role = Role::Decode(crate::scheduler::DecodeSide {
+            id,
+            reserved: Some(res_tx),
+            failure: failure.clone(),
+            next_block: 0,
+            reserved_at: None,
+            transferred_at: None,
+        });
+        self.send(Cmd::Add(Box::new(seq)))?;
+        Ok((
+            rx,
+            KvImport {
+                id,
+                tx: self.tx.clone(),
+                reserved: Some(res_rx),
+                failure,
+                done: false,
+                prompt_blocks,
+            },
+        ))
+    }
+
+    /// Validate `req` and build its scheduler state.
+    fn build(
+        &self,
+        req: PreprocessedRequest,
+        trace: Option<TraceRequest>,
+    ) -> Result<(Seq, tmpsc::UnboundedReceiver<EngineOutput>), EngineError> {
         let inv = |e: RequestError| Err(EngineError::InvalidRequest(e));
         let prompt = req.token_ids;
         if prompt.is_empty() {
@@ -346,7 +432,6 @@ impl Engine {
             tx,
         );
         seq.trace = trace;
-        self.send(Cmd::Add(Box::new(seq)))?;
-        Ok(rx)
+        Ok((seq, rx))
     }
 }

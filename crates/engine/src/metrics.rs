@@ -9,6 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+mod disagg;
+pub use disagg::{DisaggMetrics, DisaggStage};
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder,
@@ -150,6 +153,8 @@ pub struct EngineMetrics {
     pub(crate) retracted_requests: IntCounter,
     pub(crate) retracted_input: IntCounter,
     pub(crate) retracted_output: IntCounter,
+    /// The disaggregation families.
+    pub disagg: DisaggMetrics,
     max_total_tokens: IntGauge,
     page_size: IntGauge,
     num_pages: IntGauge,
@@ -248,8 +253,10 @@ impl EngineMetrics {
         )
         .map_err(|e| e.to_string())?;
         reg(Box::new(realtime.clone()))?;
+        let disagg = DisaggMetrics::new(&r, &sched, &stage_vec)?;
 
         let m = EngineMetrics {
+            disagg,
             interval: cfg.interval,
             prompt_tokens: counter(
                 "prompt_tokens_total",

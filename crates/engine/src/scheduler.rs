@@ -20,18 +20,36 @@ use crate::model::SeqInput;
 use crate::sampling::Sampler;
 use crate::trace::{SeqTrace, Slice, TraceSink};
 
+mod disagg;
 mod observe;
 use observe::{finished, observe_decode, observe_prefill, observe_token};
 
+pub(crate) use disagg::{DecodeSide, PrefillSide, Role};
+
 pub(crate) enum Cmd {
     Add(Box<Seq>),
+    /// Disaggregated decode: an export of prompt blocks `first..` for request `id`.
+    Import {
+        id: u64,
+        first: u32,
+        data: Vec<u8>,
+    },
+    /// Every block of request `id` is in: decode from `first_token`.
+    ImportDone {
+        id: u64,
+        first_token: u32,
+    },
+    /// The import of request `id` is abandoned: free its blocks.
+    ImportAbort {
+        id: u64,
+    },
 }
 
 /// One request's state on the scheduler thread.
 pub(crate) struct Seq {
     tokens: Vec<u32>,
-    prompt_len: usize,
-    max_new: usize,
+    pub(crate) prompt_len: usize,
+    pub(crate) max_new: usize,
     min_new: usize,
     stop_ids: Vec<u32>,
     sampler: Sampler,
@@ -54,6 +72,8 @@ pub(crate) struct Seq {
     chunked: bool,
     /// Stage timestamps for the engine's spans (`--enable-trace` and a traced request).
     pub(crate) trace: Option<Box<SeqTrace>>,
+    /// Aggregated, or one side of a disaggregated request.
+    pub(crate) role: Role,
 }
 
 impl Seq {
@@ -84,7 +104,13 @@ impl Seq {
             retractions: 0,
             chunked: false,
             trace: None,
+            role: Role::Unified,
         }
+    }
+
+    /// The request's client (or, for a prefill request, its room) is gone.
+    fn abandoned(&self) -> bool {
+        self.tx.is_closed() || self.role.abandoned()
     }
 
     fn generated(&self) -> usize {
@@ -128,6 +154,11 @@ pub(crate) struct Scheduler {
     trace: Option<TraceSink>,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
+    /// Disaggregated decode: waiting for blocks to be reserved, waiting for their KV, and
+    /// ready to join the running batch.
+    prealloc: VecDeque<Box<Seq>>,
+    transfer: Vec<Seq>,
+    ready: VecDeque<Seq>,
 }
 
 impl Scheduler {
@@ -156,6 +187,9 @@ impl Scheduler {
             trace,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            prealloc: VecDeque::new(),
+            transfer: Vec::new(),
+            ready: VecDeque::new(),
         }
     }
 
@@ -170,14 +204,29 @@ impl Scheduler {
                     t.received = Some(now);
                     t.slices.push((Slice::RequestProcess, now, Instant::now()));
                 }
-                self.waiting.push_back(s)
+                if matches!(s.role, Role::Decode(_)) {
+                    self.prealloc.push_back(s)
+                } else {
+                    self.waiting.push_back(s)
+                }
             }
+            Cmd::Import { id, first, data } => self.import(id, first, &data),
+            Cmd::ImportDone { id, first_token } => self.import_done(id, first_token),
+            Cmd::ImportAbort { id } => self.import_abort(id),
         }
+    }
+
+    /// Nothing to compute now or later without a new command.
+    fn idle(&self) -> bool {
+        self.running.is_empty()
+            && self.waiting.is_empty()
+            && self.prealloc.is_empty()
+            && self.ready.is_empty()
     }
 
     pub(crate) fn run(mut self) {
         loop {
-            if self.running.is_empty() && self.waiting.is_empty() {
+            if self.idle() {
                 self.publish(true);
                 match self.rx.recv() {
                     Ok(cmd) => self.handle(cmd),
@@ -188,6 +237,7 @@ impl Scheduler {
                 self.handle(cmd);
             }
             self.drop_cancelled();
+            self.reserve_decodes();
             let plan = self.schedule();
             if plan.is_empty() {
                 self.publish(false);
@@ -213,9 +263,10 @@ impl Scheduler {
     }
 
     fn drop_cancelled(&mut self) {
+        self.drop_cancelled_decodes();
         let mut i = 0;
         while i < self.running.len() {
-            if self.running[i].tx.is_closed() {
+            if self.running[i].abandoned() {
                 let mut s = self.running.remove(i);
                 self.release(&mut s);
                 self.local.cancelled += 1;
@@ -229,7 +280,7 @@ impl Scheduler {
         }
         let before = self.waiting.len();
         let (mut left, keep): (Vec<_>, Vec<_>) =
-            self.waiting.drain(..).partition(|s| s.tx.is_closed());
+            self.waiting.drain(..).partition(|s| s.abandoned());
         self.waiting.extend(keep);
         for s in &mut left {
             self.end_trace(s, Instant::now());
@@ -311,6 +362,19 @@ impl Scheduler {
     }
 
     fn admit(&mut self, plan: &mut Vec<(usize, usize)>, budget: &mut usize) {
+        // Decode requests whose KV arrived hold their blocks already; they come first.
+        while self.running.len() < self.cfg.max_running {
+            let Some(mut s) = self.ready.pop_front() else {
+                break;
+            };
+            let upto = s.computed + 1;
+            if !Self::ensure_pages(&mut self.pool, &mut s, upto) {
+                self.ready.push_front(s);
+                break;
+            }
+            self.join_running(s);
+            plan.push((self.running.len() - 1, 1));
+        }
         let page = self.pool.page();
         while self.running.len() < self.cfg.max_running && *budget > 0 {
             let Some(s) = self.waiting.front() else { break };
@@ -395,21 +459,8 @@ impl Scheduler {
             if s.computed == s.tokens.len() {
                 samplers.push(i);
             }
-            while s.cacheable && s.nodes.len() < s.computed / page {
-                let k = s.nodes.len();
-                let parent = s.nodes.last().copied().unwrap_or(ROOT);
-                let (node, kept) =
-                    self.pool
-                        .insert(parent, &s.tokens[k * page..(k + 1) * page], s.pages[k]);
-                if node == u32::MAX {
-                    s.cacheable = false;
-                    break;
-                }
-                if !kept {
-                    s.pages[k] = self.pool.block_of(node);
-                }
-                s.nodes.push(node);
-            }
+            cache_full_blocks(&mut self.pool, s);
+            disagg::export_ready(&*self.exec, s, page);
         }
         self.local.prefill_tokens += prefill;
         self.local.decode_tokens += decode;
@@ -442,37 +493,14 @@ impl Scheduler {
         let now = Instant::now();
         for &i in &samplers {
             let s = &mut self.running[i];
-            observe_token(self.metrics.as_deref(), s, now);
-            let tok = *s.tokens.last().expect("sampled");
-            let g = s.generated();
-            let is_stop = g > s.min_new && s.stop_ids.contains(&tok);
-            let reason = if is_stop {
-                Some(FinishReason::Eos)
-            } else if g >= s.max_new || s.tokens.len() >= self.cfg.context_length {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            let out = EngineOutput {
-                token_ids: if is_stop { vec![] } else { vec![tok] },
-                finish_reason: reason,
-                usage: reason.map(|_| Usage {
-                    prompt_tokens: s.prompt_len as u32,
-                    completion_tokens: g as u32,
-                    cached_tokens: s.cached.unwrap_or(0) as u32,
-                }),
-            };
-            let gone = s.tx.send(out).is_err();
-            if reason.is_some() || gone {
+            if emit(
+                s,
+                self.cfg.context_length,
+                self.metrics.as_deref(),
+                &mut self.local,
+                now,
+            ) {
                 done.push(i);
-                if gone {
-                    self.local.cancelled += 1;
-                } else {
-                    self.local.finished += 1;
-                }
-                if let Some(m) = &self.metrics {
-                    finished(m, s, gone, now);
-                }
             }
         }
         done.sort_unstable();
@@ -502,10 +530,75 @@ impl Scheduler {
         self.local.pool = self.pool.stats();
         if let Some(m) = self.metrics.clone() {
             self.gauges(&m, idle);
+            self.disagg_gauges();
             self.window.tick(&m, Instant::now(), idle);
         }
         if let Ok(mut s) = self.stats.lock() {
             *s = self.local.clone();
         }
+    }
+}
+
+/// Stream `s`'s newest token (or its end); true when `s` is finished (or its client gone).
+fn emit(
+    s: &mut Seq,
+    context_length: usize,
+    metrics: Option<&EngineMetrics>,
+    local: &mut EngineStats,
+    now: Instant,
+) -> bool {
+    observe_token(metrics, s, now);
+    let tok = *s.tokens.last().expect("sampled");
+    s.role.sampled(tok);
+    let g = s.generated();
+    let is_stop = g > s.min_new && s.stop_ids.contains(&tok);
+    let reason = if is_stop {
+        Some(FinishReason::Eos)
+    } else if g >= s.max_new || s.tokens.len() >= context_length {
+        Some(FinishReason::Length)
+    } else {
+        None
+    };
+    let out = EngineOutput {
+        token_ids: if is_stop { vec![] } else { vec![tok] },
+        finish_reason: reason,
+        usage: reason.map(|_| Usage {
+            prompt_tokens: s.prompt_len as u32,
+            completion_tokens: g as u32,
+            cached_tokens: s.cached.unwrap_or(0) as u32,
+        }),
+        bootstrap_info: None,
+    };
+    let gone = s.tx.send(out).is_err();
+    if reason.is_some() || gone {
+        if gone {
+            local.cancelled += 1;
+        } else {
+            local.finished += 1;
+        }
+        if let Some(m) = metrics {
+            finished(m, s, gone, now);
+        }
+        return true;
+    }
+    false
+}
+
+/// Publish `s`'s computed full blocks to the radix tree (a block another request cached first
+/// replaces `s`'s copy).
+fn cache_full_blocks(pool: &mut BlockPool, s: &mut Seq) {
+    let page = pool.page();
+    while s.cacheable && s.nodes.len() < s.computed / page {
+        let k = s.nodes.len();
+        let parent = s.nodes.last().copied().unwrap_or(ROOT);
+        let (node, kept) = pool.insert(parent, &s.tokens[k * page..(k + 1) * page], s.pages[k]);
+        if node == u32::MAX {
+            s.cacheable = false;
+            break;
+        }
+        if !kept {
+            s.pages[k] = pool.block_of(node);
+        }
+        s.nodes.push(node);
     }
 }

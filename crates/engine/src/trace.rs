@@ -23,6 +23,35 @@ pub struct TraceRequest {
     pub parent: TraceContext,
     /// Request id; Dynamo uses the trace id.
     pub rid: String,
+    /// Which side of a bootstrap room the request is.
+    pub room: RoomTrace,
+}
+
+/// The request's `Bootstrap Room` span and role prefix.
+#[derive(Debug, Clone, Default)]
+pub enum RoomTrace {
+    /// Aggregated: its own `Bootstrap Room 0x0`, request span `" Req …"`.
+    #[default]
+    Unified,
+    /// Prefill side: opens `Bootstrap Room 0x<room>` with span id `span_id` (handed to the
+    /// decode side beforehand), request span `"prefill Req …"`.
+    Prefill { room: u64, span_id: u64 },
+    /// Decode side: `"decode Req …"` under the prefill side's room span, or under its own
+    /// room span when the prefill side does not trace.
+    Decode {
+        room: u64,
+        room_span: Option<TraceContext>,
+    },
+}
+
+impl RoomTrace {
+    fn role(&self) -> &'static str {
+        match self {
+            RoomTrace::Unified => "",
+            RoomTrace::Prefill { .. } => "prefill",
+            RoomTrace::Decode { .. } => "decode",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,16 +178,31 @@ impl Builder {
         attrs: Vec<KeyValue>,
         links: Vec<Link>,
     ) -> (opentelemetry_sdk::trace::Span, SpanContext) {
+        self.open_as(name, parent, start, attrs, links, None)
+    }
+
+    /// [`Builder::open`] with a chosen span id.
+    fn open_as(
+        &self,
+        name: String,
+        parent: &SpanContext,
+        start: Instant,
+        attrs: Vec<KeyValue>,
+        links: Vec<Link>,
+        span_id: Option<u64>,
+    ) -> (opentelemetry_sdk::trace::Span, SpanContext) {
         let cx = Context::new().with_remote_span_context(parent.clone());
-        let span = self.tracer.build_with_context(
-            self.tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Internal)
-                .with_start_time(self.wall(start))
-                .with_attributes(attrs)
-                .with_links(links),
-            &cx,
-        );
+        let mut b = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(self.wall(start))
+            .with_attributes(attrs)
+            .with_links(links);
+        if let Some(id) = span_id {
+            b = b.with_span_id(opentelemetry::trace::SpanId::from_bytes(id.to_be_bytes()));
+        }
+        let span = self.tracer.build_with_context(b, &cx);
         let sc = span.span_context().clone();
         (span, sc)
     }
@@ -167,13 +211,28 @@ impl Builder {
         let t = &f.trace;
         let parent = dynamo_telemetry::context::remote_span_context(&t.req.parent);
         let (start, end) = (t.submitted, f.end);
-        let (mut room, room_cx) = self.open(
-            spans::BOOTSTRAP_ROOM_0.into(),
-            &parent,
-            start,
-            vec![KeyValue::new("bootstrap_room", "0x0")],
-            vec![],
-        );
+        let (mut room, room_cx) = match &t.req.room {
+            RoomTrace::Decode {
+                room_span: Some(c), ..
+            } => (None, dynamo_telemetry::context::remote_span_context(c)),
+            r => {
+                let (no, id) = match *r {
+                    RoomTrace::Prefill { room, span_id } => (room, Some(span_id)),
+                    RoomTrace::Decode { room, .. } => (room, None),
+                    RoomTrace::Unified => (0, None),
+                };
+                let hex = format!("{no:#x}");
+                let (s, c) = self.open_as(
+                    format!("{}{hex}", spans::BOOTSTRAP_ROOM_PREFIX),
+                    &parent,
+                    start,
+                    vec![KeyValue::new("bootstrap_room", hex)],
+                    vec![],
+                    id,
+                );
+                (Some(s), c)
+            }
+        };
         let short: String = t.req.rid.chars().take(8).collect();
         let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
         let mut req_attrs = vec![
@@ -200,7 +259,7 @@ impl Builder {
             ));
         }
         let (mut req, req_cx) = self.open(
-            format!("{}{short}", spans::REQ_PREFIX),
+            format!("{}{}{short}", t.req.room.role(), spans::REQ_PREFIX),
             &room_cx,
             start,
             req_attrs,
@@ -303,7 +362,9 @@ impl Builder {
         }
         sched.end_with_timestamp(self.wall(end));
         req.end_with_timestamp(self.wall(end));
-        room.end_with_timestamp(self.wall(end));
+        if let Some(room) = room.as_mut() {
+            room.end_with_timestamp(self.wall(end));
+        }
     }
 }
 

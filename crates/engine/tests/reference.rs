@@ -39,6 +39,7 @@ fn greedy(tokens: Vec<u32>, max: u32) -> PreprocessedRequest {
             max_tokens: Some(max),
             ..Default::default()
         },
+        bootstrap_info: None,
     }
 }
 

@@ -318,6 +318,7 @@ async fn run(
                     completion_tokens: s.generated as u32,
                     cached_tokens: s.cached_tokens as u32,
                 }),
+                bootstrap_info: None,
             };
             let closed = s.tx.send(out).is_err();
             if done || closed {
@@ -344,6 +345,7 @@ mod tests {
                 max_tokens: Some(max),
                 ..Default::default()
             },
+            bootstrap_info: None,
         }
     }
 

@@ -14,7 +14,8 @@ pub const VERSION: u16 = 1;
 pub const HEADER_BYTES: usize = 32;
 
 /// Element type of the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KvDtype {
     F16,
     Bf16,
@@ -49,7 +50,7 @@ impl KvDtype {
 
 /// How one engine's KV cache is laid out: two caches can exchange blocks only when these are
 /// equal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KvLayout {
     pub layers: u32,
     pub kv_heads: u32,
@@ -182,7 +183,19 @@ impl KvBlocksHeader {
             blocks: u32_at(24),
         };
         let payload = &bytes[HEADER_BYTES..];
-        let expected = header.payload_bytes();
+        // Checked: a hostile header's product must not wrap around to the payload's length.
+        let l = &header.layout;
+        let expected = [
+            l.layers,
+            2,
+            l.kv_heads,
+            l.head_dim,
+            l.block_size,
+            header.blocks,
+        ]
+        .iter()
+        .try_fold(l.dtype.bytes(), |acc, &v| acc.checked_mul(v as usize))
+        .unwrap_or(usize::MAX);
         if payload.len() != expected {
             return Err(KvHeaderError::Length {
                 expected,

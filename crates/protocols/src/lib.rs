@@ -4,6 +4,7 @@
 //!
 //! Everything here is plain serde data: no I/O, no runtime.
 
+pub mod disagg;
 pub mod hashing;
 pub mod kv_events;
 pub mod kv_transfer;
@@ -11,6 +12,7 @@ pub mod model_card;
 pub mod names;
 pub mod request;
 
+pub use disagg::{BootstrapInfo, DisaggregationMode};
 pub use kv_events::{KvCacheEvent, KvCacheEventData, LoadReport, RouterEvent};
 pub use model_card::ModelCard;
 pub use request::{

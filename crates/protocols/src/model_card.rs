@@ -24,4 +24,7 @@ pub struct ModelCard {
     /// Most tokens in one batch (0 when unknown).
     #[serde(default)]
     pub max_num_batched_tokens: u64,
+    /// The worker's role: aggregated (`null`), `prefill` or `decode`.
+    #[serde(default)]
+    pub disaggregation_mode: crate::DisaggregationMode,
 }

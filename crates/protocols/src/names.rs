@@ -42,6 +42,8 @@ pub mod defaults {
     pub const NAMESPACE: &str = "dynamo";
     /// Component of aggregated (and decode) workers.
     pub const COMPONENT: &str = "backend";
+    /// Component of prefill workers.
+    pub const PREFILL_COMPONENT: &str = "prefill";
     pub const ENDPOINT: &str = "generate";
     pub const HEALTH_PATH: &str = "/health";
     pub const LIVE_PATH: &str = "/live";
@@ -80,6 +82,12 @@ pub mod worker {
     pub const OTLP_TRACES_ENDPOINT: &str = "localhost:4317";
     /// `service.name` of the engine's spans.
     pub const ENGINE_SERVICE_NAME: &str = "sglang";
+    /// `--disaggregation-bootstrap-port`: the prefill worker's KV transfer server.
+    pub const DISAGGREGATION_BOOTSTRAP_PORT: u16 = 12345;
+    /// `--disaggregation-bootstrap-timeout`: seconds an unclaimed room keeps its KV.
+    pub const DISAGGREGATION_BOOTSTRAP_TIMEOUT_S: f64 = 30.0;
+    /// `--host`: the interface the bootstrap server binds.
+    pub const HOST: &str = "0.0.0.0";
 }
 
 /// Span names (runtime spans; the engine's are built in `dynamo-engine`'s trace module).
@@ -94,6 +102,11 @@ pub mod spans {
     pub const SCHEDULE: &str = "kv_router.schedule";
     /// The engine's root span of a request (aggregated serving: room 0).
     pub const BOOTSTRAP_ROOM_0: &str = "Bootstrap Room 0x0";
+    /// Disaggregated requests' room spans are `"Bootstrap Room 0x<room in hex>"`.
+    pub const BOOTSTRAP_ROOM_PREFIX: &str = "Bootstrap Room ";
+    /// Request spans of disaggregated requests: `"prefill Req …"`, `"decode Req …"`.
+    pub const PREFILL_REQ_PREFIX: &str = "prefill Req ";
+    pub const DECODE_REQ_PREFIX: &str = "decode Req ";
     /// The engine's request span is `" Req <first 8 of rid>"` (SGLang's leading space).
     pub const REQ_PREFIX: &str = " Req ";
     /// Thread spans are `"<label> (host:<host> | pid:<pid>)"`.

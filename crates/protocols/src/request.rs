@@ -14,6 +14,10 @@ pub struct PreprocessedRequest {
     pub sampling: SamplingOptions,
     #[serde(default)]
     pub stop: StopConditions,
+    /// Disaggregated decode: where this request's prompt KV waits (set by the frontend from
+    /// the prefill worker's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_info: Option<crate::BootstrapInfo>,
 }
 
 /// Sampling parameters; `None` means the engine default.
@@ -101,6 +105,9 @@ pub struct EngineOutput {
     pub finish_reason: Option<FinishReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// A prefill worker's first item: where the decode worker fetches this request's KV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_info: Option<crate::BootstrapInfo>,
 }
 
 #[cfg(test)]

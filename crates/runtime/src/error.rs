@@ -41,6 +41,9 @@ pub enum ErrorKind {
     Internal,
     /// The request payload could not be decoded.
     Deserialization,
+    /// Disaggregated decode: the prompt's KV could not be fetched from the prefill worker
+    /// (another prefill worker may succeed).
+    KvTransfer,
 }
 
 /// An error a handler returns for one request.

@@ -235,6 +235,7 @@ async fn run(
                 stop_token_ids: vec![],
                 ignore_eos: p.params.ignore_eos,
             },
+            bootstrap_info: None,
         },
         params: p.params,
         pre,

@@ -138,7 +138,7 @@ pub(super) fn map_runtime_error(e: RuntimeError) -> ApiError {
             message,
         } => ApiError::validation(format!("Validation: {message}")),
         RuntimeError::Remote {
-            kind: ErrorKind::Unavailable,
+            kind: ErrorKind::Unavailable | ErrorKind::KvTransfer,
             message,
         } => ApiError::new(ErrorClass::Unavailable, message),
         RuntimeError::NoResponders { .. }
