@@ -101,21 +101,59 @@ ensure_nats_running() {
   log "nats-server did not start; see ${DYN_LOG_DIR:-/tmp}/nats-server.log"; return 1
 }
 
+# The launch scripts' options: `--enable-otel` (export spans: JSONL logs with trace ids, OTLP
+# export of the runtime's spans to $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, and the engine's
+# own spans when the script passes ${TRACE_ARGS[@]} to its workers) and `-h`/`--help` (print
+# $1, the script's usage, and exit). Anything else is an error.
+launch_options() {
+  local usage="$1"; shift
+  ENABLE_OTEL=0
+  TRACE_ARGS=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --enable-otel) ENABLE_OTEL=1;;
+      -h|--help) printf '%s\n' "$usage"; exit 0;;
+      *) log "unknown option: $1"; printf '%s\n' "$usage" >&2; exit 2;;
+    esac
+    shift
+  done
+  if [ "$ENABLE_OTEL" = 1 ]; then
+    export DYN_LOGGING_JSONL=true OTEL_EXPORT_ENABLED=1
+    export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-http://localhost:4317}"
+    # The engine's exporter takes host:port (SGLang's --otlp-traces-endpoint form).
+    local hp=${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT#*://}; hp=${hp%%/*}
+    TRACE_ARGS=(--enable-trace --otlp-traces-endpoint "$hp")
+  fi
+}
+
 # Shared start of the launch scripts: nats-server and the model installed when missing, a
-# release build (BIN), nats-server started when none answers (NATS_SERVER), and an exit trap
-# that stops every pid the script appends to `pids`.
+# release build (BIN; DYN_BIN_DIR=<dir> uses binaries already built there instead),
+# nats-server started when none answers (NATS_SERVER), and a trap that stops every pid the
+# script appends to `pids` (and nothing else) on exit, Ctrl-C or SIGTERM.
 launch_prepare() {
   export NATS_SERVER="${NATS_SERVER:-nats://127.0.0.1:4222}"
   export DYN_LOG_DIR="${DYN_LOG_DIR:-/tmp/dynamo-logs}"; mkdir -p "$DYN_LOG_DIR"
   ensure_nats
   ensure_model
-  log "building release binaries (cargo build --release)"
-  cargo build --release --bins -q
-  BIN="$CARGO_TARGET_DIR/release"
+  if [ -n "${DYN_BIN_DIR:-}" ]; then
+    BIN="$DYN_BIN_DIR"
+  else
+    log "building release binaries (cargo build --release)"
+    cargo build --release --bins -q
+    BIN="$CARGO_TARGET_DIR/release"
+  fi
   pids=()
-  trap launch_cleanup EXIT INT TERM
+  trap launch_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   ensure_nats_running
   if [ -n "${NATS_PID:-}" ]; then pids+=("$NATS_PID"); fi
 }
 
-launch_cleanup() { log "stopping"; kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+launch_cleanup() {
+  trap - EXIT INT TERM
+  [ ${#pids[@]} -gt 0 ] || return 0
+  log "stopping"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+}

@@ -66,6 +66,32 @@ impl WorkerSpec {
     }
 }
 
+/// Flags of a disaggregated prefill worker in the tests.
+pub fn prefill_args() -> Vec<&'static str> {
+    vec![
+        "--threads",
+        "1",
+        "--enable-metrics",
+        "--disaggregation-mode",
+        "prefill",
+        "--disaggregation-bootstrap-port",
+        "0",
+        "--host",
+        "127.0.0.1",
+    ]
+}
+
+/// Flags of a disaggregated decode worker in the tests.
+pub fn decode_args() -> Vec<&'static str> {
+    vec![
+        "--threads",
+        "1",
+        "--enable-metrics",
+        "--disaggregation-mode",
+        "decode",
+    ]
+}
+
 /// A running worker with its system status port.
 pub struct Worker {
     pub child: Child,
@@ -144,6 +170,39 @@ impl Cluster {
     /// say otherwise); waits until its /health is ready.
     pub fn add_worker(&mut self, args: &[&str]) -> usize {
         self.spawn(WorkerSpec::new(WorkerKind::Engine).args(args))
+    }
+
+    /// Start a disaggregated prefill worker (one thread, metrics on, its bootstrap server on
+    /// a free loopback port) with extra flags.
+    pub fn add_prefill(&mut self, args: &[&str]) -> usize {
+        self.spawn(
+            WorkerSpec::new(WorkerKind::Engine)
+                .args(&prefill_args())
+                .args(args),
+        )
+    }
+
+    /// Start a disaggregated decode worker (one thread, metrics on) with extra flags.
+    pub fn add_decode(&mut self, args: &[&str]) -> usize {
+        self.spawn(
+            WorkerSpec::new(WorkerKind::Engine)
+                .args(&decode_args())
+                .args(args),
+        )
+    }
+
+    /// The instance id worker `i` registered with (from its "worker ready" log line).
+    pub fn instance_id(&self, i: usize) -> u64 {
+        let log = self.workers[i].child.log_text();
+        log.lines()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                if v["message"] != "worker ready" {
+                    return None;
+                }
+                u64::from_str_radix(v["instance_id"].as_str()?, 16).ok()
+            })
+            .unwrap_or_else(|| panic!("worker {i} logged no instance id\n{log}"))
     }
 
     /// Start the worker `spec` describes on this cluster's NATS, with its system status
@@ -267,6 +326,18 @@ impl Cluster {
         )
     }
 
+    /// A worker's /metrics text (empty when it does not answer).
+    pub async fn worker_metrics(&self, worker: usize) -> String {
+        let url = format!(
+            "http://127.0.0.1:{}/metrics",
+            self.workers[worker].system_port
+        );
+        match self.http.get(url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// Scrape a worker's /metrics and read one sample (sum over label sets matching `filter`).
     pub async fn worker_metric(&self, worker: usize, name: &str) -> Option<f64> {
         let url = format!(
@@ -301,6 +372,20 @@ pub fn bound_port(child: &Child, message: &str) -> u16 {
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", child.log_text()))
+}
+
+/// Sum of the samples of `name` whose labels contain `label` (e.g. `stage="decode_waiting"`).
+pub fn metric_with(text: &str, name: &str, label: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, val)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if key.split('{').next() == Some(name) && key.contains(label) {
+            *found.get_or_insert(0.0) += val.parse::<f64>().ok()?;
+        }
+    }
+    found
 }
 
 /// Sum of all samples of `name` (any labels) in a Prometheus text body.

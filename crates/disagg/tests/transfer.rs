@@ -132,6 +132,22 @@ async fn disaggregated_greedy_equals_aggregated_and_reuses_prefixes() {
         "all ten blocks pulled"
     );
     assert!(m.speed_gb_s.get() > 0.0 && m.latency_ms.get() > 0.0);
+    let text = dec.metrics().unwrap().render();
+    for stage in [
+        "decode_prepare",
+        "decode_bootstrap",
+        "decode_waiting",
+        "decode_transferred",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("sglang:per_stage_req_latency_seconds_count")
+                    && l.contains(&format!("stage=\"{stage}\""))
+            })
+            .unwrap_or_else(|| panic!("no {stage} count"));
+        assert!(line.ends_with(" 1"), "{line}");
+    }
 
     // The next turn: the first prompt, its answer, and more. The decode side caches the
     // first prompt's nine full blocks, so only the rest crosses the wire.

@@ -86,8 +86,15 @@ impl KvImport {
 impl Drop for KvImport {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.failure.set("the KV import was abandoned".into());
-            let _ = self.tx.send(Cmd::ImportAbort { id: self.id });
+            // Dropped without a failure: the caller went away (the client cancelled).
+            let cancelled = self
+                .failure
+                .set("the KV import was abandoned".into())
+                .is_ok();
+            let _ = self.tx.send(Cmd::ImportAbort {
+                id: self.id,
+                cancelled,
+            });
         }
     }
 }

@@ -39,9 +39,11 @@ pub(crate) enum Cmd {
         id: u64,
         first_token: u32,
     },
-    /// The import of request `id` is abandoned: free its blocks.
+    /// The import of request `id` is abandoned (failed, or `cancelled` by its caller): free
+    /// its blocks.
     ImportAbort {
         id: u64,
+        cancelled: bool,
     },
 }
 
@@ -212,7 +214,7 @@ impl Scheduler {
             }
             Cmd::Import { id, first, data } => self.import(id, first, &data),
             Cmd::ImportDone { id, first_token } => self.import_done(id, first_token),
-            Cmd::ImportAbort { id } => self.import_abort(id),
+            Cmd::ImportAbort { id, cancelled } => self.import_abort(id, cancelled),
         }
     }
 

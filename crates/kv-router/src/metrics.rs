@@ -28,6 +28,9 @@ pub struct RouterMetrics {
     pub events_applied: IntCounterVec,
     pub active_decode_blocks: IntGaugeVec,
     pub active_prefill_tokens: IntGaugeVec,
+    /// `worker_type` of the per-worker gauges: `prefill` or `decode` (aggregated workers
+    /// report `decode`).
+    pub worker_type: &'static str,
 }
 
 fn hist(reg: &MetricsRegistry, name: &str, help: &str, buckets: Vec<f64>, id: &str) -> Histogram {
@@ -114,6 +117,15 @@ impl RouterMetrics {
             events_applied,
             active_decode_blocks,
             active_prefill_tokens,
+            worker_type: "decode",
+        }
+    }
+
+    /// The same families for a router of prefill workers.
+    pub fn for_prefill(&self) -> Self {
+        RouterMetrics {
+            worker_type: "prefill",
+            ..self.clone()
         }
     }
 
@@ -127,7 +139,7 @@ impl RouterMetrics {
     /// Publish a worker's load in the router's account.
     pub fn worker_load(&self, w: WorkerKey, blocks: u64, prefill_tokens: u64) {
         let (id, dp) = (w.0.to_string(), w.1.to_string());
-        let l = [id.as_str(), dp.as_str(), "decode"];
+        let l = [id.as_str(), dp.as_str(), self.worker_type];
         self.active_decode_blocks
             .with_label_values(&l)
             .set(blocks as i64);
@@ -139,7 +151,7 @@ impl RouterMetrics {
     /// Drop a departed worker's gauges.
     pub fn forget_worker(&self, w: WorkerKey) {
         let (id, dp) = (w.0.to_string(), w.1.to_string());
-        let l = [id.as_str(), dp.as_str(), "decode"];
+        let l = [id.as_str(), dp.as_str(), self.worker_type];
         let _ = self.active_decode_blocks.remove_label_values(&l);
         let _ = self.active_prefill_tokens.remove_label_values(&l);
     }

@@ -225,20 +225,26 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn import_abort(&mut self, id: u64) {
-        if let Some(i) = self
+    pub(super) fn import_abort(&mut self, id: u64, cancelled: bool) {
+        let mut s = if let Some(i) = self
             .prealloc
             .iter()
             .position(|s| s.role.decode_id() == Some(id))
         {
-            let mut s = self.prealloc.remove(i).expect("index found");
-            self.end_trace(&mut s, Instant::now());
-            return;
-        }
-        if let Some(mut s) = self.take_transfer(id) {
+            *self.prealloc.remove(i).expect("index found")
+        } else if let Some(mut s) = self.take_transfer(id) {
             self.release(&mut s);
-            self.end_trace(&mut s, Instant::now());
+            s
+        } else {
+            return;
+        };
+        if cancelled {
+            self.local.cancelled += 1;
+            if let Some(m) = &self.metrics {
+                m.aborted.inc();
+            }
         }
+        self.end_trace(&mut s, Instant::now());
     }
 
     /// A decode request that has joined the running batch after its transfer.

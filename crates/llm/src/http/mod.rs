@@ -68,13 +68,19 @@ impl KvRouting {
             kv_events = self.config.kv_events,
             "starting KV router"
         );
+        // Prefill workers register under their own component; their gauges say so.
+        let metrics = if component == dynamo_protocols::names::defaults::PREFILL_COMPONENT {
+            self.metrics.for_prefill()
+        } else {
+            self.metrics.clone()
+        };
         let r = KvRouter::start(
             drt.events(),
             namespace,
             component,
             models.instances_rx(),
             self.config.clone(),
-            self.metrics.clone(),
+            metrics,
         )
         .await;
         map.insert(key, r.clone());
