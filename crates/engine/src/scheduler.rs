@@ -3,26 +3,30 @@
 //! under the token budget for prefill), admits waiting requests FCFS after matching their
 //! prefix in the radix tree (bounded by KV capacity), retracts the youngest sequence when a
 //! decode step finds no free block, runs one batched forward, samples, streams tokens, and
-//! publishes full blocks to the tree as they are computed.
+//! publishes full blocks to the tree as they are computed. Disaggregated requests add two
+//! queues before the batch (decode: blocks reserved, then KV imported) and an export after
+//! each prefill chunk (`disagg`).
 
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use dynamo_protocols::{EngineOutput, FinishReason, KvCacheEvent, Usage};
+use dynamo_protocols::{EngineOutput, KvCacheEvent};
 use tokio::sync::mpsc as tmpsc;
 
 use crate::engine::EngineStats;
 use crate::executor::Executor;
-use crate::kv::{BlockPool, NodeId, ROOT};
+use crate::kv::{BlockPool, NodeId};
 use crate::metrics::{EngineMetrics, Stage, Window};
 use crate::model::SeqInput;
 use crate::sampling::Sampler;
 use crate::trace::{SeqTrace, Slice, TraceSink};
 
 mod disagg;
+mod emit;
 mod observe;
-use observe::{finished, observe_decode, observe_prefill, observe_token};
+use emit::{cache_full_blocks, emit};
+use observe::{observe_decode, observe_prefill};
 
 pub(crate) use disagg::{DecodeSide, PrefillSide, Role};
 
@@ -538,69 +542,5 @@ impl Scheduler {
         if let Ok(mut s) = self.stats.lock() {
             *s = self.local.clone();
         }
-    }
-}
-
-/// Stream `s`'s newest token (or its end); true when `s` is finished (or its client gone).
-fn emit(
-    s: &mut Seq,
-    context_length: usize,
-    metrics: Option<&EngineMetrics>,
-    local: &mut EngineStats,
-    now: Instant,
-) -> bool {
-    observe_token(metrics, s, now);
-    let tok = *s.tokens.last().expect("sampled");
-    s.role.sampled(tok);
-    let g = s.generated();
-    let is_stop = g > s.min_new && s.stop_ids.contains(&tok);
-    let reason = if is_stop {
-        Some(FinishReason::Eos)
-    } else if g >= s.max_new || s.tokens.len() >= context_length {
-        Some(FinishReason::Length)
-    } else {
-        None
-    };
-    let out = EngineOutput {
-        token_ids: if is_stop { vec![] } else { vec![tok] },
-        finish_reason: reason,
-        usage: reason.map(|_| Usage {
-            prompt_tokens: s.prompt_len as u32,
-            completion_tokens: g as u32,
-            cached_tokens: s.cached.unwrap_or(0) as u32,
-        }),
-        bootstrap_info: None,
-    };
-    let gone = s.tx.send(out).is_err();
-    if reason.is_some() || gone {
-        if gone {
-            local.cancelled += 1;
-        } else {
-            local.finished += 1;
-        }
-        if let Some(m) = metrics {
-            finished(m, s, gone, now);
-        }
-        return true;
-    }
-    false
-}
-
-/// Publish `s`'s computed full blocks to the radix tree (a block another request cached first
-/// replaces `s`'s copy).
-fn cache_full_blocks(pool: &mut BlockPool, s: &mut Seq) {
-    let page = pool.page();
-    while s.cacheable && s.nodes.len() < s.computed / page {
-        let k = s.nodes.len();
-        let parent = s.nodes.last().copied().unwrap_or(ROOT);
-        let (node, kept) = pool.insert(parent, &s.tokens[k * page..(k + 1) * page], s.pages[k]);
-        if node == u32::MAX {
-            s.cacheable = false;
-            break;
-        }
-        if !kept {
-            s.pages[k] = pool.block_of(node);
-        }
-        s.nodes.push(node);
     }
 }

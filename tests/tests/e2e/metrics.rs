@@ -384,7 +384,7 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
     }
     assert_eq!(
         sglang,
-        36,
+        48,
         "sglang: families: {:?}",
         fams.keys().collect::<Vec<_>>()
     );

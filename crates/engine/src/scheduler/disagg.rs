@@ -9,7 +9,8 @@ use std::time::Instant;
 use dynamo_protocols::kv_transfer::KvBlocksHeader;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use super::{cache_full_blocks, emit, Scheduler, Seq};
+use super::emit::{cache_full_blocks, emit};
+use super::{Scheduler, Seq};
 use crate::disagg::RoomMsg;
 use crate::executor::Executor;
 use crate::metrics::DisaggStage;
