@@ -47,6 +47,12 @@ const SPEC_NAME_LINTS: &[&str] = &[
     "sglang:prompt_tokens_histogram metric name should not include type 'histogram'",
     "sglang:generation_tokens_histogram metric name should not include type 'histogram'",
     "dynamo_frontend_tokenizer_latency_ms metric names should not contain abbreviated units",
+    // SGLang's disaggregation gauges, named as the spec names them.
+    "sglang:kv_transfer_alloc_ms metric names should not contain abbreviated units",
+    "sglang:kv_transfer_bootstrap_ms metric names should not contain abbreviated units",
+    "sglang:kv_transfer_latency_ms metric names should not contain abbreviated units",
+    "sglang:kv_transfer_speed_gb_s metric names should not contain abbreviated units",
+    "sglang:kv_transfer_total_mb metric names should not contain abbreviated units",
 ];
 
 async fn scrape(c: &Cluster) -> String {

@@ -1,6 +1,7 @@
 //! The real worker behind the frontend: greedy completions equal llama.cpp's reference text,
 //! chat and streaming work, a repeated prompt reports cached tokens, KV events reach NATS,
-//! bad requests get clear errors, `--device cuda` is refused with a message.
+//! bad requests get clear errors, `--device cuda` and unknown disaggregation settings are
+//! refused with a message.
 
 use std::process::Command;
 use std::time::Duration;
@@ -136,4 +137,17 @@ async fn engine_rejects_what_it_cannot_serve() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--device cuda is not available"));
+    // Disaggregation flags name what they accept.
+    for (flag, value, accepted) in [
+        ("--disaggregation-transfer-backend", "nixl", "tcp"),
+        ("--disaggregation-mode", "both", "prefill, decode or null"),
+    ] {
+        let out = Command::new(bin("dynamo-worker"))
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(flag) && err.contains(accepted), "{err}");
+    }
 }
