@@ -73,9 +73,9 @@ pub async fn fetch(
     }
     let res = receive(&mut sock, &mut import, &cfg).await;
     match res {
-        Ok((bytes, took, first_token)) => {
+        Ok((bytes, took, wire, first_token)) => {
             if let Some(m) = metrics {
-                m.transfer(bytes, took);
+                m.transfer(bytes, took, wire);
             }
             import
                 .finish(first_token)
@@ -143,12 +143,13 @@ async fn read(sock: &mut TcpStream, idle: Duration) -> Result<(u8, Vec<u8>), Tra
 }
 
 /// Reserve, start, and write blocks until the prefill side's first token arrives. Returns
-/// the KV bytes received (headers excluded), the time since the start frame, and the token.
+/// the KV bytes received (headers excluded), the time since the start frame, the time the
+/// block payloads spent on the wire, and the token.
 async fn receive(
     sock: &mut TcpStream,
     import: &mut KvImport,
     cfg: &FetchConfig,
-) -> Result<(usize, Duration, u32), TransferFailure> {
+) -> Result<(usize, Duration, Duration, u32), TransferFailure> {
     let skip = import
         .reserved()
         .await
@@ -157,9 +158,12 @@ async fn receive(
         .await
         .map_err(TransferFailure::io)?;
     let t0 = Instant::now();
-    let mut bytes = 0usize;
+    let (mut bytes, mut wire) = (0usize, Duration::ZERO);
     loop {
-        let (kind, body) = read(sock, cfg.idle_timeout).await?;
+        let idle = cfg.idle_timeout;
+        let (kind, body, took) = tokio::time::timeout(idle, wire::read_frame_timed(sock))
+            .await
+            .map_err(|_| TransferFailure::Timeout(idle))??;
         match kind {
             wire::HEARTBEAT => {}
             wire::BLOCKS => {
@@ -168,6 +172,7 @@ async fn receive(
                 }
                 let first = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
                 bytes += (body.len() - 4).saturating_sub(HEADER_BYTES);
+                wire += took;
                 import
                     .write(first, body[4..].to_vec())
                     .map_err(|_| TransferFailure::EngineStopped)?;
@@ -180,7 +185,7 @@ async fn receive(
                         d.blocks, import.prompt_blocks
                     )));
                 }
-                return Ok((bytes, t0.elapsed(), d.first_token));
+                return Ok((bytes, t0.elapsed(), wire, d.first_token));
             }
             wire::ERROR => return Err(wire::remote_error(&body)),
             k => {

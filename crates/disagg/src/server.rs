@@ -237,11 +237,11 @@ impl Inner {
         }
         let res = self.stream(&mut sock, room.rx, hello.room).await;
         match &res {
-            Ok(bytes) => {
+            Ok((bytes, wire)) => {
                 if let Some(m) = self.metrics() {
                     let took = claimed_at.elapsed();
                     m.stage(DisaggStage::PrefillTransferKvCache, took);
-                    m.transfer(*bytes, took);
+                    m.transfer(*bytes, took, *wire);
                 }
             }
             Err(_) => {
@@ -253,13 +253,14 @@ impl Inner {
         res.map(|_| ())
     }
 
-    /// Send the room's blocks past the peer's cached prefix, then the first token.
+    /// Send the room's blocks past the peer's cached prefix, then the first token. Returns
+    /// the KV bytes sent and the time spent writing them.
     async fn stream(
         &self,
         sock: &mut TcpStream,
         mut rx: UnboundedReceiver<RoomMsg>,
         room: u64,
-    ) -> Result<usize, TransferFailure> {
+    ) -> Result<(usize, Duration), TransferFailure> {
         // The decode side sends the start frame once its engine has reserved the blocks,
         // which may wait for memory: bounded by the room's lifetime, not the handshake's.
         let t = self.cfg.room_timeout;
@@ -273,7 +274,7 @@ impl Inner {
         }
         let start: TransferStart = wire::parse(kind, &body)?;
         let skip = start.skip_blocks;
-        let mut sent = 0usize;
+        let (mut sent, mut wire) = (0usize, Duration::ZERO);
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         beat.tick().await;
         loop {
@@ -301,9 +302,11 @@ impl Inner {
                     let mut frame = Vec::with_capacity(4 + data.len());
                     frame.extend_from_slice(&first.to_le_bytes());
                     frame.extend_from_slice(&data);
+                    let t0 = Instant::now();
                     wire::write_frame(sock, wire::BLOCKS, &frame)
                         .await
                         .map_err(TransferFailure::io)?;
+                    wire += t0.elapsed();
                     sent += data.len() - dynamo_protocols::kv_transfer::HEADER_BYTES;
                 }
                 Some(RoomMsg::Done {
@@ -317,7 +320,7 @@ impl Inner {
                     wire::write_json(sock, wire::DONE, &done)
                         .await
                         .map_err(TransferFailure::io)?;
-                    return Ok(sent);
+                    return Ok((sent, wire));
                 }
                 None => {
                     let msg =

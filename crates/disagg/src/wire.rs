@@ -54,6 +54,14 @@ pub async fn write_json<W: AsyncWriteExt + Unpin, T: Serialize>(
 pub async fn read_frame<R: AsyncReadExt + Unpin>(
     r: &mut R,
 ) -> Result<(u8, Vec<u8>), TransferFailure> {
+    read_frame_timed(r).await.map(|(k, b, _)| (k, b))
+}
+
+/// [`read_frame`], also returning how long the payload took to arrive once its header had
+/// (the wire's share of a block frame, not the wait for the peer to produce it).
+pub async fn read_frame_timed<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+) -> Result<(u8, Vec<u8>, std::time::Duration), TransferFailure> {
     let mut head = [0u8; 5];
     r.read_exact(&mut head).await.map_err(TransferFailure::io)?;
     let kind = head[0];
@@ -68,9 +76,10 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
             "frame kind {kind} of {len} bytes"
         )));
     }
+    let t0 = std::time::Instant::now();
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await.map_err(TransferFailure::io)?;
-    Ok((kind, buf))
+    Ok((kind, buf, t0.elapsed()))
 }
 
 pub fn parse<T: DeserializeOwned>(kind: u8, body: &[u8]) -> Result<T, TransferFailure> {

@@ -150,11 +150,13 @@ impl DisaggMetrics {
         self.stages[s as usize].observe(d.as_secs_f64());
     }
 
-    /// One finished transfer of `bytes` that took `took`.
-    pub fn transfer(&self, bytes: usize, took: Duration) {
-        let secs = took.as_secs_f64().max(1e-9);
+    /// One finished transfer of `bytes` that took `took` from start to last block, `wire` of
+    /// it moving block payloads (the rest waits for the prefill the transfer overlaps): the
+    /// speed is the wire's.
+    pub fn transfer(&self, bytes: usize, took: Duration, wire: Duration) {
         self.total_mb.set(bytes as f64 / 1e6);
-        self.latency_ms.set(secs * 1e3);
-        self.speed_gb_s.set(bytes as f64 / 1e9 / secs);
+        self.latency_ms.set(took.as_secs_f64() * 1e3);
+        self.speed_gb_s
+            .set(bytes as f64 / 1e9 / wire.as_secs_f64().max(1e-9));
     }
 }
