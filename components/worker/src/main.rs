@@ -114,11 +114,12 @@ async fn main() -> anyhow::Result<()> {
     let role = match mode {
         DisaggregationMode::Null => handler::Role::Unified,
         DisaggregationMode::Prefill => {
+            let advertise_host = cli.disagg.advertise_host();
             let server = dynamo_disagg::TransferServer::start(
                 engine.clone(),
                 dynamo_disagg::ServerConfig {
                     bind,
-                    advertise_host: cli.disagg.advertise_host(),
+                    advertise_host: advertise_host.clone(),
                     model: served.clone(),
                     room_timeout,
                     handshake_timeout: std::time::Duration::from_secs(10),
@@ -126,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("--disaggregation-bootstrap-port: cannot bind {bind}"))?;
-            tracing::info!(bootstrap = %format!("{}:{}", cli.disagg.advertise_host(), server.port()), "KV bootstrap server listening");
+            tracing::info!(bootstrap = %format!("{advertise_host}:{}", server.port()), "KV bootstrap server listening");
             handler::Role::Prefill(server)
         }
         DisaggregationMode::Decode => {

@@ -171,15 +171,16 @@ impl Inner {
         }
     }
 
+    /// Tell the peer why (best effort: it may be gone).
+    async fn tell(sock: &mut TcpStream, message: &str) {
+        let msg = ErrorMsg {
+            message: message.to_string(),
+        };
+        let _ = wire::write_json(sock, wire::ERROR, &msg).await;
+    }
+
     async fn refuse(sock: &mut TcpStream, message: String) -> TransferFailure {
-        let _ = wire::write_json(
-            sock,
-            wire::ERROR,
-            &ErrorMsg {
-                message: message.clone(),
-            },
-        )
-        .await;
+        Self::tell(sock, &message).await;
         TransferFailure::Incompatible(message)
     }
 
@@ -325,14 +326,7 @@ impl Inner {
                 None => {
                     let msg =
                         format!("the prefill of room {room:#x} ended before its KV was complete");
-                    let _ = wire::write_json(
-                        sock,
-                        wire::ERROR,
-                        &ErrorMsg {
-                            message: msg.clone(),
-                        },
-                    )
-                    .await;
+                    Self::tell(sock, &msg).await;
                     return Err(TransferFailure::Refused(msg));
                 }
             }

@@ -259,7 +259,18 @@ async fn aggregated(
 ) -> Result<Dispatched, ApiError> {
     let kv = kv_router(state, agg).await;
     let (order, ticket, overlap) = choose(state, job, agg, kv.as_ref(), true)?;
-    let (k, stream) = send(state, job, &job.request, &order, overlap, Phase::Aggregated).await?;
+    send_alone(state, job, &order, ticket, overlap).await
+}
+
+/// Send the request to the first of `order` that answers, to be served there alone.
+async fn send_alone(
+    state: &AppState,
+    job: &Job,
+    order: &[Arc<InstanceRecord>],
+    ticket: Option<RouteTicket>,
+    overlap: u32,
+) -> Result<Dispatched, ApiError> {
+    let (k, stream) = send(state, job, &job.request, order, overlap, Phase::Aggregated).await?;
     // When the router's pick did not answer, the request no longer counts against it.
     Ok(Dispatched {
         stream,
