@@ -147,7 +147,12 @@ async fn disagg_sh_with_otel_serves_and_exports_from_every_service() {
     let body = loop {
         let r = client
             .post(&url)
-            .json(&requests::completion("Hello", 4))
+            .json(&{
+                // Greedy past EOS: exactly four tokens whatever the model prefers.
+                let mut b = requests::greedy_completion("Hello", 4);
+                b["ignore_eos"] = serde_json::json!(true);
+                b
+            })
             .send()
             .await;
         if let Ok(r) = r {
