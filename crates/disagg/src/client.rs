@@ -1,11 +1,14 @@
 //! The decode worker's side of a transfer: connect to the prefill worker's bootstrap port,
 //! agree on model and KV layout, wait for the local engine's reservation, ask for the blocks
-//! it does not cache, and write each block frame into the engine as it arrives.
+//! it does not cache, and write each block frame into the engine as it arrives. The
+//! handshake is async; the block frames are read on a blocking thread (see [`receive`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamo_engine::disagg::KvImport;
+use std::io::Read as _;
+
+use dynamo_engine::disagg::{FramePool, KvImport};
 use dynamo_engine::metrics::DisaggStage;
 use dynamo_engine::Engine;
 use dynamo_protocols::disagg::{
@@ -71,23 +74,29 @@ pub async fn fetch(
         m.stage(DisaggStage::DecodeBootstrap, took);
         m.bootstrap_ms.set(took.as_secs_f64() * 1e3);
     }
-    let res = receive(&mut sock, &mut import, &cfg).await;
-    match res {
-        Ok((bytes, took, wire, first_token)) => {
+    let received = match start(&mut sock, &mut import).await {
+        Ok(()) => receive(sock, import, engine.frame_pool().clone(), cfg.idle_timeout).await,
+        Err(e) => (Err(e), Some(import)),
+    };
+    match received {
+        (Ok(r), Some(import)) => {
             if let Some(m) = metrics {
-                m.transfer(bytes, took, wire);
+                m.transfer(r.bytes, r.took, r.wire);
             }
             import
-                .finish(first_token)
+                .finish(r.first_token)
                 .map_err(|_| TransferFailure::EngineStopped)
         }
-        Err(e) => {
+        (Err(e), import) => {
             if let Some(m) = metrics {
                 m.transfer_failed.inc();
             }
-            import.fail(describe(&e));
+            if let Some(import) = import {
+                import.fail(describe(&e));
+            }
             Err(e)
         }
+        (Ok(_), None) => unreachable!("a completed transfer returns its import"),
     }
 }
 
@@ -142,41 +151,115 @@ async fn read(sock: &mut TcpStream, idle: Duration) -> Result<(u8, Vec<u8>), Tra
         .map_err(|_| TransferFailure::Timeout(idle))?
 }
 
-/// Reserve, start, and write blocks until the prefill side's first token arrives. Returns
-/// the KV bytes received (headers excluded), the time since the start frame, the time the
-/// block payloads spent on the wire, and the token.
-async fn receive(
-    sock: &mut TcpStream,
-    import: &mut KvImport,
-    cfg: &FetchConfig,
-) -> Result<(usize, Duration, Duration, u32), TransferFailure> {
+/// Wait for the engine's reservation and tell the peer which blocks to skip.
+async fn start(sock: &mut TcpStream, import: &mut KvImport) -> Result<(), TransferFailure> {
     let skip = import
         .reserved()
         .await
         .map_err(|_| TransferFailure::EngineStopped)?;
     wire::write_json(sock, wire::START, &TransferStart { skip_blocks: skip })
         .await
-        .map_err(TransferFailure::io)?;
+        .map_err(TransferFailure::io)
+}
+
+/// A finished transfer: KV bytes received (headers excluded), the time since the start
+/// frame, the time the block payloads spent on the wire, and the prefill side's token.
+struct Received {
+    bytes: usize,
+    took: Duration,
+    wire: Duration,
+    first_token: u32,
+}
+
+/// Shuts the socket down when the fetch is dropped mid-transfer (the client cancelled), so
+/// the receiving thread's read returns at once and the import is abandoned.
+struct ShutdownOnDrop(Option<std::net::TcpStream>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Receive block frames until the prefill side's first token arrives, on a blocking thread:
+/// a multi-megabyte frame read with plain blocking reads into a reused buffer arrives at
+/// loopback speed, where the async reactor's wake-up per socket-buffer fill costs a third or
+/// more of it. Returns the import unless it was dropped (on a cancel, which aborts it).
+async fn receive(
+    sock: TcpStream,
+    import: KvImport,
+    pool: FramePool,
+    idle: Duration,
+) -> (Result<Received, TransferFailure>, Option<KvImport>) {
+    let setup = sock.into_std().and_then(|s| {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(idle))?;
+        let guard = s.try_clone()?;
+        Ok((s, guard))
+    });
+    let (mut sock, guard) = match setup {
+        Ok(v) => v,
+        Err(e) => return (Err(TransferFailure::io(e)), Some(import)),
+    };
+    let mut guard = ShutdownOnDrop(Some(guard));
     let t0 = Instant::now();
+    let job = tokio::task::spawn_blocking(move || {
+        let r = receive_blocking(&mut sock, &import, &pool, idle, t0);
+        (r, Some(import))
+    });
+    let out = match job.await {
+        Ok(out) => out,
+        Err(e) => (
+            Err(TransferFailure::Protocol(format!(
+                "the receiving thread failed: {e}"
+            ))),
+            None,
+        ),
+    };
+    guard.0 = None;
+    out
+}
+
+fn receive_blocking(
+    sock: &mut std::net::TcpStream,
+    import: &KvImport,
+    pool: &FramePool,
+    idle: Duration,
+    t0: Instant,
+) -> Result<Received, TransferFailure> {
+    let fail = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            TransferFailure::Timeout(idle)
+        }
+        _ => TransferFailure::io(e),
+    };
     let (mut bytes, mut wire) = (0usize, Duration::ZERO);
     loop {
-        let idle = cfg.idle_timeout;
-        let (kind, body, took) = tokio::time::timeout(idle, wire::read_frame_timed(sock))
-            .await
-            .map_err(|_| TransferFailure::Timeout(idle))??;
+        let mut head = [0u8; 5];
+        sock.read_exact(&mut head).map_err(fail)?;
+        let (kind, len) = wire::check_header(head)?;
+        if kind == wire::BLOCKS {
+            if len < 4 + HEADER_BYTES {
+                return Err(TransferFailure::Protocol("short block frame".into()));
+            }
+            let mut first = [0u8; 4];
+            sock.read_exact(&mut first).map_err(fail)?;
+            let mut buf = pool.take(len - 4);
+            let t = Instant::now();
+            sock.read_exact(&mut buf).map_err(fail)?;
+            wire += t.elapsed();
+            bytes += buf.len() - HEADER_BYTES;
+            import
+                .write(u32::from_le_bytes(first), buf)
+                .map_err(|_| TransferFailure::EngineStopped)?;
+            continue;
+        }
+        let mut body = vec![0u8; len];
+        sock.read_exact(&mut body).map_err(fail)?;
         match kind {
             wire::HEARTBEAT => {}
-            wire::BLOCKS => {
-                if body.len() < 4 {
-                    return Err(TransferFailure::Protocol("short block frame".into()));
-                }
-                let first = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
-                bytes += (body.len() - 4).saturating_sub(HEADER_BYTES);
-                wire += took;
-                import
-                    .write(first, body[4..].to_vec())
-                    .map_err(|_| TransferFailure::EngineStopped)?;
-            }
             wire::DONE => {
                 let d: TransferDone = wire::parse(kind, &body)?;
                 if d.blocks != import.prompt_blocks {
@@ -185,7 +268,12 @@ async fn receive(
                         d.blocks, import.prompt_blocks
                     )));
                 }
-                return Ok((bytes, t0.elapsed(), wire, d.first_token));
+                return Ok(Received {
+                    bytes,
+                    took: t0.elapsed(),
+                    wire,
+                    first_token: d.first_token,
+                });
             }
             wire::ERROR => return Err(wire::remote_error(&body)),
             k => {

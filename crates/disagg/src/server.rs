@@ -300,15 +300,13 @@ impl Inner {
                     } else {
                         (first, data)
                     };
-                    let mut frame = Vec::with_capacity(4 + data.len());
-                    frame.extend_from_slice(&first.to_le_bytes());
-                    frame.extend_from_slice(&data);
                     let t0 = Instant::now();
-                    wire::write_frame(sock, wire::BLOCKS, &frame)
+                    wire::write_blocks(sock, first, &data)
                         .await
                         .map_err(TransferFailure::io)?;
                     wire += t0.elapsed();
                     sent += data.len() - dynamo_protocols::kv_transfer::HEADER_BYTES;
+                    self.engine.frame_pool().put(data);
                 }
                 Some(RoomMsg::Done {
                     first_token,

@@ -1,4 +1,6 @@
 //! Frames of the transfer connection: one kind byte, a little-endian u32 length, the payload.
+//! The control half is async; the decode side reads block frames with blocking reads on a
+//! thread of its own (see `client`).
 //! Control frames carry JSON (bounded small); block frames carry the first block's index (u32
 //! LE) and an export in `dynamo_protocols::kv_transfer` format (bounded by
 //! [`MAX_BLOCKS_FRAME`]). Anything else is a protocol error, never a panic or an unbounded
@@ -50,20 +52,23 @@ pub async fn write_json<W: AsyncWriteExt + Unpin, T: Serialize>(
     write_frame(w, kind, &body).await
 }
 
-/// Read one frame; the length is checked against the kind's bound before allocating.
-pub async fn read_frame<R: AsyncReadExt + Unpin>(
-    r: &mut R,
-) -> Result<(u8, Vec<u8>), TransferFailure> {
-    read_frame_timed(r).await.map(|(k, b, _)| (k, b))
+/// A block frame: the header and the first block's index in one write, then the export.
+pub async fn write_blocks<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    first: u32,
+    export: &[u8],
+) -> std::io::Result<()> {
+    let mut head = [0u8; 9];
+    head[0] = BLOCKS;
+    head[1..5].copy_from_slice(&((4 + export.len()) as u32).to_le_bytes());
+    head[5..].copy_from_slice(&first.to_le_bytes());
+    w.write_all(&head).await?;
+    w.write_all(export).await
 }
 
-/// [`read_frame`], also returning how long the payload took to arrive once its header had
-/// (the wire's share of a block frame, not the wait for the peer to produce it).
-pub async fn read_frame_timed<R: AsyncReadExt + Unpin>(
-    r: &mut R,
-) -> Result<(u8, Vec<u8>, std::time::Duration), TransferFailure> {
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head).await.map_err(TransferFailure::io)?;
+/// The kind and payload length of a frame header, checked against the kind's bound (before
+/// anything is allocated).
+pub fn check_header(head: [u8; 5]) -> Result<(u8, usize), TransferFailure> {
     let kind = head[0];
     let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
     let bound = if kind == BLOCKS {
@@ -76,10 +81,19 @@ pub async fn read_frame_timed<R: AsyncReadExt + Unpin>(
             "frame kind {kind} of {len} bytes"
         )));
     }
-    let t0 = std::time::Instant::now();
+    Ok((kind, len))
+}
+
+/// Read one frame.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+) -> Result<(u8, Vec<u8>), TransferFailure> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).await.map_err(TransferFailure::io)?;
+    let (kind, len) = check_header(head)?;
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await.map_err(TransferFailure::io)?;
-    Ok((kind, buf, t0.elapsed()))
+    Ok((kind, buf))
 }
 
 pub fn parse<T: DeserializeOwned>(kind: u8, body: &[u8]) -> Result<T, TransferFailure> {

@@ -9,12 +9,63 @@
 //! request decodes from the prefill side's token on. Moving the bytes between machines is the
 //! caller's business (the worker's transfer server and client).
 
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
 use crate::scheduler::Cmd;
 use crate::EngineError;
+
+/// Reused buffers for KV exports and imports, shared by the engine and its transfer code. A
+/// fresh multi-megabyte allocation is mapped by the kernel page by page while it is first
+/// written, which on this path (a socket read or an export) halves the copy rate; a buffer
+/// taken from here was written before and is mapped already. Holds at most `cap` buffers
+/// (extra ones are freed), so its memory is bounded by `cap` times the largest frame: one
+/// prefill chunk's blocks.
+#[derive(Clone, Debug)]
+pub struct FramePool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    cap: usize,
+}
+
+impl FramePool {
+    pub fn new(cap: usize) -> Self {
+        FramePool {
+            free: Arc::new(Mutex::new(Vec::new())),
+            cap,
+        }
+    }
+
+    /// A buffer of exactly `len` bytes (its contents are stale: the caller overwrites them).
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.pop();
+        // Truncates, or zero-fills only the part past the buffer's last length.
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// An empty buffer with whatever capacity the pool had.
+    pub fn take_empty(&self) -> Vec<u8> {
+        let mut buf = self.pop();
+        buf.clear();
+        buf
+    }
+
+    /// The largest free buffer (the one least likely to grow), or a new empty one.
+    fn pop(&self) -> Vec<u8> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..free.len()).max_by_key(|&i| free[i].capacity());
+        best.map(|i| free.swap_remove(i)).unwrap_or_default()
+    }
+
+    /// Give a buffer back.
+    pub fn put(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.cap && buf.capacity() > 0 {
+            free.push(buf);
+        }
+    }
+}
 
 /// What a prefill request's room yields, in order.
 #[derive(Debug)]
@@ -96,5 +147,34 @@ impl Drop for KvImport {
                 cancelled,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FramePool;
+
+    #[test]
+    fn frame_pool_reuses_buffers_and_keeps_at_most_its_cap() {
+        let pool = FramePool::new(2);
+        let a = pool.take(1000);
+        assert_eq!(a.len(), 1000);
+        let ptr = a.as_ptr();
+        pool.put(a);
+        // The same allocation comes back, at the new length, and emptied on request.
+        let b = pool.take(600);
+        assert_eq!((b.len(), b.as_ptr()), (600, ptr));
+        pool.put(b);
+        let c = pool.take_empty();
+        assert_eq!((c.len(), c.as_ptr()), (0, ptr));
+        assert!(c.capacity() >= 1000);
+        // The largest buffer is handed out first; past the cap, buffers are freed.
+        for n in [10, 20, 30] {
+            pool.put(vec![0; n]);
+        }
+        assert_eq!(pool.take(1).capacity(), 20);
+        assert_eq!(pool.take(1).capacity(), 10);
+        assert_eq!(pool.take_empty().capacity(), 0);
+        drop(c);
     }
 }

@@ -10,7 +10,7 @@ use dynamo_protocols::kv_transfer::KvLayout;
 use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use crate::disagg::{KvImport, RoomMsg};
+use crate::disagg::{FramePool, KvImport, RoomMsg};
 use crate::executor::{CpuExecutor, Executor};
 use crate::kernels::{self, Isa, KernelChoice};
 use crate::kv::{BlockPool, KvCache, PoolStats};
@@ -105,6 +105,9 @@ pub struct EngineStats {
     pub cancelled: u64,
 }
 
+/// Free transfer buffers an engine keeps (each up to one prefill chunk's blocks).
+const FRAME_POOL_BUFFERS: usize = 4;
+
 /// A running engine. Dropping it stops the scheduler once in-flight requests end.
 pub struct Engine {
     tx: mpsc::Sender<Cmd>,
@@ -114,6 +117,7 @@ pub struct Engine {
     next_id: AtomicU64,
     metrics: Option<Arc<EngineMetrics>>,
     tracing: bool,
+    frames: FramePool,
 }
 
 impl Engine {
@@ -206,6 +210,7 @@ impl Engine {
         } else {
             (None, None)
         };
+        let frames = FramePool::new(FRAME_POOL_BUFFERS);
         let sched = Scheduler::new(SchedulerParts {
             exec: Box::new(exec),
             pool: BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching),
@@ -219,6 +224,7 @@ impl Engine {
             stats: stats.clone(),
             metrics: metrics.clone(),
             trace: sink,
+            frames: frames.clone(),
         });
         std::thread::Builder::new()
             .name("engine-scheduler".into())
@@ -245,7 +251,14 @@ impl Engine {
             next_id: AtomicU64::new(1),
             metrics,
             tracing,
+            frames,
         })
+    }
+
+    /// Reused buffers for KV transfer frames: the transfer code reads block frames into
+    /// them and gives exported frames back once they are sent.
+    pub fn frame_pool(&self) -> &FramePool {
+        &self.frames
     }
 
     pub fn info(&self) -> &EngineInfo {

@@ -25,6 +25,7 @@ use crate::trace::{SeqTrace, Slice, TraceSink};
 mod disagg;
 mod emit;
 mod observe;
+use crate::disagg::FramePool;
 use emit::{cache_full_blocks, emit};
 use observe::{observe_decode, observe_prefill};
 
@@ -144,6 +145,8 @@ pub(crate) struct SchedulerParts {
     pub stats: Arc<Mutex<EngineStats>>,
     pub metrics: Option<Arc<EngineMetrics>>,
     pub trace: Option<TraceSink>,
+    /// Buffers for KV exports and imports, shared with the engine's transfer callers.
+    pub frames: FramePool,
 }
 
 pub(crate) struct Scheduler {
@@ -158,6 +161,7 @@ pub(crate) struct Scheduler {
     metrics: Option<Arc<EngineMetrics>>,
     window: Window,
     trace: Option<TraceSink>,
+    frames: FramePool,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
     /// Disaggregated decode: waiting for blocks to be reserved, waiting for their KV, and
@@ -178,6 +182,7 @@ impl Scheduler {
             stats,
             metrics,
             trace,
+            frames,
         } = parts;
         Scheduler {
             exec,
@@ -191,6 +196,7 @@ impl Scheduler {
             metrics,
             window: Window::new(Instant::now()),
             trace,
+            frames,
             waiting: VecDeque::new(),
             running: Vec::new(),
             prealloc: VecDeque::new(),
@@ -216,7 +222,10 @@ impl Scheduler {
                     self.waiting.push_back(s)
                 }
             }
-            Cmd::Import { id, first, data } => self.import(id, first, &data),
+            Cmd::Import { id, first, data } => {
+                self.import(id, first, &data);
+                self.frames.put(data);
+            }
             Cmd::ImportDone { id, first_token } => self.import_done(id, first_token),
             Cmd::ImportAbort { id, cancelled } => self.import_abort(id, cancelled),
         }
@@ -466,7 +475,7 @@ impl Scheduler {
                 samplers.push(i);
             }
             cache_full_blocks(&mut self.pool, s);
-            disagg::export_ready(&*self.exec, s, page);
+            disagg::export_ready(&*self.exec, &self.frames, s, page);
         }
         self.local.prefill_tokens += prefill;
         self.local.decode_tokens += decode;

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::emit::{cache_full_blocks, emit};
 use super::{Scheduler, Seq};
-use crate::disagg::RoomMsg;
+use crate::disagg::{FramePool, RoomMsg};
 use crate::executor::Executor;
 use crate::metrics::DisaggStage;
 
@@ -75,7 +75,7 @@ impl Role {
 
 /// Send a prefill request's newly completed blocks (all of them, the partial last one
 /// included, once the prompt is done).
-pub(super) fn export_ready(exec: &dyn Executor, s: &mut Seq, page: usize) {
+pub(super) fn export_ready(exec: &dyn Executor, frames: &FramePool, s: &mut Seq, page: usize) {
     let Role::Prefill(p) = &mut s.role else {
         return;
     };
@@ -87,7 +87,7 @@ pub(super) fn export_ready(exec: &dyn Executor, s: &mut Seq, page: usize) {
     if upto <= p.exported {
         return;
     }
-    let mut data = Vec::new();
+    let mut data = frames.take_empty();
     match exec.export_blocks(&s.pages[p.exported as usize..upto as usize], &mut data) {
         Ok(()) => {
             let _ = p.room.send(RoomMsg::Blocks {
