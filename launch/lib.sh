@@ -63,6 +63,20 @@ ensure_prometheus() {
   log "installed $(prometheus --version 2>&1 | head -1)"
 }
 
+# A compose tool to validate deploy/'s files: the `docker compose` plugin when there is one,
+# else Debian's docker-compose (1.29: `config` needs no daemon and rejects unknown keys).
+ensure_docker_compose() {
+  docker compose version >/dev/null 2>&1 && return 0
+  command -v docker-compose >/dev/null 2>&1 && return 0
+  log "no compose tool; installing Debian's docker-compose package"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null 2>&1 &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1; } || {
+    log "cannot install docker-compose (apt-get install docker-compose)"; return 1; }
+}
+
 # The default model in $DYN_MODEL_CACHE.
 ensure_model() {
   local f="$DYN_MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs a current nats-server, the default
-# model and Debian's prometheus (with promtool) when missing, then format check, clippy
-# (warnings fail), build, and every test.
+# model, Debian's prometheus (with promtool) and a compose tool (Debian's docker-compose) when
+# missing, then format check, clippy (warnings fail), build, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/lib.sh
@@ -9,6 +9,7 @@ source launch/lib.sh
 ensure_nats
 ensure_model
 ensure_prometheus
+ensure_docker_compose
 log "nats-server: $(command -v nats-server) ($(nats-server --version))"
 
 cargo fmt --all -- --check

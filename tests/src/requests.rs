@@ -22,3 +22,9 @@ pub fn greedy_completion(prompt: impl Into<Value>, max_tokens: u32) -> Value {
     b["temperature"] = json!(0);
     b
 }
+
+/// `body` pinned to one worker instance (`nvext.backend_instance_id`), past the router.
+pub fn pinned(mut body: Value, instance: u64) -> Value {
+    body["nvext"] = json!({ "backend_instance_id": instance });
+    body
+}

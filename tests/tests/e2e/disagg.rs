@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{metric_value, metric_with, read_sse, requests, Cluster};
+use dynamo_e2e::requests::{self, pinned};
+use dynamo_e2e::{metric_value, metric_with, read_sse, Cluster};
 use serde_json::{json, Value};
 
 /// SmolLM2-135M's KV: 30 layers × (K, V) × 3 KV heads × 64 dims × 2 bytes (f16) per token,
@@ -17,11 +18,6 @@ const BLOCK_BYTES: f64 = (30 * 2 * 3 * 64 * 2 * 16) as f64;
 fn reference() -> Value {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2-greedy.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn pinned(mut body: Value, instance: u64) -> Value {
-    body["nvext"] = json!({ "backend_instance_id": instance });
-    body
 }
 
 /// Poll until `f` holds (20 s at most).

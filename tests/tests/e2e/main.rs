@@ -3,6 +3,8 @@
 //! frontend over HTTP like a user. Each module is one area; the harness is `dynamo_e2e`.
 
 mod api;
+mod dashboards;
+mod dashboards_live;
 mod disagg;
 mod disagg_trace;
 mod faults;
