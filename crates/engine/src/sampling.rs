@@ -20,6 +20,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
 }
 
+/// Temperatures below this sample greedily.
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-5;
+
 impl SamplingParams {
     /// Engine defaults (temperature 1, no truncation, no penalties) where unset.
     pub fn from_options(o: &SamplingOptions) -> Result<Self, String> {
@@ -54,8 +57,10 @@ impl SamplingParams {
         Ok(p)
     }
 
+    /// Greedy at temperature 0, below [`GREEDY_BELOW_TEMPERATURE`] (dividing logits by a
+    /// smaller one overflows to NaN probabilities), or with `top_k == 1`.
     pub fn greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == 1
+        self.temperature < GREEDY_BELOW_TEMPERATURE || self.top_k == 1
     }
 }
 
@@ -269,6 +274,9 @@ mod tests {
         let mut s = Sampler::new(params(0.0), &[], 1);
         assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[]), 1);
         assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[1]), 2);
+        // A denormal temperature is greedy, not NaN probabilities and token 0 forever.
+        let mut s = Sampler::new(params(1e-39), &[], 1);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[]), 1);
     }
 
     #[test]

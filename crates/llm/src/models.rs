@@ -20,6 +20,9 @@ pub type ModelResolver = Arc<
     dyn Fn(&str) -> Result<ModelSource, Box<dyn std::error::Error + Send + Sync>> + Send + Sync,
 >;
 
+/// The `model` label of requests for models no worker serves.
+pub const UNKNOWN_MODEL_LABEL: &str = "unknown";
+
 /// One served model.
 pub struct ModelEntry {
     pub card: ModelCard,
@@ -185,6 +188,18 @@ impl ModelManager {
             (None, Some(_)) => Lookup::Loading,
             (Some(_), _) => Lookup::NoInstances,
             (None, None) => Lookup::Unknown,
+        }
+    }
+
+    /// The `model` label for a request naming `model`: itself when a worker serves (or served)
+    /// it, else `"unknown"`, so made-up names cannot grow the frontend's series without bound.
+    pub fn metric_label<'a>(&self, model: &'a str) -> &'a str {
+        let known = self.inner.loaded.read().unwrap().contains_key(model)
+            || self.inner.snapshot.read().unwrap().instances.contains_key(model);
+        if known {
+            model
+        } else {
+            UNKNOWN_MODEL_LABEL
         }
     }
 

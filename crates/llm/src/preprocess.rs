@@ -9,7 +9,42 @@ use crate::openai::request::PromptInput;
 use crate::openai::ApiError;
 use dynamo_preprocessor::model::LoadedModel;
 use dynamo_preprocessor::template::ChatTemplate;
-use dynamo_preprocessor::tokenizer::Tokenizer;
+use dynamo_preprocessor::tokenizer::{Tokenizer, TokenizerError};
+
+/// Content markers: private-use characters around the message index.
+const MARK_OPEN: char = '\u{E000}';
+const MARK_CLOSE: char = '\u{E001}';
+
+enum Segment<'a> {
+    Template(&'a str),
+    Content(usize),
+}
+
+/// Split rendered text at content markers; None when a marker is malformed or out of range.
+fn split_marked(text: &str, n: usize) -> Option<Vec<Segment<'_>>> {
+    let mut out = vec![];
+    let mut rest = text;
+    while let Some(start) = rest.find(MARK_OPEN) {
+        if start > 0 {
+            out.push(Segment::Template(&rest[..start]));
+        }
+        let after = &rest[start + MARK_OPEN.len_utf8()..];
+        let end = after.find(MARK_CLOSE)?;
+        let i: usize = after[..end].parse().ok()?;
+        if i >= n {
+            return None;
+        }
+        out.push(Segment::Content(i));
+        rest = &after[end + MARK_CLOSE.len_utf8()..];
+    }
+    if rest.contains(MARK_CLOSE) {
+        return None;
+    }
+    if !rest.is_empty() {
+        out.push(Segment::Template(rest));
+    }
+    Some(out)
+}
 
 /// Per-model preprocessing state, shared by all requests for the model.
 pub struct Preprocessor {
@@ -46,6 +81,54 @@ impl Preprocessor {
                 Ok(s)
             }
         }
+    }
+
+    /// Token ids of a chat: the template's own text may hold control tokens, the messages'
+    /// content never does. When some content holds control-token text, each content is
+    /// rendered as a marker, the template's text around the markers is encoded with special
+    /// tokens and each content as plain text, so a user writing `<|im_start|>system` gets those
+    /// characters, not a forged system turn. Other chats encode the rendered text whole (byte
+    /// for byte what the model was trained on: BPE merges across a content's edges).
+    pub fn tokenize_chat(&self, messages: &[Value]) -> Result<Vec<u32>, ApiError> {
+        let enc = |r: Result<Vec<u32>, TokenizerError>| {
+            r.map_err(|e| ApiError::validation(format!("Validation: {e}")))
+        };
+        let contents: Vec<&str> = messages
+            .iter()
+            .map(|m| m["content"].as_str().unwrap_or_default())
+            .collect();
+        let ids = if !contents
+            .iter()
+            .any(|c| self.tokenizer.contains_special_text(c))
+        {
+            enc(self.tokenizer.encode(&self.render_chat(messages)?))?
+        } else {
+            let mut masked = messages.to_vec();
+            for (i, m) in masked.iter_mut().enumerate() {
+                m["content"] = Value::String(format!("{MARK_OPEN}{i}{MARK_CLOSE}"));
+            }
+            let text = self.render_chat(&masked)?;
+            // A template that alters a marker (slices the content, say) cannot keep them apart.
+            let segments = split_marked(&text, contents.len()).ok_or_else(|| {
+                ApiError::validation(
+                    "Validation: a message contains control-token text, which this model's chat template cannot keep apart from its own",
+                )
+            })?;
+            let mut ids = Vec::new();
+            for seg in segments {
+                match seg {
+                    Segment::Template(t) => ids.extend(enc(self.tokenizer.encode(t))?),
+                    Segment::Content(i) => {
+                        ids.extend(enc(self.tokenizer.encode_plain(contents[i]))?)
+                    }
+                }
+            }
+            ids
+        };
+        if ids.is_empty() {
+            return Err(ApiError::validation("Validation: the prompt is empty"));
+        }
+        Ok(ids)
     }
 
     /// Token ids of a prompt.

@@ -17,6 +17,11 @@ use crate::model::GgufMetadata;
 /// Tokenizer plus what preprocessing needs around it.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token matching off: for text a user wrote, in which
+    /// `<|im_start|>` is characters, never a control token.
+    plain: tokenizers::Tokenizer,
+    /// The text of every special token.
+    special_texts: Vec<String>,
     /// Raw bytes of each token id (byte-level vocabularies only).
     bytes: Option<Vec<Vec<u8>>>,
     /// Whether each id is a special (control) token.
@@ -35,6 +40,21 @@ pub enum TokenizerError {
     Encode(String),
     #[error("cannot decode token ids: {0}")]
     Decode(String),
+}
+
+fn plain_of(inner: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    let mut plain = inner.clone();
+    plain.set_encode_special_tokens(true);
+    plain
+}
+
+fn special_texts_of(inner: &tokenizers::Tokenizer) -> Vec<String> {
+    inner
+        .get_added_tokens_decoder()
+        .into_values()
+        .filter(|t| t.special && !t.content.is_empty())
+        .map(|t| t.content)
+        .collect()
 }
 
 /// GPT-2's byte ↔ printable-character table: byte `b` is written as `table[b]`.
@@ -153,6 +173,8 @@ impl Tokenizer {
         Ok(Tokenizer {
             bos: id_text("tokenizer.ggml.bos_token_id"),
             eos: id_text("tokenizer.ggml.eos_token_id"),
+            plain: plain_of(&inner),
+            special_texts: special_texts_of(&inner),
             inner,
             bytes,
             special,
@@ -215,6 +237,8 @@ impl Tokenizer {
             None
         };
         Ok(Tokenizer {
+            plain: plain_of(&inner),
+            special_texts: special_texts_of(&inner),
             inner,
             bytes,
             special,
@@ -230,6 +254,19 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// Token ids of user-written `text`: special-token text is encoded as ordinary characters.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.plain
+            .encode_fast(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// Whether `text` contains the text of any special token.
+    pub fn contains_special_text(&self, text: &str) -> bool {
+        self.special_texts.iter().any(|t| text.contains(t.as_str()))
     }
 
     /// Text of `ids` (lossy for incomplete UTF-8).

@@ -8,6 +8,7 @@ mod dashboards_live;
 mod disagg;
 mod disagg_trace;
 mod faults;
+mod hostile_client;
 mod metrics;
 mod router;
 mod router_engine;

@@ -14,23 +14,20 @@ use axum::response::{IntoResponse, Response};
 use dynamo_protocols::{PreprocessedRequest, StopConditions};
 use dynamo_runtime::CallOptions;
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::Instrument;
 
 use super::pipeline::{self, Job, Kind, RequestGuard};
 use super::AppState;
 use crate::models::Lookup;
-use crate::openai::request::{
-    normalize_messages, parse_prompt, ChatCompletionRequest, CompletionRequest, PromptInput,
-};
+use crate::openai::request::{normalize_messages, CommonParams, PromptInput};
 use crate::openai::response::{unix_now, ModelList, ModelObject};
 use crate::openai::{ApiError, ErrorClass};
 
 /// Prompts longer than this are tokenized on the blocking pool.
 const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(CommonParams, usize), ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -41,14 +38,43 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             ApiError::validation(format!("cannot read request body: {r}"))
         }
     })?;
-    // Malformed JSON and wrong field types both come back from serde with a position.
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::validation(format!("malformed JSON body: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::validation("request body must be a JSON object"));
-    }
-    serde_json::from_value(value).map_err(|e| ApiError::validation(format!("Validation: {e}")))
+    // Straight into the typed request: malformed JSON and wrong or unknown fields both come
+    // back from serde with a position.
+    let req = serde_json::from_slice::<CommonParams>(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::validation(format!("Validation: {e}")),
+        _ => ApiError::validation(format!("malformed JSON body: {e}")),
+    })?;
+    Ok((req, bytes.len()))
 }
+
+/// The request's model name, and the field the endpoint needs present with the one it forbids
+/// absent.
+fn endpoint_fields(r: &CommonParams, chat: bool) -> Result<String, ApiError> {
+    let model = r
+        .model
+        .clone()
+        .ok_or_else(|| ApiError::validation("Validation: missing field `model`"))?;
+    let (need, have, other, other_present) = if chat {
+        ("messages", r.messages.is_some(), "prompt", r.prompt.is_some())
+    } else {
+        ("prompt", r.prompt.is_some(), "messages", r.messages.is_some())
+    };
+    if other_present {
+        return Err(ApiError::validation(format!(
+            "Validation: unknown field `{other}` for this endpoint (it takes `{need}`)"
+        )));
+    }
+    if !have {
+        return Err(ApiError::validation(format!(
+            "Validation: missing field `{need}`"
+        )));
+    }
+    Ok(model)
+}
+
+/// W3C Trace Context caps `tracestate` at 32 members; 512 characters is the length a vendor
+/// may truncate to. A longer one is dropped rather than copied into every hop and log line.
+const MAX_TRACESTATE: usize = 512;
 
 fn request_ids(headers: &HeaderMap) -> (String, Option<String>) {
     let internal = format!("{:032x}", rand::random::<u128>());
@@ -69,6 +95,8 @@ fn with_request_id(mut resp: Response, id: &str) -> Response {
 
 struct Parsed {
     model: String,
+    /// Body size: long prompts are tokenized on the blocking pool.
+    body_len: usize,
     params: crate::openai::request::GenParams,
     prompt: Prompt,
 }
@@ -115,6 +143,15 @@ fn request_span(
     span
 }
 
+/// The incoming `tracestate` to propagate, if it is text within the W3C length.
+fn incoming_tracestate(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= MAX_TRACESTATE)
+        .map(str::to_string)
+}
+
 async fn handle(
     state: Arc<AppState>,
     headers: HeaderMap,
@@ -140,9 +177,12 @@ async fn handle(
     {
         Ok(r) => r,
         Err((model, stream, e)) => {
+            // A model no worker serves gets one shared label: an unauthenticated client must
+            // not mint a series per made-up name.
+            let label = state.models.metric_label(&model);
             state
                 .metrics
-                .count(&model, kind.endpoint_label(), stream, Some(e.class.label()));
+                .count(label, kind.endpoint_label(), stream, Some(e.class.label()));
             e.into_response()
         }
     };
@@ -189,12 +229,11 @@ async fn run(
         let pre = pre.clone();
         let work = move || -> Result<Vec<u32>, ApiError> {
             match p.prompt {
-                Prompt::Chat(msgs) => pre.tokenize(&PromptInput::Text(pre.render_chat(&msgs)?)),
+                Prompt::Chat(msgs) => pre.tokenize_chat(&msgs),
                 Prompt::Completion(input) => pre.tokenize(&input),
             }
         };
-        let big = content_length(headers).is_some_and(|n| n > INLINE_TOKENIZE_BYTES);
-        if big {
+        if p.body_len > INLINE_TOKENIZE_BYTES {
             tokio::task::spawn_blocking(work)
                 .await
                 .map_err(|e| fail(ApiError::new(ErrorClass::Internal, e.to_string())))?
@@ -245,10 +284,7 @@ async fn run(
             x_request_id,
             // Set per dispatch attempt to the `kv_router.route_request` span.
             traceparent: None,
-            tracestate: headers
-                .get("tracestate")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            tracestate: incoming_tracestate(headers),
         },
         start,
     };
@@ -273,13 +309,6 @@ async fn run(
     }
 }
 
-fn content_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -288,14 +317,16 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let force = state.config.force_include_usage;
-    let parsed = parse_body::<ChatCompletionRequest>(body)
+    let parsed = parse_body(body)
         .map_err(|e| (String::new(), e))
-        .and_then(|r| {
-            let model = r.model.clone();
-            let params = r.common.validate(force).map_err(|e| (model.clone(), e))?;
-            let msgs = normalize_messages(&r.messages).map_err(|e| (model.clone(), e))?;
+        .and_then(|(r, body_len)| {
+            let model = endpoint_fields(&r, true).map_err(|e| (String::new(), e))?;
+            let params = r.validate(force).map_err(|e| (model.clone(), e))?;
+            let msgs = normalize_messages(r.messages.as_deref().unwrap_or_default())
+                .map_err(|e| (model.clone(), e))?;
             Ok(Parsed {
                 model,
+                body_len,
                 params,
                 prompt: Prompt::Chat(msgs),
             })
@@ -311,14 +342,15 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let force = state.config.force_include_usage;
-    let parsed = parse_body::<CompletionRequest>(body)
+    let parsed = parse_body(body)
         .map_err(|e| (String::new(), e))
-        .and_then(|r| {
-            let model = r.model.clone();
-            let params = r.common.validate(force).map_err(|e| (model.clone(), e))?;
-            let prompt = parse_prompt(&r.prompt).map_err(|e| (model.clone(), e))?;
+        .and_then(|(mut r, body_len)| {
+            let model = endpoint_fields(&r, false).map_err(|e| (String::new(), e))?;
+            let params = r.validate(force).map_err(|e| (model.clone(), e))?;
+            let prompt = r.prompt.take().expect("checked by endpoint_fields");
             Ok(Parsed {
                 model,
+                body_len,
                 params,
                 prompt: Prompt::Completion(prompt),
             })
@@ -347,10 +379,14 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let inst = state.models.all_instances();
     if inst.is_empty() {
-        return axum::Json(
-            json!({"status": "unhealthy", "message": "No endpoints available", "instances": []}),
+        // The spec's body, with a status a load balancer can act on.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                json!({"status": "unhealthy", "message": "No endpoints available", "instances": []}),
+            ),
         )
-        .into_response();
+            .into_response();
     }
     let mut endpoints: Vec<String> = inst.iter().map(|i| i.endpoint_id().uri()).collect();
     endpoints.sort();
@@ -388,4 +424,19 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 pub async fn not_found() -> Response {
     ApiError::new(ErrorClass::NotFound, "no such route").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracestate_is_capped() {
+        let mut h = HeaderMap::new();
+        h.insert("tracestate", HeaderValue::from_static("vendor=abc"));
+        assert_eq!(incoming_tracestate(&h).as_deref(), Some("vendor=abc"));
+        let long = format!("v={}", "x".repeat(MAX_TRACESTATE));
+        h.insert("tracestate", HeaderValue::from_str(&long).unwrap());
+        assert_eq!(incoming_tracestate(&h), None);
+    }
 }

@@ -1,6 +1,7 @@
 //! OpenAI request bodies (`/v1/chat/completions`, `/v1/completions`) and their validation into
-//! the parameters the pipeline uses. Unsupported features are rejected with a 400 that names
-//! them, never silently ignored.
+//! the parameters the pipeline uses. Bodies deserialize straight into the typed request (no
+//! intermediate JSON tree); unknown fields (a typo such as `max_token`) and unsupported
+//! features are rejected with a 400 that names them, never silently ignored.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -8,6 +9,7 @@ use serde_json::Value;
 use dynamo_protocols::SamplingOptions;
 
 use super::error::ApiError;
+pub use super::prompt::PromptInput;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,6 +20,7 @@ pub enum StopSpec {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
@@ -25,6 +28,7 @@ pub struct StreamOptions {
 
 /// Dynamo's extension object.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NvExt {
     pub ignore_eos: Option<bool>,
     pub top_k: Option<i32>,
@@ -33,9 +37,19 @@ pub struct NvExt {
     pub backend_instance_id: Option<u64>,
 }
 
-/// Fields shared by chat and completions requests.
+/// Temperatures below this sample greedily: dividing logits by a smaller one overflows to
+/// infinities and NaN probabilities.
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-5;
+
+/// A chat or completions request body. Both endpoints share one type so that no field needs
+/// `#[serde(flatten)]` (which buffers the whole body and defeats `deny_unknown_fields`); the
+/// handler checks that `messages` (chat) or `prompt` (completions), and only it, is present.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CommonParams {
+    pub model: Option<String>,
+    pub messages: Option<Vec<Value>>,
+    pub prompt: Option<PromptInput>,
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
     pub temperature: Option<f32>,
@@ -62,25 +76,12 @@ pub struct CommonParams {
     pub response_format: Option<Value>,
     pub logit_bias: Option<Value>,
     pub nvext: Option<NvExt>,
+    /// Accepted and ignored: they do not change what is generated.
     pub user: Option<String>,
-}
-
-/// `POST /v1/chat/completions`
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub model: String,
-    pub messages: Vec<Value>,
-    #[serde(flatten)]
-    pub common: CommonParams,
-}
-
-/// `POST /v1/completions`
-#[derive(Debug, Clone, Deserialize)]
-pub struct CompletionRequest {
-    pub model: String,
-    pub prompt: Value,
-    #[serde(flatten)]
-    pub common: CommonParams,
+    pub metadata: Option<Value>,
+    pub store: Option<bool>,
+    pub service_tier: Option<String>,
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// The validated generation parameters.
@@ -229,7 +230,9 @@ impl CommonParams {
             max_tokens,
             min_tokens,
             sampling: SamplingOptions {
-                temperature: self.temperature,
+                temperature: self
+                    .temperature
+                    .map(|t| if t < GREEDY_BELOW_TEMPERATURE { 0.0 } else { t }),
                 top_p: self.top_p,
                 top_k: top_k.and_then(|k| (k > 0).then_some(k as u32)),
                 min_p: self.min_p,
@@ -309,41 +312,6 @@ pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
         .collect()
 }
 
-/// What a completions `prompt` holds.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PromptInput {
-    Text(String),
-    Tokens(Vec<u32>),
-}
-
-/// Accept a string, a one-element list of strings, a token list, or a one-element list of token
-/// lists; batches of several prompts are rejected.
-pub fn parse_prompt(v: &Value) -> Result<PromptInput, ApiError> {
-    let bad = || {
-        ApiError::validation(
-            "Validation: prompt must be a string, a list of token ids, or a list with one of those",
-        )
-    };
-    match v {
-        Value::String(s) => Ok(PromptInput::Text(s.clone())),
-        Value::Array(a) if a.is_empty() => {
-            Err(ApiError::validation("Validation: prompt must not be empty"))
-        }
-        Value::Array(a) if a.iter().all(|x| x.is_u64()) => Ok(PromptInput::Tokens(
-            a.iter()
-                .map(|x| {
-                    x.as_u64()
-                        .and_then(|t| u32::try_from(t).ok())
-                        .ok_or_else(bad)
-                })
-                .collect::<Result<_, _>>()?,
-        )),
-        Value::Array(a) if a.len() == 1 => parse_prompt(&a[0]),
-        Value::Array(_) => Err(unsupported("a batch of several prompts")),
-        _ => Err(bad()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +352,22 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_are_named_and_tiny_temperatures_are_greedy() {
+        for body in [
+            json!({"max_token": 5}),
+            json!({"nvext": {"ignore_eso": true}}),
+            json!({"stream_options": {"include_usage": true, "x": 1}}),
+        ] {
+            let e = serde_json::from_value::<CommonParams>(body.clone()).unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{body}: {e}");
+        }
+        let p: CommonParams = serde_json::from_value(json!({"temperature": 1e-40})).unwrap();
+        assert_eq!(p.validate(false).unwrap().sampling.temperature, Some(0.0));
+        let p: CommonParams = serde_json::from_value(json!({"temperature": 0.5})).unwrap();
+        assert_eq!(p.validate(false).unwrap().sampling.temperature, Some(0.5));
+    }
+
+    #[test]
     fn max_completion_tokens_wins_and_nvext_applies() {
         let p: CommonParams = serde_json::from_value(json!({
             "max_tokens": 10, "max_completion_tokens": 5, "nvext": {"ignore_eos": true, "top_k": 7}
@@ -405,20 +389,5 @@ mod tests {
         );
         assert!(normalize_messages(&[json!({"role":"wizard","content":"x"})]).is_err());
         assert!(normalize_messages(&[json!({"content":"x"})]).is_err());
-        assert_eq!(
-            parse_prompt(&json!("hi")).unwrap(),
-            PromptInput::Text("hi".into())
-        );
-        assert_eq!(
-            parse_prompt(&json!([1, 2])).unwrap(),
-            PromptInput::Tokens(vec![1, 2])
-        );
-        assert_eq!(
-            parse_prompt(&json!([[1, 2]])).unwrap(),
-            PromptInput::Tokens(vec![1, 2])
-        );
-        assert!(parse_prompt(&json!(["a", "b"])).is_err());
-        assert!(parse_prompt(&json!(5)).is_err());
-        assert!(parse_prompt(&json!([])).is_err());
     }
 }
