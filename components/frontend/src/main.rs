@@ -45,6 +45,21 @@ struct Cli {
     #[arg(long, env = env::DYN_ENABLE_FORCE_INCLUDE_USAGE, default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new())]
     force_include_usage: bool,
+    /// Most requests per model in flight at once (handler start to last byte); past it a
+    /// request is shed at once with the overload status and `Retry-After`. 0: no limit.
+    #[arg(long, env = env::DYN_HTTP_MAX_INFLIGHT_REQUESTS, default_value_t = 0)]
+    max_inflight_requests: usize,
+    /// Status of shed requests: 503 (Service Unavailable), 429 (Too Many Requests) or 529.
+    #[arg(long, env = env::DYN_HTTP_OVERLOAD_STATUS_CODE, default_value_t = 503,
+          value_parser = overload_status)]
+    overload_status_code: u16,
+    /// Seconds a request may take in all; past it the request is cancelled on its worker and
+    /// answered 504 (or its stream ends with an error event). 0: no deadline.
+    #[arg(long, env = env::DYN_HTTP_REQUEST_TIMEOUT, default_value_t = 0)]
+    request_timeout: u64,
+    /// Times a request whose worker is lost mid-stream is moved to another worker.
+    #[arg(long, env = env::DYN_MIGRATION_LIMIT, default_value_t = defaults::MIGRATION_LIMIT)]
+    migration_limit: u32,
     /// Model cache directory (default ~/.cache/dynamo/models).
     #[arg(long, env = env::DYN_MODEL_CACHE)]
     model_cache: Option<PathBuf>,
@@ -94,7 +109,14 @@ async fn main() -> anyhow::Result<()> {
             router_mode: cli.router_mode,
             body_limit: cli.body_limit_mb * 1024 * 1024,
             force_include_usage: cli.force_include_usage,
+            request_timeout: (cli.request_timeout > 0)
+                .then(|| std::time::Duration::from_secs(cli.request_timeout)),
+            migration_limit: cli.migration_limit,
         },
+        admission: http::admission::InflightLimiter::new(
+            cli.max_inflight_requests,
+            cli.overload_status_code,
+        ),
     });
     let stop = CancellationToken::new();
     let (local, server) = http::serve(addr, state.clone(), stop.clone())
@@ -111,6 +133,13 @@ async fn main() -> anyhow::Result<()> {
     drt.shutdown().await;
     telemetry.shutdown();
     Ok(())
+}
+
+fn overload_status(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(c @ (503 | 429 | 529)) => Ok(c),
+        _ => Err(format!("{s:?} is not one of 503, 429, 529")),
+    }
 }
 
 fn rand_id() -> u64 {

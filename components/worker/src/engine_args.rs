@@ -55,6 +55,14 @@ pub struct EngineArgs {
     /// Do not share KV blocks between requests with a common prefix.
     #[arg(long)]
     pub disable_radix_cache: bool,
+    /// Most requests waiting for the running batch; past it a request is refused at once
+    /// (the frontend tries another worker, then answers 503 with Retry-After). 0: no limit.
+    #[arg(long, default_value_t = d::MAX_QUEUED_REQUESTS)]
+    pub max_queued_requests: usize,
+    /// Most prompt tokens waiting for the running batch (a lone request larger than this is
+    /// still taken into an empty queue). 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_queued_tokens: usize,
 }
 
 impl EngineArgs {
@@ -81,6 +89,12 @@ impl EngineArgs {
             Kernels::Portable => KernelChoice::Portable,
         };
         cfg.enable_prefix_caching = !self.disable_radix_cache;
+        cfg.queue = dynamo_engine::admission::QueueLimits {
+            max_requests: self.max_queued_requests,
+            max_tokens: self.max_queued_tokens,
+        };
+        // Load reports ride with the KV events; without prefix sharing the pool stores no
+        // block, so no KV event is published.
         cfg.kv_events = true;
         Ok(cfg)
     }

@@ -32,6 +32,7 @@ pub struct EngineHandler {
 fn refused(e: EngineError) -> HandlerStream<EngineOutput> {
     let kind = match e {
         EngineError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+        EngineError::Overloaded(_) => ErrorKind::Overloaded,
         _ => ErrorKind::Internal,
     };
     worker_wiring::error_stream(kind, e.to_string())

@@ -10,6 +10,7 @@ use dynamo_protocols::kv_transfer::KvLayout;
 use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
+use crate::admission::{Admission, QueueLimits};
 use crate::disagg::{FramePool, KvImport, RoomMsg};
 use crate::executor::{CpuExecutor, Executor};
 use crate::kernels::{self, Isa, KernelChoice};
@@ -50,6 +51,8 @@ pub struct EngineConfig {
     pub trace: Option<TraceConfig>,
     /// `--kernels`: which matrix kernels the process uses (fixed by the first engine loaded).
     pub kernels: KernelChoice,
+    /// `--max-queued-requests` / `--max-queued-tokens`: the waiting queue's bounds.
+    pub queue: QueueLimits,
 }
 
 impl EngineConfig {
@@ -68,6 +71,7 @@ impl EngineConfig {
             metrics: None,
             trace: None,
             kernels: KernelChoice::Auto,
+            queue: QueueLimits::default(),
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct Engine {
     metrics: Option<Arc<EngineMetrics>>,
     tracing: bool,
     frames: FramePool,
+    admission: Arc<Admission>,
 }
 
 impl Engine {
@@ -252,6 +257,7 @@ impl Engine {
             metrics,
             tracing,
             frames,
+            admission: Admission::new(cfg.queue),
         })
     }
 
@@ -273,6 +279,11 @@ impl Engine {
     /// The `sglang:` registry when metrics are enabled.
     pub fn metrics(&self) -> Option<&EngineMetrics> {
         self.metrics.as_deref()
+    }
+
+    /// Requests accepted but not yet running.
+    pub fn queued(&self) -> usize {
+        self.admission.waiting()
     }
 
     /// Latest per-iteration statistics.
@@ -427,6 +438,8 @@ impl Engine {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
         let sampler = Sampler::new(params, &prompt, fallback_seed);
+        // Last: a refused request must not have taken a place.
+        let ticket = self.admission.try_admit(prompt.len())?;
         let (tx, rx) = tmpsc::unbounded_channel();
         let trace = trace.filter(|_| self.tracing).map(|t| {
             Box::new(SeqTrace::new(
@@ -445,6 +458,7 @@ impl Engine {
             tx,
         );
         seq.trace = trace;
+        seq.ticket = Some(ticket);
         Ok((seq, rx))
     }
 }

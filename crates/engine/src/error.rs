@@ -23,6 +23,9 @@ pub enum EngineError {
     Transfer(#[from] TransferError),
     #[error("the engine has stopped")]
     Stopped,
+    /// The waiting queue is full (a retryable refusal: another worker may take it).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 /// Why a request cannot be served by this engine (a client error: 400).

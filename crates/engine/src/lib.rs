@@ -6,6 +6,7 @@
 //! cancellation) with sampling. No runtime or HTTP dependency: the worker binary adapts it to
 //! the request plane.
 
+pub mod admission;
 pub mod disagg;
 pub mod engine;
 mod error;

@@ -81,6 +81,8 @@ pub(crate) struct Seq {
     pub(crate) trace: Option<Box<SeqTrace>>,
     /// Aggregated, or one side of a disaggregated request.
     pub(crate) role: Role,
+    /// Its place in the bounded waiting queue, given back when it first runs.
+    pub(crate) ticket: Option<crate::admission::Ticket>,
 }
 
 impl Seq {
@@ -112,6 +114,7 @@ impl Seq {
             chunked: false,
             trace: None,
             role: Role::Unified,
+            ticket: None,
         }
     }
 
@@ -424,6 +427,7 @@ impl Scheduler {
                 }
             }
             s.cached.get_or_insert(s.computed);
+            s.ticket = None;
             let n = (len - s.computed).min(*budget);
             let upto = s.computed + n;
             let ok = Self::ensure_pages(&mut self.pool, &mut s, upto);

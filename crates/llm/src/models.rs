@@ -195,7 +195,13 @@ impl ModelManager {
     /// it, else `"unknown"`, so made-up names cannot grow the frontend's series without bound.
     pub fn metric_label<'a>(&self, model: &'a str) -> &'a str {
         let known = self.inner.loaded.read().unwrap().contains_key(model)
-            || self.inner.snapshot.read().unwrap().instances.contains_key(model);
+            || self
+                .inner
+                .snapshot
+                .read()
+                .unwrap()
+                .instances
+                .contains_key(model);
         if known {
             model
         } else {

@@ -9,6 +9,10 @@ pub mod env {
     pub const DYN_HTTP_PORT: &str = "DYN_HTTP_PORT";
     pub const DYN_HTTP_HOST: &str = "DYN_HTTP_HOST";
     pub const DYN_HTTP_BODY_LIMIT_MB: &str = "DYN_HTTP_BODY_LIMIT_MB";
+    pub const DYN_HTTP_MAX_INFLIGHT_REQUESTS: &str = "DYN_HTTP_MAX_INFLIGHT_REQUESTS";
+    pub const DYN_HTTP_OVERLOAD_STATUS_CODE: &str = "DYN_HTTP_OVERLOAD_STATUS_CODE";
+    pub const DYN_HTTP_REQUEST_TIMEOUT: &str = "DYN_HTTP_REQUEST_TIMEOUT";
+    pub const DYN_MIGRATION_LIMIT: &str = "DYN_MIGRATION_LIMIT";
     pub const DYN_SYSTEM_PORT: &str = "DYN_SYSTEM_PORT";
     pub const DYN_SYSTEM_HOST: &str = "DYN_SYSTEM_HOST";
     pub const DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS: &str = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS";
@@ -53,6 +57,8 @@ pub mod defaults {
     pub const SERVICE_NAME: &str = "dynamo";
     pub const GRACEFUL_SHUTDOWN_TIMEOUT_S: u64 = 30;
     pub const HTTP_BODY_LIMIT_MB: usize = 45;
+    /// `--migration-limit`: as Dynamo's default.
+    pub const MIGRATION_LIMIT: u32 = 3;
     /// `--model` of the worker binaries.
     pub const MODEL: &str = "SmolLM2-135M-Instruct";
     /// The frontend's `--router-mode`.
@@ -76,6 +82,8 @@ pub mod mocker {
 pub mod worker {
     pub const PAGE_SIZE: usize = 16;
     pub const MAX_RUNNING_REQUESTS: usize = 64;
+    /// `--max-queued-requests`: the waiting queue's bound.
+    pub const MAX_QUEUED_REQUESTS: usize = 1024;
     pub const KV_CACHE_MEMORY_MB: usize = 1024;
     pub const CHUNKED_PREFILL_SIZE: usize = 512;
     /// `--otlp-traces-endpoint` (host:port, as SGLang takes it).
@@ -260,6 +268,10 @@ pub const ALL_ENV: &[&str] = &[
     env::DYN_MODEL_CACHE,
     env::DYN_ENGINE_KERNELS,
     env::DYN_HTTP_BODY_LIMIT_MB,
+    env::DYN_HTTP_MAX_INFLIGHT_REQUESTS,
+    env::DYN_HTTP_OVERLOAD_STATUS_CODE,
+    env::DYN_HTTP_REQUEST_TIMEOUT,
+    env::DYN_MIGRATION_LIMIT,
     env::DYN_SYSTEM_PORT,
     env::DYN_SYSTEM_STARTING_HEALTH_STATUS,
     env::DYN_SYSTEM_HEALTH_PATH,

@@ -83,9 +83,16 @@ impl<T> ResponseStream<T> {
         &self.guard.request_id
     }
 
+    /// The worker ended the request (final message or its error): nothing to cancel.
     fn finish(&mut self) {
         self.done = true;
         self.guard.armed = false;
+    }
+
+    /// This side gives up (timeout, undecodable message, lost subscription or instance): the
+    /// guard stays armed so dropping the stream tells the worker to stop computing.
+    fn abandon(&mut self) {
+        self.done = true;
     }
 }
 
@@ -136,13 +143,13 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
                             return Poll::Ready(Some(Err(RuntimeError::Remote { kind, message })));
                         }
                         Err(e) => {
-                            this.finish();
+                            this.abandon();
                             return Poll::Ready(Some(Err(RuntimeError::Protocol(e.to_string()))));
                         }
                     }
                 }
                 Poll::Ready(None) => {
-                    this.finish();
+                    this.abandon();
                     return Poll::Ready(Some(Err(RuntimeError::Nats(
                         "reply subscription closed".into(),
                     ))));
@@ -153,12 +160,12 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
         // Nothing arrived: check the instance is still alive every so often, and give up
         // after the stream timeout.
         if this.timer.as_mut().poll(cx).is_ready() {
-            this.finish();
+            this.abandon();
             return Poll::Ready(Some(Err(RuntimeError::StreamTimeout(this.stream_timeout))));
         }
         while this.alive_check.as_mut().poll(cx).is_ready() {
             if !std::mem::take(&mut this.heard) && !(this.alive)() {
-                this.finish();
+                this.abandon();
                 return Poll::Ready(Some(Err(RuntimeError::InstanceLost(this.instance_id))));
             }
             let next = tokio::time::Instant::now() + ALIVE_CHECK;
@@ -208,9 +215,19 @@ pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         .await
         .map_err(|e| RuntimeError::Nats(e.to_string()))?;
     // The first message is the worker's ack, or the server's "no responders" status.
-    let first = tokio::time::timeout(ack_timeout, sub.next())
-        .await
-        .map_err(|_| RuntimeError::AckTimeout(ack_timeout))?;
+    let first = match tokio::time::timeout(ack_timeout, sub.next()).await {
+        Ok(first) => first,
+        Err(_) => {
+            // The caller will try another instance: make sure this one never runs it too.
+            let _ = client
+                .publish(
+                    id.cancel_subject(instance_id),
+                    request_id.into_bytes().into(),
+                )
+                .await;
+            return Err(RuntimeError::AckTimeout(ack_timeout));
+        }
+    };
     let Some(first) = first else {
         return Err(RuntimeError::Nats("reply subscription closed".into()));
     };

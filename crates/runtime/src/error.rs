@@ -35,8 +35,10 @@ pub enum RuntimeError {
 pub enum ErrorKind {
     /// The request was invalid for this worker (e.g. longer than its context).
     InvalidRequest,
-    /// The worker is overloaded or shutting down.
+    /// The worker is shutting down or cannot serve now.
     Unavailable,
+    /// The worker's queue is full: another worker may take the request, or retry later.
+    Overloaded,
     /// The engine failed.
     Internal,
     /// The request payload could not be decoded.

@@ -54,7 +54,13 @@ pub(crate) struct Ingress<Req, Resp> {
     pub handler: Arc<dyn Handler<Req, Resp>>,
     pub metrics: EndpointMetrics,
     pub inflight: Mutex<HashMap<String, CancellationToken>>,
+    /// Ids cancelled before their request arrived (a caller gave up on a slow ack and went
+    /// elsewhere): refused if they arrive later. Bounded: the oldest are forgotten.
+    pub cancelled_early: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many early cancellations an endpoint remembers.
+const EARLY_CANCELS: usize = 1024;
 
 fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
     h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
@@ -83,10 +89,28 @@ where
         Ok(())
     }
 
-    /// Cancel one in-flight request (a cancellation message arrived).
+    /// Cancel one in-flight request (a cancellation message arrived); remember an id that is
+    /// not running yet, so that it never starts.
     pub fn cancel(&self, request_id: &str) {
         if let Some(tok) = self.inflight.lock().unwrap().get(request_id) {
             tok.cancel();
+            return;
+        }
+        let mut early = self.cancelled_early.lock().unwrap();
+        if early.len() >= EARLY_CANCELS {
+            early.pop_front();
+        }
+        early.push_back(request_id.to_string());
+    }
+
+    fn was_cancelled_early(&self, request_id: &str) -> bool {
+        let mut early = self.cancelled_early.lock().unwrap();
+        match early.iter().position(|id| id == request_id) {
+            Some(i) => {
+                early.remove(i);
+                true
+            }
+            None => false,
         }
     }
 
@@ -158,11 +182,34 @@ where
                 return;
             }
         };
+        if self.was_cancelled_early(&request_id) {
+            tracing::debug!(%request_id, endpoint = %self.id, "request cancelled before it arrived");
+            return;
+        }
         let cancel = process_stop.child_token();
-        self.inflight
-            .lock()
-            .unwrap()
-            .insert(request_id.clone(), cancel.clone());
+        // At most one execution per request id: a second message with a running id (a retry
+        // that raced a slow ack, or a forged id) is refused, never takes over the first one's
+        // cancel token.
+        let duplicate = {
+            let mut inflight = self.inflight.lock().unwrap();
+            match inflight.entry(request_id.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => true,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(cancel.clone());
+                    false
+                }
+            }
+        };
+        if duplicate {
+            self.count_error("duplicate_request");
+            tracing::warn!(%request_id, endpoint = %self.id, "duplicate request id refused");
+            let env = Envelope::Error {
+                kind: ErrorKind::InvalidRequest,
+                message: format!("request {request_id} is already running here"),
+            };
+            let _ = self.send(&reply, env).await;
+            return;
+        }
         let ctx = RequestContext {
             request_id: request_id.clone(),
             x_request_id: header(headers, wire::X_REQUEST_ID_HEADER),
@@ -171,10 +218,32 @@ where
             cancel: cancel.clone(),
         };
         tracing::debug!(%request_id, endpoint = %self.id, "request received");
+        let mut stream = self.handler.generate(request, ctx);
+        // A handler that refuses at once (a full queue, an invalid request) answers in place
+        // of the ack, so the caller can try another instance before anything streamed.
+        let early = stream.next().now_or_never();
+        if let Some(Some(Err(e))) = early {
+            self.inflight.lock().unwrap().remove(&request_id);
+            self.count_error("generate");
+            let env = Envelope::Error {
+                kind: e.kind,
+                message: e.message,
+            };
+            if self.send(&reply, env).await.is_err() {
+                self.count_error("publish_response");
+            }
+            return;
+        }
         if self.send(&reply, Envelope::Ack).await.is_err() {
             self.count_error("publish_response");
         }
-        let mut stream = self.handler.generate(request, ctx);
+        let mut stream = match early {
+            Some(Some(first)) => futures::stream::once(async move { first })
+                .chain(stream)
+                .boxed(),
+            Some(None) => futures::stream::empty().boxed(),
+            None => stream,
+        };
         let mut failed = false;
         let mut ended = false;
         while !ended {

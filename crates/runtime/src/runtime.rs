@@ -169,6 +169,7 @@ impl DistributedRuntime {
             handler,
             metrics,
             inflight: Default::default(),
+            cancelled_early: Default::default(),
         });
         tokio::spawn(ingress::run(
             ing,

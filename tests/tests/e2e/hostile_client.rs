@@ -30,14 +30,24 @@ fn series(metrics: &str, name: &str) -> Vec<String> {
 async fn hostile_requests_cost_bounded_memory_and_series() {
     let mut c = Cluster::start(&[("DYN_HTTP_BODY_LIMIT_MB", "64")]);
     // Nothing serves yet: /health says so with a status a load balancer acts on.
-    let r = c.http.get(format!("{}/health", c.url())).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/health", c.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["status"], "unhealthy", "{body}");
 
     c.add_mocker(&["--speedup-ratio", "100"]);
     c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
-    let r = c.http.get(format!("{}/health", c.url())).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/health", c.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // A flood of made-up model names: one shared label, not a series per name.
@@ -56,7 +66,10 @@ async fn hostile_requests_cost_bounded_memory_and_series() {
         "series per made-up model name: {}",
         reqs.join("\n")
     );
-    assert!(reqs.iter().any(|l| l.contains("model=\"unknown\"")), "{reqs:?}");
+    assert!(
+        reqs.iter().any(|l| l.contains("model=\"unknown\"")),
+        "{reqs:?}"
+    );
     assert!(!m.contains("made-up-"), "a made-up name reached /metrics");
 
     // A typo is a 400 naming the field, not a request that runs to the full context.
@@ -67,7 +80,13 @@ async fn hostile_requests_cost_bounded_memory_and_series() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("max_token"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_token"),
+        "{v}"
+    );
     let (st, _, v) = c
         .post(
             "/v1/chat/completions",
@@ -75,7 +94,10 @@ async fn hostile_requests_cost_bounded_memory_and_series() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("prompt"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("prompt"),
+        "{v}"
+    );
 
     // ~40 MB of token ids: parsed straight into u32s (a JSON tree would cost ~7x more).
     let pid = c.frontend.as_ref().unwrap().pid();
@@ -85,7 +107,13 @@ async fn hostile_requests_cost_bounded_memory_and_series() {
     let n = body.len() as u64;
     let (st, v) = c.post_raw("/v1/completions", body.into_bytes()).await;
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("context length"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context length"),
+        "{v}"
+    );
     let grew = vm_hwm(pid).saturating_sub(before);
     // The body itself (n) plus 4 bytes per id (28 MB) and slack; a Value per id is ~220 MB.
     assert!(

@@ -10,6 +10,7 @@ mod disagg_trace;
 mod faults;
 mod hostile_client;
 mod metrics;
+mod overload;
 mod router;
 mod router_engine;
 mod tidy;

@@ -218,8 +218,13 @@ impl BlockPool {
     /// node. Returns the node and whether the caller's block was kept: if an identical node
     /// already exists, the caller must switch to its block (already referenced for it) and
     /// its own block has been freed.
+    /// Without prefix caching the block stays private (`u32::MAX`, as after a collision): no
+    /// tree node, no `stored` event, never evictable while in use.
     pub fn insert(&mut self, parent: NodeId, tokens: &[u32], block: u32) -> (NodeId, bool) {
         debug_assert_eq!(tokens.len(), self.page);
+        if !self.caching {
+            return (u32::MAX, true);
+        }
         let h = local_block_hash(tokens);
         if let Some(&n) = self.nodes[parent as usize].children.get(&h) {
             if *self.nodes[n as usize].tokens == *tokens {

@@ -249,7 +249,8 @@ impl Scheduler {
     }
 
     /// A decode request that has joined the running batch after its transfer.
-    pub(super) fn join_running(&mut self, s: Seq) {
+    pub(super) fn join_running(&mut self, mut s: Seq) {
+        s.ticket = None;
         if let (Some(m), Role::Decode(d)) = (&self.metrics, &s.role) {
             if let Some(t) = d.transferred_at {
                 m.disagg.stage(DisaggStage::DecodeTransferred, t.elapsed());

@@ -193,11 +193,22 @@ async fn send(
                 tracing::warn!(instance = %format!("{:x}", inst.instance_id), phase = phase.label(), error = %e, "instance did not answer; trying another");
                 last = Some(e);
             }
-            Err(e) => return Err(map_runtime_error(e)),
+            // A full queue refuses before anything streamed: the next candidate may have room.
+            Err(
+                e @ RuntimeError::Remote {
+                    kind: ErrorKind::Overloaded,
+                    ..
+                },
+            ) => {
+                tracing::debug!(instance = %format!("{:x}", inst.instance_id), phase = phase.label(), error = %e, "instance overloaded; trying another");
+                last = Some(e);
+            }
+            Err(e) => return Err(map_runtime_error(e, state.admission.overload_status())),
         }
     }
     Err(map_runtime_error(
         last.unwrap_or(RuntimeError::ShuttingDown),
+        state.admission.overload_status(),
     ))
 }
 
@@ -319,7 +330,7 @@ async fn disaggregated(
                 bootstrap_info: Some(info),
                 ..
             })) => info,
-            Some(Err(e)) => return Err(map_runtime_error(e)),
+            Some(Err(e)) => return Err(map_runtime_error(e, state.admission.overload_status())),
             _ => {
                 return Err(ApiError::new(
                     ErrorClass::Internal,

@@ -55,9 +55,19 @@ fn endpoint_fields(r: &CommonParams, chat: bool) -> Result<String, ApiError> {
         .clone()
         .ok_or_else(|| ApiError::validation("Validation: missing field `model`"))?;
     let (need, have, other, other_present) = if chat {
-        ("messages", r.messages.is_some(), "prompt", r.prompt.is_some())
+        (
+            "messages",
+            r.messages.is_some(),
+            "prompt",
+            r.prompt.is_some(),
+        )
     } else {
-        ("prompt", r.prompt.is_some(), "messages", r.messages.is_some())
+        (
+            "prompt",
+            r.prompt.is_some(),
+            "messages",
+            r.messages.is_some(),
+        )
     };
     if other_present {
         return Err(ApiError::validation(format!(
@@ -223,6 +233,8 @@ async fn run(
             )))
         }
     };
+    // Shed before any tokenization or worker work.
+    let permit = state.admission.acquire(&model).map_err(fail)?;
     let pre = entry.pre.clone();
     let t0 = Instant::now();
     let token_ids = {
@@ -287,8 +299,12 @@ async fn run(
             tracestate: incoming_tracestate(headers),
         },
         start,
+        deadline: state
+            .config
+            .request_timeout
+            .map(|t| tokio::time::Instant::from_std(start) + t),
     };
-    let guard = RequestGuard::new(state.clone(), &model, kind, stream, start, span);
+    let guard = RequestGuard::new(state.clone(), &model, kind, stream, start, span, permit);
     if stream {
         let rx = pipeline::streaming(state, job, guard).await.map_err(fail)?;
         let body = Body::from_stream(

@@ -2,6 +2,7 @@
 //! shared state; and serving with `TCP_NODELAY` so streamed chunks are not held back by
 //! Nagle's algorithm.
 
+pub mod admission;
 mod dispatch;
 mod handlers;
 pub mod metrics;
@@ -29,6 +30,11 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// Always send a usage chunk on streams (`DYN_ENABLE_FORCE_INCLUDE_USAGE`).
     pub force_include_usage: bool,
+    /// Whole-request deadline: past it the request is cancelled on its worker and answered
+    /// 504 (or ended with an error event). None: no deadline.
+    pub request_timeout: Option<std::time::Duration>,
+    /// Worker failures a request may be moved past (`--migration-limit`).
+    pub migration_limit: u32,
 }
 
 /// The KV routers of a frontend in `--router-mode kv`: one per worker component, started when
@@ -120,6 +126,8 @@ pub struct AppState {
     pub metrics: FrontendMetrics,
     pub registry: MetricsRegistry,
     pub config: HttpConfig,
+    /// `--max-inflight-requests` per model.
+    pub admission: admission::InflightLimiter,
 }
 
 /// Build the axum router.

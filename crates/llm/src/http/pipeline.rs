@@ -50,6 +50,38 @@ pub struct Job {
     pub instances: Vec<Arc<InstanceRecord>>,
     pub call: CallOptions,
     pub start: Instant,
+    /// `--request-timeout` from the handler's start.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// Wait until `deadline`, or forever without one.
+pub(super) async fn expired(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => futures::future::pending().await,
+    }
+}
+
+fn timed_out(job: &Job) -> ApiError {
+    ApiError::new(
+        ErrorClass::Timeout,
+        format!(
+            "the request did not finish within --request-timeout ({:.0} s); it was cancelled",
+            job.deadline
+                .map(|d| d.duration_since(tokio::time::Instant::from_std(job.start)))
+                .unwrap_or_default()
+                .as_secs_f64()
+        ),
+    )
+}
+
+/// The worker's stream ended without a finish reason: the engine failed or the reply was
+/// lost. An error, never a `length` finish.
+fn truncated() -> ApiError {
+    ApiError::new(
+        ErrorClass::Internal,
+        "the worker's stream ended without a finish reason",
+    )
 }
 
 /// Keeps the inflight/queued gauges right on every exit path and records the outcome.
@@ -63,6 +95,8 @@ pub struct RequestGuard {
     outcome: Option<Option<&'static str>>,
     /// `http-request`, kept open until the response is complete.
     span: tracing::Span,
+    /// The request's place under `--max-inflight-requests`.
+    _permit: super::admission::Permit,
 }
 
 impl RequestGuard {
@@ -73,6 +107,7 @@ impl RequestGuard {
         stream: bool,
         start: Instant,
         span: tracing::Span,
+        permit: super::admission::Permit,
     ) -> Self {
         state.metrics.inflight.with_label_values(&[model]).inc();
         state.metrics.queued.with_label_values(&[model]).inc();
@@ -85,6 +120,7 @@ impl RequestGuard {
             queued: true,
             outcome: None,
             span,
+            _permit: permit,
         }
     }
 
@@ -131,7 +167,8 @@ impl Drop for RequestGuard {
     }
 }
 
-pub(super) fn map_runtime_error(e: RuntimeError) -> ApiError {
+/// The client-facing error of a worker failure; `status` is what overload is answered with.
+pub(super) fn map_runtime_error(e: RuntimeError, status: u16) -> ApiError {
     match e {
         RuntimeError::Remote {
             kind: ErrorKind::InvalidRequest,
@@ -141,6 +178,10 @@ pub(super) fn map_runtime_error(e: RuntimeError) -> ApiError {
             kind: ErrorKind::Unavailable | ErrorKind::KvTransfer,
             message,
         } => ApiError::new(ErrorClass::Unavailable, message),
+        RuntimeError::Remote {
+            kind: ErrorKind::Overloaded,
+            message,
+        } => ApiError::new(ErrorClass::Overloaded { status }, message),
         RuntimeError::NoResponders { .. }
         | RuntimeError::AckTimeout(_)
         | RuntimeError::InstanceLost(_) => ApiError::new(
@@ -296,20 +337,28 @@ pub async fn unary(
     job: Job,
     mut guard: RequestGuard,
 ) -> Result<String, ApiError> {
-    let mut stream = dispatch(&state, &job).await?;
-    let mut pipe = TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
-    let mut timing = Timing::new(&state, &job.model, job.start);
-    let mut text = String::new();
-    while let Some(item) = stream.next().await {
-        let out = item.map_err(map_runtime_error)?;
-        timing.on_tokens(&mut guard, job.start, out.token_ids.len());
-        text.push_str(&pipe.push(&out));
-        if pipe.finish.is_some() {
-            break;
+    let status = state.admission.overload_status();
+    let run = async {
+        let mut stream = dispatch(&state, &job).await?;
+        let mut pipe = TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
+        let mut timing = Timing::new(&state, &job.model, job.start);
+        let mut text = String::new();
+        while let Some(item) = stream.next().await {
+            let out = item.map_err(|e| map_runtime_error(e, status))?;
+            timing.on_tokens(&mut guard, job.start, out.token_ids.len());
+            text.push_str(&pipe.push(&out));
+            if pipe.finish.is_some() {
+                break;
+            }
         }
-    }
-    drop(stream);
-    let finish = pipe.finish.unwrap_or("length");
+        Ok::<_, ApiError>((pipe, text))
+    };
+    // Past the deadline the future is dropped, and with it the stream: the worker cancels.
+    let (pipe, text) = tokio::select! {
+        r = run => r?,
+        _ = expired(job.deadline) => return Err(timed_out(&job)),
+    };
+    let finish = pipe.finish.ok_or_else(truncated)?;
     finish_metrics(&state, &job.model, &pipe, &guard);
     guard.finish(None);
     let body = match job.kind {
@@ -410,11 +459,19 @@ pub async fn streaming(
     job: Job,
     mut guard: RequestGuard,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
-    let mut stream = dispatch(&state, &job).await?;
-    let first = match stream.next().await {
-        Some(Ok(o)) => Some(o),
-        Some(Err(e)) => return Err(map_runtime_error(e)),
-        None => None,
+    let status = state.admission.overload_status();
+    let start = async {
+        let mut stream = dispatch(&state, &job).await?;
+        let first = match stream.next().await {
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => return Err(map_runtime_error(e, status)),
+            None => None,
+        };
+        Ok((stream, first))
+    };
+    let (mut stream, first) = tokio::select! {
+        r = start => r?,
+        _ = expired(job.deadline) => return Err(timed_out(&job)),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let span = guard.span.clone();
@@ -435,13 +492,20 @@ pub async fn streaming(
                     None => tokio::select! {
                         i = stream.next() => i,
                         _ = tx.closed() => return, // client gone: dropping `stream` cancels the worker
+                        _ = expired(job.deadline) => {
+                            let err = timed_out(&job);
+                            let msg = format!("event: error\ndata: {}\n\n", err.body());
+                            let _ = tx.send(Bytes::from(msg)).await;
+                            guard.finish(Some(err.class.label()));
+                            return;
+                        }
                     },
                 };
                 let Some(item) = item else { break };
                 let out = match item {
                     Ok(o) => o,
                     Err(e) => {
-                        let err = map_runtime_error(e);
+                        let err = map_runtime_error(e, status);
                         let msg = format!("event: error\ndata: {}\n\n", err.body());
                         let _ = tx.send(Bytes::from(msg)).await;
                         guard.finish(Some(err.class.label()));
@@ -482,7 +546,13 @@ pub async fn streaming(
                 }
             }
             drop(stream);
-            let finish = pipe.finish.unwrap_or("length");
+            let Some(finish) = pipe.finish else {
+                let err = truncated();
+                let msg = format!("event: error\ndata: {}\n\n", err.body());
+                let _ = tx.send(Bytes::from(msg)).await;
+                guard.finish(Some(err.class.label()));
+                return;
+            };
             let mut tail = chunk(&job, None, false, Some(finish), usage_field(None)).to_vec();
             if include_usage {
                 tail.extend_from_slice(&chunk(&job, None, false, None, Some(Some(pipe.usage()))));

@@ -21,6 +21,11 @@ pub enum ErrorClass {
     Internal,
     /// The client went away (499).
     Cancelled,
+    /// The request's deadline (`--request-timeout`) passed (504).
+    Timeout,
+    /// Load shed: the frontend's inflight limit or every worker's queue is full. Answered with
+    /// `status` (503 by default, or 429/529 as configured) and `Retry-After`.
+    Overloaded { status: u16 },
 }
 
 impl ErrorClass {
@@ -32,6 +37,10 @@ impl ErrorClass {
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorClass::Cancelled => StatusCode::from_u16(499).expect("valid status"),
+            ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorClass::Overloaded { status } => {
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         }
     }
 
@@ -43,9 +52,14 @@ impl ErrorClass {
             ErrorClass::Unavailable => "unavailable",
             ErrorClass::Internal => "internal",
             ErrorClass::Cancelled => "cancelled",
+            ErrorClass::Overloaded { .. } => "overload",
+            ErrorClass::Timeout => "timeout",
         }
     }
 }
+
+/// `Retry-After` of load-shed answers, in seconds.
+pub const RETRY_AFTER_SECS: &str = "1";
 
 /// An error answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +101,7 @@ impl ApiError {
         let status = self.status();
         let kind = match self.class {
             ErrorClass::Cancelled => "Client Closed Request",
+            ErrorClass::Overloaded { .. } => "Overloaded",
             _ => status.canonical_reason().unwrap_or("Error"),
         };
         serde_json::to_string(&Body {
@@ -108,6 +123,12 @@ impl IntoResponse for ApiError {
             self.body(),
         )
             .into_response();
+        if let ErrorClass::Overloaded { .. } = self.class {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         if self.class == ErrorClass::PayloadTooLarge {
             // The rest of the body is not read, so the connection closes after this response;
             // say so, or a client may reuse it for its next request and fail.
@@ -134,5 +155,14 @@ mod tests {
         assert_eq!(ApiError::validation("x").status(), StatusCode::BAD_REQUEST);
         assert_eq!(ErrorClass::PayloadTooLarge.status().as_u16(), 413);
         assert_eq!(ErrorClass::Cancelled.status().as_u16(), 499);
+        let e = ApiError::new(ErrorClass::Overloaded { status: 529 }, "busy");
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(
+            (v["error"]["type"].as_str(), v["error"]["code"].as_u64()),
+            (Some("Overloaded"), Some(529))
+        );
+        let r = e.into_response();
+        assert_eq!(r.status().as_u16(), 529);
+        assert_eq!(r.headers()["retry-after"], "1");
     }
 }

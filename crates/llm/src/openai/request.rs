@@ -230,9 +230,13 @@ impl CommonParams {
             max_tokens,
             min_tokens,
             sampling: SamplingOptions {
-                temperature: self
-                    .temperature
-                    .map(|t| if t < GREEDY_BELOW_TEMPERATURE { 0.0 } else { t }),
+                temperature: self.temperature.map(|t| {
+                    if t < GREEDY_BELOW_TEMPERATURE {
+                        0.0
+                    } else {
+                        t
+                    }
+                }),
                 top_p: self.top_p,
                 top_k: top_k.and_then(|k| (k > 0).then_some(k as u32)),
                 min_p: self.min_p,

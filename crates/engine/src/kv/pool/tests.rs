@@ -69,6 +69,14 @@ fn referenced_blocks_are_never_evicted() {
 fn no_caching_means_no_matches() {
     let mut p = BlockPool::new(2, 4, false);
     let b = p.alloc().unwrap();
-    p.free_block(b);
+    // A full block offered to the tree stays private: no node, no event, not evictable.
+    let (n, kept) = p.insert(ROOT, &blk(0), b);
+    assert_eq!((n, kept), (u32::MAX, true));
+    assert!(p.drain_events().is_empty());
+    assert_eq!(p.stats().evictable, 0);
     assert!(p.match_prefix(&blk(0), 1).is_empty());
+    let _other = p.alloc().unwrap();
+    assert!(p.alloc().is_none(), "the private block is not evicted");
+    p.free_block(b);
+    assert!(p.alloc().is_some());
 }
