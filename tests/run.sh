@@ -12,12 +12,15 @@ ensure_prometheus
 ensure_docker_compose
 log "nats-server: $(command -v nats-server) ($(nats-server --version))"
 
+# The suite's worker binary carries the test-only fault injection (a panicking engine); the
+# same features everywhere, so no step rebuilds the binaries without it.
+features=(--features dynamo-worker/fault-injection)
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo build --workspace --bins --locked
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
+cargo build --workspace --bins --locked "${features[@]}"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --locked --no-fail-fast "${features[@]}"
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast "${features[@]}"
 fi
-cargo test --workspace --doc --locked
+cargo test --workspace --doc --locked "${features[@]}"

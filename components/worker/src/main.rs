@@ -48,6 +48,10 @@ struct Cli {
     rt: RuntimeArgs,
     #[command(flatten)]
     system: SystemArgs,
+    /// Test-only fault injection: the engine's scheduler panics after this many forward steps.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true)]
+    fault_panic_after_steps: Option<u64>,
 }
 
 /// The engine's span export (service `sglang`) when `--enable-trace` is on.
@@ -99,6 +103,10 @@ async fn main() -> anyhow::Result<()> {
         m
     });
     cfg.trace = engine_trace(&cli, &served)?;
+    #[cfg(feature = "fault-injection")]
+    {
+        cfg.panic_after_steps = cli.fault_panic_after_steps;
+    }
     let tracer = cfg.trace.as_ref().map(|t| t.provider.clone());
     // The status server comes up first: /health says notready while the engine loads.
     let (drt, system_port) = worker_wiring::connect(&cli.rt, &cli.system).await?;
@@ -153,12 +161,34 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(model = %served, endpoint = %id, disaggregation_mode = mode.as_str(), instance_id = %format!("{instance:x}"), "worker ready");
 
-    shutdown_signal().await;
+    let died = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = engine_death(&engine) => Some(reason),
+    };
+    if let Some(reason) = &died {
+        // Fail health and leave discovery at once; the requests it held already ended.
+        drt.health().set_failed(format!("engine stopped: {reason}"));
+        tracing::error!(error = %reason, "the engine died; leaving discovery and exiting");
+    }
     drt.shutdown().await;
     if let Some(p) = tracer {
         let _ = p.force_flush();
     }
-    telemetry.shutdown();
+    if let Some(reason) = died {
+        telemetry.shutdown();
+        anyhow::bail!("the engine died: {reason}");
+    }
     tracing::info!("worker stopped");
+    telemetry.shutdown();
     Ok(())
+}
+
+/// Resolves when the engine's scheduler thread has died, with why.
+async fn engine_death(engine: &Engine) -> String {
+    loop {
+        if let Some(r) = engine.failure() {
+            return r.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

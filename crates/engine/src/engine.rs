@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub kernels: KernelChoice,
     /// `--max-queued-requests` / `--max-queued-tokens`: the waiting queue's bounds.
     pub queue: QueueLimits,
+    /// Test-only fault injection: the scheduler panics after this many forward steps.
+    pub panic_after_steps: Option<u64>,
 }
 
 impl EngineConfig {
@@ -72,6 +74,7 @@ impl EngineConfig {
             trace: None,
             kernels: KernelChoice::Auto,
             queue: QueueLimits::default(),
+            panic_after_steps: None,
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct Engine {
     tracing: bool,
     frames: FramePool,
     admission: Arc<Admission>,
+    /// Set once the scheduler thread has died, with why.
+    failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Engine {
@@ -223,6 +228,7 @@ impl Engine {
                 max_running: cfg.max_running_requests,
                 chunk: cfg.chunked_prefill_size,
                 context_length,
+                panic_after_steps: cfg.panic_after_steps,
             },
             rx,
             events: etx,
@@ -231,9 +237,21 @@ impl Engine {
             trace: sink,
             frames: frames.clone(),
         });
+        let failure: Arc<std::sync::OnceLock<String>> = Arc::default();
+        let failed = failure.clone();
         std::thread::Builder::new()
             .name("engine-scheduler".into())
-            .spawn(move || sched.run())
+            .spawn(move || {
+                // A panic (here or re-raised from a compute task) ends the engine, visibly:
+                // the scheduler and every request's channel are dropped, so each stream ends
+                // without a finish reason, and `failure` says why.
+                let run = std::panic::AssertUnwindSafe(move || sched.run());
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let msg = kernels::pool::panic_message(&*p);
+                    tracing::error!(error = %msg, "the engine's scheduler panicked; the engine has stopped");
+                    let _ = failed.set(msg);
+                }
+            })
             .map_err(|e| EngineError::Spawn {
                 what: "engine-scheduler",
                 reason: e.to_string(),
@@ -258,6 +276,7 @@ impl Engine {
             tracing,
             frames,
             admission: Admission::new(cfg.queue),
+            failure,
         })
     }
 
@@ -279,6 +298,11 @@ impl Engine {
     /// The `sglang:` registry when metrics are enabled.
     pub fn metrics(&self) -> Option<&EngineMetrics> {
         self.metrics.as_deref()
+    }
+
+    /// Why the engine stopped serving, once its scheduler thread has died.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Requests accepted but not yet running.

@@ -132,6 +132,8 @@ pub(crate) struct SchedConfig {
     pub max_running: usize,
     pub chunk: usize,
     pub context_length: usize,
+    /// Test-only: panic in the forward step after this many steps.
+    pub panic_after_steps: Option<u64>,
 }
 
 /// What a scheduler thread is built from.
@@ -452,6 +454,13 @@ impl Scheduler {
             })
             .collect();
         let t0 = Instant::now();
+        if self
+            .cfg
+            .panic_after_steps
+            .is_some_and(|n| self.local.iterations >= n)
+        {
+            panic!("injected fault: the forward step panics (--fault-panic-after-steps)");
+        }
         let logits = self.exec.forward(&inputs);
         let t1 = Instant::now();
         drop(inputs);

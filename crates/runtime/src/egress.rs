@@ -15,8 +15,8 @@ use crate::addressing::EndpointId;
 use crate::error::RuntimeError;
 use crate::wire::{self, Envelope};
 
-/// How often a waiting stream checks that its instance is still in discovery.
-const ALIVE_CHECK: Duration = Duration::from_millis(500);
+/// How often a waiting stream checks that its worker is still heard from.
+const ALIVE_CHECK: Duration = Duration::from_millis(250);
 
 /// Headers and limits of one call.
 #[derive(Debug, Clone, Default)]
@@ -67,9 +67,11 @@ pub struct ResponseStream<T> {
     /// Items received but not yet yielded, and whether the stream ended after them.
     buffered: std::collections::VecDeque<T>,
     ended: bool,
-    /// A message arrived since the last liveness check (a draining instance is out of
-    /// discovery but still streaming: that is fine).
-    heard: bool,
+    /// When the last message arrived (keepalives included): silence past
+    /// [`wire::KEEPALIVE_LOSS`] means the worker is gone, whatever discovery says yet.
+    last_heard: tokio::time::Instant,
+    /// The sequence number the next post-ack message must carry.
+    expected: u64,
     done: bool,
     _t: std::marker::PhantomData<fn() -> T>,
 }
@@ -113,12 +115,29 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
         loop {
             match this.sub.poll_next_unpin(cx) {
                 Poll::Ready(Some(msg)) => {
-                    this.heard = true;
-                    let deadline = tokio::time::Instant::now() + this.stream_timeout;
-                    this.timer.as_mut().reset(deadline);
-                    match serde_json::from_slice::<Envelope<T>>(&msg.payload) {
-                        Ok(Envelope::Ack) => continue,
-                        Ok(Envelope::Data { d, end }) => {
+                    let now = tokio::time::Instant::now();
+                    this.last_heard = now;
+                    let env = serde_json::from_slice::<Envelope<T>>(&msg.payload);
+                    if let Some(n) = env.as_ref().ok().and_then(Envelope::seq) {
+                        if n < this.expected {
+                            continue; // a duplicate delivery
+                        }
+                        if n > this.expected {
+                            let expected = this.expected;
+                            this.abandon();
+                            tracing::warn!(expected, got = n, "reply stream lost messages");
+                            return Poll::Ready(Some(Err(RuntimeError::Gap { expected, got: n })));
+                        }
+                        this.expected = n + 1;
+                    }
+                    if !matches!(env, Ok(Envelope::Keepalive { .. })) {
+                        // Keepalives prove liveness, not progress: the stream timeout is
+                        // about results.
+                        this.timer.as_mut().reset(now + this.stream_timeout);
+                    }
+                    match env {
+                        Ok(Envelope::Ack | Envelope::Keepalive { .. }) => continue,
+                        Ok(Envelope::Data { d, end, .. }) => {
                             this.buffered.extend(d);
                             if end {
                                 // Nothing more will come: stop cancelling on drop.
@@ -134,11 +153,11 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
                                 None => continue,
                             }
                         }
-                        Ok(Envelope::Final) => {
+                        Ok(Envelope::Final { .. }) => {
                             this.finish();
                             return Poll::Ready(None);
                         }
-                        Ok(Envelope::Error { kind, message }) => {
+                        Ok(Envelope::Error { kind, message, .. }) => {
                             this.finish();
                             return Poll::Ready(Some(Err(RuntimeError::Remote { kind, message })));
                         }
@@ -164,7 +183,9 @@ impl<T: DeserializeOwned> Stream for ResponseStream<T> {
             return Poll::Ready(Some(Err(RuntimeError::StreamTimeout(this.stream_timeout))));
         }
         while this.alive_check.as_mut().poll(cx).is_ready() {
-            if !std::mem::take(&mut this.heard) && !(this.alive)() {
+            let silent = this.last_heard.elapsed();
+            // Lost: keepalives stopped, or discovery already dropped a silent instance.
+            if silent > wire::KEEPALIVE_LOSS || (silent > ALIVE_CHECK && !(this.alive)()) {
                 this.abandon();
                 return Poll::Ready(Some(Err(RuntimeError::InstanceLost(this.instance_id))));
             }
@@ -236,7 +257,7 @@ pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
     }
     match serde_json::from_slice::<Envelope<serde_json::Value>>(&first.payload) {
         Ok(Envelope::Ack) => {}
-        Ok(Envelope::Error { kind, message }) => {
+        Ok(Envelope::Error { kind, message, .. }) => {
             return Err(RuntimeError::Remote { kind, message });
         }
         Ok(_) => return Err(RuntimeError::Protocol("expected ack first".into())),
@@ -257,7 +278,8 @@ pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         instance_id,
         buffered: Default::default(),
         ended: false,
-        heard: false,
+        last_heard: tokio::time::Instant::now(),
+        expected: 1,
         done: false,
         _t: std::marker::PhantomData,
     })

@@ -23,6 +23,9 @@ pub enum RuntimeError {
     Remote { kind: ErrorKind, message: String },
     #[error("malformed message from worker: {0}")]
     Protocol(String),
+    /// A reply message was lost (a sequence gap): the stream cannot be trusted to complete.
+    #[error("lost reply messages: expected #{expected}, got #{got}")]
+    Gap { expected: u64, got: u64 },
     #[error("cannot bind system status server on {addr}: {reason}")]
     Bind { addr: String, reason: String },
     #[error("runtime is shutting down")]

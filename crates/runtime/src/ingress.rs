@@ -24,6 +24,17 @@ use tracing::Instrument;
 /// Most items sent in one message.
 const MAX_BATCH: usize = 64;
 
+/// Sequence numbers of one request's post-ack messages: 1, 2, …
+#[derive(Default)]
+struct Seq(u64);
+
+impl Seq {
+    fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
 /// The stream of items a handler produces for one request.
 pub type HandlerStream<T> = Pin<Box<dyn Stream<Item = Result<T, HandlerError>> + Send>>;
 
@@ -177,6 +188,7 @@ where
                 let env = Envelope::Error {
                     kind: ErrorKind::Deserialization,
                     message: format!("cannot decode request: {e}"),
+                    n: None,
                 };
                 let _ = self.send(&reply, env).await;
                 return;
@@ -206,6 +218,7 @@ where
             let env = Envelope::Error {
                 kind: ErrorKind::InvalidRequest,
                 message: format!("request {request_id} is already running here"),
+                n: None,
             };
             let _ = self.send(&reply, env).await;
             return;
@@ -228,6 +241,7 @@ where
             let env = Envelope::Error {
                 kind: e.kind,
                 message: e.message,
+                n: None,
             };
             if self.send(&reply, env).await.is_err() {
                 self.count_error("publish_response");
@@ -246,6 +260,12 @@ where
         };
         let mut failed = false;
         let mut ended = false;
+        let mut seq = Seq::default();
+        let mut keepalive = tokio::time::interval_at(
+            tokio::time::Instant::now() + wire::KEEPALIVE_INTERVAL,
+            wire::KEEPALIVE_INTERVAL,
+        );
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !ended {
             let item = tokio::select! {
                 biased;
@@ -254,6 +274,13 @@ where
                     break;
                 }
                 item = stream.next() => item,
+                _ = keepalive.tick() => {
+                    // Nothing to send for a while (a long prefill): say the request is alive.
+                    if self.send(&reply, Envelope::Keepalive { n: Some(seq.next()) }).await.is_err() {
+                        self.count_error("publish_response");
+                    }
+                    continue;
+                }
             };
             let Some(item) = item else { break };
             // Send what is ready now as one message; never wait for more.
@@ -281,7 +308,9 @@ where
                 let env = Envelope::Data {
                     d: batch,
                     end: ended && error.is_none(),
+                    n: Some(seq.next()),
                 };
+                keepalive.reset();
                 if self.send(&reply, env).await.is_err() {
                     self.count_error("publish_response");
                     failed = true;
@@ -293,6 +322,7 @@ where
                 let env = Envelope::Error {
                     kind: e.kind,
                     message: e.message,
+                    n: Some(seq.next()),
                 };
                 if self.send(&reply, env).await.is_err() {
                     self.count_error("publish_response");
@@ -304,7 +334,19 @@ where
         drop(stream);
         let cancelled = cancel.is_cancelled();
         self.inflight.lock().unwrap().remove(&request_id);
-        if !failed && !cancelled && !ended && self.send(&reply, Envelope::Final).await.is_err() {
+        if !failed
+            && !cancelled
+            && !ended
+            && self
+                .send(
+                    &reply,
+                    Envelope::Final {
+                        n: Some(seq.next()),
+                    },
+                )
+                .await
+                .is_err()
+        {
             self.count_error("publish_final");
         }
     }

@@ -50,23 +50,52 @@ impl DistributedRuntime {
     /// the connection reconnects forever.
     pub async fn connect(config: RuntimeConfig, health: HealthState) -> Result<Self, RuntimeError> {
         let start = Instant::now();
+        let metrics = MetricsRegistry::new(start);
+        let nats_errors = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "dynamo_transport_nats_errors_total",
+                "NATS client errors: slow-consumer drops (messages the client discarded because a subscription fell behind), server errors",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        metrics
+            .register(Box::new(nats_errors.clone()))
+            .expect("unique");
+        let connected = health.nats_connected();
         let client = async_nats::ConnectOptions::new()
             .max_reconnects(None)
             .connection_timeout(std::time::Duration::from_secs(5))
-            .event_callback(|ev| async move {
-                match ev {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS disconnected; reconnecting")
+            .event_callback(move |ev| {
+                let nats_errors = nats_errors.clone();
+                let connected = connected.clone();
+                async move {
+                    match ev {
+                        async_nats::Event::Disconnected => {
+                            connected.store(false, std::sync::atomic::Ordering::Release);
+                            tracing::warn!("NATS disconnected; reconnecting")
+                        }
+                        async_nats::Event::Connected => {
+                            connected.store(true, std::sync::atomic::Ordering::Release);
+                            tracing::info!("NATS connected")
+                        }
+                        async_nats::Event::SlowConsumer(sid) => {
+                            nats_errors.with_label_values(&["slow_consumer"]).inc();
+                            tracing::warn!(subscription = sid, "NATS slow consumer: the client dropped messages of a subscription that fell behind");
+                        }
+                        async_nats::Event::ServerError(e) => {
+                            nats_errors.with_label_values(&["server_error"]).inc();
+                            tracing::warn!(error = %e, "NATS server error");
+                        }
+                        other => tracing::debug!(event = %other, "NATS event"),
                     }
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    other => tracing::debug!(event = %other, "NATS event"),
                 }
             })
             .connect(config.nats_url.as_str())
             .await
             .map_err(|e| RuntimeError::Connect {
-                url: config.nats_url.clone(),
-                reason: e.to_string(),
+                url: redact_url(&config.nats_url),
+                reason: redact_in(&e.to_string(), &config.nats_url),
             })?;
         let js = jetstream::new(client.clone());
         Ok(DistributedRuntime {
@@ -74,7 +103,7 @@ impl DistributedRuntime {
                 config,
                 client,
                 js,
-                metrics: MetricsRegistry::new(start),
+                metrics,
                 health,
                 stop: CancellationToken::new(),
                 process_stop: CancellationToken::new(),
@@ -281,5 +310,50 @@ impl DistributedRuntime {
         // Send what is buffered (the last responses, the discovery deletes); with NATS gone
         // the client would wait for a reconnect forever, so give it a bound.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), inner.client.flush()).await;
+    }
+}
+
+/// `url` with any `user:password@` (or token) replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let rest = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_string(),
+    };
+    match scheme {
+        Some(s) => format!("{s}://{rest}"),
+        None => rest,
+    }
+}
+
+/// `text` with the credentials of `url` (if any) removed wherever they appear.
+fn redact_in(text: &str, url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    match rest.rsplit_once('@') {
+        Some((creds, _)) if !creds.is_empty() => text.replace(creds, "***"),
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_echoed() {
+        assert_eq!(
+            redact_url("nats://alice:s3cret@host:4222"),
+            "nats://***@host:4222"
+        );
+        assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+        assert_eq!(redact_url("tok@host:4222"), "***@host:4222");
+        let msg = redact_in(
+            "cannot connect to alice:s3cret@host",
+            "nats://alice:s3cret@host",
+        );
+        assert!(!msg.contains("s3cret"), "{msg}");
     }
 }

@@ -22,6 +22,8 @@ use crate::metrics::MetricsRegistry;
 pub struct HealthState {
     inner: Arc<Mutex<HealthInner>>,
     start: Instant,
+    /// Cleared while the NATS connection is down: the process cannot take requests then.
+    nats: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct HealthInner {
@@ -29,6 +31,8 @@ struct HealthInner {
     starting_ready: bool,
     /// Endpoint names that must be ready; empty means all registered ones.
     required: Vec<String>,
+    /// Why the process can no longer serve (its engine died), once it cannot.
+    failed: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -53,9 +57,26 @@ impl HealthState {
                 endpoints: BTreeMap::new(),
                 starting_ready,
                 required,
+                failed: None,
             })),
             start,
+            nats: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    /// The flag the NATS connection's events keep current.
+    pub fn nats_connected(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.nats.clone()
+    }
+
+    /// The process can no longer serve (for good): health fails from now on.
+    pub fn set_failed(&self, reason: impl Into<String>) {
+        self.inner.lock().unwrap().failed = Some(reason.into());
+    }
+
+    /// Why the process cannot serve, if it cannot for good.
+    pub fn failed(&self) -> Option<String> {
+        self.inner.lock().unwrap().failed.clone()
     }
 
     /// Mark an endpoint as (not) serving.
@@ -69,7 +90,13 @@ impl HealthState {
 
     /// Whether the process reports ready.
     pub fn is_ready(&self) -> bool {
+        if !self.nats.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let g = self.inner.lock().unwrap();
+        if g.failed.is_some() {
+            return false;
+        }
         if g.endpoints.is_empty() {
             return g.starting_ready;
         }

@@ -7,6 +7,7 @@ mod dashboards;
 mod dashboards_live;
 mod disagg;
 mod disagg_trace;
+mod engine_failure;
 mod faults;
 mod hostile_client;
 mod metrics;

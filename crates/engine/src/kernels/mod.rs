@@ -8,7 +8,7 @@
 //! batched (batch invariance).
 
 mod avx2;
-mod pool;
+pub mod pool;
 pub mod q4_1;
 mod scalar;
 

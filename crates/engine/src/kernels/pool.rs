@@ -3,7 +3,10 @@
 //! more than the work at batch 1), then yield, then sleep. The calling thread works too.
 //!
 //! Tasks are claimed through one atomic ticket holding (job epoch, next index), so a thread
-//! that is late for a job can never run a task of the next one with the old closure.
+//! that is late for a job can never run a task of the next one with the old closure. A task
+//! that panics is caught where it ran and still counted done, so `run` never returns (or
+//! unwinds) while another thread holds the borrowed job; `run` then re-raises the panic on the
+//! calling thread, where the engine's scheduler contains it.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +28,8 @@ struct Shared {
     sleepers: Mutex<usize>,
     wake: Condvar,
     stop: AtomicBool,
+    /// The message of the first task of the current job that panicked.
+    panic: Mutex<Option<String>>,
 }
 
 /// Spin iterations before yielding, and yields before sleeping, between jobs.
@@ -53,6 +58,7 @@ impl ComputePool {
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            panic: Mutex::new(None),
         });
         let mut handles = Vec::new();
         for i in 1..threads {
@@ -114,6 +120,10 @@ impl ComputePool {
             } else {
                 std::thread::yield_now();
             }
+        }
+        // Every task is done: no thread holds the job any more; a panic may travel on.
+        if let Some(msg) = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            panic!("a compute task panicked: {msg}");
         }
     }
 
@@ -200,13 +210,25 @@ fn work(s: &Shared, epoch: u32, job: JobPtr, n: usize) -> usize {
         {
             Ok(_) => {
                 // SAFETY: the job is alive: its `run` waits for this task to be counted done.
-                unsafe { (*job.0)(t as u32 as usize) };
+                let task = || unsafe { (*job.0)(t as u32 as usize) };
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task)) {
+                    let mut slot = s.panic.lock().unwrap_or_else(|e| e.into_inner());
+                    slot.get_or_insert_with(|| panic_message(&*p));
+                }
                 ran += 1;
                 t += 1;
             }
             Err(cur) => t = cur,
         }
     }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into())
 }
 
 fn worker(s: &Shared) {
@@ -283,6 +305,27 @@ mod tests {
             assert!(
                 hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
                 "round {round}"
+            );
+        }
+        // A panicking task, on a pool thread or the caller: `run` waits for every task, then
+        // the panic reaches the caller; the pool keeps working afterwards.
+        for bad in [0usize, 5] {
+            let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(8, &|i| {
+                    if i == bad {
+                        panic!("task {i} fails");
+                    }
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                })
+            }));
+            let msg = panic_message(&*r.unwrap_err());
+            assert!(msg.contains(&format!("task {bad} fails")), "{msg}");
+            assert_eq!(
+                hits.iter()
+                    .map(|h| h.load(Ordering::Relaxed))
+                    .sum::<usize>(),
+                7
             );
         }
         let mut v = vec![0u32; 1000];

@@ -393,6 +393,16 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if !state.drt.health().is_ready() {
+        // NATS is down: no request can reach a worker now.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                json!({"status": "unhealthy", "message": "NATS disconnected", "instances": []}),
+            ),
+        )
+            .into_response();
+    }
     let inst = state.models.all_instances();
     if inst.is_empty() {
         // The spec's body, with a status a load balancer can act on.

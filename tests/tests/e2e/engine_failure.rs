@@ -1,0 +1,48 @@
+//! A dead engine is visible: when the worker's scheduler panics (test-only fault injection,
+//! `--features dynamo-worker/fault-injection`, which tests/run.sh builds), the request it held
+//! fails with an error (never a `length` finish), the worker leaves discovery at once and exits
+//! non-zero saying why, and the frontend stops listing it.
+
+use std::time::{Duration, Instant};
+
+use dynamo_e2e::{requests, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_engine_fails_its_request_leaves_discovery_and_exits() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker(&["--fault-panic-after-steps", "12"]);
+    c.wait_instances(1, Duration::from_secs(60)).await.unwrap();
+    let mut body = requests::completion("Tell me a story.", 64);
+    body["ignore_eos"] = serde_json::json!(true);
+    let (st, _, v) = c.post("/v1/completions", &body).await;
+    assert_eq!(st, 500, "a truncated generation is an error: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("without a finish reason")),
+        "{v}"
+    );
+    // Out of discovery at once (not after the 6 s lease).
+    let t = Instant::now();
+    c.wait_instances(0, Duration::from_secs(4))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.workers[0].child.log_text()));
+    assert!(t.elapsed() < Duration::from_secs(4));
+    // The process exits non-zero and says why.
+    let status = c.workers[0]
+        .child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the worker exits");
+    assert!(!status.success(), "{status:?}");
+    let log = c.workers[0].child.log_text();
+    assert!(log.contains("injected fault"), "{log}");
+    assert!(log.contains("the engine died"), "{log}");
+    // The frontend's /health says nothing serves.
+    let r = c
+        .http
+        .get(format!("{}/health", c.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+}
