@@ -172,6 +172,7 @@ pub mod frontend {
     pub const MODEL_MAX_NUM_BATCHED_TOKENS: &str = "dynamo_frontend_model_max_num_batched_tokens";
     pub const MODEL_CONTEXT_LENGTH: &str = "dynamo_frontend_model_context_length";
     pub const MODEL_KV_CACHE_BLOCK_SIZE: &str = "dynamo_frontend_model_kv_cache_block_size";
+    pub const MODEL_MIGRATION_TOTAL: &str = "dynamo_frontend_model_migration_total";
     pub const WORKER_ACTIVE_DECODE_BLOCKS: &str = "dynamo_frontend_worker_active_decode_blocks";
     pub const WORKER_ACTIVE_PREFILL_TOKENS: &str = "dynamo_frontend_worker_active_prefill_tokens";
 }
@@ -222,6 +223,7 @@ pub const ALL_METRICS: &[&str] = &[
     frontend::MODEL_MAX_NUM_BATCHED_TOKENS,
     frontend::MODEL_CONTEXT_LENGTH,
     frontend::MODEL_KV_CACHE_BLOCK_SIZE,
+    frontend::MODEL_MIGRATION_TOTAL,
     frontend::WORKER_ACTIVE_DECODE_BLOCKS,
     frontend::WORKER_ACTIVE_PREFILL_TOKENS,
     router::REQUESTS_TOTAL,

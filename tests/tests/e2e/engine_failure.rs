@@ -1,7 +1,8 @@
 //! A dead engine is visible: when the worker's scheduler panics (test-only fault injection,
 //! `--features dynamo-worker/fault-injection`, which tests/run.sh builds), the request it held
-//! fails with an error (never a `length` finish), the worker leaves discovery at once and exits
-//! non-zero saying why, and the frontend stops listing it.
+//! fails with an error (never a `length` finish; with no other worker to migrate to, a 503
+//! naming the truncation), the worker leaves discovery at once and exits non-zero saying why,
+//! and the frontend stops listing it.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ async fn a_panicking_engine_fails_its_request_leaves_discovery_and_exits() {
     let mut body = requests::completion("Tell me a story.", 64);
     body["ignore_eos"] = serde_json::json!(true);
     let (st, _, v) = c.post("/v1/completions", &body).await;
-    assert_eq!(st, 500, "a truncated generation is an error: {v}");
+    assert_eq!(st, 503, "a truncated generation is an error: {v}");
     assert!(
         v["error"]["message"]
             .as_str()

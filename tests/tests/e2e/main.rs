@@ -11,6 +11,7 @@ mod engine_failure;
 mod faults;
 mod hostile_client;
 mod metrics;
+mod migration;
 mod overload;
 mod router;
 mod router_engine;

@@ -73,6 +73,8 @@ impl Drop for PrefillFollower {
 /// dropped: the request's blocks leave the router's account), and, disaggregated, the
 /// prefill worker's stream followed alongside.
 pub struct Dispatched {
+    /// The worker streaming the response (decode worker when disaggregated).
+    pub instance_id: u64,
     stream: ResponseStream<EngineOutput>,
     ticket: Option<RouteTicket>,
     /// An item read ahead (the decode stream's first, checked for a transfer failure).
@@ -179,6 +181,8 @@ async fn send(
             dp_rank = 0,
             overlap_blocks = if k == 0 { i64::from(overlap) } else { 0 },
             phase = phase.label(),
+            request.attempt = i64::from(job.attempt) + 1,
+            migration.generated_tokens = i64::from(job.migrated_tokens),
         );
         let mut call = job.call.clone();
         call.traceparent = dynamo_telemetry::context::span_context(&route).map(|c| c.to_header());
@@ -250,6 +254,7 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiErro
         let (k, stream) =
             send(state, job, &job.request, &order, overlap, Phase::Aggregated).await?;
         return Ok(Dispatched {
+            instance_id: order[k].instance_id,
             stream,
             ticket: ticket.filter(|_| k == 0),
             first: None,
@@ -284,6 +289,7 @@ async fn send_alone(
     let (k, stream) = send(state, job, &job.request, order, overlap, Phase::Aggregated).await?;
     // When the router's pick did not answer, the request no longer counts against it.
     Ok(Dispatched {
+        instance_id: order[k].instance_id,
         stream,
         ticket: ticket.filter(|_| k == 0),
         first: None,
@@ -372,6 +378,7 @@ async fn disaggregated(
             }
             first => {
                 return Ok(Dispatched {
+                    instance_id: decode_order[dk].instance_id,
                     stream,
                     ticket: decode_ticket,
                     first,

@@ -303,6 +303,8 @@ async fn run(
             .config
             .request_timeout
             .map(|t| tokio::time::Instant::from_std(start) + t),
+        attempt: 0,
+        migrated_tokens: 0,
     };
     let guard = RequestGuard::new(state.clone(), &model, kind, stream, start, span, permit);
     if stream {

@@ -28,6 +28,9 @@ pub struct FrontendMetrics {
     pub model_max_num_batched_tokens: IntGaugeVec,
     pub model_context_length: IntGaugeVec,
     pub model_kv_cache_block_size: IntGaugeVec,
+    /// Requests moved to another worker after theirs was lost, by `migration_type`
+    /// (`new_request`: before any token; `ongoing_request`: mid-stream).
+    pub migrations: IntCounterVec,
 }
 
 fn hist(
@@ -100,7 +103,17 @@ impl FrontendMetrics {
         )
         .expect("valid");
         reg.register(Box::new(tok_lat.clone())).expect("unique");
+        let migrations = IntCounterVec::new(
+            Opts::new(
+                n::MODEL_MIGRATION_TOTAL,
+                "Requests moved to another worker after theirs was lost",
+            ),
+            &["model", "migration_type"],
+        )
+        .expect("valid");
+        reg.register(Box::new(migrations.clone())).expect("unique");
         FrontendMetrics {
+            migrations,
             requests,
             inflight,
             queued,

@@ -6,6 +6,7 @@ pub mod admission;
 mod dispatch;
 mod handlers;
 pub mod metrics;
+mod migration;
 mod pipeline;
 
 use std::net::SocketAddr;

@@ -10,11 +10,10 @@ use bytes::Bytes;
 use dynamo_protocols::{EngineOutput, FinishReason, PreprocessedRequest};
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{CallOptions, InstanceRecord, RuntimeError};
-use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::dispatch::dispatch;
+use super::migration::Generation;
 use super::AppState;
 use crate::openai::request::GenParams;
 use crate::openai::response::*;
@@ -39,6 +38,7 @@ impl Kind {
 }
 
 /// Everything one generation needs.
+#[derive(Clone)]
 pub struct Job {
     pub kind: Kind,
     pub model: String,
@@ -52,6 +52,10 @@ pub struct Job {
     pub start: Instant,
     /// `--request-timeout` from the handler's start.
     pub deadline: Option<tokio::time::Instant>,
+    /// 0 for the first dispatch; n after n migrations (`request.attempt` is n + 1).
+    pub attempt: u32,
+    /// Tokens generated before this attempt (appended to its prompt).
+    pub migrated_tokens: u32,
 }
 
 /// Wait until `deadline`, or forever without one.
@@ -337,14 +341,13 @@ pub async fn unary(
     job: Job,
     mut guard: RequestGuard,
 ) -> Result<String, ApiError> {
-    let status = state.admission.overload_status();
     let run = async {
-        let mut stream = dispatch(&state, &job).await?;
+        let mut gen = Generation::start(&state, &job).await?;
         let mut pipe = TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
         let mut timing = Timing::new(&state, &job.model, job.start);
         let mut text = String::new();
-        while let Some(item) = stream.next().await {
-            let out = item.map_err(|e| map_runtime_error(e, status))?;
+        while let Some(item) = gen.next(&state, &job).await {
+            let out = item?;
             timing.on_tokens(&mut guard, job.start, out.token_ids.len());
             text.push_str(&pipe.push(&out));
             if pipe.finish.is_some() {
@@ -459,17 +462,16 @@ pub async fn streaming(
     job: Job,
     mut guard: RequestGuard,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
-    let status = state.admission.overload_status();
     let start = async {
-        let mut stream = dispatch(&state, &job).await?;
-        let first = match stream.next().await {
+        let mut gen = Generation::start(&state, &job).await?;
+        let first = match gen.next(&state, &job).await {
             Some(Ok(o)) => Some(o),
-            Some(Err(e)) => return Err(map_runtime_error(e, status)),
+            Some(Err(e)) => return Err(e),
             None => None,
         };
-        Ok((stream, first))
+        Ok((gen, first))
     };
-    let (mut stream, first) = tokio::select! {
+    let (mut gen, first) = tokio::select! {
         r = start => r?,
         _ = expired(job.deadline) => return Err(timed_out(&job)),
     };
@@ -484,14 +486,12 @@ pub async fn streaming(
             let usage_field = |u: Option<UsageBody>| include_usage.then_some(u);
             let mut sent_role = false;
             let mut next = first.map(Ok);
-            let mut ended = false;
             loop {
                 let item = match next.take() {
                     Some(i) => Some(i),
-                    None if ended => None,
                     None => tokio::select! {
-                        i = stream.next() => i,
-                        _ = tx.closed() => return, // client gone: dropping `stream` cancels the worker
+                        i = gen.next(&state, &job) => i,
+                        _ = tx.closed() => return, // client gone: dropping `gen` cancels the worker
                         _ = expired(job.deadline) => {
                             let err = timed_out(&job);
                             let msg = format!("event: error\ndata: {}\n\n", err.body());
@@ -504,8 +504,7 @@ pub async fn streaming(
                 let Some(item) = item else { break };
                 let out = match item {
                     Ok(o) => o,
-                    Err(e) => {
-                        let err = map_runtime_error(e, status);
+                    Err(err) => {
                         let msg = format!("event: error\ndata: {}\n\n", err.body());
                         let _ = tx.send(Bytes::from(msg)).await;
                         guard.finish(Some(err.class.label()));
@@ -517,16 +516,13 @@ pub async fn streaming(
                 // Fold items that are already here into the same chunk (fewer, larger SSE events
                 // under load; never waits for more).
                 while pipe.finish.is_none() {
-                    match stream.next().now_or_never() {
+                    match gen.ready() {
                         Some(Some(Ok(o))) => {
                             timing.on_tokens(&mut guard, job.start, o.token_ids.len());
                             text.push_str(&pipe.push(&o));
                         }
                         Some(other) => {
                             next = other;
-                            if next.is_none() {
-                                ended = true;
-                            }
                             break;
                         }
                         None => break,
@@ -545,7 +541,7 @@ pub async fn streaming(
                     break;
                 }
             }
-            drop(stream);
+            drop(gen);
             let Some(finish) = pipe.finish else {
                 let err = truncated();
                 let msg = format!("event: error\ndata: {}\n\n", err.body());
