@@ -192,13 +192,14 @@ impl Cluster {
         )
     }
 
-    /// The instance id worker `i` registered with (from its "worker ready" log line).
+    /// The instance id worker `i` registered with (from its "worker ready" log line, or the
+    /// runtime's "serving" line for the mocker).
     pub fn instance_id(&self, i: usize) -> u64 {
         let log = self.workers[i].child.log_text();
         log.lines()
             .find_map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                if v["message"] != "worker ready" {
+                if v["message"] != "worker ready" && v["message"] != "serving" {
                     return None;
                 }
                 u64::from_str_radix(v["instance_id"].as_str()?, 16).ok()

@@ -25,6 +25,34 @@ pub fn resolve_or_fetch(spec: &str, cache_dir: &Path) -> anyhow::Result<ModelSou
     }
 }
 
+/// Resolve a model source that came over the wire (a discovery record's model card): any
+/// peer on NATS can write one, so it is never opened as an arbitrary local path. Accepted: the
+/// default model's name (fetched into the cache when missing, as the binaries would), or a
+/// path that lies, once resolved, inside `cache_dir` or one of `allowed` directories.
+pub fn resolve_from_wire(
+    spec: &str,
+    cache_dir: &Path,
+    allowed: &[PathBuf],
+) -> anyhow::Result<ModelSource> {
+    if model::is_default_name(spec) {
+        return resolve_or_fetch(spec, cache_dir);
+    }
+    let real = std::fs::canonicalize(spec)
+        .with_context(|| format!("model source {spec:?} from discovery"))?;
+    let inside = std::iter::once(cache_dir)
+        .chain(allowed.iter().map(PathBuf::as_path))
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .any(|d| real.starts_with(d));
+    if !inside {
+        bail!(
+            "model source {spec:?} from discovery is outside the model cache ({}) and every \
+             --allowed-model-dir; a path from the wire is not opened",
+            cache_dir.display()
+        );
+    }
+    Ok(model::resolve(&real.to_string_lossy(), cache_dir)?)
+}
+
 /// Return the cached default model, downloading it first if missing.
 pub fn fetch_default_model(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     let target = default_model_path(cache_dir);
@@ -85,4 +113,33 @@ pub fn fetch_default_model(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::rename(&partial, &target).with_context(within)?;
     eprintln!("model ready: {}", target.display());
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_paths_stay_inside_allowed_directories() {
+        let cache = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let inside = cache.path().join("m.gguf");
+        let outside = other.path().join("m.gguf");
+        std::fs::write(&inside, b"x").unwrap();
+        std::fs::write(&outside, b"x").unwrap();
+        let ok = resolve_from_wire(inside.to_str().unwrap(), cache.path(), &[]).unwrap();
+        assert_eq!(ok.path(), std::fs::canonicalize(&inside).unwrap());
+        let e = resolve_from_wire(outside.to_str().unwrap(), cache.path(), &[]).unwrap_err();
+        assert!(e.to_string().contains("outside the model cache"), "{e}");
+        // `..` cannot climb out.
+        let sneaky = format!(
+            "{}/../{}/m.gguf",
+            cache.path().display(),
+            other.path().display()
+        );
+        assert!(resolve_from_wire(&sneaky, cache.path(), &[]).is_err());
+        assert!(resolve_from_wire("/etc/passwd", cache.path(), &[]).is_err());
+        let allowed = [other.path().to_path_buf()];
+        assert!(resolve_from_wire(outside.to_str().unwrap(), cache.path(), &allowed).is_ok());
+    }
 }

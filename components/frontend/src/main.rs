@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use dynamo_common::model_fetch::resolve_or_fetch;
+use dynamo_common::model_fetch::resolve_from_wire;
 use dynamo_common::runtime_args::{self, RuntimeArgs};
 use dynamo_kv_router::RouterMetrics;
 use dynamo_llm::http::{self, AppState, FrontendMetrics, HttpConfig, KvRouting};
@@ -60,6 +60,10 @@ struct Cli {
     /// Times a request whose worker is lost mid-stream is moved to another worker.
     #[arg(long, env = env::DYN_MIGRATION_LIMIT, default_value_t = defaults::MIGRATION_LIMIT)]
     migration_limit: u32,
+    /// A directory whose models workers may name by path in their model cards (besides the
+    /// model cache); repeatable. Paths from discovery elsewhere are refused.
+    #[arg(long)]
+    allowed_model_dir: Vec<PathBuf>,
     /// Model cache directory (default ~/.cache/dynamo/models).
     #[arg(long, env = env::DYN_MODEL_CACHE)]
     model_cache: Option<PathBuf>,
@@ -90,7 +94,10 @@ async fn main() -> anyhow::Result<()> {
     drt.metrics().track_span_export(telemetry.stats.clone())?;
     let metrics = FrontendMetrics::new(&registry);
     let instances = drt.watch_instances(&format!("instances.{}", cli.namespace));
-    let resolve: ModelResolver = Arc::new(move |spec: &str| Ok(resolve_or_fetch(spec, &cache)?));
+    let allowed = cli.allowed_model_dir.clone();
+    let resolve: ModelResolver = Arc::new(move |spec: &str| {
+        resolve_from_wire(spec, &cache, &allowed).map_err(|e| format!("{e:#}").into())
+    });
     let models = ModelManager::start(instances, resolve, metrics.clone());
     let kv = (cli.router_mode == RouterMode::Kv).then(|| {
         // The frontend has no discovery instance; a random id labels its router metrics.

@@ -90,6 +90,10 @@ struct WorkerSlot {
     key: Option<WorkerKey>,
     /// Sequence hash → node.
     blocks: IdMap,
+    /// Nodes that more than one of this worker's block hashes map to (a worker, or a forged
+    /// peer, stored the same content under two hashes): the extra references, so the worker
+    /// leaves such a node only when its last hash does, and the node is freed once.
+    dups: FastMap<NodeId, u32>,
 }
 
 /// Why an event could not be applied.
@@ -279,19 +283,28 @@ impl RadixIndex {
                 }
             }
         });
-        if (slot as usize) < MASK_SLOTS {
+        let had = if (slot as usize) < MASK_SLOTS {
+            let had = self.masks[child as usize] & (1 << slot) != 0;
             self.masks[child as usize] |= 1 << slot;
+            had
         } else {
             let ws = &mut self.nodes[child as usize].high_slots;
-            if !ws.contains(&slot) {
+            let had = ws.contains(&slot);
+            if !had {
                 ws.push(slot);
             }
+            had
+        };
+        let old = self.slots[slot as usize].blocks.insert(block_hash, child);
+        if old == Some(child) {
+            return child; // the same block stored again
         }
-        if let Some(old) = self.slots[slot as usize].blocks.insert(block_hash, child) {
-            if old != child {
-                // The engine reused a sequence hash for another position: drop the stale one.
-                self.drop_worker_from(slot, old);
-            }
+        if had {
+            *self.slots[slot as usize].dups.entry(child).or_default() += 1;
+        }
+        if let Some(old) = old {
+            // The engine reused a sequence hash for another position: drop the stale one.
+            self.drop_worker_from(slot, old);
         }
         child
     }
@@ -329,11 +342,21 @@ impl RadixIndex {
         if let Some(slot) = self.slot_of.remove(&w) {
             self.slots[slot as usize].key = None;
             self.slots[slot as usize].blocks = IdMap::default();
+            self.slots[slot as usize].dups = FastMap::default();
             self.free_slots.push(slot);
         }
     }
 
     fn drop_worker_from(&mut self, slot: u32, n: NodeId) {
+        let dups = &mut self.slots[slot as usize].dups;
+        if let Some(c) = dups.get_mut(&n) {
+            // Another of the worker's hashes still maps here.
+            *c -= 1;
+            if *c == 0 {
+                dups.remove(&n);
+            }
+            return;
+        }
         if (slot as usize) < MASK_SLOTS {
             self.masks[n as usize] &= !(1 << slot);
         } else {

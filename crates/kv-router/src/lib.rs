@@ -185,7 +185,14 @@ impl KvRouter {
         let task = IndexTask::new(resync, Some(metrics.clone()), ttl);
         let reader = task.reader();
         std::thread::Builder::new()
-            .name(format!("kv-index-{component}"))
+            // Only name-safe characters (a thread name with a NUL cannot be spawned).
+            .name(format!(
+                "kv-index-{}",
+                component
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect::<String>()
+            ))
             .spawn(move || task.run_blocking(rx))
             .expect("spawn the KV index thread");
         let loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>> = Default::default();
@@ -195,7 +202,8 @@ impl KvRouter {
                 .await
             {
                 Ok(sub) => {
-                    tokio::spawn(forward_events(sub, tx.clone()));
+                    let members = Members::new(instances.clone(), namespace, component);
+                    tokio::spawn(forward_events(sub, tx.clone(), members));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot subscribe to KV events"),
             }
@@ -205,7 +213,8 @@ impl KvRouter {
             .await
         {
             Ok(sub) => {
-                tokio::spawn(collect_loads(sub, loads.clone()));
+                let members = Members::new(instances.clone(), namespace, component);
+                tokio::spawn(collect_loads(sub, loads.clone(), members));
             }
             Err(e) => tracing::error!(error = %e, "cannot subscribe to worker loads"),
         }
@@ -440,8 +449,47 @@ async fn query_worker(
     Ok(answer)
 }
 
-async fn forward_events(mut sub: Subscription<RouterEvent>, tx: mpsc::Sender<IndexMsg>) {
+/// The instances of this router's component in discovery: KV events and load reports are
+/// taken only from them (anyone on NATS can publish on the subjects; an unknown `worker_id`
+/// would otherwise grow the index and attract traffic).
+struct Members {
+    rx: watch::Receiver<InstanceMap>,
+    namespace: String,
+    component: String,
+}
+
+impl Members {
+    fn new(rx: watch::Receiver<InstanceMap>, namespace: &str, component: &str) -> Self {
+        Members {
+            rx,
+            namespace: namespace.to_string(),
+            component: component.to_string(),
+        }
+    }
+
+    fn contains(&self, worker: u64) -> bool {
+        self.rx
+            .borrow()
+            .get(&worker)
+            .is_some_and(|r| r.namespace == self.namespace && r.component == self.component)
+    }
+}
+
+/// Largest load figure taken from a report: far above any real pool, small enough that sums
+/// and costs cannot overflow (a report near `u64::MAX` would wrap and attract all traffic).
+const MAX_REPORTED: u64 = 1 << 32;
+
+async fn forward_events(
+    mut sub: Subscription<RouterEvent>,
+    tx: mpsc::Sender<IndexMsg>,
+    members: Members,
+) {
     while let Some(m) = sub.next().await {
+        if !members.contains(m.body.worker_id) {
+            // A worker not yet in discovery is re-synced in full when it appears.
+            tracing::debug!(worker = %format!("{:x}", m.body.worker_id), "KV event from an instance not in discovery; dropped");
+            continue;
+        }
         if tx.send(IndexMsg::Event(m.body)).is_err() {
             return;
         }
@@ -451,9 +499,22 @@ async fn forward_events(mut sub: Subscription<RouterEvent>, tx: mpsc::Sender<Ind
 async fn collect_loads(
     mut sub: Subscription<LoadReport>,
     loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>>,
+    members: Members,
 ) {
     while let Some(m) = sub.next().await {
-        let l = m.body;
+        let mut l = m.body;
+        if !members.contains(l.worker_id) {
+            tracing::debug!(worker = %format!("{:x}", l.worker_id), "load report from an instance not in discovery; dropped");
+            continue;
+        }
+        for v in [
+            &mut l.active_blocks,
+            &mut l.total_blocks,
+            &mut l.running,
+            &mut l.waiting,
+        ] {
+            *v = (*v).min(MAX_REPORTED);
+        }
         loads
             .lock()
             .unwrap()

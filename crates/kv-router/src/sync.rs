@@ -5,6 +5,11 @@
 
 use dynamo_protocols::KvCacheEvent;
 
+/// How far past the next expected id an event may be: lost messages make small gaps; an id
+/// further ahead is forged or corrupt, and re-syncing for it would never end (the worker's
+/// answer can never reach it).
+pub const MAX_GAP: u64 = 1 << 16;
+
 /// What to do with an incoming event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -12,6 +17,8 @@ pub enum Step {
     Apply(KvCacheEvent),
     /// Already applied (or covered by a re-sync answer): drop it.
     Duplicate,
+    /// Implausibly far ahead of what the worker has sent: drop it, no re-sync.
+    Implausible,
     /// Held until a re-sync answer arrives.
     Held,
     /// Held, and a re-sync must start: `from` the first missing event id (`None`: the
@@ -53,6 +60,9 @@ impl WorkerSync {
             self.last = Some(ev.event_id);
             return Step::Apply(ev);
         }
+        if self.last.is_some() && ev.event_id - expected > MAX_GAP {
+            return Step::Implausible;
+        }
         self.syncing = true;
         self.held.push(ev);
         Step::Resync {
@@ -92,7 +102,7 @@ impl WorkerSync {
             match self.on_event(ev) {
                 Step::Apply(e) => apply.push(e),
                 Step::Duplicate => self.covered.extend(copy),
-                Step::Held => {}
+                Step::Held | Step::Implausible => {}
                 Step::Resync { from } => again = Some(from),
             }
         }
@@ -134,6 +144,20 @@ mod tests {
 
     fn ids(v: &[KvCacheEvent]) -> Vec<u64> {
         v.iter().map(|e| e.event_id).collect()
+    }
+
+    #[test]
+    fn a_far_future_event_is_dropped_not_an_endless_resync() {
+        let mut s = WorkerSync::default();
+        assert_eq!(s.on_event(ev(0)), Step::Apply(ev(0)));
+        assert_eq!(s.on_event(ev(u64::MAX / 2)), Step::Implausible);
+        assert_eq!(s.on_event(ev(1)), Step::Apply(ev(1)));
+        // Held during a re-sync, then dropped once the answer says where the worker is.
+        assert_eq!(s.on_event(ev(5)), Step::Resync { from: Some(2) });
+        assert_eq!(s.on_event(ev(u64::MAX - 1)), Step::Held);
+        let (apply, again) = s.on_answer(Some(4));
+        assert_eq!(ids(&apply), vec![5]);
+        assert_eq!(again, None, "no further re-sync");
     }
 
     #[test]

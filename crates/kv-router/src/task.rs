@@ -141,10 +141,17 @@ impl IndexTask {
     pub fn handle(&mut self, m: IndexMsg) {
         match m {
             IndexMsg::Event(RouterEvent { worker_id, event }) => {
+                let (event_id, what) = (event.event_id, kind(&event.data));
                 let step = self.sync.entry(worker_id).or_default().on_event(event);
                 match step {
                     Step::Apply(ev) => self.apply(worker_id, &ev),
                     Step::Duplicate | Step::Held => {}
+                    Step::Implausible => {
+                        tracing::warn!(worker = %format!("{worker_id:x}"), event_id, "KV event id implausibly far ahead; dropped");
+                        if let Some(m) = &self.metrics {
+                            m.event(what, false);
+                        }
+                    }
                     Step::Resync { from } if self.resync.is_some() => {
                         tracing::info!(worker = %format!("{worker_id:x}"), ?from, "KV event gap; re-syncing worker");
                         self.start_resync(worker_id, from);

@@ -126,7 +126,12 @@ impl ModelManager {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let resolve = &this.inner.resolve;
-            let src = resolve(&card.source).or_else(|_| resolve(&card.served_model_name));
+            type BoxError = Box<dyn std::error::Error + Send + Sync>;
+            let src = resolve(&card.source).or_else(|by_source| {
+                resolve(&card.served_model_name).map_err(|by_name| -> BoxError {
+                    format!("source: {by_source}; served name: {by_name}").into()
+                })
+            });
             let res = src.and_then(|s| Ok(LoadedModel::load(s)?));
             match res {
                 Ok(m) => {

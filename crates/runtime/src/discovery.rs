@@ -34,6 +34,27 @@ pub struct InstanceRecord {
 }
 
 impl InstanceRecord {
+    /// Whether a record read from the bucket under `key` is well formed: valid names, the
+    /// key and subject this runtime would give it (a record cannot point traffic at another
+    /// instance's subject, nor hide under another key), and a card that is an object.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        let id = EndpointId::new(&self.namespace, &self.component, &self.endpoint)
+            .map_err(|e| e.to_string())?;
+        if key != id.discovery_key(self.instance_id) {
+            return Err(format!("key {key:?} does not match the record's address"));
+        }
+        if self.subject != id.instance_subject(self.instance_id) {
+            return Err(format!(
+                "subject {:?} does not match the record's address",
+                self.subject
+            ));
+        }
+        if !(self.card.is_object() || self.card.is_null()) {
+            return Err("card is not an object".into());
+        }
+        Ok(())
+    }
+
     pub fn endpoint_id(&self) -> EndpointId {
         EndpointId {
             namespace: self.namespace.clone(),
@@ -209,7 +230,10 @@ pub(crate) async fn run_watcher(
                     };
                     last_msg = Instant::now();
                     match entry.operation {
-                        kv::Operation::Put => match serde_json::from_slice::<InstanceRecord>(&entry.value) {
+                        kv::Operation::Put => match serde_json::from_slice::<InstanceRecord>(&entry.value)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.check(&entry.key).map(|()| r))
+                        {
                             Ok(rec) => {
                                 // Age from the server's timestamp, so a replayed old value
                                 // (after re-watching) does not renew a dead instance's lease.
@@ -249,5 +273,41 @@ pub(crate) async fn run_watcher(
             _ = stop.cancelled() => break 'outer,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> InstanceRecord {
+        let id = EndpointId::new("dynamo", "backend", "generate").unwrap();
+        InstanceRecord {
+            namespace: "dynamo".into(),
+            component: "backend".into(),
+            endpoint: "generate".into(),
+            instance_id: 7,
+            subject: id.instance_subject(7),
+            card: serde_json::json!({}),
+            system_port: None,
+        }
+    }
+
+    #[test]
+    fn records_from_the_bucket_are_checked() {
+        let key = "instances.dynamo.backend.generate.0000000000000007";
+        assert!(rec().check(key).is_ok());
+        let mut r = rec();
+        r.component = "back\0end".into();
+        assert!(r.check(key).unwrap_err().contains("invalid component"));
+        let mut r = rec();
+        r.subject = "dynamo_backend.generate-8".into();
+        assert!(r.check(key).unwrap_err().contains("subject"));
+        assert!(rec()
+            .check("instances.dynamo.backend.generate.0000000000000008")
+            .is_err());
+        let mut r = rec();
+        r.card = serde_json::json!("a string");
+        assert!(r.check(key).is_err());
     }
 }

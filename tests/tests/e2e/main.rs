@@ -10,6 +10,7 @@ mod disagg_trace;
 mod engine_failure;
 mod faults;
 mod hostile_client;
+mod hostile_peer;
 mod metrics;
 mod migration;
 mod overload;

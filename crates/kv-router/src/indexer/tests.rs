@@ -173,3 +173,32 @@ fn stored_run_under_a_parent_extends_the_chain() {
     // dp ranks are separate workers.
     assert_eq!(idx.find_matches(&local).get((9, 1)), 0);
 }
+
+#[test]
+fn one_node_under_two_block_hashes_is_freed_once() {
+    let mut idx = RadixIndex::new();
+    let w = (1, 0);
+    // The same content (local hash 7 at the root) stored under two block hashes.
+    idx.store(w, None, &blocks(&[7], &[100])).unwrap();
+    idx.store(w, None, &blocks(&[7], &[200])).unwrap();
+    assert_eq!(idx.node_count(), 1);
+    assert_eq!(idx.remove(w, &[100]), 1);
+    assert_eq!(
+        idx.find_matches(&[7]).scores.get(&w),
+        Some(&1),
+        "still held under 200"
+    );
+    assert_eq!(idx.remove(w, &[200]), 1);
+    assert_eq!(idx.node_count(), 0);
+    // Two new nodes must get two ids: a double free would hand out one id twice.
+    idx.store(w, None, &blocks(&[8], &[300])).unwrap();
+    idx.store((2, 0), None, &blocks(&[9], &[400])).unwrap();
+    assert_eq!(idx.node_count(), 2);
+    assert_eq!(idx.find_matches(&[8]).scores.get(&w), Some(&1));
+    assert_eq!(idx.find_matches(&[9]).scores.get(&(2, 0)), Some(&1));
+    assert_eq!(idx.find_matches(&[8]).scores.get(&(2, 0)), None);
+    // Clearing releases duplicates too.
+    idx.store(w, None, &blocks(&[8], &[301])).unwrap();
+    idx.clear(w);
+    assert_eq!(idx.node_count(), 1);
+}
