@@ -98,7 +98,10 @@ async fn sigterm_deregisters_at_once_and_drains() {
     let inflight = tokio::spawn(async move {
         let r = http
             .post(url)
-            .json(&json!({"model": MODEL, "prompt": "Go", "max_tokens": 150, "stream": true}))
+            .json(
+                &json!({"model": MODEL, "prompt": "Go", "max_tokens": 150, "stream": true,
+                          "ignore_eos": true, "stream_options": {"include_usage": true}}),
+            )
             .send()
             .await
             .unwrap();
@@ -115,15 +118,24 @@ async fn sigterm_deregisters_at_once_and_drains() {
 
     let (events, done) = inflight.await.unwrap();
     assert!(done, "the in-flight stream completed during the drain");
-    let n: usize = events
+    // All of it: every token generated and counted, and the worker's own finish reason (a
+    // truncated stream is an error event, never a `length` finish).
+    let finish = events
         .iter()
-        .filter(|e| {
-            e["choices"][0]["text"]
-                .as_str()
-                .is_some_and(|t| !t.is_empty())
-        })
-        .count();
-    assert!(n > 100, "got {n} text chunks");
+        .rev()
+        .find_map(|e| e["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("length"), "{events:?}");
+    let usage = events
+        .iter()
+        .rev()
+        .find_map(|e| e["usage"].is_object().then(|| e["usage"].clone()))
+        .expect("usage chunk");
+    assert_eq!(usage["completion_tokens"], 150, "{usage}");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert!(text.split_whitespace().count() > 20, "{text:?}");
     let status = c.workers[0]
         .child
         .wait_timeout(Duration::from_secs(10))
@@ -156,34 +168,53 @@ async fn sigterm_exits_even_with_nats_gone() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_restart_is_survived() {
-    let mut c = Cluster::start(&[]);
+/// NATS restarts (its in-memory discovery bucket is wiped); after the 6 s lease has passed the
+/// same instance is listed again, `/health` is ready, and requests are served, with
+/// round-robin and with KV routing (whose subscriptions and re-sync must come back too).
+async fn nats_restart(router_mode: &str) {
+    let mut c = Cluster::start(&[("DYN_ROUTER_MODE", router_mode)]);
     c.add_mocker(&["--speedup-ratio", "1000"]);
     c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let id = c.instance_id(0);
     let (st, _, _) = c.post("/v1/chat/completions", &req(2, false)).await;
     assert_eq!(st, 200);
 
     c.nats.restart();
-    // Both processes reconnect, re-register and serve again.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Past the lease: a record that was not re-registered would have expired by now.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (st, _, _) = c.post("/v1/chat/completions", &req(2, false)).await;
-        if st == 200 {
+        let listed = c.get_json("/health").await.ok().and_then(|v| {
+            v["instances"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|i| i["instance_id"].as_u64())
+                    .collect::<Vec<_>>()
+            })
+        });
+        if listed.as_deref() == Some(&[id][..]) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "not serving 30 s after the NATS restart\n{}",
+            "instance {id:x} not listed again after the restart: {listed:?}\n{}",
             c.frontend_log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(c.frontend.as_mut().unwrap().is_running());
     assert!(c.workers[0].child.is_running());
-    // And keeps serving.
     for _ in 0..5 {
         let (st, _, v) = c.post("/v1/chat/completions", &req(2, false)).await;
         assert_eq!(st, 200, "{v}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_is_survived() {
+    nats_restart("round-robin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_is_survived_with_kv_routing() {
+    nats_restart("kv").await;
 }

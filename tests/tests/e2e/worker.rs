@@ -131,6 +131,25 @@ async fn engine_rejects_what_it_cannot_serve() {
     let ok = requests::completion("Hi", 2);
     assert_eq!(c.post("/v1/completions", &ok).await.0, 200);
 
+    // Past what the frontend can check: a worker whose KV pool (64 tokens) cannot hold
+    // prompt + max_tokens although the context (8192) can. The engine's own validation
+    // answers, in place of the ack, and the frontend turns it into a 400 naming the pool.
+    drop(c);
+    let mut c = Cluster::start(&[]);
+    c.add_worker(&["--threads", "1", "--max-total-tokens", "64"]);
+    c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
+    let (st, _, v) = c
+        .post("/v1/completions", &requests::completion("Hi", 100))
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the pool holds 64"),
+        "{v}"
+    );
+
     let out = Command::new(bin("dynamo-worker"))
         .args(["--device", "cuda"])
         .output()
@@ -150,4 +169,64 @@ async fn engine_rejects_what_it_cannot_serve() {
         assert!(!out.status.success());
         assert!(err.contains(flag) && err.contains(accepted), "{err}");
     }
+}
+
+/// Stop strings cut the text exactly before the stop string, unary and streamed alike, and
+/// the usage of a stopped request is whole: its prompt's cached tokens included (the
+/// worker reports usage with its first token, since a stopped request never reaches its last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_cut_exactly_and_keep_the_usage() {
+    let c = cluster().await;
+    let prompt = "The printing press changed Europe in many ways. ".repeat(4) + "In short,";
+    let body = requests::greedy_completion(prompt.as_str(), 40);
+    // Twice: the second run finds the prompt's blocks cached.
+    let _ = c.post("/v1/completions", &body).await;
+    let (st, _, full) = c.post("/v1/completions", &body).await;
+    assert_eq!(st, 200, "{full}");
+    let text = full["choices"][0]["text"].as_str().unwrap().to_string();
+    let cached = full["usage"]["cached_tokens"].as_u64().unwrap_or(0);
+    let cached = full["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(cached);
+    assert!(cached >= 16, "the repeated prompt is cached: {full}");
+    // A stop string from the middle of the text.
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(words.len() > 6, "{text:?}");
+    let stop = words[words.len() / 2].to_string();
+    let want = &text[..text.find(&stop).unwrap()];
+
+    let mut stopped = body.clone();
+    stopped["stop"] = json!([stop]);
+    let (st, _, v) = c.post("/v1/completions", &stopped).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), want, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert_eq!(u["prompt_tokens"], full["usage"]["prompt_tokens"], "{v}");
+    let n = u["completion_tokens"].as_u64().unwrap();
+    assert!(n > 0 && n < 40, "{v}");
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], cached, "{v}");
+
+    stopped["stream"] = json!(true);
+    stopped["stream_options"] = json!({"include_usage": true});
+    let r = c.send("/v1/completions", &stopped, &[]).await;
+    let (events, done) = read_sse(r).await;
+    assert!(done);
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, want);
+    let finish = events
+        .iter()
+        .rev()
+        .find_map(|e| e["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("stop"));
+    let su = events
+        .iter()
+        .rev()
+        .find_map(|e| e["usage"].is_object().then(|| e["usage"].clone()))
+        .expect("usage chunk");
+    assert_eq!(su["prompt_tokens_details"]["cached_tokens"], cached, "{su}");
+    assert_eq!(su["prompt_tokens"], full["usage"]["prompt_tokens"], "{su}");
 }

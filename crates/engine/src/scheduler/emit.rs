@@ -35,7 +35,9 @@ pub(super) fn emit(
     let out = EngineOutput {
         token_ids: if is_stop { vec![] } else { vec![tok] },
         finish_reason: reason,
-        usage: reason.map(|_| Usage {
+        // On the first token too: a request the frontend ends early (a stop string) still
+        // reports its prompt's cached tokens.
+        usage: (reason.is_some() || g == 1).then(|| Usage {
             prompt_tokens: s.prompt_len as u32,
             completion_tokens: g as u32,
             cached_tokens: s.cached.unwrap_or(0) as u32,

@@ -43,8 +43,13 @@ pub struct HttpConfig {
 pub struct KvRouting {
     pub config: KvRouterConfig,
     pub metrics: RouterMetrics,
-    routers: tokio::sync::Mutex<std::collections::HashMap<(String, String), Arc<KvRouter>>>,
+    /// One cell per component: a router being started only holds up requests for its own
+    /// component (a start waits on NATS, which may be down), never the map.
+    routers: std::sync::Mutex<RouterCells>,
 }
+
+type RouterCells =
+    std::collections::HashMap<(String, String), Arc<tokio::sync::OnceCell<Arc<KvRouter>>>>;
 
 impl KvRouting {
     pub fn new(config: KvRouterConfig, metrics: RouterMetrics) -> Self {
@@ -64,34 +69,33 @@ impl KvRouting {
         namespace: &str,
         component: &str,
     ) -> Arc<KvRouter> {
-        let mut map = self.routers.lock().await;
         let key = (namespace.to_string(), component.to_string());
-        if let Some(r) = map.get(&key) {
-            return r.clone();
-        }
-        tracing::info!(
-            namespace,
-            component,
-            kv_events = self.config.kv_events,
-            "starting KV router"
-        );
-        // Prefill workers register under their own component; their gauges say so.
-        let metrics = if component == dynamo_protocols::names::defaults::PREFILL_COMPONENT {
-            self.metrics.for_prefill()
-        } else {
-            self.metrics.clone()
-        };
-        let r = KvRouter::start(
-            drt.events(),
-            namespace,
-            component,
-            models.instances_rx(),
-            self.config.clone(),
-            metrics,
-        )
-        .await;
-        map.insert(key, r.clone());
-        r
+        let cell = self.routers.lock().unwrap().entry(key).or_default().clone();
+        cell.get_or_init(|| async {
+            tracing::info!(
+                namespace,
+                component,
+                kv_events = self.config.kv_events,
+                "starting KV router"
+            );
+            // Prefill workers register under their own component; their gauges say so.
+            let metrics = if component == dynamo_protocols::names::defaults::PREFILL_COMPONENT {
+                self.metrics.for_prefill()
+            } else {
+                self.metrics.clone()
+            };
+            KvRouter::start(
+                drt.events(),
+                namespace,
+                component,
+                models.instances_rx(),
+                self.config.clone(),
+                metrics,
+            )
+            .await
+        })
+        .await
+        .clone()
     }
 }
 
