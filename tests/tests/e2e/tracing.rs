@@ -285,21 +285,47 @@ async fn one_trace_per_request_across_frontend_and_worker() {
     assert_eq!(one(&fresh, "handle_payload").trace_id, http.trace_id);
 }
 
-/// With the collector unreachable, requests are served as usual.
+/// With the collector unreachable (the port refuses) or hanging (it accepts connections and
+/// never answers), requests are served as usual: export never sits on the request path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_does_not_stall_requests() {
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
+    collector_cannot_stall(&dead).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_accepts_and_hangs_does_not_stall_requests() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    // Accept every connection and hold it open without a byte in reply.
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    collector_cannot_stall(&format!("http://{addr}")).await;
+}
+
+async fn collector_cannot_stall(endpoint: &str) {
     let env = [
         ("OTEL_EXPORT_ENABLED", "true"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", dead.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
     ];
+    let host_port = endpoint.trim_start_matches("http://");
     let mut c = Cluster::start(&env);
     c.spawn(
         WorkerSpec::new(WorkerKind::Engine)
-            .args(&["--threads", "2"])
+            .args(&[
+                "--threads",
+                "2",
+                "--enable-trace",
+                "--otlp-traces-endpoint",
+                host_port,
+            ])
             .env(&env),
     );
     c.wait_instances(1, Duration::from_secs(30)).await.unwrap();

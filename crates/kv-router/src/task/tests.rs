@@ -225,6 +225,8 @@ fn approximate_mode_remembers_routes_until_the_ttl() {
         local: local.clone(),
         seq: seq.clone(),
     });
+    // The first routing's expiry lies in [t0 + ttl, t1 + ttl]; the second's after t1 + ttl.
+    let t1 = Instant::now();
     assert_eq!(task.index().find_matches_ro(&local), vec![((7, 0), 3)]);
     task.expire(t0 + Duration::from_secs(5));
     assert_eq!(task.index().worker_blocks((7, 0)), 3);
@@ -235,7 +237,7 @@ fn approximate_mode_remembers_routes_until_the_ttl() {
         local: local[..2].to_vec(),
         seq: seq[..2].to_vec(),
     });
-    task.expire(t0 + ttl + Duration::from_millis(10));
+    task.expire(t1 + ttl);
     assert_eq!(task.index().worker_blocks((7, 0)), 2);
     task.expire(t0 + 3 * ttl);
     assert_eq!(task.index().worker_blocks((7, 0)), 0);
