@@ -57,6 +57,19 @@ struct Cli {
     /// answered 504 (or its stream ends with an error event). 0: no deadline.
     #[arg(long, env = env::DYN_HTTP_REQUEST_TIMEOUT, default_value_t = 0)]
     request_timeout: u64,
+    /// API keys clients must send as `Authorization: Bearer <key>` on /v1/* (comma-separated;
+    /// /health, /live and /metrics stay open). Unset: no authentication.
+    #[arg(long, env = env::DYN_HTTP_API_KEY, value_delimiter = ',', hide_env_values = true)]
+    api_key: Vec<String>,
+    /// Seconds a client may take to send a request's headers (slow clients are closed).
+    #[arg(long, env = env::DYN_HTTP_HEADER_TIMEOUT, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, env = env::DYN_HTTP_BODY_TIMEOUT, default_value_t = 60)]
+    body_timeout: u64,
+    /// Most open client connections; further ones are closed at once.
+    #[arg(long, env = env::DYN_HTTP_MAX_CONNECTIONS, default_value_t = 4096)]
+    max_connections: usize,
     /// Times a request whose worker is lost mid-stream is moved to another worker.
     #[arg(long, env = env::DYN_MIGRATION_LIMIT, default_value_t = defaults::MIGRATION_LIMIT)]
     migration_limit: u32,
@@ -79,6 +92,9 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--http-host/--http-port: {e}"))?;
     anyhow::ensure!(cli.body_limit_mb > 0, "--body-limit-mb must be > 0");
+    anyhow::ensure!(cli.header_timeout > 0, "--header-timeout must be > 0");
+    anyhow::ensure!(cli.body_timeout > 0, "--body-timeout must be > 0");
+    anyhow::ensure!(cli.max_connections > 0, "--max-connections must be > 0");
     let kv_config = cli.kv.config()?;
     let cache = cli
         .model_cache
@@ -119,6 +135,15 @@ async fn main() -> anyhow::Result<()> {
             request_timeout: (cli.request_timeout > 0)
                 .then(|| std::time::Duration::from_secs(cli.request_timeout)),
             migration_limit: cli.migration_limit,
+            api_keys: cli
+                .api_key
+                .iter()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect(),
+            header_timeout: std::time::Duration::from_secs(cli.header_timeout),
+            body_timeout: std::time::Duration::from_secs(cli.body_timeout),
+            max_connections: cli.max_connections,
         },
         admission: http::admission::InflightLimiter::new(
             cli.max_inflight_requests,

@@ -121,3 +121,128 @@ async fn hostile_requests_cost_bounded_memory_and_series() {
         "parsing a {n}-byte prompt grew the frontend's peak by {grew} bytes"
     );
 }
+
+/// Read from `s` until the server closes it or `wait` passes; what was read and whether the
+/// connection was closed.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, wait: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![];
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&buf).into(), true),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return (String::from_utf8_lossy(&buf).into(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_slow_or_idle_connections() {
+    use tokio::io::AsyncWriteExt;
+    let mut c = Cluster::start(&[
+        ("DYN_HTTP_API_KEY", "key-one,key-two"),
+        ("DYN_HTTP_HEADER_TIMEOUT", "1"),
+        ("DYN_HTTP_BODY_TIMEOUT", "1"),
+        ("DYN_HTTP_MAX_CONNECTIONS", "8"),
+    ]);
+    c.add_mocker(&["--speedup-ratio", "100"]);
+    // /health needs no key; /v1/models does.
+    let models = format!("{}/v1/models", c.url());
+    let mut ready = false;
+    for _ in 0..200 {
+        let r = c
+            .http
+            .get(&models)
+            .bearer_auth("key-two")
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "{}", c.frontend_log());
+    let r = c.http.get(&models).send().await.unwrap();
+    assert_eq!(r.status(), 401, "/v1/models needs a key too");
+    let h = c
+        .http
+        .get(format!("{}/health", c.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200, "/health stays open");
+    let url = format!("{}/v1/completions", c.url());
+    let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 2});
+    let send = |auth: Option<&str>| {
+        let mut r = c.http.post(&url).json(&body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some("key-one"),
+        Some("Bearer key-one2"),
+    ] {
+        let r = send(auth).await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], 401, "{v}");
+    }
+    for key in ["key-one", "key-two"] {
+        let r = send(Some(&format!("Bearer {key}"))).await.unwrap();
+        assert_eq!(r.status(), 200, "{key}");
+    }
+    let m = c
+        .http
+        .get(format!("{}/metrics", c.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200, "/metrics stays open");
+
+    let addr = c.url().trim_start_matches("http://").to_string();
+    // Slowloris: headers that never finish are cut off after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(closed, "a connection stuck in its headers was closed");
+    // A body that never arrives: 408 after the body timeout.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-one\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
+        )
+        .await
+        .unwrap();
+    let (text, _) = read_until_closed(&mut trickle, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    // The connection cap: 8 idle connections fill it; a 9th is closed at once; once the idle
+    // ones time out, requests are served again.
+    let mut idle = vec![];
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ninth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (_, closed) = read_until_closed(&mut ninth, Duration::from_millis(500)).await;
+    assert!(closed, "a connection past the cap was closed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = send(Some("Bearer key-two")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "served again once idle connections timed out"
+    );
+    drop(idle);
+}

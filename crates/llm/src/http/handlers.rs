@@ -34,6 +34,11 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(CommonParams, usiz
                 ErrorClass::PayloadTooLarge,
                 "request body is larger than the server's limit",
             )
+        } else if body_timed_out(&r) {
+            ApiError::new(
+                ErrorClass::RequestTimeout,
+                "the request body did not arrive within --body-timeout",
+            )
         } else {
             ApiError::validation(format!("cannot read request body: {r}"))
         }
@@ -45,6 +50,18 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(CommonParams, usiz
         _ => ApiError::validation(format!("malformed JSON body: {e}")),
     })?;
     Ok((req, bytes.len()))
+}
+
+/// Whether reading the body failed because it did not arrive in time.
+fn body_timed_out(r: &BytesRejection) -> bool {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(err) = e {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
 }
 
 /// The request's model name, and the field the endpoint needs present with the one it forbids
@@ -448,6 +465,43 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.registry.render(),
     )
         .into_response()
+}
+
+/// `/v1/*` with `--api-key`: only requests carrying `Authorization: Bearer <one of the keys>`
+/// (compared in constant time) get through; others get 401 with the OpenAI error body.
+pub async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let keys = &state.config.api_keys;
+    if keys.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| keys.iter().any(|k| same(k.as_bytes(), g.as_bytes())));
+    if !ok {
+        let msg = if given.is_some() {
+            "Incorrect API key provided"
+        } else {
+            "Missing API key: send Authorization: Bearer <key>"
+        };
+        return ApiError::new(ErrorClass::Unauthorized, msg).into_response();
+    }
+    next.run(req).await
+}
+
+/// Constant-time equality (the time does not depend on where the inputs differ).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn not_found() -> Response {

@@ -1,6 +1,7 @@
 //! The frontend's HTTP service (axum): OpenAI routes, `/health`, `/live`, `/metrics`; its
-//! shared state; and serving with `TCP_NODELAY` so streamed chunks are not held back by
-//! Nagle's algorithm.
+//! shared state; optional API keys on `/v1/*`; and its own accept loop: `TCP_NODELAY` (so
+//! streamed chunks are not held back by Nagle's algorithm), a cap on open connections, and
+//! header- and body-read timeouts, so slow or idle clients cannot hold the server.
 
 pub mod admission;
 mod dispatch;
@@ -14,7 +15,6 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use dynamo_runtime::{CancellationToken, DistributedRuntime, MetricsRegistry};
 
@@ -36,6 +36,13 @@ pub struct HttpConfig {
     pub request_timeout: Option<std::time::Duration>,
     /// Worker failures a request may be moved past (`--migration-limit`).
     pub migration_limit: u32,
+    /// Keys accepted as `Authorization: Bearer <key>` on `/v1/*`; empty: no authentication.
+    pub api_keys: Vec<String>,
+    /// Longest wait for a request's headers, and for its body.
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    /// Most open client connections; more are closed at once.
+    pub max_connections: usize,
 }
 
 /// The KV routers of a frontend in `--router-mode kv`: one per worker component, started when
@@ -138,19 +145,29 @@ pub struct AppState {
 /// Build the axum router.
 pub fn app(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit;
-    Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::list_models))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::require_api_key,
+        ));
+    Router::new()
+        .merge(api)
         .route("/health", get(handlers::health))
         .route("/live", get(handlers::live))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config.body_timeout,
+        ))
         .with_state(state)
 }
 
-/// Bind `addr` and serve until `shutdown` fires. Returns the bound address once listening.
+/// Bind `addr` and serve until `shutdown` fires (then let open requests finish). Returns the
+/// bound address once listening.
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<AppState>,
@@ -158,19 +175,48 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+    let cfg = state.config.clone();
     let app = app(state);
     let handle = tokio::spawn(async move {
-        let res = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "HTTP server failed");
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(cfg.header_timeout);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = cfg.max_connections, "connection limit reached; closing a new connection");
+                drop(tcp);
+                continue;
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            // No upgrades are served (no websockets), so a plain HTTP/1 connection.
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(slot);
+            });
         }
+        drop(listener);
+        graceful.shutdown().await;
     });
     Ok((local, handle))
 }

@@ -23,6 +23,10 @@ pub enum ErrorClass {
     Cancelled,
     /// The request's deadline (`--request-timeout`) passed (504).
     Timeout,
+    /// Missing or wrong API key (401).
+    Unauthorized,
+    /// The body did not arrive within `--body-timeout` (408).
+    RequestTimeout,
     /// Load shed: the frontend's inflight limit or every worker's queue is full. Answered with
     /// `status` (503 by default, or 429/529 as configured) and `Retry-After`.
     Overloaded { status: u16 },
@@ -38,6 +42,8 @@ impl ErrorClass {
             ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorClass::Cancelled => StatusCode::from_u16(499).expect("valid status"),
             ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorClass::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorClass::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorClass::Overloaded { status } => {
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -53,7 +59,8 @@ impl ErrorClass {
             ErrorClass::Internal => "internal",
             ErrorClass::Cancelled => "cancelled",
             ErrorClass::Overloaded { .. } => "overload",
-            ErrorClass::Timeout => "timeout",
+            ErrorClass::Timeout | ErrorClass::RequestTimeout => "timeout",
+            ErrorClass::Unauthorized => "unauthorized",
         }
     }
 }
@@ -129,7 +136,10 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
-        if self.class == ErrorClass::PayloadTooLarge {
+        if matches!(
+            self.class,
+            ErrorClass::PayloadTooLarge | ErrorClass::RequestTimeout
+        ) {
             // The rest of the body is not read, so the connection closes after this response;
             // say so, or a client may reuse it for its next request and fail.
             resp.headers_mut().insert(
