@@ -103,6 +103,8 @@ pub struct Worker {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nats: NatsServer,
+    /// What the processes put in `NATS_SERVER` (with credentials when the server wants them).
+    pub nats_url: String,
     pub frontend: Option<Child>,
     pub http_port: u16,
     pub workers: Vec<Worker>,
@@ -115,7 +117,7 @@ impl Cluster {
     pub async fn runtime(&self) -> dynamo_runtime::DistributedRuntime {
         dynamo_runtime::DistributedRuntime::connect(
             dynamo_runtime::RuntimeConfig {
-                nats_url: self.nats.url(),
+                nats_url: self.nats_url.clone(),
                 ..Default::default()
             },
             dynamo_runtime::HealthState::new(Instant::now(), true, vec![]),
@@ -126,10 +128,24 @@ impl Cluster {
 
     /// Start NATS and a frontend with extra env vars.
     pub fn start(frontend_env: &[(&str, &str)]) -> Cluster {
+        Self::start_with_nats(frontend_env, &[], None)
+    }
+
+    /// [`Cluster::start`] with extra nats-server flags, and the userinfo (`user:pass`) every
+    /// process puts in its `NATS_SERVER` URL.
+    pub fn start_with_nats(
+        frontend_env: &[(&str, &str)],
+        nats_args: &[&str],
+        userinfo: Option<&str>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let nats = NatsServer::start(dir.path());
+        let nats = NatsServer::start_with(dir.path(), nats_args);
+        let nats_url = match userinfo {
+            Some(u) => format!("nats://{u}@127.0.0.1:{}", nats.port),
+            None => nats.url(),
+        };
         let mut cmd = Command::new(bin("dynamo-frontend"));
-        cmd.env(env::NATS_SERVER, nats.url())
+        cmd.env(env::NATS_SERVER, &nats_url)
             .env(env::DYN_HTTP_PORT, "0")
             .env(env::DYN_HTTP_HOST, "127.0.0.1")
             .env(env::DYN_MODEL_CACHE, model_cache())
@@ -143,6 +159,7 @@ impl Cluster {
         Cluster {
             dir,
             nats,
+            nats_url,
             frontend: Some(frontend),
             http_port,
             workers: vec![],
@@ -217,7 +234,7 @@ impl Cluster {
         };
         let mut cmd = Command::new(bin(binary));
         cmd.args(&spec.args)
-            .env(env::NATS_SERVER, self.nats.url())
+            .env(env::NATS_SERVER, &self.nats_url)
             .env(env::DYN_SYSTEM_PORT, "0")
             .env(env::DYN_SYSTEM_HOST, "127.0.0.1")
             .env(env::DYN_MODEL_CACHE, model_cache())

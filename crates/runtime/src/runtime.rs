@@ -63,7 +63,17 @@ impl DistributedRuntime {
             .register(Box::new(nats_errors.clone()))
             .expect("unique");
         let connected = health.nats_connected();
-        let client = async_nats::ConnectOptions::new()
+        // Credentials ride in the URL (`nats://user:pass@host` or `nats://token@host`); the
+        // client gets them as options and the URL without them.
+        let (server_url, creds) = split_credentials(&config.nats_url);
+        let options = match creds {
+            Some((user, Some(pass))) => {
+                async_nats::ConnectOptions::with_user_and_password(user, pass)
+            }
+            Some((token, None)) => async_nats::ConnectOptions::with_token(token),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options
             .max_reconnects(None)
             .connection_timeout(std::time::Duration::from_secs(5))
             .event_callback(move |ev| {
@@ -91,7 +101,7 @@ impl DistributedRuntime {
                     }
                 }
             })
-            .connect(config.nats_url.as_str())
+            .connect(server_url.as_str())
             .await
             .map_err(|e| RuntimeError::Connect {
                 url: redact_url(&config.nats_url),
@@ -313,6 +323,24 @@ impl DistributedRuntime {
     }
 }
 
+/// `url` without its userinfo, and the userinfo as (user or token, password).
+fn split_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    match rest.rsplit_once('@') {
+        Some((info, host)) if !info.is_empty() => {
+            let creds = match info.split_once(':') {
+                Some((u, p)) => (u.to_string(), Some(p.to_string())),
+                None => (info.to_string(), None),
+            };
+            (format!("{scheme}{host}"), Some(creds))
+        }
+        _ => (url.to_string(), None),
+    }
+}
+
 /// `url` with any `user:password@` (or token) replaced, for logs and errors.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
@@ -355,5 +383,17 @@ mod redact_tests {
             "nats://alice:s3cret@host",
         );
         assert!(!msg.contains("s3cret"), "{msg}");
+        assert_eq!(
+            split_credentials("nats://alice:s3cret@host:4222"),
+            (
+                "nats://host:4222".to_string(),
+                Some(("alice".to_string(), Some("s3cret".to_string())))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://tok@host").1,
+            Some(("tok".to_string(), None))
+        );
+        assert_eq!(split_credentials("nats://host").1, None);
     }
 }

@@ -18,6 +18,8 @@ pub const INSTALL_HINT: &str =
 /// A running nats-server.
 pub struct NatsServer {
     pub port: u16,
+    /// Extra server flags (e.g. `--user`/`--pass`).
+    extra: Vec<String>,
     store: tempfile::TempDir,
     logs: PathBuf,
     child: Option<Child>,
@@ -50,11 +52,17 @@ pub fn check_version() -> Result<String, String> {
 impl NatsServer {
     /// Start a server; panics with the install hint when none is available.
     pub fn start(log_dir: &std::path::Path) -> NatsServer {
+        Self::start_with(log_dir, &[])
+    }
+
+    /// Start a server with extra flags (authentication, say).
+    pub fn start_with(log_dir: &std::path::Path, extra: &[&str]) -> NatsServer {
         if let Err(e) = check_version() {
             panic!("{e}");
         }
         let mut s = NatsServer {
             port: 0,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             store: tempfile::tempdir().expect("temp dir"),
             logs: log_dir.to_path_buf(),
             child: None,
@@ -75,7 +83,8 @@ impl NatsServer {
         };
         let mut cmd = Command::new(binary());
         cmd.args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-            .arg(self.store.path());
+            .arg(self.store.path())
+            .args(&self.extra);
         let child = Child::spawn(&format!("nats-{}", self.starts), cmd, &self.logs)
             .unwrap_or_else(|e| panic!("{e}; {INSTALL_HINT}"));
         if self.port == 0 {

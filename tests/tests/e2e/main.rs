@@ -13,6 +13,7 @@ mod hostile_client;
 mod hostile_peer;
 mod metrics;
 mod migration;
+mod nats_outage;
 mod overload;
 mod router;
 mod router_engine;

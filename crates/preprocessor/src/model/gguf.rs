@@ -86,9 +86,13 @@ impl GgufMetadata {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let mut r = Reader {
-            inner: BufReader::with_capacity(1 << 20, f),
-        };
+        Self::read_from(BufReader::with_capacity(1 << 20, f), path)
+    }
+
+    /// Read GGUF metadata from `input` (`path` names it in errors). Sizes in the header are
+    /// never trusted for allocation: memory grows with the bytes actually read.
+    pub fn read_from(input: impl Read, path: &Path) -> Result<Self, ModelError> {
+        let mut r = Reader { inner: input };
         let bad = |reason: String| ModelError::Gguf {
             path: path.to_path_buf(),
             reason,
@@ -107,7 +111,7 @@ impl GgufMetadata {
         if kv_count > 1_000_000 {
             return Err(bad(format!("implausible metadata count {kv_count}")));
         }
-        let mut kv = HashMap::with_capacity(kv_count as usize);
+        let mut kv = HashMap::with_capacity(kv_count.min(1024) as usize);
         for _ in 0..kv_count {
             let key = r.string().map_err(bad)?;
             let ty = r.u32().map_err(bad)?;
@@ -147,8 +151,16 @@ impl<R: Read> Reader<R> {
         if n > (1 << 30) {
             return Err(format!("implausible string length {n}"));
         }
-        let mut buf = vec![0u8; n as usize];
-        self.bytes(&mut buf)?;
+        let mut buf = Vec::new();
+        let got = (&mut self.inner)
+            .take(n)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("truncated metadata: {e}"))?;
+        if got as u64 != n {
+            return Err(format!(
+                "truncated metadata: a string of {n} bytes has {got}"
+            ));
+        }
         String::from_utf8(buf).map_err(|e| format!("string is not UTF-8: {e}"))
     }
     fn value(&mut self, ty: u32, depth: u32) -> Result<GgufValue, String> {
@@ -185,7 +197,7 @@ impl<R: Read> Reader<R> {
                 if n > (1 << 28) {
                     return Err(format!("implausible array length {n}"));
                 }
-                let mut v = Vec::with_capacity(n.min(1 << 20) as usize);
+                let mut v = Vec::with_capacity(n.min(4096) as usize);
                 for _ in 0..n {
                     v.push(self.value(inner, depth + 1)?);
                 }

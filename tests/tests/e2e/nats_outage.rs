@@ -1,0 +1,83 @@
+//! NATS as an unreliable or guarded dependency: with user/password authentication the whole
+//! fleet serves when `NATS_SERVER` carries the credentials, and a wrong password is a clear
+//! error that never echoes the secret; while NATS is down the frontend's and the worker's
+//! `/health` answer 503, and both are healthy and serving again once it is back.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dynamo_e2e::{bin, blocking_get, model_cache, requests, Child, Cluster};
+use dynamo_protocols::names::env;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_nats_server_work_and_are_never_echoed() {
+    let mut c = Cluster::start_with_nats(
+        &[],
+        &["--user", "fleet", "--pass", "s3cret-pw"],
+        Some("fleet:s3cret-pw"),
+    );
+    c.add_mocker(&["--speedup-ratio", "100"]);
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let (st, _, v) = c
+        .post("/v1/completions", &requests::completion("Hi", 2))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    for log in [c.frontend_log(), c.workers[0].child.log_text()] {
+        assert!(!log.contains("s3cret-pw"), "{log}");
+    }
+    // A wrong password: the process exits with an error that names the server, not the secret.
+    let mut cmd = Command::new(bin("dynamo-frontend"));
+    cmd.env(
+        env::NATS_SERVER,
+        format!("nats://fleet:wrong-pw@127.0.0.1:{}", c.nats.port),
+    )
+    .env(env::DYN_HTTP_PORT, "0")
+    .env(env::DYN_MODEL_CACHE, model_cache());
+    let mut bad = Child::spawn("frontend-bad-pw", cmd, c.dir.path()).unwrap();
+    let status = bad.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    let log = bad.log_text();
+    assert!(log.contains(&format!("127.0.0.1:{}", c.nats.port)), "{log}");
+    assert!(!log.contains("wrong-pw"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_ready_while_nats_is_down() {
+    let mut c = Cluster::start(&[]);
+    c.add_mocker(&["--speedup-ratio", "100"]);
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let frontend = format!("{}/health", c.url());
+    let worker = format!("http://127.0.0.1:{}/health", c.workers[0].system_port);
+    let status = |url: &str| blocking_get(url).map(|r| r.0);
+    assert_eq!(status(&frontend), Some(200));
+    assert_eq!(status(&worker), Some(200));
+
+    c.nats.stop();
+    let until = |want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if status(&frontend) == Some(want) && status(&worker) == Some(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(until(503), "both report not-ready while NATS is down");
+    c.nats.restart();
+    assert!(until(200), "both ready again once NATS is back");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _, _) = c
+            .post("/v1/completions", &requests::completion("Hi", 2))
+            .await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
