@@ -16,6 +16,10 @@ pub fn model_card(served: &str, source: &Path, cfg: &MockerConfig) -> ModelCard 
         max_num_seqs: cfg.max_num_seqs as u64,
         max_num_batched_tokens: cfg.max_num_batched_tokens as u64,
         disaggregation_mode: Default::default(),
+        model_id: format!(
+            "mocker context={} block={}",
+            cfg.context_length, cfg.block_size
+        ),
     }
 }
 

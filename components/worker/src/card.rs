@@ -26,6 +26,21 @@ pub fn model_card(
         max_num_seqs: info.max_running_requests as u64,
         max_num_batched_tokens: info.chunked_prefill_size as u64,
         disaggregation_mode: mode,
+        model_id: {
+            let m = &info.model;
+            format!(
+                "{} hidden={} layers={} heads={}/{} head_dim={} vocab={} context={} block={}",
+                m.architecture,
+                m.hidden,
+                m.layers,
+                m.heads,
+                m.kv_heads,
+                m.head_dim,
+                m.vocab,
+                info.context_length,
+                info.page_size
+            )
+        },
     }
 }
 

@@ -49,6 +49,8 @@ struct Inner {
     metrics: FrontendMetrics,
     /// Models whose preprocessor is being loaded now (so updates do not load twice).
     loading: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Instances already reported as serving another identity (warned once each).
+    warned: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 /// Outcome of looking a model up.
@@ -81,6 +83,7 @@ impl ModelManager {
                 resolve,
                 metrics,
                 loading: Default::default(),
+                warned: Default::default(),
             }),
         };
         let this = mm.clone();
@@ -102,14 +105,35 @@ impl ModelManager {
         let mut cards: HashMap<String, ModelCard> = HashMap::new();
         let mut sorted: Vec<&InstanceRecord> = map.values().collect();
         sorted.sort_by_key(|r| r.instance_id);
+        // Each model's identity: the card it was loaded from, else its first instance's.
+        {
+            let loaded = self.inner.loaded.read().unwrap();
+            for (name, e) in loaded.iter() {
+                cards.insert(name.clone(), e.card.clone());
+            }
+        }
         for rec in sorted {
             let Some(card) = card_of(rec) else { continue };
+            let name = card.served_model_name.clone();
+            let reference = cards.entry(name.clone()).or_insert_with(|| card.clone());
+            if reference.model_id != card.model_id {
+                if self.inner.warned.lock().unwrap().insert(rec.instance_id) {
+                    tracing::warn!(
+                        model = %name,
+                        instance = %format!("{:x}", rec.instance_id),
+                        serves = %card.model_id,
+                        expected = %reference.model_id,
+                        "instance serves something else under this model's name; not routed to"
+                    );
+                }
+                continue;
+            }
             instances
-                .entry(card.served_model_name.clone())
+                .entry(name)
                 .or_default()
                 .push(Arc::new(rec.clone()));
-            cards.entry(card.served_model_name.clone()).or_insert(card);
         }
+        cards.retain(|name, _| instances.contains_key(name));
         *self.inner.snapshot.write().unwrap() = Arc::new(Snapshot { instances });
         for (name, card) in cards {
             if self.inner.loaded.read().unwrap().contains_key(&name) {

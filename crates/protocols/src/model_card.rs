@@ -27,4 +27,9 @@ pub struct ModelCard {
     /// The worker's role: aggregated (`null`), `prefill` or `decode`.
     #[serde(default)]
     pub disaggregation_mode: crate::DisaggregationMode,
+    /// What the instance actually serves (architecture and shapes, context, block size): the
+    /// frontend routes a model only to instances with the identity it first loaded, so an
+    /// instance cannot serve something else under a model's name unnoticed.
+    #[serde(default)]
+    pub model_id: String,
 }

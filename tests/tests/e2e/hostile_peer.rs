@@ -113,7 +113,36 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
         ),
     )
     .await;
+    // Well formed, under the real model's name, but serving something else: never routed to.
+    peer.publish(
+        &kv("instances.dynamo.backend.generate.0000000000000bb0"),
+        json!({"namespace": "dynamo", "component": "backend", "endpoint": "generate",
+               "instance_id": FORGED + 3,
+               "subject": format!("dynamo_backend.generate-{:x}", FORGED + 3),
+               "card": {"served_model_name": MODEL, "source": MODEL, "model_id": "not the real one",
+                        "kv_cache_block_size": 16, "context_length": 2048}})
+        .to_string(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let listed = c.get_json("/health").await.unwrap()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_u64().unwrap())
+        .collect::<Vec<_>>();
+    // (0xbaf is listed: an instance of model "evil", which never becomes servable.)
+    assert!(listed.contains(&real), "{listed:?}");
+    assert!(
+        !listed.contains(&(FORGED + 3)),
+        "an instance with another identity is not among the model's instances: {listed:?}"
+    );
+    assert!(
+        c.frontend_log()
+            .contains("serves something else under this model's name"),
+        "{}",
+        c.frontend_log()
+    );
 
     // Still serving, many times (KV routing included).
     for _ in 0..5 {
