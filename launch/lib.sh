@@ -65,6 +65,18 @@ ensure_prometheus() {
 
 # A compose tool to validate deploy/'s files: the `docker compose` plugin when there is one,
 # else Debian's docker-compose (1.29: `config` needs no daemon and rejects unknown keys).
+# openssl, for the test that serves NATS over TLS with a certificate it makes.
+ensure_openssl() {
+  command -v openssl >/dev/null 2>&1 && return 0
+  log "openssl not found; installing Debian's openssl package"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null 2>&1 &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null 2>&1; } || {
+    log "cannot install openssl (apt-get install openssl)"; return 1; }
+}
+
 ensure_docker_compose() {
   docker compose version >/dev/null 2>&1 && return 0
   command -v docker-compose >/dev/null 2>&1 && return 0

@@ -10,6 +10,7 @@ ensure_nats
 ensure_model
 ensure_prometheus
 ensure_docker_compose
+ensure_openssl
 log "nats-server: $(command -v nats-server) ($(nats-server --version))"
 
 # The suite's worker binary carries the test-only fault injection (a panicking engine); the

@@ -40,6 +40,22 @@ pub struct RuntimeArgs {
     /// `service.name` of this process's spans.
     #[arg(long, env = env::OTEL_SERVICE_NAME, default_value = defaults::SERVICE_NAME)]
     pub otel_service_name: String,
+
+    /// NATS credentials file (`.creds`: user JWT and nkey seed) for servers using
+    /// decentralized auth. User/password or a token go in the URL instead.
+    #[arg(long, env = env::DYN_NATS_CREDS_FILE)]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) to trust for the NATS server's TLS; implies TLS. A `tls://` URL
+    /// also requires TLS (with the system's roots).
+    #[arg(long, env = env::DYN_NATS_TLS_CA)]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate and key (PEM) for mutual TLS with the NATS server.
+    #[arg(long, env = env::DYN_NATS_TLS_CERT, requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = env::DYN_NATS_TLS_KEY, requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
 }
 
 impl RuntimeArgs {
@@ -61,6 +77,11 @@ impl RuntimeArgs {
         RuntimeConfig {
             nats_url: self.nats_server.clone(),
             drain_grace: std::time::Duration::from_secs(self.graceful_shutdown_timeout),
+            nats_security: dynamo_runtime::NatsSecurity {
+                creds_file: self.nats_creds_file.clone(),
+                tls_ca: self.nats_tls_ca.clone(),
+                tls_client: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
+            },
             ..RuntimeConfig::default()
         }
     }

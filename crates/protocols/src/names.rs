@@ -14,6 +14,10 @@ pub mod env {
     pub const DYN_HTTP_REQUEST_TIMEOUT: &str = "DYN_HTTP_REQUEST_TIMEOUT";
     pub const DYN_MIGRATION_LIMIT: &str = "DYN_MIGRATION_LIMIT";
     pub const DYN_HTTP_API_KEY: &str = "DYN_HTTP_API_KEY";
+    pub const DYN_NATS_CREDS_FILE: &str = "DYN_NATS_CREDS_FILE";
+    pub const DYN_NATS_TLS_CA: &str = "DYN_NATS_TLS_CA";
+    pub const DYN_NATS_TLS_CERT: &str = "DYN_NATS_TLS_CERT";
+    pub const DYN_NATS_TLS_KEY: &str = "DYN_NATS_TLS_KEY";
     pub const DYN_HTTP_HEADER_TIMEOUT: &str = "DYN_HTTP_HEADER_TIMEOUT";
     pub const DYN_HTTP_BODY_TIMEOUT: &str = "DYN_HTTP_BODY_TIMEOUT";
     pub const DYN_HTTP_MAX_CONNECTIONS: &str = "DYN_HTTP_MAX_CONNECTIONS";
@@ -279,6 +283,10 @@ pub const ALL_ENV: &[&str] = &[
     env::DYN_HTTP_REQUEST_TIMEOUT,
     env::DYN_MIGRATION_LIMIT,
     env::DYN_HTTP_API_KEY,
+    env::DYN_NATS_CREDS_FILE,
+    env::DYN_NATS_TLS_CA,
+    env::DYN_NATS_TLS_CERT,
+    env::DYN_NATS_TLS_KEY,
     env::DYN_HTTP_HEADER_TIMEOUT,
     env::DYN_HTTP_BODY_TIMEOUT,
     env::DYN_HTTP_MAX_CONNECTIONS,

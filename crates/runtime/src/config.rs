@@ -19,6 +19,17 @@ pub struct RuntimeConfig {
     pub stream_timeout: Duration,
     /// Name of the JetStream key-value bucket used for discovery.
     pub discovery_bucket: String,
+    /// NATS security: a `.creds` file (JWT + nkey seed), a CA to trust for the server's TLS
+    /// certificate, and a client certificate and key (mutual TLS).
+    pub nats_security: NatsSecurity,
+}
+
+/// How this process authenticates to NATS beyond the URL's `user:password@` / `token@`.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSecurity {
+    pub creds_file: Option<std::path::PathBuf>,
+    pub tls_ca: Option<std::path::PathBuf>,
+    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for RuntimeConfig {
@@ -31,6 +42,7 @@ impl Default for RuntimeConfig {
             ack_timeout: Duration::from_secs(5),
             stream_timeout: Duration::from_secs(600),
             discovery_bucket: "dynamo_discovery".into(),
+            nats_security: NatsSecurity::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod system_status;
 pub mod wire;
 
 pub use addressing::EndpointId;
-pub use config::RuntimeConfig;
+pub use config::{NatsSecurity, RuntimeConfig};
 pub use discovery::{InstanceMap, InstanceRecord};
 pub use egress::{CallOptions, ResponseStream};
 pub use error::{HandlerError, RuntimeError};

@@ -66,13 +66,34 @@ impl DistributedRuntime {
         // Credentials ride in the URL (`nats://user:pass@host` or `nats://token@host`); the
         // client gets them as options and the URL without them.
         let (server_url, creds) = split_credentials(&config.nats_url);
-        let options = match creds {
+        let mut options = match creds {
             Some((user, Some(pass))) => {
                 async_nats::ConnectOptions::with_user_and_password(user, pass)
             }
             Some((token, None)) => async_nats::ConnectOptions::with_token(token),
             None => async_nats::ConnectOptions::new(),
         };
+        let sec = &config.nats_security;
+        if let Some(f) = &sec.creds_file {
+            options = options
+                .credentials_file(f)
+                .await
+                .map_err(|e| RuntimeError::Connect {
+                    url: redact_url(&config.nats_url),
+                    reason: format!("cannot read NATS credentials file {}: {e}", f.display()),
+                })?;
+        }
+        if let Some(ca) = &sec.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &sec.tls_client {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        if server_url.starts_with("tls://") {
+            options = options.require_tls(true);
+        }
         let client = options
             .max_reconnects(None)
             .connection_timeout(std::time::Duration::from_secs(5))
@@ -395,5 +416,29 @@ mod redact_tests {
             Some(("tok".to_string(), None))
         );
         assert_eq!(split_credentials("nats://host").1, None);
+    }
+
+    #[test]
+    fn a_missing_creds_file_is_a_clear_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = RuntimeConfig {
+            nats_url: "nats://u:pw@127.0.0.1:1".into(),
+            nats_security: crate::NatsSecurity {
+                creds_file: Some("/nonexistent/user.creds".into()),
+                ..Default::default()
+            },
+            ..RuntimeConfig::default()
+        };
+        let health = HealthState::new(Instant::now(), true, vec![]);
+        let e = rt
+            .block_on(DistributedRuntime::connect(cfg, health))
+            .err()
+            .expect("fails");
+        let msg = e.to_string();
+        assert!(msg.contains("/nonexistent/user.creds"), "{msg}");
+        assert!(!msg.contains("pw"), "{msg}");
     }
 }

@@ -81,3 +81,103 @@ async fn health_is_not_ready_while_nats_is_down() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl in `dir`.
+fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+    let p = |n: &str| dir.join(n).display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("san.ext"),
+        "-out",
+        &p("server.pem"),
+    ]);
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_serves_over_nats_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(certs.path());
+    let tls = [
+        "--tls",
+        "--tlscert",
+        cert.as_str(),
+        "--tlskey",
+        key.as_str(),
+    ];
+    let ca_env = [(env::DYN_NATS_TLS_CA, ca.as_str())];
+    let mut c = Cluster::start_with_nats(&ca_env, &tls, None);
+    c.spawn(
+        dynamo_e2e::WorkerSpec::new(dynamo_e2e::WorkerKind::Mocker)
+            .args(&["--speedup-ratio", "100"])
+            .env(&ca_env),
+    );
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let (st, _, v) = c
+        .post("/v1/completions", &requests::completion("Hi", 2))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // Without the CA, the server's certificate is not trusted: a clear connect error.
+    let mut cmd = Command::new(bin("dynamo-frontend"));
+    cmd.env(env::NATS_SERVER, c.nats.url())
+        .env(env::DYN_HTTP_PORT, "0")
+        .env(env::DYN_MODEL_CACHE, model_cache());
+    let mut bad = Child::spawn("frontend-no-ca", cmd, c.dir.path()).unwrap();
+    let status = bad.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success(), "{}", bad.log_text());
+    assert!(
+        bad.log_text().contains("cannot connect to NATS"),
+        "{}",
+        bad.log_text()
+    );
+}
