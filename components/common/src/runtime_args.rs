@@ -51,9 +51,10 @@ pub struct RuntimeArgs {
     #[arg(long, env = env::DYN_NATS_TLS_CA)]
     pub nats_tls_ca: Option<std::path::PathBuf>,
 
-    /// Client certificate and key (PEM) for mutual TLS with the NATS server.
+    /// Client certificate (PEM) for mutual TLS with the NATS server (with --nats-tls-key).
     #[arg(long, env = env::DYN_NATS_TLS_CERT, requires = "nats_tls_key")]
     pub nats_tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --nats-tls-cert.
     #[arg(long, env = env::DYN_NATS_TLS_KEY, requires = "nats_tls_cert")]
     pub nats_tls_key: Option<std::path::PathBuf>,
 }
