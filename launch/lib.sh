@@ -47,46 +47,44 @@ PY
   log "installed $("$DYN_BIN/nats-server" --version) at $DYN_BIN/nats-server"
 }
 
+# Install Debian package $1 with apt-get (root, or passwordless sudo), updating the package
+# lists once if the first try fails.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null 2>&1 &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null 2>&1; } || {
+    log "cannot install $1 (apt-get install $1)"; return 1; }
+}
+
 # Prometheus and promtool (Debian's `prometheus` package) for the metrics tests and
-# deploy/ files: apt-get install when missing (root, or passwordless sudo).
+# deploy/ files.
 ensure_prometheus() {
   command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && return 0
   log "prometheus/promtool not found; installing Debian's prometheus package"
+  apt_install prometheus || return 1
+  # The package starts a system service; the tests run their own servers.
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 || {
-    $sudo apt-get update -q >/dev/null 2>&1 &&
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1; } || {
-    log "cannot install prometheus (apt-get install prometheus)"; return 1; }
-  # The package starts a system service; the tests run their own servers.
   $sudo systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
   log "installed $(prometheus --version 2>&1 | head -1)"
 }
 
-# A compose tool to validate deploy/'s files: the `docker compose` plugin when there is one,
-# else Debian's docker-compose (1.29: `config` needs no daemon and rejects unknown keys).
 # openssl, for the test that serves NATS over TLS with a certificate it makes.
 ensure_openssl() {
   command -v openssl >/dev/null 2>&1 && return 0
   log "openssl not found; installing Debian's openssl package"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null 2>&1 || {
-    $sudo apt-get update -q >/dev/null 2>&1 &&
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null 2>&1; } || {
-    log "cannot install openssl (apt-get install openssl)"; return 1; }
+  apt_install openssl
 }
 
+# A compose tool to validate deploy/'s files: the `docker compose` plugin when there is one,
+# else Debian's docker-compose (1.29: `config` needs no daemon and rejects unknown keys).
 ensure_docker_compose() {
   docker compose version >/dev/null 2>&1 && return 0
   command -v docker-compose >/dev/null 2>&1 && return 0
   log "no compose tool; installing Debian's docker-compose package"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 || {
-    $sudo apt-get update -q >/dev/null 2>&1 &&
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1; } || {
-    log "cannot install docker-compose (apt-get install docker-compose)"; return 1; }
+  apt_install docker-compose
 }
 
 # The default model in $DYN_MODEL_CACHE.
