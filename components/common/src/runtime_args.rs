@@ -41,6 +41,12 @@ pub struct RuntimeArgs {
     #[arg(long, env = env::OTEL_SERVICE_NAME, default_value = defaults::SERVICE_NAME)]
     pub otel_service_name: String,
 
+    /// Seconds a caller waits for the next result of a streaming request before giving up on
+    /// it (and cancelling it on the worker). Liveness is checked separately: a worker that
+    /// stops sending keepalives is taken for lost after 1.5 s.
+    #[arg(long, env = env::DYN_STREAM_TIMEOUT, default_value_t = 600)]
+    pub stream_timeout: u64,
+
     /// NATS credentials file (`.creds`: user JWT and nkey seed) for servers using
     /// decentralized auth. User/password or a token go in the URL instead.
     #[arg(long, env = env::DYN_NATS_CREDS_FILE)]
@@ -78,6 +84,7 @@ impl RuntimeArgs {
         RuntimeConfig {
             nats_url: self.nats_server.clone(),
             drain_grace: std::time::Duration::from_secs(self.graceful_shutdown_timeout),
+            stream_timeout: std::time::Duration::from_secs(self.stream_timeout.max(1)),
             nats_security: dynamo_runtime::NatsSecurity {
                 creds_file: self.nats_creds_file.clone(),
                 tls_ca: self.nats_tls_ca.clone(),

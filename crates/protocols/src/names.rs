@@ -15,6 +15,7 @@ pub mod env {
     pub const DYN_MIGRATION_LIMIT: &str = "DYN_MIGRATION_LIMIT";
     pub const DYN_HTTP_API_KEY: &str = "DYN_HTTP_API_KEY";
     pub const DYN_NATS_CREDS_FILE: &str = "DYN_NATS_CREDS_FILE";
+    pub const DYN_STREAM_TIMEOUT: &str = "DYN_STREAM_TIMEOUT";
     pub const DYN_NATS_TLS_CA: &str = "DYN_NATS_TLS_CA";
     pub const DYN_NATS_TLS_CERT: &str = "DYN_NATS_TLS_CERT";
     pub const DYN_NATS_TLS_KEY: &str = "DYN_NATS_TLS_KEY";
@@ -284,6 +285,7 @@ pub const ALL_ENV: &[&str] = &[
     env::DYN_MIGRATION_LIMIT,
     env::DYN_HTTP_API_KEY,
     env::DYN_NATS_CREDS_FILE,
+    env::DYN_STREAM_TIMEOUT,
     env::DYN_NATS_TLS_CA,
     env::DYN_NATS_TLS_CERT,
     env::DYN_NATS_TLS_KEY,

@@ -218,3 +218,40 @@ async fn nats_restart_is_survived() {
 async fn nats_restart_is_survived_with_kv_routing() {
     nats_restart("kv").await;
 }
+
+/// NATS restarts while a stream is in flight: the stream does not hang. It completes (every
+/// token, then `[DONE]`) or ends with an error event, within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_stream_never_hangs() {
+    let mut c = Cluster::start(&[]);
+    c.add_mocker(&["--speedup-ratio", "1"]);
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let mut body = req(300, true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = c.send("/v1/chat/completions", &body, &[]).await;
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    c.nats.restart();
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => buf.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => break,
+            }
+        }
+        buf
+    })
+    .await
+    .expect("the stream ended within 30 s of the restart");
+    if rest.contains("[DONE]") {
+        assert!(rest.contains("\"completion_tokens\":300"), "{rest}");
+    } else {
+        assert!(
+            rest.contains("event: error"),
+            "ended without [DONE] or an error: {rest}"
+        );
+    }
+}

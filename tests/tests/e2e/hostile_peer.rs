@@ -175,3 +175,49 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
     let log = c.workers[0].child.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// At most one execution per request id: a second request carrying the id of one already
+/// running on the worker is refused (it would otherwise take over the first one's cancel
+/// token), and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_request_id_is_refused_not_run_twice() {
+    let mut c = Cluster::start(&[]);
+    // Real-time decode: the first request runs for seconds.
+    c.add_mocker(&["--speedup-ratio", "1"]);
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let real = c.instance_id(0);
+    let subject = format!("dynamo_backend.generate-{real:x}");
+    let req =
+        json!({"model": MODEL, "token_ids": [1, 2, 3, 4], "stop": {"max_tokens": 500}}).to_string();
+    let peer = RawPeer::connect(&c.nats_url).await;
+    let id = [("x-dynamo-request-id", "dup-1")];
+    peer.publish_with_headers(&subject, "_INBOX.dup-first", &id, req.clone())
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = peer
+        .request_with_headers(&subject, &id, req, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    let text = String::from_utf8_lossy(&second);
+    assert!(text.contains("already running"), "{text}");
+    let m = c.worker_metrics(0).await;
+    assert!(
+        m.lines()
+            .any(|l| l.contains("error_type=\"duplicate_request\"") && l.ends_with(" 1")),
+        "{m}"
+    );
+    // The first one is still the one the id cancels.
+    peer.publish(&format!("{subject}.cancel"), "dup-1").await;
+    let mut idle = false;
+    for _ in 0..50 {
+        if c.worker_metric(0, "dynamo_component_inflight_requests")
+            .await
+            == Some(0.0)
+        {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(idle, "the first request was cancelled by its id");
+}
