@@ -148,9 +148,11 @@ def sampler():
 
 def restarter():
     time.sleep(total / 2)
-    os.kill(procs["worker2"], signal.SIGTERM)
-    try: os.waitpid(procs["worker2"], 0)
-    except ChildProcessError: pass
+    old = procs["worker2"]
+    os.kill(old, signal.SIGTERM)
+    # It drains, then exits (it is the shell's child, not ours: watch /proc).
+    while os.path.exists(f"/proc/{old}") and not open(f"/proc/{old}/stat").read().split()[2] == "Z":
+        time.sleep(0.2)
     env = dict(os.environ, DYN_SYSTEM_PORT=str(sys_ports["worker2"]))
     log = open(f"{out}/worker2-restarted.log", "w")
     p = subprocess.Popen([f"{bin_dir}/dynamo-worker", "--threads", "1", "--enable-metrics"],
@@ -196,5 +198,7 @@ print(f"\nKV back to idle after the drain: {idle}")
 print(f"lost or duplicated tokens (mismatching greedy outputs): {bad}")
 print(f"RSS growth under 5 % after warm-up: {growth_ok}")
 with open(f"{out}/rss.json", "w") as f: json.dump(samples, f)
+try: os.kill(procs["worker2"], signal.SIGTERM)  # the restarted worker is ours to stop
+except OSError: pass
 sys.exit(0 if (idle and bad == 0 and growth_ok) else 1)
 PY
