@@ -24,7 +24,7 @@ SECONDS_TOTAL="${SOAK_SECONDS:-600}"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NATS_PORT=$(port); HTTP_PORT=$(port); SYS1=$(port); SYS2=$(port)
 export NATS_SERVER="nats://127.0.0.1:$NATS_PORT"
-OUT="${SOAK_DIR:-$(mktemp -d /tmp/dynamo-soak.XXXX)}"; mkdir -p "$OUT"
+OUT="${SOAK_DIR:-/tmp/dynamo-soak.$$}"; mkdir -p "$OUT"
 ensure_nats
 ensure_model
 if [ -n "${DYN_BIN_DIR:-}" ]; then BIN="$DYN_BIN_DIR"; else

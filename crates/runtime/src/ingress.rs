@@ -67,7 +67,38 @@ pub(crate) struct Ingress<Req, Resp> {
     pub inflight: Mutex<HashMap<String, CancellationToken>>,
     /// Ids cancelled before their request arrived (a caller gave up on a slow ack and went
     /// elsewhere): refused if they arrive later. Bounded: the oldest are forgotten.
-    pub cancelled_early: Mutex<std::collections::VecDeque<String>>,
+    pub cancelled_early: Mutex<EarlyCancels>,
+}
+
+/// A bounded set of ids, forgetting the oldest first; looked up on every request.
+#[derive(Default)]
+pub(crate) struct EarlyCancels {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl EarlyCancels {
+    fn insert(&mut self, id: &str) {
+        if self.ids.contains(id) {
+            return;
+        }
+        if self.order.len() >= EARLY_CANCELS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.to_string());
+        self.order.push_back(id.to_string());
+    }
+
+    /// Whether `id` was cancelled early (forgetting it: an id is refused once).
+    fn take(&mut self, id: &str) -> bool {
+        if !self.ids.remove(id) {
+            return false;
+        }
+        self.order.retain(|x| x != id);
+        true
+    }
 }
 
 /// How many early cancellations an endpoint remembers.
@@ -107,22 +138,11 @@ where
             tok.cancel();
             return;
         }
-        let mut early = self.cancelled_early.lock().unwrap();
-        if early.len() >= EARLY_CANCELS {
-            early.pop_front();
-        }
-        early.push_back(request_id.to_string());
+        self.cancelled_early.lock().unwrap().insert(request_id);
     }
 
     fn was_cancelled_early(&self, request_id: &str) -> bool {
-        let mut early = self.cancelled_early.lock().unwrap();
-        match early.iter().position(|id| id == request_id) {
-            Some(i) => {
-                early.remove(i);
-                true
-            }
-            None => false,
-        }
+        self.cancelled_early.lock().unwrap().take(request_id)
     }
 
     pub async fn handle(self: Arc<Self>, msg: Message, process_stop: CancellationToken) {

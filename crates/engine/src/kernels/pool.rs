@@ -28,6 +28,8 @@ struct Shared {
     sleepers: Mutex<usize>,
     wake: Condvar,
     stop: AtomicBool,
+    /// Set when a task of the current job panicked (checked once per `run`, without a lock).
+    panicked: AtomicBool,
     /// The message of the first task of the current job that panicked.
     panic: Mutex<Option<String>>,
 }
@@ -58,6 +60,7 @@ impl ComputePool {
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             panic: Mutex::new(None),
         });
         let mut handles = Vec::new();
@@ -122,8 +125,9 @@ impl ComputePool {
             }
         }
         // Every task is done: no thread holds the job any more; a panic may travel on.
-        if let Some(msg) = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            panic!("a compute task panicked: {msg}");
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            let msg = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+            panic!("a compute task panicked: {}", msg.unwrap_or_default());
         }
     }
 
@@ -214,6 +218,7 @@ fn work(s: &Shared, epoch: u32, job: JobPtr, n: usize) -> usize {
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task)) {
                     let mut slot = s.panic.lock().unwrap_or_else(|e| e.into_inner());
                     slot.get_or_insert_with(|| panic_message(&*p));
+                    s.panicked.store(true, Ordering::Release);
                 }
                 ran += 1;
                 t += 1;

@@ -412,26 +412,18 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    // The spec's body, with a status a load balancer can act on.
+    let unhealthy = |message: &str| {
+        let body = json!({"status": "unhealthy", "message": message, "instances": []});
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    };
     if !state.drt.health().is_ready() {
         // NATS is down: no request can reach a worker now.
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                json!({"status": "unhealthy", "message": "NATS disconnected", "instances": []}),
-            ),
-        )
-            .into_response();
+        return unhealthy("NATS disconnected");
     }
     let inst = state.models.all_instances();
     if inst.is_empty() {
-        // The spec's body, with a status a load balancer can act on.
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                json!({"status": "unhealthy", "message": "No endpoints available", "instances": []}),
-            ),
-        )
-            .into_response();
+        return unhealthy("No endpoints available");
     }
     let mut endpoints: Vec<String> = inst.iter().map(|i| i.endpoint_id().uri()).collect();
     endpoints.sort();
