@@ -91,11 +91,11 @@ impl<'de> Visitor<'de> for ElemVisitor {
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Elem, E> {
-        Ok(Elem::Nested(PromptInput::Text(s.to_string())))
+        PromptVisitor.visit_str(s).map(Elem::Nested)
     }
 
     fn visit_string<E: de::Error>(self, s: String) -> Result<Elem, E> {
-        Ok(Elem::Nested(PromptInput::Text(s)))
+        PromptVisitor.visit_string(s).map(Elem::Nested)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
