@@ -3,6 +3,7 @@
 //! Binaries come from the workspace's target directory (`cargo build --bins` first); a missing
 //! binary or nats-server is a loud failure naming the command that provides it.
 
+pub mod nats_jwt;
 pub mod peer;
 pub mod requests;
 

@@ -1,7 +1,8 @@
 //! NATS as an unreliable or guarded dependency: with user/password authentication the whole
 //! fleet serves when `NATS_SERVER` carries the credentials, and a wrong password is a clear
 //! error that never echoes the secret; while NATS is down the frontend's and the worker's
-//! `/health` answer 503, and both are healthy and serving again once it is back.
+//! `/health` answer 503, and both are healthy and serving again once it is back. TLS (with a
+//! CA made by openssl) and operator-mode `.creds` files (JWTs signed here) are exercised too.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -180,4 +181,65 @@ async fn the_fleet_serves_over_nats_tls() {
         "{}",
         bad.log_text()
     );
+}
+
+/// Decentralized authentication (operator mode): the server trusts an operator and knows its
+/// accounts; each process connects as a user with a `.creds` file (JWT + nkey seed). The fleet
+/// serves, including discovery over JetStream in the account; a process without creds, or with
+/// a user signed by another operator's account, is refused with a clear error that never prints
+/// the seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_serves_with_a_creds_file_in_operator_mode() {
+    use dynamo_e2e::nats_jwt::Operator;
+    let keys = tempfile::tempdir().unwrap();
+    let op = Operator::new();
+    let conf = op.server_config(keys.path());
+    let creds = op.user_creds(keys.path(), "fleet");
+    let seed = std::fs::read_to_string(&creds).unwrap();
+    let seed = seed
+        .lines()
+        .find(|l| l.starts_with("SU"))
+        .expect("user seed in creds")
+        .to_string();
+    let creds = creds.display().to_string();
+    let creds_env = [(env::DYN_NATS_CREDS_FILE, creds.as_str())];
+    let mut c = Cluster::start_with_nats(&creds_env, &["-c", &conf.display().to_string()], None);
+    c.spawn(
+        dynamo_e2e::WorkerSpec::new(dynamo_e2e::WorkerKind::Mocker)
+            .args(&["--speedup-ratio", "100"])
+            .env(&creds_env),
+    );
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let (st, _, v) = c
+        .post("/v1/completions", &requests::completion("Hi", 2))
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    let refused = |name: &str, creds: Option<&str>| {
+        let mut cmd = Command::new(bin("dynamo-frontend"));
+        cmd.env(env::NATS_SERVER, c.nats.url())
+            .env(env::DYN_HTTP_PORT, "0")
+            .env(env::DYN_MODEL_CACHE, model_cache());
+        if let Some(f) = creds {
+            cmd.env(env::DYN_NATS_CREDS_FILE, f);
+        }
+        let mut bad = Child::spawn(name, cmd, c.dir.path()).unwrap();
+        let status = bad.wait_timeout(Duration::from_secs(20)).expect("exits");
+        let log = bad.log_text();
+        assert!(!status.success(), "{log}");
+        assert!(log.contains("cannot connect to NATS"), "{log}");
+        log
+    };
+    let log = refused("frontend-no-creds", None);
+    assert!(log.contains("authorization violation"), "{log}");
+    let stranger = Operator::new().user_creds(keys.path(), "stranger");
+    let stranger_seed = std::fs::read_to_string(&stranger).unwrap();
+    let log = refused("frontend-stranger", Some(&stranger.display().to_string()));
+    assert!(log.contains("authorization violation"), "{log}");
+    for line in stranger_seed.lines().filter(|l| l.starts_with("SU")) {
+        assert!(!log.contains(line), "{log}");
+    }
+    for log in [c.frontend_log(), c.workers[0].child.log_text()] {
+        assert!(!log.contains(&seed), "{log}");
+    }
 }
