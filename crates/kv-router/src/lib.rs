@@ -4,6 +4,7 @@
 //! blocks, and the tickets that keep that account right until each request ends. The worker
 //! side (event, load and re-sync publishing) is in [`publisher`].
 
+pub mod budget;
 pub mod dual;
 pub mod indexer;
 pub mod metrics;
@@ -29,6 +30,7 @@ use rand::SeedableRng;
 use std::sync::mpsc;
 use tokio::sync::{oneshot, watch};
 
+use budget::EventBudget;
 pub use indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
 pub use metrics::RouterMetrics;
 use scheduler::{ActiveLoad, Candidate, Costing};
@@ -182,7 +184,9 @@ impl KvRouter {
             }) as task::Resync
         });
         let ttl = (!cfg.kv_events).then_some(cfg.ttl);
-        let task = IndexTask::new(resync, Some(metrics.clone()), ttl);
+        let budget = EventBudget::new(budget::DEFAULT_EVENT_BUDGET);
+        let task =
+            IndexTask::new(resync, Some(metrics.clone()), ttl).with_event_budget(budget.clone());
         let reader = task.reader();
         std::thread::Builder::new()
             // Only name-safe characters (a thread name with a NUL cannot be spawned).
@@ -203,7 +207,7 @@ impl KvRouter {
             {
                 Ok(sub) => {
                     let members = Members::new(instances.clone(), namespace, component);
-                    tokio::spawn(forward_events(sub, tx.clone(), members));
+                    tokio::spawn(forward_events(sub, tx.clone(), members, budget));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot subscribe to KV events"),
             }
@@ -479,17 +483,29 @@ impl Members {
 /// and costs cannot overflow (a report near `u64::MAX` would wrap and attract all traffic).
 const MAX_REPORTED: u64 = 1 << 32;
 
+/// Hand each event of a discovered instance to the index thread, within `budget`: when the
+/// index falls behind, this waits and the backlog stays in the subscription's bounded buffer.
 async fn forward_events(
     mut sub: Subscription<RouterEvent>,
     tx: mpsc::Sender<IndexMsg>,
     members: Members,
+    budget: EventBudget,
 ) {
+    let mut last_warned: Option<Instant> = None;
     while let Some(m) = sub.next().await {
         if !members.contains(m.body.worker_id) {
             // A worker not yet in discovery is re-synced in full when it appears.
             tracing::debug!(worker = %format!("{:x}", m.body.worker_id), "KV event from an instance not in discovery; dropped");
             continue;
         }
+        let cost = budget.cost(&m.body);
+        if budget.available() < cost as usize
+            && last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            last_warned = Some(Instant::now());
+            tracing::warn!("KV events arrive faster than the index applies them; holding back");
+        }
+        budget.take(cost).await;
         if tx.send(IndexMsg::Event(m.body)).is_err() {
             return;
         }

@@ -5,10 +5,16 @@
 
 use dynamo_protocols::KvCacheEvent;
 
+use super::budget::event_units;
+
 /// How far past the next expected id an event may be: lost messages make small gaps; an id
 /// further ahead is forged or corrupt, and re-syncing for it would never end (the worker's
 /// answer can never reach it).
 pub const MAX_GAP: u64 = 1 << 16;
+
+/// How much may wait for a re-sync answer, in event units (one per event plus one per block):
+/// past it new events are dropped, and the gap they leave is re-synced after the answer.
+pub const MAX_HELD_UNITS: usize = 1 << 20;
 
 /// What to do with an incoming event.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +27,8 @@ pub enum Step {
     Implausible,
     /// Held until a re-sync answer arrives.
     Held,
+    /// The buffer of held events is full: dropped (the gap is re-synced after the answer).
+    Overflow,
     /// Held, and a re-sync must start: `from` the first missing event id (`None`: the
     /// worker's whole state).
     Resync { from: Option<u64> },
@@ -32,6 +40,8 @@ pub struct WorkerSync {
     last: Option<u64>,
     syncing: bool,
     held: Vec<KvCacheEvent>,
+    /// Size of `held` in event units.
+    held_units: usize,
     /// Held events the last answer already contained (see [`WorkerSync::take_covered`]).
     covered: Vec<KvCacheEvent>,
 }
@@ -49,6 +59,11 @@ impl WorkerSync {
     /// An event arrived from the worker.
     pub fn on_event(&mut self, ev: KvCacheEvent) -> Step {
         if self.syncing {
+            let units = event_units(&ev);
+            if self.held_units.saturating_add(units) > MAX_HELD_UNITS {
+                return Step::Overflow;
+            }
+            self.held_units += units;
             self.held.push(ev);
             return Step::Held;
         }
@@ -64,6 +79,7 @@ impl WorkerSync {
             return Step::Implausible;
         }
         self.syncing = true;
+        self.held_units = event_units(&ev);
         self.held.push(ev);
         Step::Resync {
             from: self.last.map(|l| l + 1),
@@ -91,6 +107,7 @@ impl WorkerSync {
             self.last = last_event_id;
         }
         let mut held = std::mem::take(&mut self.held);
+        self.held_units = 0;
         held.sort_by_key(|e| e.event_id);
         let mut apply = Vec::new();
         let mut again = None;
@@ -102,7 +119,7 @@ impl WorkerSync {
             match self.on_event(ev) {
                 Step::Apply(e) => apply.push(e),
                 Step::Duplicate => self.covered.extend(copy),
-                Step::Held | Step::Implausible => {}
+                Step::Held | Step::Implausible | Step::Overflow => {}
                 Step::Resync { from } => again = Some(from),
             }
         }
@@ -215,6 +232,33 @@ mod tests {
         let (apply, again) = s.on_answer(Some(6));
         assert_eq!(ids(&apply), vec![7]);
         assert_eq!(again, None);
+    }
+
+    #[test]
+    fn events_held_for_a_resync_are_bounded_and_the_overflow_is_resynced() {
+        use dynamo_protocols::kv_events::KvCacheRemoveData;
+        let big = |id: u64| KvCacheEvent {
+            event_id: id,
+            data: KvCacheEventData::Removed(KvCacheRemoveData {
+                block_hashes: vec![7; MAX_HELD_UNITS / 4],
+            }),
+            dp_rank: 0,
+        };
+        let mut s = WorkerSync::default();
+        s.on_event(ev(0));
+        assert_eq!(s.on_event(big(2)), Step::Resync { from: Some(1) });
+        assert_eq!(s.on_event(big(3)), Step::Held);
+        assert_eq!(s.on_event(big(4)), Step::Held);
+        assert_eq!(
+            s.on_event(big(5)),
+            Step::Overflow,
+            "a fourth would pass the bound"
+        );
+        assert_eq!(s.on_event(ev(6)), Step::Held, "a small one still fits");
+        let (apply, again) = s.on_answer(Some(1));
+        assert_eq!(ids(&apply), vec![2, 3, 4]);
+        assert_eq!(again, Some(Some(5)), "the dropped event is fetched again");
+        assert_eq!(s.held_units, event_units(&ev(6)), "only 6 waits now");
     }
 
     #[test]

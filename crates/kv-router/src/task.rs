@@ -12,6 +12,7 @@ use dynamo_protocols::kv_events::{stored_blocks, DumpBlock};
 use dynamo_protocols::{KvCacheEvent, KvCacheEventData, RouterEvent};
 use tokio::sync::oneshot;
 
+use super::budget::EventBudget;
 use super::dual::DualIndex;
 use super::indexer::{FastMap, RadixIndex, WorkerKey};
 use super::metrics::RouterMetrics;
@@ -59,6 +60,8 @@ pub struct IndexTask {
     ttl: Option<Duration>,
     expiry: FastMap<(WorkerKey, u64), Instant>,
     expiring: VecDeque<(Instant, WorkerKey, Vec<u64>)>,
+    /// Units the event forwarder took for each event, given back once it is handled.
+    budget: Option<EventBudget>,
 }
 
 fn kind(d: &KvCacheEventData) -> &'static str {
@@ -85,7 +88,14 @@ impl IndexTask {
             ttl,
             expiry: FastMap::default(),
             expiring: VecDeque::new(),
+            budget: None,
         }
+    }
+
+    /// Give each handled event's units back to `budget` (the forwarder took them).
+    pub fn with_event_budget(mut self, budget: EventBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Run on the calling thread until every sender is gone (the router gives the index a
@@ -140,29 +150,11 @@ impl IndexTask {
     /// Handle one message (also used directly by tests and benchmarks).
     pub fn handle(&mut self, m: IndexMsg) {
         match m {
-            IndexMsg::Event(RouterEvent { worker_id, event }) => {
-                let (event_id, what) = (event.event_id, kind(&event.data));
-                let step = self.sync.entry(worker_id).or_default().on_event(event);
-                match step {
-                    Step::Apply(ev) => self.apply(worker_id, &ev),
-                    Step::Duplicate | Step::Held => {}
-                    Step::Implausible => {
-                        tracing::warn!(worker = %format!("{worker_id:x}"), event_id, "KV event id implausibly far ahead; dropped");
-                        if let Some(m) = &self.metrics {
-                            m.event(what, false);
-                        }
-                    }
-                    Step::Resync { from } if self.resync.is_some() => {
-                        tracing::info!(worker = %format!("{worker_id:x}"), ?from, "KV event gap; re-syncing worker");
-                        self.start_resync(worker_id, from);
-                    }
-                    Step::Resync { .. } => {
-                        // No way to ask: carry on from the event after the gap.
-                        let s = self.sync.get_mut(&worker_id).expect("just used");
-                        for ev in s.skip_gap() {
-                            self.apply(worker_id, &ev);
-                        }
-                    }
+            IndexMsg::Event(ev) => {
+                let cost = self.budget.as_ref().map(|b| (b.clone(), b.cost(&ev)));
+                self.event(ev);
+                if let Some((b, c)) = cost {
+                    b.give(c);
                 }
             }
             IndexMsg::Answer { worker, answer } => self.answer(worker, answer),
@@ -180,6 +172,38 @@ impl IndexTask {
             IndexMsg::Routed { worker, local, seq } => self.routed(worker, &local, &seq),
             IndexMsg::Size(reply) => {
                 let _ = reply.send(self.index.latest().node_count());
+            }
+        }
+    }
+
+    fn event(&mut self, RouterEvent { worker_id, event }: RouterEvent) {
+        let (event_id, what) = (event.event_id, kind(&event.data));
+        let step = self.sync.entry(worker_id).or_default().on_event(event);
+        match step {
+            Step::Apply(ev) => self.apply(worker_id, &ev),
+            Step::Duplicate | Step::Held => {}
+            Step::Implausible => {
+                tracing::warn!(worker = %format!("{worker_id:x}"), event_id, "KV event id implausibly far ahead; dropped");
+                if let Some(m) = &self.metrics {
+                    m.event(what, false);
+                }
+            }
+            Step::Overflow => {
+                tracing::debug!(worker = %format!("{worker_id:x}"), event_id, "KV events held for a re-sync past the bound; dropped");
+                if let Some(m) = &self.metrics {
+                    m.event(what, false);
+                }
+            }
+            Step::Resync { from } if self.resync.is_some() => {
+                tracing::info!(worker = %format!("{worker_id:x}"), ?from, "KV event gap; re-syncing worker");
+                self.start_resync(worker_id, from);
+            }
+            Step::Resync { .. } => {
+                // No way to ask: carry on from the event after the gap.
+                let s = self.sync.get_mut(&worker_id).expect("just used");
+                for ev in s.skip_gap() {
+                    self.apply(worker_id, &ev);
+                }
             }
         }
     }

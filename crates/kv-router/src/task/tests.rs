@@ -243,3 +243,32 @@ fn approximate_mode_remembers_routes_until_the_ttl() {
     assert_eq!(task.index().worker_blocks((7, 0)), 0);
     assert_eq!(task.index().node_count(), 0);
 }
+
+#[test]
+fn every_handled_event_gives_its_budget_back() {
+    let budget = EventBudget::new(1000);
+    let mut t = IndexTask::new(None, None, None).with_event_budget(budget.clone());
+    let local = block_hashes(&(0..16).collect::<Vec<u32>>(), 4);
+    let seq = sequence_hashes(&local);
+    // Applied, duplicate, implausible, held behind a gap: each is handed back once handled.
+    for (id, data) in [
+        (0, stored_data(&local, &seq)),
+        (0, KvCacheEventData::Cleared),
+        (u64::MAX / 2, KvCacheEventData::Cleared),
+        (5, stored_data(&local, &seq)),
+    ] {
+        let ev = RouterEvent {
+            worker_id: W,
+            event: KvCacheEvent {
+                event_id: id,
+                data,
+                dp_rank: 0,
+            },
+        };
+        let cost = budget.cost(&ev);
+        assert!(futures::FutureExt::now_or_never(budget.take(cost)).is_some());
+        assert_eq!(budget.available(), 1000 - cost as usize);
+        t.handle(IndexMsg::Event(ev));
+        assert_eq!(budget.available(), 1000, "event {id}");
+    }
+}
