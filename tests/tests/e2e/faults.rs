@@ -1,6 +1,7 @@
 //! Faults end to end: a killed worker leaves discovery and traffic goes to the survivor; the
 //! last worker gone gives 503; a cancelled stream frees the worker's request; SIGTERM
-//! deregisters at once and drains in-flight work; a NATS restart is survived.
+//! deregisters at once and drains in-flight work; a NATS restart is survived; a worker that
+//! does not acknowledge in time loses the request to the next one and never runs it.
 
 use std::time::{Duration, Instant};
 
@@ -253,5 +254,61 @@ async fn nats_restart_mid_stream_never_hangs() {
             rest.contains("event: error"),
             "ended without [DONE] or an error: {rest}"
         );
+    }
+}
+
+/// A worker that does not acknowledge in time (here: stopped with SIGSTOP, still in discovery)
+/// is given up on after the ack timeout (5 s): the caller tells it to cancel the request and
+/// sends it to the next worker, so the client gets its whole answer; and when the stopped
+/// worker resumes, it finds the request already cancelled and never runs it (a request runs at
+/// most once), instead of spending seconds generating tokens nobody reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_ack_moves_the_request_and_the_slow_worker_never_runs_it() {
+    let mut c = Cluster::start(&[]);
+    // Real-time decode (~8 ms per token): 400 tokens take about 3 s.
+    c.add_mocker(&["--speedup-ratio", "1"]);
+    c.add_mocker(&["--speedup-ratio", "1"]);
+    c.wait_instances(2, Duration::from_secs(20)).await.unwrap();
+    let duration_sum = "dynamo_component_request_duration_seconds_sum";
+    let busy_before = dynamo_e2e::metric_value(&c.worker_metrics(0).await, duration_sum);
+
+    c.workers[0].child.signal(libc::SIGSTOP);
+    // Round-robin: one of two concurrent requests goes to the stopped worker first.
+    let t0 = Instant::now();
+    let one = || async {
+        let (st, _, v) = c
+            .post("/v1/completions", &requests::completion("Hi", 400))
+            .await;
+        (st, v, t0.elapsed())
+    };
+    let (a, b) = tokio::join!(one(), one());
+    c.workers[0].child.signal(libc::SIGCONT);
+    for (st, v, _) in [&a, &b] {
+        assert_eq!(*st, 200, "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 400, "{v}");
+    }
+    let slowest = a.2.max(b.2);
+    assert!(
+        slowest >= Duration::from_secs(5),
+        "one request waited out the ack timeout of the stopped worker ({slowest:?})"
+    );
+
+    // The resumed worker receives the request and its cancellation; it must not run it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = c.worker_metrics(0).await;
+        let received = dynamo_e2e::metric_value(&m, "dynamo_component_requests_total");
+        let inflight = dynamo_e2e::metric_value(&m, "dynamo_component_inflight_requests");
+        if received >= Some(1.0) && inflight == Some(0.0) {
+            let busy = dynamo_e2e::metric_value(&m, duration_sum).unwrap_or(0.0)
+                - busy_before.unwrap_or(0.0);
+            assert!(
+                busy < 1.5,
+                "the stopped worker spent {busy:.2} s on a request already served elsewhere"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
