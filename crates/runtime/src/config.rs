@@ -22,6 +22,9 @@ pub struct RuntimeConfig {
     /// NATS security: a `.creds` file (JWT + nkey seed), a CA to trust for the server's TLS
     /// certificate, and a client certificate and key (mutual TLS).
     pub nats_security: NatsSecurity,
+    /// Messages one subscription may hold before the client drops new ones (a slow consumer,
+    /// logged at warn and counted in `dynamo_transport_nats_errors_total{kind="slow_consumer"}`).
+    pub subscription_capacity: usize,
 }
 
 /// How this process authenticates to NATS beyond the URL's `user:password@` / `token@`.
@@ -43,6 +46,7 @@ impl Default for RuntimeConfig {
             stream_timeout: Duration::from_secs(600),
             discovery_bucket: "dynamo_discovery".into(),
             nats_security: NatsSecurity::default(),
+            subscription_capacity: 64 * 1024,
         }
     }
 }

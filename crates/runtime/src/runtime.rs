@@ -96,6 +96,7 @@ impl DistributedRuntime {
         }
         let client = options
             .max_reconnects(None)
+            .subscription_capacity(config.subscription_capacity.max(1))
             .connection_timeout(std::time::Duration::from_secs(5))
             .event_callback(move |ev| {
                 let nats_errors = nats_errors.clone();
