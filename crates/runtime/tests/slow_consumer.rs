@@ -45,41 +45,43 @@ async fn a_subscription_that_falls_behind_is_counted_and_keeps_working() {
         .expect("flush");
     assert_eq!(slow_consumer_drops(&slow.metrics().render()), 0.0);
 
-    // Nobody reads while 500 messages arrive: most cannot be kept.
+    // Nobody reads while batches of 500 messages arrive: most cannot be kept. (More than one
+    // batch only where the machine is so loaded that the first did not overflow.)
     let events = fast.events();
-    for i in 0..500u64 {
-        events.publish("test.slow", &i).await.expect("publish");
-    }
-    events.flush(Duration::from_secs(5)).await.expect("flush");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0u64;
     while slow_consumer_drops(&slow.metrics().render()) == 0.0 {
         assert!(
             Instant::now() < deadline,
             "no slow-consumer drop counted:\n{}",
             slow.metrics().render()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..500 {
+            events.publish("test.slow", &sent).await.expect("publish");
+            sent += 1;
+        }
+        events.flush(Duration::from_secs(5)).await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // What was kept is delivered in order, and the subscription still works afterwards.
-    let first = tokio::time::timeout(Duration::from_secs(5), sub.next())
-        .await
-        .expect("a kept message")
-        .expect("subscription open");
-    assert_eq!(first.body, 0);
-    let mut last = first.body;
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-        assert!(m.body > last, "in order");
-        last = m.body;
+    let mut got = 0;
+    let mut last = None;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        assert!(last < Some(m.body), "in order: {last:?} then {}", m.body);
+        last = Some(m.body);
+        got += 1;
     }
-    assert!(last < 499, "some messages were dropped, not all delivered");
-    events
-        .publish("test.slow", &1000u64)
-        .await
-        .expect("publish");
+    assert!(got > 0 && got < sent, "kept {got} of {sent}");
+    let marker = u64::MAX;
+    events.publish("test.slow", &marker).await.expect("publish");
     events.flush(Duration::from_secs(5)).await.expect("flush");
-    let after = tokio::time::timeout(Duration::from_secs(5), sub.next())
-        .await
-        .expect("delivered after the drops")
-        .expect("open");
-    assert_eq!(after.body, 1000);
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("delivered after the drops")
+            .expect("open");
+        if m.body == marker {
+            break;
+        }
+    }
 }
