@@ -54,7 +54,7 @@ impl DistributedRuntime {
         let nats_errors = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "dynamo_transport_nats_errors_total",
-                "NATS client errors: slow-consumer drops (messages the client discarded because a subscription fell behind), server errors",
+                "NATS client errors: slow-consumer drops (messages the client discarded because a subscription fell behind; a lower bound), server errors",
             ),
             &["kind"],
         )
