@@ -322,11 +322,20 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
         .iter()
         .map(|(f, p, e)| format!("{f} / {p}: {e}\n    {}", last[e]))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "dashboard queries without data:\n{}",
-        missing.join("\n")
-    );
+    if !missing.is_empty() {
+        // What Prometheus holds for the frontend, to tell a scrape problem from a metric one.
+        let mut raw = String::new();
+        for q in [
+            "up{job=\"dynamo-frontend\"}[3m]",
+            "dynamo_frontend_time_to_first_token_seconds_count[3m]",
+        ] {
+            raw.push_str(&format!("{q}: {:?}\n", query(&c.http, prom, q).await));
+        }
+        panic!(
+            "dashboard queries without data:\n{}\n{raw}",
+            missing.join("\n")
+        );
+    }
     for (f, p, e) in queries.iter().filter(|(f, p, _)| pending(f, p)) {
         let r = query(&c.http, prom, e)
             .await
