@@ -278,6 +278,15 @@ impl Cluster {
         }
     }
 
+    /// GET `path` from the frontend; the response as it comes.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .expect("request to the frontend")
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
         let r = self
             .http
@@ -422,6 +431,25 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         }
     }
     found
+}
+
+/// The `error.message` of an OpenAI error body ("" when there is none).
+pub fn error_message(v: &serde_json::Value) -> &str {
+    v["error"]["message"].as_str().unwrap_or("")
+}
+
+/// Run `cmd` to completion and require success; its output, for more checks.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A minimal blocking GET (status, body) used for readiness polling outside async code.

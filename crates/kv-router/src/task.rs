@@ -151,9 +151,9 @@ impl IndexTask {
     pub fn handle(&mut self, m: IndexMsg) {
         match m {
             IndexMsg::Event(ev) => {
-                let cost = self.budget.as_ref().map(|b| (b.clone(), b.cost(&ev)));
+                let cost = self.budget.as_ref().map(|b| b.cost(&ev));
                 self.event(ev);
-                if let Some((b, c)) = cost {
+                if let (Some(b), Some(c)) = (&self.budget, cost) {
                     b.give(c);
                 }
             }

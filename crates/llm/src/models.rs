@@ -134,6 +134,15 @@ impl ModelManager {
                 .push(Arc::new(rec.clone()));
         }
         cards.retain(|name, _| instances.contains_key(name));
+        // Forget instances that left, so the set follows discovery instead of growing with
+        // every id a peer ever registered.
+        let mut warned = self.inner.warned.lock().unwrap();
+        if !warned.is_empty() {
+            let live: std::collections::HashSet<u64> =
+                map.values().map(|r| r.instance_id).collect();
+            warned.retain(|id| live.contains(id));
+        }
+        drop(warned);
         *self.inner.snapshot.write().unwrap() = Arc::new(Snapshot { instances });
         for (name, card) in cards {
             if self.inner.loaded.read().unwrap().contains_key(&name) {

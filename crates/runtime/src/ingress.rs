@@ -131,6 +131,26 @@ where
         Ok(())
     }
 
+    /// Answer a request with an error in place of the ack (nothing streamed yet), counted
+    /// under `error_type`.
+    async fn refuse(
+        &self,
+        reply: &async_nats::Subject,
+        error_type: &str,
+        kind: ErrorKind,
+        message: String,
+    ) {
+        self.count_error(error_type);
+        let env = Envelope::Error {
+            kind,
+            message,
+            n: None,
+        };
+        if self.send(reply, env).await.is_err() {
+            self.count_error("publish_response");
+        }
+    }
+
     /// Cancel one in-flight request (a cancellation message arrived); remember an id that is
     /// not running yet, so that it never starts.
     pub fn cancel(&self, request_id: &str) {
@@ -204,13 +224,14 @@ where
         let request: Req = match serde_json::from_slice(&msg.payload) {
             Ok(r) => r,
             Err(e) => {
-                self.count_error("deserialization");
-                let env = Envelope::Error {
-                    kind: ErrorKind::Deserialization,
-                    message: format!("cannot decode request: {e}"),
-                    n: None,
-                };
-                let _ = self.send(&reply, env).await;
+                let message = format!("cannot decode request: {e}");
+                self.refuse(
+                    &reply,
+                    "deserialization",
+                    ErrorKind::Deserialization,
+                    message,
+                )
+                .await;
                 return;
             }
         };
@@ -233,14 +254,15 @@ where
             }
         };
         if duplicate {
-            self.count_error("duplicate_request");
             tracing::warn!(%request_id, endpoint = %self.id, "duplicate request id refused");
-            let env = Envelope::Error {
-                kind: ErrorKind::InvalidRequest,
-                message: format!("request {request_id} is already running here"),
-                n: None,
-            };
-            let _ = self.send(&reply, env).await;
+            let message = format!("request {request_id} is already running here");
+            self.refuse(
+                &reply,
+                "duplicate_request",
+                ErrorKind::InvalidRequest,
+                message,
+            )
+            .await;
             return;
         }
         let ctx = RequestContext {
@@ -257,15 +279,7 @@ where
         let early = stream.next().now_or_never();
         if let Some(Some(Err(e))) = early {
             self.inflight.lock().unwrap().remove(&request_id);
-            self.count_error("generate");
-            let env = Envelope::Error {
-                kind: e.kind,
-                message: e.message,
-                n: None,
-            };
-            if self.send(&reply, env).await.is_err() {
-                self.count_error("publish_response");
-            }
+            self.refuse(&reply, "generate", e.kind, e.message).await;
             return;
         }
         if self.send(&reply, Envelope::Ack).await.is_err() {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dynamo_e2e::{read_sse, requests, Cluster, MODEL};
+use dynamo_e2e::{error_message, read_sse, requests, Cluster, MODEL};
 use serde_json::json;
 
 fn chat(stream: bool, max: u32) -> serde_json::Value {
@@ -193,13 +193,7 @@ async fn bad_input_gets_clear_errors_without_hurting_others() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("context length"),
-        "{v}"
-    );
+    assert!(error_message(&v).contains("context length"), "{v}");
     // Body over the 1 MB limit.
     let big = format!(
         r#"{{"model":"{MODEL}","prompt":"{}"}}"#,
@@ -209,12 +203,7 @@ async fn bad_input_gets_clear_errors_without_hurting_others() {
     assert_eq!(st, 413, "{v}");
     assert_eq!(v["error"]["code"], 413);
     // Unknown route: JSON 404.
-    let r = c
-        .http
-        .get(format!("{}/v1/nothing", c.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get("/v1/nothing").await;
     assert_eq!(r.status(), 404);
 
     let (events, done) = long.await.unwrap();

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use dynamo_e2e::run_ok;
 use dynamo_protocols::names::defaults;
 use serde_json::Value;
 
@@ -89,15 +90,10 @@ fn port_of(addr: &str) -> u16 {
 
 #[test]
 fn dashboards_are_valid_grafana_json_and_generated() {
-    let out = Command::new("python3")
-        .arg(root().join("deploy/observability/dashboards.py"))
-        .arg("--check")
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("python3")
+            .arg(root().join("deploy/observability/dashboards.py"))
+            .arg("--check"),
     );
     let mut uids: Vec<String> =
         yaml_values(&read("deploy/observability/grafana-datasources.yml"), "uid");
@@ -299,14 +295,9 @@ fn compose_files_validate_and_use_the_binaries_ports() {
     assert!(read("launch/agg.sh").contains("DYN_SYSTEM_PORT:-8081"));
     assert!(script.contains("FRONTEND_TARGET:-127.0.0.1:8000"));
     assert!(script.contains("WORKER_TARGETS:-127.0.0.1:8081,127.0.0.1:8082"));
-    let out = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(root().join("deploy/observability/prometheus.yml"))
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    run_ok(
+        Command::new("promtool")
+            .args(["check", "config"])
+            .arg(root().join("deploy/observability/prometheus.yml")),
     );
 }

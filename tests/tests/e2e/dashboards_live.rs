@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dynamo_e2e::requests::{self, pinned};
-use dynamo_e2e::{bin, otel_env, peer, Child, Cluster, MODEL};
+use dynamo_e2e::{bin, otel_env, peer, run_ok, Child, Cluster, MODEL};
 use serde_json::{json, Value};
 
 use super::dashboards::{dashboard, panels, read, root, DASHBOARDS, PENDING};
@@ -146,17 +146,8 @@ fn run_headless(prom: u16) {
             setup.join("\n"),
             c.replace("localhost:9090", &format!("127.0.0.1:{prom}"))
         );
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
+        let out = run_ok(Command::new("bash").arg("-c").arg(&script));
         let text = String::from_utf8_lossy(&out.stdout).replace([' ', '\n'], "");
-        assert!(
-            out.status.success(),
-            "{c}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         if c.contains(":9090") {
             assert!(text.contains("\"status\":\"success\""), "{c}: {text}");
             assert!(!text.contains("\"result\":[]"), "{c}: no data: {text}");

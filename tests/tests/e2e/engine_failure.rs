@@ -39,11 +39,6 @@ async fn a_panicking_engine_fails_its_request_leaves_discovery_and_exits() {
     assert!(log.contains("injected fault"), "{log}");
     assert!(log.contains("the engine died"), "{log}");
     // The frontend's /health says nothing serves.
-    let r = c
-        .http
-        .get(format!("{}/health", c.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get("/health").await;
     assert_eq!(r.status(), 503);
 }

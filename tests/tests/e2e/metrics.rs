@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{metric_value, requests, Child, Cluster, MODEL};
+use dynamo_e2e::{metric_value, requests, run_ok, Child, Cluster, MODEL};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -511,16 +511,7 @@ async fn prometheus_answers(c: &Cluster) {
         ),
     )
     .unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(&cfg)
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    run_ok(Command::new("promtool").args(["check", "config"]).arg(&cfg));
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", cfg.display()))
         .arg(format!(

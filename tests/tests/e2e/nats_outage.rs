@@ -7,8 +7,28 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{bin, blocking_get, model_cache, requests, Child, Cluster};
+use dynamo_e2e::{bin, blocking_get, model_cache, requests, run_ok, Child, Cluster};
 use dynamo_protocols::names::env;
+
+/// Start a frontend on `nats_url` with `extra` environment that must fail to connect: it exits
+/// non-zero; its log, for checks of what it says (and does not say).
+fn frontend_that_cannot_connect(
+    c: &Cluster,
+    name: &str,
+    nats_url: &str,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut cmd = Command::new(bin("dynamo-frontend"));
+    cmd.env(env::NATS_SERVER, nats_url)
+        .env(env::DYN_HTTP_PORT, "0")
+        .env(env::DYN_MODEL_CACHE, model_cache())
+        .envs(extra.iter().copied());
+    let mut bad = Child::spawn(name, cmd, c.dir.path()).unwrap();
+    let status = bad.wait_timeout(Duration::from_secs(20)).expect("exits");
+    let log = bad.log_text();
+    assert!(!status.success(), "{log}");
+    log
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_in_nats_server_work_and_are_never_echoed() {
@@ -27,17 +47,8 @@ async fn credentials_in_nats_server_work_and_are_never_echoed() {
         assert!(!log.contains("s3cret-pw"), "{log}");
     }
     // A wrong password: the process exits with an error that names the server, not the secret.
-    let mut cmd = Command::new(bin("dynamo-frontend"));
-    cmd.env(
-        env::NATS_SERVER,
-        format!("nats://fleet:wrong-pw@127.0.0.1:{}", c.nats.port),
-    )
-    .env(env::DYN_HTTP_PORT, "0")
-    .env(env::DYN_MODEL_CACHE, model_cache());
-    let mut bad = Child::spawn("frontend-bad-pw", cmd, c.dir.path()).unwrap();
-    let status = bad.wait_timeout(Duration::from_secs(20)).expect("exits");
-    assert!(!status.success());
-    let log = bad.log_text();
+    let bad_url = format!("nats://fleet:wrong-pw@127.0.0.1:{}", c.nats.port);
+    let log = frontend_that_cannot_connect(&c, "frontend-bad-pw", &bad_url, &[]);
     assert!(log.contains(&format!("127.0.0.1:{}", c.nats.port)), "{log}");
     assert!(!log.contains("wrong-pw"), "{log}");
 }
@@ -87,15 +98,7 @@ async fn health_is_not_ready_while_nats_is_down() {
 fn tls_files(dir: &std::path::Path) -> (String, String, String) {
     let p = |n: &str| dir.join(n).display().to_string();
     let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new("openssl").args(args));
     };
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     run(&[
@@ -169,18 +172,8 @@ async fn the_fleet_serves_over_nats_tls() {
         .await;
     assert_eq!(st, 200, "{v}");
     // Without the CA, the server's certificate is not trusted: a clear connect error.
-    let mut cmd = Command::new(bin("dynamo-frontend"));
-    cmd.env(env::NATS_SERVER, c.nats.url())
-        .env(env::DYN_HTTP_PORT, "0")
-        .env(env::DYN_MODEL_CACHE, model_cache());
-    let mut bad = Child::spawn("frontend-no-ca", cmd, c.dir.path()).unwrap();
-    let status = bad.wait_timeout(Duration::from_secs(20)).expect("exits");
-    assert!(!status.success(), "{}", bad.log_text());
-    assert!(
-        bad.log_text().contains("cannot connect to NATS"),
-        "{}",
-        bad.log_text()
-    );
+    let log = frontend_that_cannot_connect(&c, "frontend-no-ca", &c.nats.url(), &[]);
+    assert!(log.contains("cannot connect to NATS"), "{log}");
 }
 
 /// Decentralized authentication (operator mode): the server trusts an operator and knows its
@@ -215,27 +208,20 @@ async fn the_fleet_serves_with_a_creds_file_in_operator_mode() {
         .await;
     assert_eq!(st, 200, "{v}");
 
-    let refused = |name: &str, creds: Option<&str>| {
-        let mut cmd = Command::new(bin("dynamo-frontend"));
-        cmd.env(env::NATS_SERVER, c.nats.url())
-            .env(env::DYN_HTTP_PORT, "0")
-            .env(env::DYN_MODEL_CACHE, model_cache());
-        if let Some(f) = creds {
-            cmd.env(env::DYN_NATS_CREDS_FILE, f);
-        }
-        let mut bad = Child::spawn(name, cmd, c.dir.path()).unwrap();
-        let status = bad.wait_timeout(Duration::from_secs(20)).expect("exits");
-        let log = bad.log_text();
-        assert!(!status.success(), "{log}");
+    let refused = |name: &str, extra: &[(&str, &str)]| {
+        let log = frontend_that_cannot_connect(&c, name, &c.nats.url(), extra);
         assert!(log.contains("cannot connect to NATS"), "{log}");
+        assert!(log.contains("authorization violation"), "{log}");
         log
     };
-    let log = refused("frontend-no-creds", None);
-    assert!(log.contains("authorization violation"), "{log}");
+    refused("frontend-no-creds", &[]);
     let stranger = Operator::new().user_creds(keys.path(), "stranger");
     let stranger_seed = std::fs::read_to_string(&stranger).unwrap();
-    let log = refused("frontend-stranger", Some(&stranger.display().to_string()));
-    assert!(log.contains("authorization violation"), "{log}");
+    let stranger = stranger.display().to_string();
+    let log = refused(
+        "frontend-stranger",
+        &[(env::DYN_NATS_CREDS_FILE, stranger.as_str())],
+    );
     for line in stranger_seed.lines().filter(|l| l.starts_with("SU")) {
         assert!(!log.contains(line), "{log}");
     }

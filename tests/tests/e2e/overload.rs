@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{metric_value, requests, Cluster};
+use dynamo_e2e::{error_message, metric_value, requests, Cluster};
 use serde_json::json;
 
 /// Poll a worker's metrics until no request runs or waits (10 s at most).
@@ -98,22 +98,13 @@ async fn ten_times_overload_sheds_fast_and_admitted_requests_keep_their_latency(
         .sum();
     assert_eq!(counted as usize, shed.len(), "{m}");
     // Both bounds were met: the worker refused some (its queue), the frontend the others.
-    let worker_refusals = shed
-        .iter()
-        .filter(|r| {
-            r.2["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("--max-queued-requests"))
-        })
-        .count();
-    let frontend_refusals = shed
-        .iter()
-        .filter(|r| {
-            r.2["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("--max-inflight-requests"))
-        })
-        .count();
+    let refused_by = |flag: &str| {
+        shed.iter()
+            .filter(|r| error_message(&r.2).contains(flag))
+            .count()
+    };
+    let worker_refusals = refused_by("--max-queued-requests");
+    let frontend_refusals = refused_by("--max-inflight-requests");
     assert_eq!(worker_refusals + frontend_refusals, shed.len());
     assert!(frontend_refusals > 0 && worker_refusals > 0, "{shed:?}");
     // Nothing stuck: the worker is idle again.
@@ -131,13 +122,7 @@ async fn request_timeout_answers_504_and_cancels_the_worker() {
     let (st, _, v) = c.post("/v1/completions", &body).await;
     assert_eq!(st, 504, "{v}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("--request-timeout"),
-        "{v}"
-    );
+    assert!(error_message(&v).contains("--request-timeout"), "{v}");
     // Streamed: an error event ends it.
     body["stream"] = json!(true);
     let r = c.send("/v1/completions", &body, &[]).await;

@@ -88,6 +88,14 @@ fn truncated() -> ApiError {
     )
 }
 
+/// End a stream with an SSE `event: error` carrying `err`'s OpenAI body (no `[DONE]`), and
+/// record the outcome.
+async fn end_with_error(tx: &mpsc::Sender<Bytes>, guard: &mut RequestGuard, err: ApiError) {
+    let msg = format!("event: error\ndata: {}\n\n", err.body());
+    let _ = tx.send(Bytes::from(msg)).await;
+    guard.finish(Some(err.class.label()));
+}
+
 /// Keeps the inflight/queued gauges right on every exit path and records the outcome.
 pub struct RequestGuard {
     state: Arc<AppState>,
@@ -493,10 +501,7 @@ pub async fn streaming(
                         i = gen.next(&state, &job) => i,
                         _ = tx.closed() => return, // client gone: dropping `gen` cancels the worker
                         _ = expired(job.deadline) => {
-                            let err = timed_out(&job);
-                            let msg = format!("event: error\ndata: {}\n\n", err.body());
-                            let _ = tx.send(Bytes::from(msg)).await;
-                            guard.finish(Some(err.class.label()));
+                            end_with_error(&tx, &mut guard, timed_out(&job)).await;
                             return;
                         }
                     },
@@ -505,9 +510,7 @@ pub async fn streaming(
                 let out = match item {
                     Ok(o) => o,
                     Err(err) => {
-                        let msg = format!("event: error\ndata: {}\n\n", err.body());
-                        let _ = tx.send(Bytes::from(msg)).await;
-                        guard.finish(Some(err.class.label()));
+                        end_with_error(&tx, &mut guard, err).await;
                         return;
                     }
                 };
@@ -543,10 +546,7 @@ pub async fn streaming(
             }
             drop(gen);
             let Some(finish) = pipe.finish else {
-                let err = truncated();
-                let msg = format!("event: error\ndata: {}\n\n", err.body());
-                let _ = tx.send(Bytes::from(msg)).await;
-                guard.finish(Some(err.class.label()));
+                end_with_error(&tx, &mut guard, truncated()).await;
                 return;
             };
             let mut tail = chunk(&job, None, false, Some(finish), usage_field(None)).to_vec();
