@@ -137,4 +137,19 @@ async fn request_timeout_answers_504_and_cancels_the_worker() {
     assert!(worker_idle(&c, 0).await, "{}", c.worker_metrics(0).await);
     let m = c.frontend_metrics().await;
     assert!(m.contains("error_type=\"timeout\""), "{m}");
+    // Each timed-out request is counted once, as a timeout: not also as a client that left.
+    let timeouts: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("dynamo_frontend_requests_total{") && l.contains("error_type=\"timeout\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(timeouts, 2.0, "{m}");
+    assert!(!m.contains("error_type=\"cancelled\""), "{m}");
+    assert_eq!(
+        metric_value(&m, "dynamo_frontend_disconnected_clients"),
+        Some(0.0),
+        "{m}"
+    );
 }

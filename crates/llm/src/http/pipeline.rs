@@ -105,6 +105,9 @@ pub struct RequestGuard {
     start: Instant,
     queued: bool,
     outcome: Option<Option<&'static str>>,
+    /// The handler counts this request's error itself (it was returned before any response
+    /// was sent): the guard must not count it again, nor as a client that went away.
+    reported: bool,
     /// `http-request`, kept open until the response is complete.
     span: tracing::Span,
     /// The request's place under `--max-inflight-requests`.
@@ -131,6 +134,7 @@ impl RequestGuard {
             start,
             queued: true,
             outcome: None,
+            reported: false,
             span,
             _permit: permit,
         }
@@ -152,6 +156,12 @@ impl RequestGuard {
     pub fn finish(&mut self, error: Option<&'static str>) {
         self.outcome = Some(error);
     }
+
+    /// Pass an error on to the handler, which answers it and counts it.
+    fn report<T>(&mut self, r: Result<T, ApiError>) -> Result<T, ApiError> {
+        self.reported = r.is_err();
+        r
+    }
 }
 
 impl Drop for RequestGuard {
@@ -159,20 +169,22 @@ impl Drop for RequestGuard {
         self.first_token();
         let m = &self.state.metrics;
         m.inflight.with_label_values(&[&self.model]).dec();
-        let outcome = match self.outcome {
-            Some(o) => o,
-            None => {
-                // Dropped before finishing: the client went away.
-                m.disconnected.inc();
-                Some(ErrorClass::Cancelled.label())
-            }
-        };
-        m.count(
-            &self.model,
-            self.kind.endpoint_label(),
-            self.stream,
-            outcome,
-        );
+        if !self.reported {
+            let outcome = match self.outcome {
+                Some(o) => o,
+                None => {
+                    // Dropped before finishing: the client went away.
+                    m.disconnected.inc();
+                    Some(ErrorClass::Cancelled.label())
+                }
+            };
+            m.count(
+                &self.model,
+                self.kind.endpoint_label(),
+                self.stream,
+                outcome,
+            );
+        }
         m.duration
             .with_label_values(&[&self.model])
             .observe(self.start.elapsed().as_secs_f64());
@@ -365,11 +377,12 @@ pub async fn unary(
         Ok::<_, ApiError>((pipe, text))
     };
     // Past the deadline the future is dropped, and with it the stream: the worker cancels.
-    let (pipe, text) = tokio::select! {
-        r = run => r?,
-        _ = expired(job.deadline) => return Err(timed_out(&job)),
+    let r = tokio::select! {
+        r = run => r,
+        _ = expired(job.deadline) => Err(timed_out(&job)),
     };
-    let finish = pipe.finish.ok_or_else(truncated)?;
+    let (pipe, text) = guard.report(r)?;
+    let finish = guard.report(pipe.finish.ok_or_else(truncated))?;
     finish_metrics(&state, &job.model, &pipe, &guard);
     guard.finish(None);
     let body = match job.kind {
@@ -479,10 +492,11 @@ pub async fn streaming(
         };
         Ok((gen, first))
     };
-    let (mut gen, first) = tokio::select! {
-        r = start => r?,
-        _ = expired(job.deadline) => return Err(timed_out(&job)),
+    let r = tokio::select! {
+        r = start => r,
+        _ = expired(job.deadline) => Err(timed_out(&job)),
     };
+    let (mut gen, first) = guard.report(r)?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let span = guard.span.clone();
     tokio::spawn(
