@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod dual;
 pub mod indexer;
+mod intake;
 pub mod metrics;
 pub mod publisher;
 pub mod scheduler;
@@ -24,7 +25,7 @@ use dynamo_protocols::kv_events::{
     kv_events_subject, kv_metrics_subject, kv_query_subject, KvQuery, KvQueryReply,
 };
 use dynamo_protocols::{LoadReport, RouterEvent};
-use dynamo_runtime::{Events, InstanceMap, InstanceRecord, Subscription};
+use dynamo_runtime::{Events, InstanceMap, InstanceRecord};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::mpsc;
@@ -32,6 +33,7 @@ use tokio::sync::{oneshot, watch};
 
 use budget::EventBudget;
 pub use indexer::{FastMap, OverlapScores, RadixIndex, WorkerKey};
+use intake::{collect_loads, forward_events, Members};
 pub use metrics::RouterMetrics;
 use scheduler::{ActiveLoad, Candidate, Costing};
 use task::{IndexMsg, IndexTask, SyncAnswer};
@@ -451,91 +453,6 @@ async fn query_worker(
         answer.events.extend(part.events);
     }
     Ok(answer)
-}
-
-/// The instances of this router's component in discovery: KV events and load reports are
-/// taken only from them (anyone on NATS can publish on the subjects; an unknown `worker_id`
-/// would otherwise grow the index and attract traffic).
-struct Members {
-    rx: watch::Receiver<InstanceMap>,
-    namespace: String,
-    component: String,
-}
-
-impl Members {
-    fn new(rx: watch::Receiver<InstanceMap>, namespace: &str, component: &str) -> Self {
-        Members {
-            rx,
-            namespace: namespace.to_string(),
-            component: component.to_string(),
-        }
-    }
-
-    fn contains(&self, worker: u64) -> bool {
-        self.rx
-            .borrow()
-            .get(&worker)
-            .is_some_and(|r| r.namespace == self.namespace && r.component == self.component)
-    }
-}
-
-/// Largest load figure taken from a report: far above any real pool, small enough that sums
-/// and costs cannot overflow (a report near `u64::MAX` would wrap and attract all traffic).
-const MAX_REPORTED: u64 = 1 << 32;
-
-/// Hand each event of a discovered instance to the index thread, within `budget`: when the
-/// index falls behind, this waits and the backlog stays in the subscription's bounded buffer.
-async fn forward_events(
-    mut sub: Subscription<RouterEvent>,
-    tx: mpsc::Sender<IndexMsg>,
-    members: Members,
-    budget: EventBudget,
-) {
-    let mut last_warned: Option<Instant> = None;
-    while let Some(m) = sub.next().await {
-        if !members.contains(m.body.worker_id) {
-            // A worker not yet in discovery is re-synced in full when it appears.
-            tracing::debug!(worker = %format!("{:x}", m.body.worker_id), "KV event from an instance not in discovery; dropped");
-            continue;
-        }
-        let cost = budget.cost(&m.body);
-        if budget.available() < cost as usize
-            && last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            last_warned = Some(Instant::now());
-            tracing::warn!("KV events arrive faster than the index applies them; holding back");
-        }
-        budget.take(cost).await;
-        if tx.send(IndexMsg::Event(m.body)).is_err() {
-            return;
-        }
-    }
-}
-
-async fn collect_loads(
-    mut sub: Subscription<LoadReport>,
-    loads: Arc<Mutex<FastMap<u64, (LoadReport, Instant)>>>,
-    members: Members,
-) {
-    while let Some(m) = sub.next().await {
-        let mut l = m.body;
-        if !members.contains(l.worker_id) {
-            tracing::debug!(worker = %format!("{:x}", l.worker_id), "load report from an instance not in discovery; dropped");
-            continue;
-        }
-        for v in [
-            &mut l.active_blocks,
-            &mut l.total_blocks,
-            &mut l.running,
-            &mut l.waiting,
-        ] {
-            *v = (*v).min(MAX_REPORTED);
-        }
-        loads
-            .lock()
-            .unwrap()
-            .insert(l.worker_id, (l, Instant::now()));
-    }
 }
 
 /// Follow discovery: new workers of this component are re-synced, departed ones dropped.

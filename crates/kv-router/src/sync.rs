@@ -38,12 +38,19 @@ pub enum Step {
 #[derive(Debug, Default)]
 pub struct WorkerSync {
     last: Option<u64>,
+    /// A re-sync answer arrived: the worker's position is known even when `last` is `None`
+    /// (it had published nothing), so an id far past 0 is implausible, not a reason to ask
+    /// again (the answer could never reach it).
+    answered: bool,
     syncing: bool,
     held: Vec<KvCacheEvent>,
     /// Size of `held` in event units.
     held_units: usize,
     /// Held events the last answer already contained (see [`WorkerSync::take_covered`]).
     covered: Vec<KvCacheEvent>,
+    /// Held events the last answer showed to be implausibly far ahead (see
+    /// [`WorkerSync::take_rejected`]).
+    rejected: Vec<KvCacheEvent>,
 }
 
 impl WorkerSync {
@@ -75,7 +82,7 @@ impl WorkerSync {
             self.last = Some(ev.event_id);
             return Step::Apply(ev);
         }
-        if self.last.is_some() && ev.event_id - expected > MAX_GAP {
+        if (self.last.is_some() || self.answered) && ev.event_id - expected > MAX_GAP {
             return Step::Implausible;
         }
         self.syncing = true;
@@ -103,6 +110,7 @@ impl WorkerSync {
         last_event_id: Option<u64>,
     ) -> (Vec<KvCacheEvent>, Option<Option<u64>>) {
         self.syncing = false;
+        self.answered = true;
         if last_event_id.is_some() {
             self.last = last_event_id;
         }
@@ -116,10 +124,12 @@ impl WorkerSync {
                 .last
                 .is_some_and(|l| ev.event_id <= l)
                 .then(|| ev.clone());
+            let kept = ev.clone();
             match self.on_event(ev) {
                 Step::Apply(e) => apply.push(e),
                 Step::Duplicate => self.covered.extend(copy),
-                Step::Held | Step::Implausible | Step::Overflow => {}
+                Step::Implausible => self.rejected.push(kept),
+                Step::Held | Step::Overflow => {}
                 Step::Resync { from } => again = Some(from),
             }
         }
@@ -131,6 +141,12 @@ impl WorkerSync {
     /// the index reflects them, though they are not applied again.
     pub fn take_covered(&mut self) -> Vec<KvCacheEvent> {
         std::mem::take(&mut self.covered)
+    }
+
+    /// The held events the last answer showed to be implausibly far ahead: dropped, and
+    /// counted as rejected like one arriving outside a re-sync.
+    pub fn take_rejected(&mut self) -> Vec<KvCacheEvent> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// Give up on the missing events (nobody to ask): apply the held ones from the first.
@@ -175,6 +191,23 @@ mod tests {
         let (apply, again) = s.on_answer(Some(4));
         assert_eq!(ids(&apply), vec![5]);
         assert_eq!(again, None, "no further re-sync");
+    }
+
+    #[test]
+    fn a_far_future_event_for_a_worker_that_sent_nothing_ends_after_one_answer() {
+        let mut s = WorkerSync::default();
+        assert!(s.on_discovered());
+        assert_eq!(s.on_event(ev(u64::MAX / 2)), Step::Held);
+        // The worker has published nothing: the forged id can never be reached.
+        let (apply, again) = s.on_answer(None);
+        assert!(apply.is_empty());
+        assert_eq!(again, None, "no endless re-sync");
+        assert_eq!(ids(&s.take_rejected()), vec![u64::MAX / 2]);
+        assert_eq!(s.on_event(ev(u64::MAX / 2)), Step::Implausible);
+        assert_eq!(s.on_event(ev(0)), Step::Apply(ev(0)));
+        // A late router's first sight of a busy worker still fetches its state.
+        let mut s = WorkerSync::default();
+        assert_eq!(s.on_event(ev(MAX_GAP * 4)), Step::Resync { from: None });
     }
 
     #[test]

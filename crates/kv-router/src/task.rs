@@ -240,6 +240,7 @@ impl IndexTask {
         let s = self.sync.get_mut(&worker).expect("checked");
         let (held, again) = s.on_answer(a.last_event_id);
         let covered = s.take_covered();
+        let rejected = s.take_rejected();
         for ev in &held {
             self.apply(worker, ev);
         }
@@ -247,6 +248,12 @@ impl IndexTask {
             for ev in &covered {
                 m.event(kind(&ev.data), true);
             }
+            for ev in &rejected {
+                m.event(kind(&ev.data), false);
+            }
+        }
+        if !rejected.is_empty() {
+            tracing::warn!(worker = %format!("{worker:x}"), dropped = rejected.len(), "KV event ids implausibly far ahead; dropped");
         }
         tracing::debug!(worker = %format!("{worker:x}"), full = a.full, blocks = a.blocks.len(), events = a.events.len(), held = held.len(), "KV re-sync applied");
         if let Some(from) = again {
