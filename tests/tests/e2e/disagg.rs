@@ -220,6 +220,38 @@ async fn sending(c: &Cluster, prefills: &[usize]) -> usize {
     }
 }
 
+/// How many of the decode worker's transfers reached `stage`.
+fn stage_count(t: &str, stage: &str) -> f64 {
+    metric_with(
+        t,
+        "sglang:per_stage_req_latency_seconds_count",
+        &format!(r#"stage="{stage}""#),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Wait until the decode worker `d` is receiving its `n`th room: connected and agreed with
+/// the prefill side (`n` bootstraps done) while no more than `done` transfers completed.
+async fn receiving(c: &Cluster, d: usize, n: f64, done: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = c.worker_metrics(d).await;
+        let (boot, fin) = (
+            stage_count(&t, "decode_bootstrap"),
+            stage_count(&t, "decode_transferred"),
+        );
+        assert!(fin <= done, "the transfer completed before the kill: {t}");
+        if boot >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the decode side never started receiving room {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefill_worker_killed_mid_transfer_is_retried_then_fails_cleanly() {
     let mut c = Cluster::start(&[]);
@@ -227,40 +259,83 @@ async fn a_prefill_worker_killed_mid_transfer_is_retried_then_fails_cleanly() {
     let p1 = c.add_prefill(&chunk);
     let p2 = c.add_prefill(&chunk);
     let d = c.add_decode(&[]);
-    c.wait_instances(3, Duration::from_secs(30)).await.unwrap();
+    let a = c.add_worker(&["--threads", "1"]);
+    c.wait_instances(4, Duration::from_secs(30)).await.unwrap();
+    let (dec, agg) = (c.instance_id(d), c.instance_id(a));
     let (url, http) = (c.url(), c.http.clone());
-    let send = move || {
+    let send = move |instance: u64| {
         let (url, http) = (url.clone(), http.clone());
         tokio::spawn(async move {
             let r = http
                 .post(format!("{url}/v1/completions"))
-                .json(&long_prompt())
+                .json(&pinned(long_prompt(), instance))
                 .send()
                 .await
                 .unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         })
     };
-    // First: the prefill worker that has the request dies; the other one serves it.
-    let req = send();
+    let failures = async |c: &Cluster| {
+        let t = c.worker_metrics(d).await;
+        (
+            metric_value(&t, "sglang:num_transfer_failed_reqs_total").unwrap(),
+            metric_value(&t, "sglang:num_bootstrap_failed_reqs_total").unwrap(),
+        )
+    };
+    // First: the prefill worker sending the room dies while the decode side is receiving it;
+    // the request is retried on the other one, which serves it.
+    let req = send(dec);
     let victim = sending(&c, &[p1, p2]).await;
+    receiving(&c, d, 1.0, 0.0).await;
     c.workers[victim].child.kill();
     let (st, v) = req.await.unwrap();
     assert_eq!(st, 200, "retried on the other prefill worker: {v}");
     assert_eq!(v["usage"]["completion_tokens"], 4);
-    let dt = c.worker_metrics(d).await;
-    let failed = metric_value(&dt, "sglang:num_transfer_failed_reqs_total").unwrap()
-        + metric_value(&dt, "sglang:num_bootstrap_failed_reqs_total").unwrap();
-    assert_eq!(failed, 1.0, "the decode side counted the failed transfer");
-    // Second: the last prefill worker dies too; no other is left, the request fails cleanly.
+    assert_eq!(
+        failures(&c).await,
+        (1.0, 0.0),
+        "the decode side counted one failed transfer and no failed bootstrap"
+    );
     let other = if victim == p1 { p2 } else { p1 };
-    let req = send();
+    let ot = c.worker_metrics(other).await;
+    assert_eq!(
+        metric_value(&ot, "sglang:num_requests_total"),
+        Some(1.0),
+        "the other prefill worker served the retry"
+    );
+    assert_eq!(stage_count(&ot, "prefill_transfer_kv_cache"), 1.0);
+    // The retried answer is the undisturbed one: an aggregated worker's greedy text.
+    let (st, reference) = send(agg).await.unwrap();
+    assert_eq!(st, 200, "{reference}");
+    assert_eq!(v["choices"][0]["text"], reference["choices"][0]["text"]);
+    assert_eq!(v["usage"], reference["usage"]);
+
+    // Second: the last prefill worker dies too; no other is left, the request fails cleanly.
+    // (The decode side caches the prompt now, so a new prompt is needed for a transfer.)
+    let mut ids = long_prompt()["prompt"].as_array().unwrap().clone();
+    ids.reverse();
+    let mut body = requests::greedy_completion(json!(ids), 4);
+    body = pinned(body, dec);
+    let req = tokio::spawn({
+        let (url, http) = (c.url(), c.http.clone());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    });
     let victim = sending(&c, &[other]).await;
+    receiving(&c, d, 3.0, 1.0).await;
     c.workers[victim].child.kill();
     let (st, v) = req.await.unwrap();
     assert_eq!(st, 503, "{v}");
     let msg = v["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("KV transfer from prefill worker"), "{msg}");
+    assert_eq!(failures(&c).await, (2.0, 0.0));
     drained(&c, &[d]).await;
 }
 
@@ -315,14 +390,22 @@ async fn a_cancelled_client_frees_blocks_on_both_sides() {
         metric_value(&dt, "sglang:num_aborted_requests_total"),
         Some(1.0)
     );
-    // The pair still serves.
-    let r = c
-        .send(
-            "/v1/completions",
-            &json!({"model": dynamo_e2e::MODEL, "prompt": "Hi", "max_tokens": 3, "stream": true}),
-            &[],
-        )
-        .await;
-    let (chunks, done) = read_sse(r).await;
-    assert!(done && !chunks.is_empty());
+    // The pair still serves, in full and correctly: the streamed greedy text is the
+    // reference's (its first five tokens, none of them a near tie), every token counted.
+    let case = &reference()["cases"][0];
+    assert_eq!(case["prompt"], "The capital of France is");
+    let mut body = requests::greedy_completion(case["prompt"].clone(), 5);
+    body["ignore_eos"] = json!(true);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (chunks, done) = read_sse(c.send("/v1/completions", &body, &[]).await).await;
+    assert!(done, "{chunks:?}");
+    let text: String = chunks
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, " Paris.\n\nThe");
+    assert!(case["text"].as_str().unwrap().starts_with(&text));
+    let usage = chunks.iter().find(|e| e["usage"].is_object()).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 5, "{usage}");
 }
