@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use dynamo_e2e::{read_sse, requests, Cluster, MODEL};
+use dynamo_e2e::{metric_value, metric_with, read_sse, requests, Cluster, MODEL};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -169,11 +169,42 @@ async fn sigterm_exits_even_with_nats_gone() {
     );
 }
 
+/// Wait (20 s at most) until the frontend lists exactly the instances `ids`.
+async fn listed_again(c: &Cluster, ids: &[u64]) {
+    let mut want = ids.to_vec();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut listed = c
+            .get_json("/health")
+            .await
+            .ok()
+            .and_then(|v| {
+                v["instances"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["instance_id"].as_u64())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .unwrap_or_default();
+        listed.sort();
+        if listed == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances {want:x?} not listed again after the restart: {listed:x?}\n{}",
+            c.frontend_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// NATS restarts (its in-memory discovery bucket is wiped); after the 6 s lease has passed the
-/// same instance is listed again, `/health` is ready, and requests are served, with
-/// round-robin and with KV routing (whose subscriptions and re-sync must come back too).
-async fn nats_restart(router_mode: &str) {
-    let mut c = Cluster::start(&[("DYN_ROUTER_MODE", router_mode)]);
+/// same instance is listed again, `/health` is ready, and requests are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_is_survived() {
+    let mut c = Cluster::start(&[]);
     c.add_mocker(&["--speedup-ratio", "1000"]);
     c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
     let id = c.instance_id(0);
@@ -183,25 +214,7 @@ async fn nats_restart(router_mode: &str) {
     c.nats.restart();
     // Past the lease: a record that was not re-registered would have expired by now.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let listed = c.get_json("/health").await.ok().and_then(|v| {
-            v["instances"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|i| i["instance_id"].as_u64())
-                    .collect::<Vec<_>>()
-            })
-        });
-        if listed.as_deref() == Some(&[id][..]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "instance {id:x} not listed again after the restart: {listed:?}\n{}",
-            c.frontend_log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    listed_again(&c, &[id]).await;
     assert!(c.frontend.as_mut().unwrap().is_running());
     assert!(c.workers[0].child.is_running());
     for _ in 0..5 {
@@ -210,14 +223,106 @@ async fn nats_restart(router_mode: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_restart_is_survived() {
-    nats_restart("round-robin").await;
+/// A token prompt: an 8-block prefix of `group`, then a 5-token tail unique to `salt`.
+fn kv_prompt(group: u32, salt: u32) -> Vec<u32> {
+    let mut t: Vec<u32> = (0..8 * 16)
+        .map(|i| 1000 + (group * 977 + i * 13) % 30_000)
+        .collect();
+    t.extend((0..5).map(|i| 40_000 + salt * 8 + i));
+    t
 }
 
+/// The KV router across a NATS restart, with two workers so that routing shows what it
+/// knows: a prefix cached on one worker before the restart is still predicted there after it
+/// (kept or re-synced), and new KV events are applied again (their subscription is back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_is_survived_with_kv_routing() {
-    nats_restart("kv").await;
+    let mut c = Cluster::start(&[("DYN_ROUTER_MODE", "kv")]);
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.wait_instances(2, Duration::from_secs(20)).await.unwrap();
+    let ids = [c.instance_id(0), c.instance_id(1)];
+    let stored_ok = async |c: &Cluster| {
+        metric_with(
+            &c.frontend_metrics().await,
+            "dynamo_component_kv_cache_events_applied",
+            "event_type=\"stored\",status=\"ok\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let wait_stored = async |c: &Cluster, n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while stored_ok(c).await < n {
+            assert!(
+                Instant::now() < deadline,
+                "stored events not applied (want {n}):\n{}",
+                c.frontend_metrics().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let served = async |c: &Cluster| {
+        let mut out = [0.0; 2];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = c
+                .worker_metric(i, "dynamo_component_requests_total")
+                .await
+                .unwrap_or(0.0);
+        }
+        out
+    };
+    let complete = async |c: &Cluster, tokens: Vec<u32>| {
+        let (st, _, v) = c
+            .post("/v1/completions", &requests::completion(tokens, 2))
+            .await;
+        assert_eq!(st, 200, "{v}");
+        v
+    };
+    let hit_sum = async |c: &Cluster| {
+        metric_value(&c.frontend_metrics().await, "dynamo_router_kv_hit_rate_sum").unwrap_or(0.0)
+    };
+    complete(&c, kv_prompt(1, 0)).await;
+    wait_stored(&c, 1.0).await;
+    let owner = served(&c).await.iter().position(|&n| n == 1.0).unwrap();
+
+    c.nats.restart();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    listed_again(&c, &ids).await;
+
+    // The prefix from before the restart: predicted on its owner, 8 of 9 blocks each time.
+    let (n0, h0) = (served(&c).await, hit_sum(&c).await);
+    for salt in 1..=4 {
+        let v = complete(&c, kv_prompt(1, salt)).await;
+        assert_eq!(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"], 128,
+            "repeat {salt}: {v}"
+        );
+    }
+    let (n1, h1) = (served(&c).await, hit_sum(&c).await);
+    assert_eq!(n1[owner] - n0[owner], 4.0, "{n0:?} → {n1:?}");
+    assert!(
+        (h1 - h0 - 4.0 * 8.0 / 9.0).abs() < 1e-6,
+        "predicted hit rates after the restart: {}",
+        h1 - h0
+    );
+    // Events are applied again: a new prefix is stored, then followed by its repeats.
+    let before = stored_ok(&c).await;
+    complete(&c, kv_prompt(2, 0)).await;
+    wait_stored(&c, before + 1.0).await;
+    let (n2, h2) = (served(&c).await, hit_sum(&c).await);
+    let second = (0..2).find(|&i| n2[i] > n1[i]).unwrap();
+    for salt in 1..=3 {
+        let v = complete(&c, kv_prompt(2, salt)).await;
+        assert_eq!(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"], 128,
+            "repeat {salt} of the new prefix: {v}"
+        );
+    }
+    let n3 = served(&c).await;
+    assert_eq!(n3[second] - n2[second], 3.0, "{n2:?} → {n3:?}");
+    let h3 = hit_sum(&c).await;
+    assert!((h3 - h2 - 3.0 * 8.0 / 9.0).abs() < 1e-6, "{}", h3 - h2);
+    assert!(c.frontend.as_mut().unwrap().is_running());
 }
 
 /// NATS restarts while a stream is in flight: the stream does not hang. It completes (every
