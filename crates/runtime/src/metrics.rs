@@ -184,6 +184,13 @@ impl WorkHandlerMetrics {
     /// The handles of one endpoint, resolved once (no label lookup per request or message).
     pub fn for_endpoint(&self, id: &EndpointId) -> EndpointMetrics {
         let l = Self::labels(id);
+        // Every error type exists from the start at 0, so the first error of a kind is an
+        // increase that `rate()` and `increase()` see (a series born at 1 shows none).
+        for t in ERROR_TYPES {
+            let [n, c, e] = &l;
+            self.errors
+                .with_label_values(&[n.as_str(), c.as_str(), e.as_str(), t]);
+        }
         EndpointMetrics {
             requests: self.requests.with_label_values(&l),
             request_bytes: self.request_bytes.with_label_values(&l),
@@ -205,6 +212,18 @@ impl WorkHandlerMetrics {
     }
 }
 
+/// The `error_type` values of `dynamo_component_errors_total`: a request that cannot be
+/// decoded, a second request with a running id, the handler's error, a message without a
+/// reply subject, and a reply (stream item or final marker) that could not be published.
+pub const ERROR_TYPES: [&str; 6] = [
+    "deserialization",
+    "duplicate_request",
+    "generate",
+    "invalid_message",
+    "publish_response",
+    "publish_final",
+];
+
 /// Work-handler metric handles of one endpoint.
 #[derive(Clone)]
 pub struct EndpointMetrics {
@@ -220,6 +239,7 @@ pub struct EndpointMetrics {
 impl EndpointMetrics {
     /// Count an error of `error_type` (rare: looked up by label).
     pub fn error(&self, error_type: &str) {
+        debug_assert!(ERROR_TYPES.contains(&error_type), "{error_type}");
         let [n, c, e] = &self.labels;
         self.errors
             .with_label_values(&[n.as_str(), c.as_str(), e.as_str(), error_type])

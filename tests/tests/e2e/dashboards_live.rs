@@ -57,30 +57,78 @@ fn has_data(result: &[Value]) -> bool {
     })
 }
 
+/// A label pair a series must carry.
+type Label = (&'static str, &'static str);
+
+/// Panels whose workload the test drives on purpose: each of their expressions must answer
+/// with a value above 0 (a counter that never moved, or a gauge at rest, answers 0), in a
+/// series carrying the label pair when one is given.
+const DRIVEN: &[(&str, &str, Option<Label>)] = &[
+    ("sglang.json", "Retractions", None),
+    ("sglang.json", "Request Rate", None),
+    ("sglang.json", "Cache Hit Rate", None),
+    ("dynamo.json", "Component Errors", None),
+    ("dynamo.json", "Cached Prompt Tokens (avg)", None),
+    ("dynamo.json", "Predicted vs Actual Hit Rate", None),
+    // The 404 of an unknown model is counted under `model="unknown"`: seen with All models.
+    (
+        "dynamo.json",
+        "Request Rate by Status [All models]",
+        Some(("error_type", "not_found")),
+    ),
+    ("kvbm.json", "Device Hit Rate", None),
+    ("disagg-dashboard.json", "Transfer Speed", None),
+    ("disagg-dashboard.json", "Transfer Latency", None),
+    ("disagg-dashboard.json", "Transfer Size", None),
+    ("disagg-dashboard.json", "Stage Latency (p90)", None),
+];
+
+/// Suffix of a driven panel's name evaluated with the model variable at All.
+const ALL_MODELS: &str = " [All models]";
+
+/// Whether `result` answers the query of panel `panel` of `file`: data, and for a driven
+/// panel a positive value (in the wanted series).
+fn answers(file: &str, panel: &str, result: &[Value]) -> bool {
+    let Some((_, _, label)) = DRIVEN.iter().find(|d| d.0 == file && d.1 == panel) else {
+        return has_data(result);
+    };
+    result.iter().any(|s| {
+        label.is_none_or(|(k, v)| s["metric"][k] == v)
+            && s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v.is_finite() && v > 0.0)
+    })
+}
+
 /// One query of a dashboard: (file, panel, expression with variables substituted).
 fn dashboard_queries() -> Vec<(String, String, String)> {
     let mut out = vec![];
     for file in DASHBOARDS.iter().filter(|f| **f != "dcgm-metrics.json") {
         let d = dashboard(file);
-        let subst = |e: &str| {
+        // `model` set to the served model, or to All (the dashboards' default, `.*`).
+        let subst = |e: &str, model: &str| {
             // Grafana's $__rate_interval is a few scrape intervals; longer here so the
             // whole workload, slow on two cores, is inside every window.
             let mut e = e.replace("$__rate_interval", "2m");
             for v in d["templating"]["list"].as_array().unwrap() {
                 let name = v["name"].as_str().unwrap();
-                let value = if name == "model" { MODEL } else { ".*" };
+                let value = if name == "model" { model } else { ".*" };
                 e = e.replace(&format!("${name}"), value);
             }
             assert!(!e.contains('$'), "{file}: unsubstituted variable in {e}");
             e
         };
         for p in panels(&d) {
+            let title = p["title"].as_str().unwrap();
+            let all = format!("{title}{ALL_MODELS}");
+            let with_all = DRIVEN.iter().any(|d| d.0 == *file && d.1 == all);
             for t in p["targets"].as_array().into_iter().flatten() {
-                out.push((
-                    file.to_string(),
-                    p["title"].as_str().unwrap().to_string(),
-                    subst(t["expr"].as_str().unwrap()),
-                ));
+                let expr = t["expr"].as_str().unwrap();
+                out.push((file.to_string(), title.to_string(), subst(expr, MODEL)));
+                if with_all {
+                    out.push((file.to_string(), all.clone(), subst(expr, ".*")));
+                }
             }
         }
         // Variables: label_values(metric, label) lists the label's values of a live series.
@@ -282,10 +330,25 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
             200
         );
     }
+    // A second 404, after scrapes have seen the first: the error series is an increase.
+    assert_eq!(c.post("/v1/completions", &unknown).await.0, 404);
+    // The aggregated worker's last admitted request hits its cache, so the cache hit rate
+    // gauge (the rate of the last interval that admitted requests) is above 0.
+    let body = pinned(
+        requests::completion(format!("{prefix}Why is the sea salty?"), 4),
+        agg_id,
+    );
+    assert_eq!(c.post("/v1/completions", &body).await.0, 200);
 
     // Every expression, evaluated until it has data (two scrapes after the workload at most a
     // few intervals later), then the pending ones must still have none.
     let queries = dashboard_queries();
+    for d in DRIVEN {
+        assert!(
+            queries.iter().any(|q| q.0 == d.0 && q.1 == d.1),
+            "driven panel {d:?} names no panel"
+        );
+    }
     let pending = |f: &str, p: &str| PENDING.iter().any(|(pf, pp, _)| *pf == f && *pp == p);
     let mut waiting: Vec<&(String, String, String)> =
         queries.iter().filter(|(f, p, _)| !pending(f, p)).collect();
@@ -295,9 +358,9 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
         let mut still = vec![];
         for q in waiting {
             match query(&c.http, prom, &q.2).await {
-                Ok(r) if has_data(&r) => {}
+                Ok(r) if answers(&q.0, &q.1, &r) => {}
                 Ok(r) => {
-                    last.insert(q.2.clone(), format!("no data: {r:?}"));
+                    last.insert(q.2.clone(), format!("no data (or not above 0): {r:?}"));
                     still.push(q)
                 }
                 Err(e) => {

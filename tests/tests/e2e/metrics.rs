@@ -473,7 +473,6 @@ fn docs_match(
     }
     // Families that appear only once something happens that this workload avoids.
     let on_event = [
-        "dynamo_component_errors_total",
         "dynamo_frontend_model_migration_total",
         "dynamo_transport_nats_errors_total",
     ];
