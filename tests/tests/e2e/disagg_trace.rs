@@ -49,7 +49,7 @@ async fn one_trace_across_frontend_prefill_and_decode() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let prefill_req = format!("prefill Req {}", &trace[..8]);
     let decode_req = format!("decode Req {}", &trace[..8]);
-    let spans = wait_trace(
+    wait_trace(
         &rx,
         trace,
         &[
@@ -61,8 +61,49 @@ async fn one_trace_across_frontend_prefill_and_decode() {
         ],
     )
     .await;
+    // One tree: every span hangs under another span of this trace, but the frontend's
+    // `http-request`, which hangs under the client's span. (A hop that lost the context would
+    // start a root or point at a span that is not in the trace.) Children are exported before
+    // their parents, so wait for the tree to close.
+    let client_span = "00f067aa0ba902b7";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let spans = rx.trace(trace);
+        let ids: std::collections::HashSet<&str> =
+            spans.iter().map(|s| s.span_id.as_str()).collect();
+        let dangling: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.parent_span_id != client_span && !ids.contains(s.parent_span_id.as_str()))
+            .collect();
+        if dangling.is_empty() {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans outside the request's tree: {:?}\n{}",
+            dangling.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            render(&spans)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     eprintln!("{}", render(&spans));
-    assert!(spans.iter().all(|s| s.trace_id == trace));
+    let roots = spans
+        .iter()
+        .filter(|s| s.parent_span_id == client_span)
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(roots, ["http-request"], "{}", render(&spans));
+    let services: std::collections::BTreeSet<&str> =
+        spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        [
+            "dynamo-frontend",
+            "dynamo-worker-decode",
+            "dynamo-worker-prefill",
+            "sglang"
+        ]
+    );
     let http = named(&spans, "http-request")[0];
     let routes = named(&spans, "kv_router.route_request");
     assert_eq!(routes.len(), 2, "{}", render(&spans));
@@ -116,6 +157,32 @@ fn free_port() -> u16 {
 
 fn answers(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// `/proc/<pid>/stat`: (command name, state, parent pid).
+fn stat(pid: u32) -> Option<(String, char, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (name, rest) = s.split_once(" (")?.1.rsplit_once(") ")?;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((name.to_string(), state, f.next()?.parse().ok()?))
+}
+
+/// The running children of `parent`: (pid, command name).
+fn children_of(parent: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let (name, state, ppid) = stat(pid)?;
+            (ppid == parent && state != 'Z').then_some((pid, name))
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|(_, state, _)| state != 'Z')
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,12 +256,27 @@ async fn disagg_sh_with_otel_serves_and_exports_from_every_service() {
         assert!(Instant::now() < deadline, "services seen: {seen:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // SIGTERM stops the frontend and both workers; the nats-server it did not start stays.
+    // SIGTERM stops the frontend and both workers (the script's children, each serving its
+    // ports until then); the nats-server it did not start stays.
+    for p in [http, prefill, decode, boot] {
+        assert!(answers(p), "port {p} not served before SIGTERM");
+    }
+    let children = children_of(script.pid());
+    let mut names: Vec<String> = children.iter().map(|(_, n)| n.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["dynamo-frontend", "dynamo-worker", "dynamo-worker"],
+        "{children:?}"
+    );
     script.signal(libc::SIGTERM);
     assert!(
         script.wait_timeout(Duration::from_secs(30)).is_some(),
         "disagg.sh did not exit"
     );
+    for (pid, name) in &children {
+        assert!(!alive(*pid), "{name} ({pid}) still running after SIGTERM");
+    }
     for p in [http, prefill, decode, boot] {
         assert!(!answers(p), "port {p} still served after SIGTERM");
     }
