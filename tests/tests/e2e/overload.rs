@@ -133,8 +133,20 @@ async fn request_timeout_answers_504_and_cancels_the_worker() {
         "{text}"
     );
     assert!(!text.contains("[DONE]"), "{text}");
-    // The worker stopped both.
+    // The worker stopped both: two aborted requests, and far fewer tokens generated than
+    // the 2 × 2000 the requests asked for (the timeout came after 2 s of each).
     assert!(worker_idle(&c, 0).await, "{}", c.worker_metrics(0).await);
+    let wm = c.worker_metrics(0).await;
+    assert_eq!(
+        metric_value(&wm, "sglang:num_aborted_requests_total"),
+        Some(2.0),
+        "{wm}"
+    );
+    let generated = metric_value(&wm, "sglang:generation_tokens_total").unwrap();
+    assert!(generated < 2000.0, "{generated} tokens generated");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = metric_value(&c.worker_metrics(0).await, "sglang:generation_tokens_total");
+    assert_eq!(later, Some(generated), "generation went on after the abort");
     let m = c.frontend_metrics().await;
     assert!(m.contains("error_type=\"timeout\""), "{m}");
     // Each timed-out request is counted once, as a timeout: not also as a client that left.
