@@ -1,9 +1,10 @@
 //! The prefill worker's bootstrap/transfer server: rooms opened by prefill requests, one TCP
 //! connection per decode request that claims a room, blocks streamed as the engine exports
-//! them (with a heartbeat while the prompt is still computing), and a reaper that expires
-//! rooms nobody claims so an absent decode worker leaves nothing behind.
+//! them (with a heartbeat while the prompt is still computing), and a reaper that closes rooms
+//! whose prefill ended unfinished (its request cancelled) and expires rooms nobody claims, so
+//! neither a cancelled request nor an absent decode worker leaves anything behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +39,27 @@ pub struct ServerConfig {
 
 struct Room {
     rx: UnboundedReceiver<RoomMsg>,
+    /// What the reaper read off `rx` to see whether the prefill finished, in order: sent
+    /// before anything still in `rx`.
+    pending: VecDeque<RoomMsg>,
     opened: Instant,
+}
+
+impl Room {
+    /// The engine dropped its end without the prompt's `Done` (the prefill request was
+    /// cancelled): no decode worker can be served from this room.
+    fn abandoned(&mut self) -> bool {
+        if !self.rx.is_closed() {
+            return false;
+        }
+        while let Ok(m) = self.rx.try_recv() {
+            self.pending.push_back(m);
+        }
+        !self
+            .pending
+            .iter()
+            .any(|m| matches!(m, RoomMsg::Done { .. }))
+    }
 }
 
 struct Inner {
@@ -117,6 +138,7 @@ impl TransferServer {
             room,
             Room {
                 rx,
+                pending: VecDeque::new(),
                 opened: Instant::now(),
             },
         );
@@ -150,8 +172,15 @@ impl Inner {
 
     fn expire(&self) {
         let timeout = self.cfg.room_timeout;
-        let gone: Vec<u64> = {
+        let (gone, abandoned): (Vec<u64>, Vec<u64>) = {
             let mut rooms = self.rooms.lock().expect("rooms lock");
+            let abandoned: Vec<u64> = rooms
+                .iter_mut()
+                .filter_map(|(k, r)| r.abandoned().then_some(*k))
+                .collect();
+            for k in &abandoned {
+                rooms.remove(k);
+            }
             let old: Vec<u64> = rooms
                 .iter()
                 .filter(|(_, r)| r.opened.elapsed() >= timeout)
@@ -160,8 +189,12 @@ impl Inner {
             for k in &old {
                 rooms.remove(k);
             }
-            old
+            (old, abandoned)
         };
+        for room in abandoned {
+            tracing::debug!(room = %format!("{room:#x}"), "the prefill ended unfinished before a decode worker claimed its room; closed");
+            self.gauge(-1);
+        }
         for room in gone {
             tracing::warn!(room = %format!("{room:#x}"), timeout_s = timeout.as_secs_f64(), "no decode worker claimed the room; its KV is dropped");
             self.gauge(-1);
@@ -236,7 +269,9 @@ impl Inner {
                 claimed_at.duration_since(room.opened),
             );
         }
-        let res = self.stream(&mut sock, room.rx, hello.room).await;
+        let res = self
+            .stream(&mut sock, room.pending, room.rx, hello.room)
+            .await;
         match &res {
             Ok((bytes, wire)) => {
                 if let Some(m) = self.metrics() {
@@ -259,6 +294,7 @@ impl Inner {
     async fn stream(
         &self,
         sock: &mut TcpStream,
+        mut pending: VecDeque<RoomMsg>,
         mut rx: UnboundedReceiver<RoomMsg>,
         room: u64,
     ) -> Result<(usize, Duration), TransferFailure> {
@@ -279,8 +315,14 @@ impl Inner {
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         beat.tick().await;
         loop {
+            let next = async {
+                match pending.pop_front() {
+                    Some(m) => Some(m),
+                    None => rx.recv().await,
+                }
+            };
             let msg = tokio::select! {
-                m = rx.recv() => m,
+                m = next => m,
                 _ = beat.tick() => {
                     wire::write_frame(sock, wire::HEARTBEAT, &[]).await.map_err(TransferFailure::io)?;
                     continue;

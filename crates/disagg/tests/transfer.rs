@@ -270,3 +270,59 @@ async fn unclaimed_rooms_expire_and_are_counted() {
     assert_eq!(m.prefill_inflight_queue.get(), 0);
     settle(&pre).await;
 }
+
+/// A prefill request cancelled before any decode worker claimed its room closes the room at
+/// once (not at its expiry, seconds later): nothing stays counted or held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_prefill_closes_its_unclaimed_room() {
+    let pre = engine(16, 32);
+    let srv = server(&pre, Duration::from_secs(60)).await;
+    let (out, room_rx) = pre
+        .generate_prefill(request(&prompt(400, 7), 4), None)
+        .unwrap();
+    srv.open_room(dynamo_disagg::new_room(), room_rx, None);
+    assert_eq!(srv.open_rooms(), 1);
+    drop(out); // the caller is gone
+    for _ in 0..200 {
+        if srv.open_rooms() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        srv.open_rooms(),
+        0,
+        "the room outlived its cancelled prefill"
+    );
+    let m = &pre.metrics().unwrap().disagg;
+    assert_eq!(m.prefill_inflight_queue.get(), 0);
+    assert_eq!(
+        m.bootstrap_failed.get(),
+        0,
+        "a cancellation is not a failure"
+    );
+    settle(&pre).await;
+}
+
+/// A finished prefill's room waits for its decode worker even though the engine's end is
+/// closed: the reaper tells finished from abandoned by the `Done` it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_prefill_keeps_its_room_for_the_decode_worker() {
+    let pre = engine(16, 256);
+    let dec = engine(16, 256);
+    let srv = server(&pre, Duration::from_secs(60)).await;
+    let req = request(&prompt(40, 8), 4);
+    let (out, room_rx) = pre.generate_prefill(req.clone(), None).unwrap();
+    let room = dynamo_disagg::new_room();
+    let info = srv.open_room(room, room_rx, None);
+    // The prompt is done (its first token came out) and the reaper has looked at the room.
+    tokens(out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(srv.open_rooms(), 1);
+    let (rx, import) = dec.generate_decode(req.clone(), None).unwrap();
+    let task = tokio::spawn(fetch(dec.clone(), info, import, FetchConfig::new("m")));
+    let got = tokens(rx).await.unwrap();
+    task.await.unwrap().unwrap();
+    let want = tokens(dec.generate(req).unwrap()).await.unwrap();
+    assert_eq!(got, want);
+}

@@ -31,21 +31,34 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 
 /// Both sides hold no blocks and every disaggregation queue is empty.
 async fn drained(c: &Cluster, workers: &[usize]) {
+    const GAUGES: [&str; 7] = [
+        "sglang:kv_used_tokens",
+        "sglang:num_prefill_prealloc_queue_reqs",
+        "sglang:num_prefill_inflight_queue_reqs",
+        "sglang:num_decode_prealloc_queue_reqs",
+        "sglang:num_decode_transfer_queue_reqs",
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+    ];
     for &w in workers {
-        eventually(&format!("worker {w} idle"), async || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
             let t = c.worker_metrics(w).await;
-            [
-                "sglang:kv_used_tokens",
-                "sglang:num_prefill_prealloc_queue_reqs",
-                "sglang:num_prefill_inflight_queue_reqs",
-                "sglang:num_decode_prealloc_queue_reqs",
-                "sglang:num_decode_transfer_queue_reqs",
-                "sglang:num_running_reqs",
-            ]
-            .iter()
-            .all(|m| metric_value(&t, m) == Some(0.0))
-        })
-        .await;
+            let busy: Vec<(&str, Option<f64>)> = GAUGES
+                .iter()
+                .map(|m| (*m, metric_value(&t, m)))
+                .filter(|(_, v)| *v != Some(0.0))
+                .collect();
+            if busy.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {w} not idle after 20 s: {busy:?}\n{}",
+                c.workers[w].child.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -381,15 +394,20 @@ async fn a_cancelled_client_frees_blocks_on_both_sides() {
                 .await
         }
     });
+    // Both sides hold the request: the decode side is receiving the room's KV.
     sending(&c, &[p]).await;
+    receiving(&c, d, 1.0, 0.0).await;
     resp.abort();
     let _ = resp.await;
     drained(&c, &[p, d]).await;
-    let dt = c.worker_metrics(d).await;
-    assert_eq!(
-        metric_value(&dt, "sglang:num_aborted_requests_total"),
-        Some(1.0)
-    );
+    for w in [p, d] {
+        let t = c.worker_metrics(w).await;
+        assert_eq!(
+            metric_value(&t, "sglang:num_aborted_requests_total"),
+            Some(1.0),
+            "worker {w} aborted the request"
+        );
+    }
     // The pair still serves, in full and correctly: the streamed greedy text is the
     // reference's (its first five tokens, none of them a near tie), every token counted.
     let case = &reference()["cases"][0];
