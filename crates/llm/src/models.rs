@@ -184,6 +184,7 @@ impl ModelManager {
                         &met.model_kv_cache_block_size,
                         card.kv_cache_block_size as u64,
                     );
+                    met.model_ready(&name);
                     tracing::info!(model = %name, source = %card.source, "model ready");
                     this.inner
                         .loaded

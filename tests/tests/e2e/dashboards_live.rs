@@ -32,6 +32,22 @@ impl Drop for Script {
     }
 }
 
+/// Wait (30 s at most) until the instant query `q` answers with at least `n` series.
+async fn seen(http: &reqwest::Client, prom: u16, q: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = query(http, prom, q).await;
+        if got.as_ref().is_ok_and(|r| r.len() >= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never answered {q} with {n} series: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Instant query; the result vector, or why there is none.
 async fn query(http: &reqwest::Client, prom: u16, q: &str) -> Result<Vec<Value>, String> {
     let r = http
@@ -263,6 +279,24 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // Prometheus holds every per-model and per-endpoint series at 0 before the workload (the
+    // frontend makes them when the model is ready, the workers when they register), so the
+    // workload's requests are increases that rate() sees.
+    seen(
+        &c.http,
+        prom,
+        &format!("dynamo_frontend_time_to_first_token_seconds_count{{model=\"{MODEL}\"}} == 0"),
+        1,
+    )
+    .await;
+    seen(
+        &c.http,
+        prom,
+        "dynamo_component_errors_total{error_type=\"deserialization\"} == 0",
+        3,
+    )
+    .await;
+
     // The workload. A traced request first, found later in dynamo-trace's output.
     let r = c
         .send(
@@ -300,6 +334,14 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
     let mut unknown = requests::completion("Hi", 2);
     unknown["model"] = json!("no-such-model");
     assert_eq!(c.post("/v1/completions", &unknown).await.0, 404);
+    // Scraped before the second 404 (sent last), which is then an increase.
+    seen(
+        &c.http,
+        prom,
+        "dynamo_frontend_requests_total{error_type=\"not_found\"}",
+        1,
+    )
+    .await;
     let nats = peer::RawPeer::connect(&c.nats.url()).await;
     let subject = format!("dynamo_backend.generate-{agg_id:x}");
     let reply = nats
@@ -330,7 +372,7 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
             200
         );
     }
-    // A second 404, after scrapes have seen the first: the error series is an increase.
+    // The second 404: the error series Prometheus has seen grows.
     assert_eq!(c.post("/v1/completions", &unknown).await.0, 404);
     // The aggregated worker's last admitted request hits its cache, so the cache hit rate
     // gauge (the rate of the last interval that admitted requests) is above 0.

@@ -51,8 +51,10 @@ async fn hostile_requests_cost_bounded_memory_and_series() {
     assert_eq!(c.post("/v1/completions", &ok).await.0, 200);
     let m = c.frontend_metrics().await;
     let reqs = series(&m, "dynamo_frontend_requests_total");
+    // The served model's four success series (made when it became ready), and the unknown
+    // model's 404 and 400: no more.
     assert!(
-        reqs.len() <= 4,
+        reqs.len() <= 6,
         "series per made-up model name: {}",
         reqs.join("\n")
     );

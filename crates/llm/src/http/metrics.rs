@@ -191,6 +191,30 @@ impl FrontendMetrics {
         }
     }
 
+    /// A model became servable: its per-request series exist from now on, at 0, so that the
+    /// first requests are an increase `rate()` sees (a series born with its first sample
+    /// shows none), and a dashboard has data from the first scrape after the model is ready.
+    /// Error series still appear with their first error: their label sets are open-ended.
+    pub fn model_ready(&self, model: &str) {
+        for h in [
+            &self.duration,
+            &self.ttft,
+            &self.itl,
+            &self.isl,
+            &self.osl,
+            &self.cached_tokens,
+        ] {
+            h.with_label_values(&[model]);
+        }
+        self.output_tokens.with_label_values(&[model]);
+        for endpoint in ["chat_completions", "completions"] {
+            for rt in ["unary", "stream"] {
+                self.requests
+                    .with_label_values(&[model, endpoint, rt, "success", ""]);
+            }
+        }
+    }
+
     /// Count a finished request.
     pub fn count(&self, model: &str, endpoint: &str, stream: bool, error: Option<&str>) {
         let rt = if stream { "stream" } else { "unary" };
