@@ -556,13 +556,15 @@ impl Scheduler {
         self.local.running = self.running.len();
         self.local.waiting = self.waiting.len();
         self.local.pool = self.pool.stats();
+        // The statistics (read by the dynamo_component_* KV gauges at scrape time) before the
+        // sglang: gauges: a scrape that sees the engine idle in one sees it idle in both.
+        if let Ok(mut s) = self.stats.lock() {
+            *s = self.local.clone();
+        }
         if let Some(m) = self.metrics.clone() {
             self.gauges(&m, idle);
             self.disagg_gauges();
             self.window.tick(&m, Instant::now(), idle);
-        }
-        if let Ok(mut s) = self.stats.lock() {
-            *s = self.local.clone();
         }
     }
 }

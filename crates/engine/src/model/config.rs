@@ -1,5 +1,7 @@
-//! Llama-family hyper-parameters, read from GGUF metadata (`llama.*` keys) or a Hugging Face
-//! `config.json`, and the RoPE frequency table they imply (theta, linear and llama3 scaling).
+//! Model hyper-parameters of the supported families (Llama, Mistral, Qwen2, Qwen3), read from
+//! GGUF metadata (`<arch>.*` keys) or a Hugging Face `config.json`, what distinguishes the
+//! families in the forward pass (Q/K/V bias, per-head Q/K RMSNorm, RoPE pairing), and the
+//! RoPE frequency table they imply (theta, linear and llama3 scaling).
 
 use serde::Deserialize;
 
@@ -28,10 +30,19 @@ pub enum RopeScaling {
     },
 }
 
+/// The architectures the engine runs (`general.architecture` in GGUF, the lower-cased
+/// `…ForCausalLM` name of `config.json`).
+pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+
 /// Shape and numerics of one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub architecture: String,
+    /// Q, K and V projections carry a bias (Qwen2).
+    pub qkv_bias: bool,
+    /// Each Q and K head is RMS-normalized (its own weight over `head_dim`) after the
+    /// projection and before RoPE (Qwen3).
+    pub qk_norm: bool,
     pub hidden: usize,
     pub intermediate: usize,
     pub layers: usize,
@@ -63,13 +74,23 @@ impl ModelConfig {
         {
             return Err("degenerate model shape".into());
         }
-        if self.architecture != "llama" && self.architecture != "mistral" {
+        if !SUPPORTED_ARCHITECTURES.contains(&self.architecture.as_str()) {
             return Err(format!(
-                "architecture {:?} is not supported (Llama family only)",
-                self.architecture
+                "architecture {:?} is not supported (supported: {})",
+                self.architecture,
+                SUPPORTED_ARCHITECTURES.join(", ")
             ));
         }
         Ok(())
+    }
+
+    /// The family traits of `architecture` (already lower case): (Q/K/V bias, Q/K norm).
+    pub fn family_traits(architecture: &str) -> (bool, bool) {
+        match architecture {
+            "qwen2" => (true, false),
+            "qwen3" => (false, true),
+            _ => (false, false),
+        }
     }
 
     /// Inverse frequency of each rotated pair.
@@ -134,6 +155,10 @@ pub struct HfConfig {
     pub eos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
+    /// Q/K/V (and output) projection bias: Qwen3 and some Llama variants say so; Qwen2 has
+    /// Q/K/V bias without saying it.
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
 }
 
 fn default_eps() -> f32 {
@@ -151,7 +176,10 @@ impl HfConfig {
             .map(|a| a.trim_end_matches("ForCausalLM").to_ascii_lowercase())
             .unwrap_or_else(|| "llama".into());
         let eos = token_ids(self.eos_token_id.as_ref());
+        let (bias, qk_norm) = ModelConfig::family_traits(&arch);
         ModelConfig {
+            qkv_bias: bias || self.attention_bias == Some(true),
+            qk_norm,
             architecture: arch,
             hidden: self.hidden_size,
             intermediate: self.intermediate_size,
@@ -213,6 +241,37 @@ fn parse_hf_scaling(v: Option<&serde_json::Value>) -> RopeScaling {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qwen_configs_and_an_unsupported_architecture() {
+        let qwen3: HfConfig = serde_json::from_str(
+            r#"{"architectures":["Qwen3ForCausalLM"],"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,
+            "vocab_size":100,"rope_theta":1000000.0,"attention_bias":false,
+            "tie_word_embeddings":true,"eos_token_id":151645}"#,
+        )
+        .unwrap();
+        let m = qwen3.to_model_config();
+        m.check().unwrap();
+        assert_eq!((m.architecture.as_str(), m.qkv_bias, m.qk_norm), ("qwen3", false, true));
+        assert_eq!(m.head_dim, 32, "explicit, not hidden / heads");
+        assert_eq!(m.rope_theta, 1e6);
+        let qwen2: HfConfig = serde_json::from_str(
+            r#"{"architectures":["Qwen2ForCausalLM"],"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+            "vocab_size":100}"#,
+        )
+        .unwrap();
+        let m = qwen2.to_model_config();
+        assert_eq!((m.qkv_bias, m.qk_norm), (true, false));
+        let mut gemma = m.clone();
+        gemma.architecture = "gemma2".into();
+        let e = gemma.check().unwrap_err();
+        assert!(
+            e.contains("\"gemma2\"") && e.contains("llama, mistral, qwen2, qwen3"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn hf_config_with_llama3_scaling() {

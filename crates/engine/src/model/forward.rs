@@ -1,5 +1,6 @@
-//! The batched Llama forward pass over sequences of different lengths and positions: token
-//! embedding, per layer RMSNorm → stacked QKV → RoPE → write K/V into the paged cache →
+//! The batched forward pass over sequences of different lengths and positions: token
+//! embedding, per layer RMSNorm → stacked QKV (+ bias, Qwen2) → per-head Q/K RMSNorm (Qwen3)
+//! → RoPE → write K/V into the paged cache →
 //! grouped-query attention over each sequence's pages → output projection → RMSNorm →
 //! SwiGLU MLP, then the final norm and LM head only for the rows that need logits.
 
@@ -130,11 +131,21 @@ impl Model {
                 pool,
             );
             Self::matmul(&l.qkv, &s.h, t, &mut s.q8, &mut s.qkv, pool);
-            // RoPE on q and k heads, then K/V into the cache.
+            // Bias and per-head norms where the family has them, RoPE on q and k heads, then
+            // K/V into the cache.
             let (cos, sin, style) = (&s.cos, &s.sin, c.rope_style);
+            let (bias, qk_norm, eps) = (l.qkv_bias.as_deref(), l.qk_norm.as_ref(), c.rms_eps);
             pool.chunks_mut(&mut s.qkv[..t * qkv_n], ROWS * qkv_n, |task, rows| {
                 for (j, r) in rows.chunks_exact_mut(qkv_n).enumerate() {
                     let i = task * ROWS + j;
+                    if let Some(b) = bias {
+                        r.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                    }
+                    if let Some((qn, kn)) = qk_norm {
+                        for (k, h) in r[..(nh + nkv) * hd].chunks_exact_mut(hd).enumerate() {
+                            norm_in_place(h, if k < nh { qn } else { kn }, eps);
+                        }
+                    }
                     let (cs, sn) = (
                         &cos[i * half..(i + 1) * half],
                         &sin[i * half..(i + 1) * half],
@@ -263,6 +274,13 @@ impl Model {
             });
         });
     }
+}
+
+/// RMSNorm of one head in place (Qwen3's Q/K norm).
+fn norm_in_place(h: &mut [f32], w: &[f32], eps: f32) {
+    let ms = h.iter().map(|x| x * x).sum::<f32>() / h.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    h.iter_mut().zip(w).for_each(|(x, w)| *x *= inv * w);
 }
 
 fn rope(h: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {

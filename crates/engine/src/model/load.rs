@@ -1,7 +1,8 @@
 //! Weight loading through candle-core: GGUF files (Q4_1 and Q8_0 kept as loaded, Q4_0 repacked
 //! exactly into Q4_1, every other format — K-quants, F16, BF16, F32 — dequantized to f32) and
-//! Hugging Face safetensors directories (F32/F16/BF16). Q/K/V and gate/up projections are
-//! stacked so each layer runs four matmuls.
+//! Hugging Face safetensors directories (F32/F16/BF16), for the Llama, Mistral, Qwen2 (Q/K/V
+//! bias) and Qwen3 (per-head Q/K norm) families. Q/K/V and gate/up projections are stacked so
+//! each layer runs four matmuls.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,6 +20,10 @@ pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
     /// Q, K and V stacked: `(heads + 2·kv_heads) · head_dim` rows.
     pub qkv: Linear,
+    /// Their bias, stacked the same way (Qwen2).
+    pub qkv_bias: Option<Vec<f32>>,
+    /// Per-head RMSNorm weights of Q and K, `head_dim` each (Qwen3).
+    pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     pub o: Linear,
     pub ffn_norm: Vec<f32>,
     /// Gate and up stacked: `2 · intermediate` rows.
@@ -205,7 +210,10 @@ fn load_gguf(path: &Path) -> Result<Weights, EngineError> {
             }
         }
     }
+    let (qkv_bias, qk_norm) = ModelConfig::family_traits(&arch);
     let cfg = ModelConfig {
+        qkv_bias,
+        qk_norm,
         architecture: arch.clone(),
         hidden,
         intermediate: g.need(&key("feed_forward_length"))?,
@@ -226,7 +234,13 @@ fn load_gguf(path: &Path) -> Result<Weights, EngineError> {
             .unwrap_or(1e-5),
         rope_theta: g.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
         rope_scaling: scaling,
-        rope_style: RopeStyle::Interleaved,
+        // llama.cpp's converter permutes Llama-family Q/K rows for adjacent-pair RoPE; Qwen
+        // weights keep Hugging Face's half-split pairing.
+        rope_style: if arch.starts_with("qwen") {
+            RopeStyle::Halves
+        } else {
+            RopeStyle::Interleaved
+        },
         context_length: g.meta_u64(&key("context_length")).unwrap_or(2048) as usize,
         eos_token_ids: eos,
         bos_token_id: g.meta_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
@@ -248,7 +262,23 @@ fn load_gguf(path: &Path) -> Result<Weights, EngineError> {
             g.linear(&p("attn_v"))?,
         ];
         let gate_up = vec![g.linear(&p("ffn_gate"))?, g.linear(&p("ffn_up"))?];
+        let qkv_bias = if cfg.qkv_bias {
+            let b = |s: &str| format!("blk.{i}.{s}.bias");
+            let mut v = g.vector(&b("attn_q"))?;
+            v.extend(g.vector(&b("attn_k"))?);
+            v.extend(g.vector(&b("attn_v"))?);
+            Some(v)
+        } else {
+            None
+        };
+        let qk_norm = if cfg.qk_norm {
+            Some((g.vector(&p("attn_q_norm"))?, g.vector(&p("attn_k_norm"))?))
+        } else {
+            None
+        };
         layers.push(LayerWeights {
+            qkv_bias,
+            qk_norm,
             attn_norm: g.vector(&p("attn_norm"))?,
             qkv: Linear::concat(qkv).map_err(|e| err(path, e))?,
             o: g.linear(&p("attn_output"))?,
@@ -291,6 +321,16 @@ fn finish(
         }
         if !h.is_multiple_of(QK) || !cfg.intermediate.is_multiple_of(QK) {
             return Err(bad("hidden size (must be a multiple of 32)"));
+        }
+        if l.qkv_bias.as_ref().is_some_and(|b| b.len() != l.qkv.n) {
+            return Err(bad("attention q/k/v bias"));
+        }
+        if l
+            .qk_norm
+            .as_ref()
+            .is_some_and(|(q, k)| q.len() != cfg.head_dim || k.len() != cfg.head_dim)
+        {
+            return Err(bad("attention q/k norm"));
         }
     }
     if embed.k != h || norm.len() != h {
@@ -387,10 +427,33 @@ fn load_safetensors(dir: &Path) -> Result<Weights, EngineError> {
     } else {
         lin("lm_head.weight").ok()
     };
+    let mut extras = Vec::with_capacity(cfg.layers);
+    for i in 0..cfg.layers {
+        let qkv_bias = if cfg.qkv_bias {
+            let b = |s: &str| format!("model.layers.{i}.self_attn.{s}.bias");
+            let mut v = take(&b("q_proj"))?.1;
+            v.extend(take(&b("k_proj"))?.1);
+            v.extend(take(&b("v_proj"))?.1);
+            Some(v)
+        } else {
+            None
+        };
+        let qk_norm = if cfg.qk_norm {
+            let n = |s: &str| format!("model.layers.{i}.self_attn.{s}.weight");
+            Some((take(&n("q_norm"))?.1, take(&n("k_norm"))?.1))
+        } else {
+            None
+        };
+        extras.push((qkv_bias, qk_norm));
+    }
     let mut built = Vec::with_capacity(cfg.layers);
-    for (i, (qkv, o, gate_up, down)) in layers.into_iter().enumerate() {
+    for (i, ((qkv, o, gate_up, down), (qkv_bias, qk_norm))) in
+        layers.into_iter().zip(extras).enumerate()
+    {
         let p = |s: &str| format!("model.layers.{i}.{s}.weight");
         built.push(LayerWeights {
+            qkv_bias,
+            qk_norm,
             attn_norm: take(&p("input_layernorm"))?.1,
             qkv: Linear::concat(qkv).map_err(|e| err(dir, e))?,
             o,
