@@ -143,10 +143,13 @@ pub struct HfConfig {
     pub vocab_size: usize,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f32,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f32,
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers 5 writes theta and scaling here instead (`rope_theta`, `rope_type`, …).
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     pub max_position_embeddings: Option<usize>,
     #[serde(default)]
@@ -164,9 +167,8 @@ pub struct HfConfig {
 fn default_eps() -> f32 {
     1e-5
 }
-fn default_theta() -> f32 {
-    10_000.0
-}
+/// RoPE theta when a config names none.
+const DEFAULT_THETA: f32 = 10_000.0;
 
 impl HfConfig {
     pub fn to_model_config(&self) -> ModelConfig {
@@ -191,8 +193,16 @@ impl HfConfig {
                 .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
             vocab: self.vocab_size,
             rms_eps: self.rms_norm_eps,
-            rope_theta: self.rope_theta,
-            rope_scaling: parse_hf_scaling(self.rope_scaling.as_ref()),
+            rope_theta: self
+                .rope_theta
+                .or_else(|| {
+                    let p = self.rope_parameters.as_ref()?;
+                    p.get("rope_theta")?.as_f64().map(|x| x as f32)
+                })
+                .unwrap_or(DEFAULT_THETA),
+            rope_scaling: parse_hf_scaling(
+                self.rope_scaling.as_ref().or(self.rope_parameters.as_ref()),
+            ),
             rope_style: RopeStyle::Halves,
             context_length: self.max_position_embeddings.unwrap_or(2048),
             eos_token_ids: eos,
@@ -253,7 +263,10 @@ mod tests {
         .unwrap();
         let m = qwen3.to_model_config();
         m.check().unwrap();
-        assert_eq!((m.architecture.as_str(), m.qkv_bias, m.qk_norm), ("qwen3", false, true));
+        assert_eq!(
+            (m.architecture.as_str(), m.qkv_bias, m.qk_norm),
+            ("qwen3", false, true)
+        );
         assert_eq!(m.head_dim, 32, "explicit, not hidden / heads");
         assert_eq!(m.rope_theta, 1e6);
         let qwen2: HfConfig = serde_json::from_str(

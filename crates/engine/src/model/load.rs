@@ -325,8 +325,7 @@ fn finish(
         if l.qkv_bias.as_ref().is_some_and(|b| b.len() != l.qkv.n) {
             return Err(bad("attention q/k/v bias"));
         }
-        if l
-            .qk_norm
+        if l.qk_norm
             .as_ref()
             .is_some_and(|(q, k)| q.len() != cfg.head_dim || k.len() != cfg.head_dim)
         {
