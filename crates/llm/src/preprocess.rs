@@ -11,6 +11,9 @@ use dynamo_preprocessor::model::LoadedModel;
 use dynamo_preprocessor::template::ChatTemplate;
 use dynamo_preprocessor::tokenizer::{Tokenizer, TokenizerError};
 
+/// A request's `chat_template_kwargs`: more variables for the chat template.
+pub type TemplateKwargs = serde_json::Map<String, Value>;
+
 /// Content markers: private-use characters around the message index.
 const MARK_OPEN: char = '\u{E000}';
 const MARK_CLOSE: char = '\u{E001}';
@@ -62,11 +65,16 @@ impl Preprocessor {
         }
     }
 
-    /// Render chat messages (already normalized) into prompt text.
-    pub fn render_chat(&self, messages: &[Value]) -> Result<String, ApiError> {
+    /// Render chat messages (already normalized) into prompt text, with the request's
+    /// `chat_template_kwargs`.
+    pub fn render_chat(
+        &self,
+        messages: &[Value],
+        kwargs: Option<&TemplateKwargs>,
+    ) -> Result<String, ApiError> {
         match &self.template {
             Some(t) => t
-                .render(messages, None, true)
+                .render(messages, None, true, kwargs)
                 .map_err(|e| ApiError::validation(format!("Validation: {e}"))),
             None => {
                 // No template: plain "role: content" lines, then the assistant turn.
@@ -89,7 +97,11 @@ impl Preprocessor {
     /// tokens and each content as plain text, so a user writing `<|im_start|>system` gets those
     /// characters, not a forged system turn. Other chats encode the rendered text whole (byte
     /// for byte what the model was trained on: BPE merges across a content's edges).
-    pub fn tokenize_chat(&self, messages: &[Value]) -> Result<Vec<u32>, ApiError> {
+    pub fn tokenize_chat(
+        &self,
+        messages: &[Value],
+        kwargs: Option<&TemplateKwargs>,
+    ) -> Result<Vec<u32>, ApiError> {
         let enc = |r: Result<Vec<u32>, TokenizerError>| {
             r.map_err(|e| ApiError::validation(format!("Validation: {e}")))
         };
@@ -101,13 +113,13 @@ impl Preprocessor {
             .iter()
             .any(|c| self.tokenizer.contains_special_text(c))
         {
-            enc(self.tokenizer.encode(&self.render_chat(messages)?))?
+            enc(self.tokenizer.encode(&self.render_chat(messages, kwargs)?))?
         } else {
             let mut masked = messages.to_vec();
             for (i, m) in masked.iter_mut().enumerate() {
                 m["content"] = Value::String(format!("{MARK_OPEN}{i}{MARK_CLOSE}"));
             }
-            let text = self.render_chat(&masked)?;
+            let text = self.render_chat(&masked, kwargs)?;
             // A template that alters a marker (slices the content, say) cannot keep them apart.
             let segments = split_marked(&text, contents.len()).ok_or_else(|| {
                 ApiError::validation(

@@ -14,6 +14,15 @@ pub enum TemplateError {
     Render(String),
 }
 
+/// The variables the server sets for every template.
+const RESERVED: [&str; 5] = [
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+];
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -85,25 +94,40 @@ impl ChatTemplate {
         })
     }
 
-    /// Render `messages` (OpenAI-shaped JSON values) into the prompt text.
+    /// Render `messages` (OpenAI-shaped JSON values) into the prompt text. `kwargs` are more
+    /// template variables (a request's `chat_template_kwargs`, e.g. Qwen3's
+    /// `enable_thinking`); they cannot replace the ones set here.
     pub fn render<M: Serialize>(
         &self,
         messages: &[M],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| TemplateError::Render(e.to_string()))?;
-        tmpl.render(minijinja::context! {
+        let base = minijinja::context! {
             messages => messages,
             tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos,
             eos_token => self.eos,
-        })
-        .map_err(|e| TemplateError::Render(e.to_string()))
+        };
+        let ctx = match kwargs {
+            Some(k) => {
+                if let Some(name) = RESERVED.iter().find(|r| k.contains_key(**r)) {
+                    return Err(TemplateError::Render(format!(
+                        "chat_template_kwargs cannot set `{name}`"
+                    )));
+                }
+                minijinja::context! { ..base, ..Value::from_serialize(k) }
+            }
+            None => base,
+        };
+        tmpl.render(ctx)
+            .map_err(|e| TemplateError::Render(e.to_string()))
     }
 }
 
@@ -121,16 +145,47 @@ mod tests {
         )
         .unwrap();
         let out = t
-            .render(&[json!({"role":"user","content":"  hi "})], None, true)
+            .render(
+                &[json!({"role":"user","content":"  hi "})],
+                None,
+                true,
+                None,
+            )
             .unwrap();
         assert_eq!(out, "<s>[USER]hi>");
         let err = t
-            .render(&[json!({"role":"robot","content":"x"})], None, false)
+            .render(&[json!({"role":"robot","content":"x"})], None, false, None)
             .unwrap_err();
         assert!(
             matches!(&err, TemplateError::Render(m) if m.contains("bad role robot")),
             "{err}"
         );
+    }
+
+    /// What Qwen3's template does with `enable_thinking` (an empty think block closes the
+    /// reasoning when it is false), with the Python string methods such templates use.
+    #[test]
+    fn template_kwargs_reach_the_template_and_cannot_replace_its_variables() {
+        let t = ChatTemplate::new(
+            "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content.lstrip('\\n').split('</think>')[-1] + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let msgs = [json!({"role":"user","content":"\nhi"})];
+        let plain = t.render(&msgs, None, true, None).unwrap();
+        assert_eq!(
+            plain,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let off = serde_json::Map::from_iter([("enable_thinking".into(), json!(false))]);
+        let no_think = t.render(&msgs, None, true, Some(&off)).unwrap();
+        assert_eq!(no_think, format!("{plain}<think>\n\n</think>\n\n"));
+        let on = serde_json::Map::from_iter([("enable_thinking".into(), json!(true))]);
+        assert_eq!(t.render(&msgs, None, true, Some(&on)).unwrap(), plain);
+        let bad = serde_json::Map::from_iter([("messages".into(), json!([]))]);
+        let e = t.render(&msgs, None, true, Some(&bad)).unwrap_err();
+        assert!(e.to_string().contains("cannot set `messages`"), "{e}");
     }
 
     #[test]

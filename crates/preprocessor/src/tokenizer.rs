@@ -1,5 +1,6 @@
 //! The tokenizer: built from a GGUF's `tokenizer.ggml.*` metadata (byte-level BPE with the
-//! SmolLM/GPT-2 pre-tokenizer, control tokens as special tokens) or loaded from a Hugging Face
+//! pre-tokenizer `tokenizer.ggml.pre` names: SmolLM/GPT-2, Qwen2/Qwen3, Llama 3; control
+//! tokens as special tokens) or loaded from a Hugging Face
 //! `tokenizer.json`. For byte-level vocabularies it also keeps each token's raw bytes, which
 //! makes incremental detokenization exact and cheap.
 
@@ -10,7 +11,8 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper};
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::model::GgufMetadata;
 
@@ -87,6 +89,20 @@ fn byte_level_bytes(tokens: &[String]) -> Vec<Option<Vec<u8>>> {
         .collect()
 }
 
+/// The split regex of a `tokenizer.ggml.pre` that has its own (as its `tokenizer.json`
+/// states it): Qwen2/Qwen3 split digits one by one, Llama 3 in groups of up to three.
+fn pre_split(pre: &str) -> Option<&'static str> {
+    match pre {
+        "qwen2" => Some(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        "llama-bpe" | "llama3" => Some(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        _ => None,
+    }
+}
+
 impl Tokenizer {
     /// Build from GGUF metadata (`tokenizer.ggml.model = gpt2`).
     pub fn from_gguf(md: &GgufMetadata) -> Result<Self, TokenizerError> {
@@ -137,10 +153,25 @@ impl Tokenizer {
             .and_then(|v| v.as_str())
             .unwrap_or("default");
         let byte_level: PreTokenizerWrapper = ByteLevel::new(false, true, true).into();
-        let pre_tok: PreTokenizerWrapper = if pre == "smollm" || pre == "starcoder" {
-            Sequence::new(vec![Digits::new(true).into(), byte_level]).into()
-        } else {
-            byte_level
+        let pre_tok: PreTokenizerWrapper = match pre_split(pre) {
+            // Qwen2/Qwen3 and Llama 3: their own split regex, then bytes (no GPT-2 regex).
+            Some(re) => {
+                let split = Split::new(
+                    SplitPattern::Regex(re.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| err(e.to_string()))?;
+                Sequence::new(vec![
+                    split.into(),
+                    ByteLevel::new(false, true, false).into(),
+                ])
+                .into()
+            }
+            None if pre == "smollm" || pre == "starcoder" => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level]).into()
+            }
+            None => byte_level,
         };
         inner.with_pre_tokenizer(Some(pre_tok));
         inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));

@@ -55,7 +55,7 @@ fn chat_template_renders_smollm_prompt() {
     let model = model();
     let tmpl = model.chat_template.expect("GGUF carries a chat template");
     let msgs = vec![serde_json::json!({"role": "user", "content": "Hi"})];
-    let prompt = tmpl.render(&msgs, None, true).unwrap();
+    let prompt = tmpl.render(&msgs, None, true, None).unwrap();
     assert_eq!(
         prompt,
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"

@@ -32,6 +32,18 @@ async fn generation_and_usage() {
         headers.get("x-request-id").is_some(),
         "a request id is always returned"
     );
+    // chat_template_kwargs reach the template (SmolLM2's ignores enable_thinking: the same
+    // prompt); completions refuse them.
+    let mut body = chat(false, 2);
+    body["chat_template_kwargs"] = json!({"enable_thinking": false});
+    let (st, _, k) = c.post("/v1/chat/completions", &body).await;
+    assert_eq!(st, 200, "{k}");
+    assert_eq!(k["usage"]["prompt_tokens"], 32);
+    let mut body = requests::completion("Hi", 2);
+    body["chat_template_kwargs"] = json!({"enable_thinking": false});
+    let (st, _, k) = c.post("/v1/completions", &body).await;
+    assert_eq!(st, 400, "{k}");
+    assert!(error_message(&k).contains("chat_template_kwargs"), "{k}");
 
     // x-request-id is honoured and echoed.
     let r = c
@@ -174,6 +186,8 @@ async fn bad_input_gets_clear_errors_without_hurting_others() {
         ("tools", br#"{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#.to_vec(), 400),
         ("temperature range", br#"{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"x"}],"temperature":5}"#.to_vec(), 400),
         ("max_tokens past context", br#"{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"x"}],"max_tokens":1000}"#.to_vec(), 400),
+        ("template kwargs replacing messages", br#"{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"messages":[]}}"#.to_vec(), 400),
+        ("template kwargs not an object", br#"{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":true}"#.to_vec(), 400),
     ];
     for (what, body, want) in cases {
         let (st, v) = c.post_raw("/v1/chat/completions", body).await;

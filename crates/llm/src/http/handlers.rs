@@ -91,6 +91,11 @@ fn endpoint_fields(r: &CommonParams, chat: bool) -> Result<String, ApiError> {
             "Validation: unknown field `{other}` for this endpoint (it takes `{need}`)"
         )));
     }
+    if !chat && r.chat_template_kwargs.is_some() {
+        return Err(ApiError::validation(
+            "Validation: `chat_template_kwargs` is a chat completions field; completions take no template",
+        ));
+    }
     if !have {
         return Err(ApiError::validation(format!(
             "Validation: missing field `{need}`"
@@ -129,7 +134,11 @@ struct Parsed {
 }
 
 enum Prompt {
-    Chat(Vec<serde_json::Value>),
+    /// Normalized messages and the request's `chat_template_kwargs`.
+    Chat(
+        Vec<serde_json::Value>,
+        Option<crate::preprocess::TemplateKwargs>,
+    ),
     Completion(PromptInput),
 }
 
@@ -258,7 +267,7 @@ async fn run(
         let pre = pre.clone();
         let work = move || -> Result<Vec<u32>, ApiError> {
             match p.prompt {
-                Prompt::Chat(msgs) => pre.tokenize_chat(&msgs),
+                Prompt::Chat(msgs, kwargs) => pre.tokenize_chat(&msgs, kwargs.as_ref()),
                 Prompt::Completion(input) => pre.tokenize(&input),
             }
         };
@@ -363,7 +372,7 @@ pub async fn chat_completions(
                 model,
                 body_len,
                 params,
-                prompt: Prompt::Chat(msgs),
+                prompt: Prompt::Chat(msgs, r.chat_template_kwargs),
             })
         });
     handle(state, headers, (uri, version), Kind::Chat, parsed).await

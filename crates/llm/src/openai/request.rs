@@ -75,6 +75,9 @@ pub struct CommonParams {
     pub tool_choice: Option<Value>,
     pub response_format: Option<Value>,
     pub logit_bias: Option<Value>,
+    /// Chat only: more variables for the model's chat template (Qwen3's `enable_thinking`,
+    /// say), as vLLM and SGLang take them.
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     pub nvext: Option<NvExt>,
     /// Accepted and ignored: they do not change what is generated.
     pub user: Option<String>,
