@@ -248,10 +248,18 @@ impl ModelManager {
         }
     }
 
-    /// Every live instance (for `/health`).
-    pub fn all_instances(&self) -> Vec<Arc<InstanceRecord>> {
+    /// Every live instance of a model that is ready (its tokenizer and chat template loaded):
+    /// what `/health` lists. An instance whose model is still loading, or cannot load, is not
+    /// one a request can use yet.
+    pub fn ready_instances(&self) -> Vec<Arc<InstanceRecord>> {
         let snap = self.inner.snapshot.read().unwrap().clone();
-        let mut v: Vec<_> = snap.instances.values().flatten().cloned().collect();
+        let loaded = self.inner.loaded.read().unwrap();
+        let mut v: Vec<_> = snap
+            .instances
+            .iter()
+            .filter(|(model, _)| loaded.contains_key(*model))
+            .flat_map(|(_, i)| i.iter().cloned())
+            .collect();
         v.sort_by_key(|r| r.instance_id);
         v
     }

@@ -207,7 +207,8 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
         .iter()
         .map(|i| i["instance_id"].as_u64().unwrap())
         .collect::<Vec<_>>();
-    // (0xbaf is listed: an instance of model "evil", which never becomes servable.)
+    // (0xbaf, an instance of model "evil" that never becomes servable, is not listed either.)
+    assert!(!listed.contains(&(FORGED + 2)), "{listed:?}");
     assert!(
         listed.contains(&real) && listed.contains(&other),
         "{listed:?}"
@@ -346,4 +347,47 @@ async fn a_duplicate_request_id_is_refused_not_run_twice() {
         idle,
         "the first request was not cancelled by its id within 1 s"
     );
+}
+
+/// Readiness a load balancer can trust: an instance whose model the frontend cannot load (its
+/// card names a path outside the model cache) never makes `/health` healthy nor lists a model;
+/// a real worker then does, and `/health` lists only its instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_model_cannot_load_never_makes_the_frontend_ready() {
+    let mut c = Cluster::start(&[]);
+    let peer = RawPeer::connect(&c.nats.url()).await;
+    peer.publish(
+        "$KV.dynamo_discovery.instances.dynamo.backend.generate.0000000000000baf",
+        json!({"namespace": "dynamo", "component": "backend", "endpoint": "generate",
+               "instance_id": FORGED + 2,
+               "subject": format!("dynamo_backend.generate-{:x}", FORGED + 2),
+               "card": {"served_model_name": "evil", "source": "/etc/passwd",
+                        "kv_cache_block_size": 16, "context_length": 2048}})
+        .to_string(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let r = c.get("/health").await;
+        assert_eq!(r.status(), 503, "healthy with no model ready");
+        assert!(c.models().await.is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.frontend_log().contains("outside the model cache"),
+        "{}",
+        c.frontend_log()
+    );
+    c.add_mocker(&["--speedup-ratio", "1000"]);
+    c.wait_instances(1, Duration::from_secs(20)).await.unwrap();
+    let v = c.get_json("/health").await.unwrap();
+    assert_eq!(v["status"], "healthy");
+    let listed: Vec<u64> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![c.instance_id(0)]);
+    assert_eq!(c.models().await, vec![MODEL.to_string()]);
 }

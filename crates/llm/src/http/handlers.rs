@@ -430,7 +430,9 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         // NATS is down: no request can reach a worker now.
         return unhealthy("NATS disconnected");
     }
-    let inst = state.models.all_instances();
+    // Only instances of models ready to serve: a model whose tokenizer and template are still
+    // loading (or cannot load) would answer 503 to a request.
+    let inst = state.models.ready_instances();
     if inst.is_empty() {
         return unhealthy("No endpoints available");
     }
