@@ -25,6 +25,7 @@ use crate::trace::{SeqTrace, Slice, TraceSink};
 mod disagg;
 mod emit;
 mod observe;
+mod prefix;
 use crate::disagg::FramePool;
 use emit::{cache_full_blocks, emit};
 use observe::{observe_decode, observe_prefill};
@@ -272,16 +273,6 @@ impl Scheduler {
         }
     }
 
-    fn release(&mut self, s: &mut Seq) {
-        self.pool.release(&s.nodes);
-        for &p in &s.pages[s.nodes.len()..] {
-            self.pool.free_block(p);
-        }
-        s.pages.clear();
-        s.nodes.clear();
-        s.computed = 0;
-    }
-
     fn drop_cancelled(&mut self) {
         self.drop_cancelled_decodes();
         let mut i = 0;
@@ -411,6 +402,7 @@ impl Scheduler {
             s.pages = nodes.iter().map(|&n| self.pool.block_of(n)).collect();
             s.computed = nodes.len() * page;
             s.nodes = nodes;
+            self.reuse_partial_block(&mut s);
             let first = s.admitted.is_none();
             if first {
                 let now = Instant::now();

@@ -246,10 +246,52 @@ async fn shared_prefix_is_served_from_cache() {
     let computed = eng.stats().prefill_tokens - before;
     assert_eq!(cached_a, 0);
     assert_eq!(
-        cached_b, 192,
-        "the 12 full 16-token blocks of the shared 200-token prefix"
+        cached_b, 200,
+        "the shared 200-token prefix: 12 full blocks and 8 tokens of a's last block"
     );
-    assert_eq!(computed, 204 - 192, "only the rest is prefilled");
+    assert_eq!(computed, 204 - 200, "only the rest is prefilled");
+}
+
+/// Token-granular prefix reuse: a repeated prompt computes only its last token (the rest,
+/// its partial last block included, comes from the cache, whether that block was kept as an
+/// ended request's tail or became full during decoding); a prompt diverging inside a cached
+/// block reuses the block's matching tokens; the output is what a cold engine gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_and_mid_block_prompts_reuse_every_matching_token() {
+    let eng = engine(|_| {});
+    let cold = engine(|_| {});
+    let run = async |e: &Engine, p: &Vec<u32>, max: u32| {
+        let before = e.stats().prefill_tokens;
+        let (toks, _, cached) = collect(e.generate(greedy(p.clone(), max)).unwrap(), 2).await;
+        (toks, cached, e.stats().prefill_tokens - before)
+    };
+    for (max, what) in [
+        (4, "an ended request's tail"),
+        (40, "a block filled by decoding"),
+    ] {
+        // A fresh 134-token prompt per case.
+        let p: Vec<u32> = (0..134).map(|i| 1000 + (i * 11 + max * 7) % 7000).collect();
+        let (first, cached, _) = run(&eng, &p, max).await;
+        assert_eq!(cached, 0);
+        let (again, cached, computed) = run(&eng, &p, max).await;
+        assert_eq!(cached as usize, p.len() - 1, "{what}");
+        assert_eq!(computed, 1, "{what}: only the last token is prefilled");
+        assert_eq!(again, first, "{what}");
+        // Diverging inside the last block: its matching tokens are reused.
+        let mut q = p.clone();
+        let n = q.len();
+        q[n - 3] = 6000 + max;
+        let (out, cached, computed) = run(&eng, &q, max).await;
+        assert_eq!(cached as usize, n - 3, "{what}: up to the changed token");
+        assert_eq!(computed, 3);
+        assert_eq!(out, run(&cold, &q, max).await.0, "{what}: as computed cold");
+    }
+    // A prompt of whole blocks, repeated: its last block is cached full; 31 of 32 reused.
+    let p: Vec<u32> = (0..32).map(|i| 2000 + i * 3).collect();
+    let (first, _, _) = run(&eng, &p, 4).await;
+    let (again, cached, computed) = run(&eng, &p, 4).await;
+    assert_eq!((cached, computed), (31, 1));
+    assert_eq!(again, first);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

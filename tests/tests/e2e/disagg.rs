@@ -79,7 +79,11 @@ async fn disaggregated_pair_matches_aggregated_token_for_token() {
             via_pair["choices"][0]["text"],
             via_agg["choices"][0]["text"]
         );
-        assert_eq!(via_pair["usage"], via_agg["usage"]);
+        // (Cached tokens may differ: the aggregated worker reuses cached tokens one by one,
+        // the pair moves whole blocks.)
+        for k in ["prompt_tokens", "completion_tokens"] {
+            assert_eq!(via_pair["usage"][k], via_agg["usage"][k], "{k}");
+        }
     }
     // The pair served those: the prefill worker prefilled each of them.
     let n = reference()["cases"].as_array().unwrap().len() as f64;

@@ -78,6 +78,10 @@ impl Executor for CpuExecutor {
         }
     }
 
+    fn copy_prefix(&mut self, src: u32, dst: u32, tokens: usize) {
+        self.kv.copy_prefix(src as usize, dst as usize, tokens);
+    }
+
     fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), TransferError> {
         self.check_blocks(blocks)?;
         let header = KvBlocksHeader {

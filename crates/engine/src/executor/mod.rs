@@ -34,6 +34,10 @@ pub trait Executor: Send {
         self.kv_layout().bytes_per_token()
     }
 
+    /// Copy the K/V of the first `tokens` slots of block `src` into block `dst`, in every
+    /// layer (a prompt reusing part of a cached block starts from its own copy).
+    fn copy_prefix(&mut self, src: u32, dst: u32, tokens: usize);
+
     /// Append the header and the K/V of `blocks` (in that order) to `out`.
     fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), TransferError>;
 

@@ -64,6 +64,16 @@ impl KvCache {
         (&k[r.clone()], &v[r])
     }
 
+    /// Copy the first `tokens` slots of block `src` into block `dst`, K and V of every layer.
+    pub fn copy_prefix(&mut self, src: usize, dst: usize, tokens: usize) {
+        let n = tokens.min(self.page) * self.kv_dim;
+        let (from, to) = (self.block_range(src).start, self.block_range(dst).start);
+        for (k, v) in &mut self.layers {
+            k.copy_within(from..from + n, to);
+            v.copy_within(from..from + n, to);
+        }
+    }
+
     /// One block's K and V in layer `layer`, to write.
     pub fn block_mut(&mut self, layer: usize, block: usize) -> (&mut [u16], &mut [u16]) {
         let r = self.block_range(block);

@@ -2,7 +2,9 @@
 //! sequence (being filled), or a node of the tree (its tokens and prefix fixed, shared by any
 //! number of sequences through reference counts). Unreferenced nodes stay cached and are
 //! evicted leaf-first in LRU order when the free list runs dry. Every node insertion and
-//! eviction becomes a KV event (stored / removed) with the router's block hashes.
+//! eviction becomes a KV event (stored / removed) with the router's block hashes. A prompt
+//! that diverges inside a cached block finds the block sharing its longest token prefix
+//! (`match_partial`), whose first tokens' K/V it copies rather than computes.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -17,6 +19,9 @@ pub const ROOT: NodeId = 0;
 struct Node {
     parent: NodeId,
     children: HashMap<u64, NodeId>,
+    /// Partial tails under this node: the unfinished last blocks of ended sequences, kept
+    /// for their tokens' K/V (no hash, no event: the router's view stays full-block).
+    partials: Vec<NodeId>,
     tokens: Box<[u32]>,
     local_hash: u64,
     seq_hash: u64,
@@ -24,6 +29,13 @@ struct Node {
     refs: u32,
     last_use: u64,
     live: bool,
+}
+
+impl Node {
+    /// Nothing hangs under it: evictable once unreferenced.
+    fn is_leaf(&self) -> bool {
+        self.children.is_empty() && self.partials.is_empty()
+    }
 }
 
 /// Counts for metrics and tests.
@@ -61,6 +73,7 @@ impl BlockPool {
         let root = Node {
             parent: ROOT,
             children: HashMap::new(),
+            partials: Vec::new(),
             tokens: Box::new([]),
             local_hash: 0,
             seq_hash: 0,
@@ -133,6 +146,37 @@ impl BlockPool {
         out
     }
 
+    /// The cached block under `parent` (the last node of a full-block match, or the root)
+    /// whose tokens share the longest prefix with `tokens`, and that prefix's length, at most
+    /// `max` (below a block): the tokens a sequence diverging mid-block can copy instead of
+    /// computing. `None` when no child shares a first token.
+    pub fn match_partial(
+        &self,
+        parent: NodeId,
+        tokens: &[u32],
+        max: usize,
+    ) -> Option<(NodeId, usize)> {
+        if !self.caching || max == 0 || tokens.is_empty() {
+            return None;
+        }
+        let limit = max.min(tokens.len()).min(self.page - 1);
+        let p = &self.nodes[parent as usize];
+        p.children
+            .values()
+            .chain(&p.partials)
+            .map(|&n| {
+                let t = &self.nodes[n as usize].tokens;
+                let common = t
+                    .iter()
+                    .zip(&tokens[..limit])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (n, common)
+            })
+            .filter(|&(_, c)| c > 0)
+            .max_by_key(|&(n, c)| (c, std::cmp::Reverse(n)))
+    }
+
     /// How many of `nodes` are currently unreferenced (acquiring them lowers `available`).
     pub fn unreferenced_among(&self, nodes: &[NodeId]) -> usize {
         nodes
@@ -168,7 +212,7 @@ impl BlockPool {
             if node.refs == 0 {
                 self.unreferenced += 1;
                 self.referenced -= 1;
-                if node.children.is_empty() {
+                if node.is_leaf() {
                     self.lru.push(Reverse((self.tick, n)));
                 }
             }
@@ -192,26 +236,78 @@ impl BlockPool {
     fn evict_one(&mut self) -> Option<()> {
         while let Some(Reverse((tick, n))) = self.lru.pop() {
             let node = &self.nodes[n as usize];
-            if !node.live || node.refs > 0 || !node.children.is_empty() || node.last_use != tick {
+            if !node.live || node.refs > 0 || !node.is_leaf() || node.last_use != tick {
                 continue; // stale heap entry
             }
             let (parent, h, seq_hash, block) =
                 (node.parent, node.local_hash, node.seq_hash, node.block);
-            self.nodes[parent as usize].children.remove(&h);
+            let partial = node.tokens.len() < self.page;
+            if partial {
+                self.nodes[parent as usize].partials.retain(|&c| c != n);
+            } else {
+                self.nodes[parent as usize].children.remove(&h);
+            }
             let node = &mut self.nodes[n as usize];
             node.live = false;
             node.tokens = Box::new([]);
             self.free_nodes.push(n);
             self.free.push(block);
             self.unreferenced -= 1;
-            self.events.removed(seq_hash);
+            if !partial {
+                self.events.removed(seq_hash);
+            }
             let p = &self.nodes[parent as usize];
-            if parent != ROOT && p.refs == 0 && p.children.is_empty() {
+            if parent != ROOT && p.refs == 0 && p.is_leaf() {
                 self.lru.push(Reverse((p.last_use, parent)));
             }
             return Some(());
         }
         None
+    }
+
+    /// Keep the unfinished last block `block` of an ended sequence (its first `tokens.len()`
+    /// slots computed, following `parent`) as a partial tail: unreferenced, evictable, no
+    /// event. Returns false (the caller frees the block) when caching is off or a tail under
+    /// `parent` already holds these tokens or more of them.
+    pub fn insert_partial(&mut self, parent: NodeId, tokens: &[u32], block: u32) -> bool {
+        if !self.caching || tokens.is_empty() || tokens.len() >= self.page {
+            return false;
+        }
+        let covered = self.nodes[parent as usize]
+            .children
+            .values()
+            .chain(&self.nodes[parent as usize].partials)
+            .any(|&n| self.nodes[n as usize].tokens.starts_with(tokens));
+        if covered {
+            return false;
+        }
+        self.tick += 1;
+        let node = Node {
+            parent,
+            children: HashMap::new(),
+            partials: Vec::new(),
+            tokens: tokens.into(),
+            local_hash: 0,
+            seq_hash: 0,
+            block,
+            refs: 0,
+            last_use: self.tick,
+            live: true,
+        };
+        let id = match self.free_nodes.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = node;
+                id
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as NodeId
+            }
+        };
+        self.nodes[parent as usize].partials.push(id);
+        self.unreferenced += 1;
+        self.lru.push(Reverse((self.tick, id)));
+        true
     }
 
     /// Make the full private block `block` (holding `tokens`, following `parent`) a shared
@@ -240,6 +336,7 @@ impl BlockPool {
         let node = Node {
             parent,
             children: HashMap::new(),
+            partials: Vec::new(),
             tokens: tokens.into(),
             local_hash: h,
             seq_hash,

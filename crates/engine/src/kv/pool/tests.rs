@@ -80,3 +80,45 @@ fn no_caching_means_no_matches() {
     p.free_block(b);
     assert!(p.alloc().is_some());
 }
+
+#[test]
+fn partial_tails_are_matched_kept_without_events_and_evicted_like_leaves() {
+    let mut p = BlockPool::new(3, 4, true);
+    let a0 = p.alloc().unwrap();
+    let (n0, _) = p.insert(ROOT, &blk(0), a0);
+    p.drain_events();
+    // A sequence ended with 3 tokens in its second block: kept as a tail under n0.
+    let tail = p.alloc().unwrap();
+    assert!(p.insert_partial(n0, &[4, 5, 6], tail));
+    assert!(p.drain_events().is_empty(), "tails are not announced");
+    assert!(
+        !p.insert_partial(n0, &[4, 5], p.total as u32),
+        "covered by the tail"
+    );
+    p.release(&[n0]);
+    assert_eq!(p.stats().evictable, 2);
+    // A prompt continuing 0..4 then 4, 5, 9: two of the tail's tokens match.
+    assert_eq!(
+        p.match_partial(n0, &[4, 5, 9], 3),
+        Some((p.nodes[n0 as usize].partials[0], 2))
+    );
+    // Never past `max` (the prompt's last token is computed), never a whole block.
+    assert_eq!(p.match_partial(n0, &[4, 5, 6, 7], 1).map(|m| m.1), Some(1));
+    assert_eq!(p.match_partial(n0, &[8, 9], 2), None);
+    // A full cached block diverging mid-block is matched too (at most page - 1 tokens).
+    assert_eq!(
+        p.match_partial(ROOT, &[0, 1, 2, 3, 4], 4)
+            .map(|m| (m.0, m.1)),
+        Some((n0, 3))
+    );
+    // Eviction: the tail (a leaf) goes first, then its parent, with one removed event.
+    let _x = p.alloc().unwrap();
+    assert!(p.alloc().is_some());
+    assert!(p.drain_events().is_empty(), "evicting a tail is silent");
+    assert!(p.alloc().is_some());
+    assert!(matches!(
+        &p.drain_events()[..],
+        [KvCacheEventData::Removed(_)]
+    ));
+    assert!(p.alloc().is_none());
+}
