@@ -84,7 +84,7 @@ pub async fn fetch(
                 m.transfer(r.bytes, r.took, r.wire);
             }
             import
-                .finish(r.first_token)
+                .finish(r.first_token, r.logprob)
                 .map_err(|_| TransferFailure::EngineStopped)
         }
         (Err(e), import) => {
@@ -169,6 +169,7 @@ struct Received {
     took: Duration,
     wire: Duration,
     first_token: u32,
+    logprob: Option<dynamo_protocols::TokenLogprob>,
 }
 
 /// Shuts the socket down when the fetch is dropped mid-transfer (the client cancelled), so
@@ -273,6 +274,7 @@ fn receive_blocking(
                     took: t0.elapsed(),
                     wire,
                     first_token: d.first_token,
+                    logprob: d.logprob,
                 });
             }
             wire::ERROR => return Err(wire::remote_error(&body)),

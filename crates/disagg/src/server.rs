@@ -353,10 +353,12 @@ impl Inner {
                 Some(RoomMsg::Done {
                     first_token,
                     blocks,
+                    logprob,
                 }) => {
                     let done = TransferDone {
                         first_token,
                         blocks,
+                        logprob,
                     };
                     wire::write_json(sock, wire::DONE, &done)
                         .await

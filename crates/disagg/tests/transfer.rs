@@ -41,6 +41,7 @@ fn request(prompt: &[u32], max: u32) -> PreprocessedRequest {
             ..Default::default()
         },
         bootstrap_info: None,
+        logprobs: None,
     }
 }
 
@@ -324,5 +325,34 @@ async fn a_finished_prefill_keeps_its_room_for_the_decode_worker() {
     let got = tokens(rx).await.unwrap();
     task.await.unwrap().unwrap();
     let want = tokens(dec.generate(req).unwrap()).await.unwrap();
+    assert_eq!(got, want);
+}
+
+/// Log probabilities through a disaggregated pair: the first token's come from the prefill
+/// side with the room's `Done`, the rest from the decode side; all as an aggregated engine
+/// gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_cross_the_transfer_with_the_first_token() {
+    let agg = engine(16, 64);
+    let pre = engine(16, 64);
+    let dec = engine(16, 64);
+    let srv = server(&pre, Duration::from_secs(30)).await;
+    let mut req = request(&prompt(40, 9), 5);
+    req.logprobs = Some(3);
+    let all = async |mut rx: UnboundedReceiver<EngineOutput>| {
+        let mut v = vec![];
+        while let Some(o) = rx.recv().await {
+            v.extend(o.token_ids.into_iter().zip(o.logprobs));
+        }
+        v
+    };
+    let want = all(agg.generate(req.clone()).unwrap()).await;
+    let (_out, room_rx) = pre.generate_prefill(req.clone(), None).unwrap();
+    let info = srv.open_room(dynamo_disagg::new_room(), room_rx, None);
+    let (rx, import) = dec.generate_decode(req, None).unwrap();
+    let task = tokio::spawn(fetch(dec.clone(), info, import, FetchConfig::new("m")));
+    let got = all(rx).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(got.len(), 5);
     assert_eq!(got, want);
 }

@@ -31,6 +31,7 @@ fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
             ..Default::default()
         },
         bootstrap_info: None,
+        logprobs: None,
     }
 }
 

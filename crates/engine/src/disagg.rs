@@ -73,8 +73,13 @@ pub enum RoomMsg {
     /// An export (`dynamo_protocols::kv_transfer` format) of the prompt's blocks
     /// `first..first + n`.
     Blocks { first: u32, data: Vec<u8> },
-    /// The prompt is done: the token sampled after it, and the prompt's block count.
-    Done { first_token: u32, blocks: u32 },
+    /// The prompt is done: the token sampled after it (with its log probabilities when the
+    /// request asked), and the prompt's block count.
+    Done {
+        first_token: u32,
+        blocks: u32,
+        logprob: Option<dynamo_protocols::TokenLogprob>,
+    },
 }
 
 /// The caller's end of a decode request's KV import. Dropping it before
@@ -108,13 +113,19 @@ impl KvImport {
             .map_err(|_| EngineError::Stopped)
     }
 
-    /// Every block is written: decode from `first_token` on.
-    pub fn finish(mut self, first_token: u32) -> Result<(), EngineError> {
+    /// Every block is written: decode from `first_token` on (its log probabilities from the
+    /// prefill side, when the request asked for them).
+    pub fn finish(
+        mut self,
+        first_token: u32,
+        logprob: Option<dynamo_protocols::TokenLogprob>,
+    ) -> Result<(), EngineError> {
         self.done = true;
         self.tx
             .send(Cmd::ImportDone {
                 id: self.id,
                 first_token,
+                logprob,
             })
             .map_err(|_| EngineError::Stopped)
     }

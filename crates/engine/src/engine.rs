@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamo_protocols::kv_transfer::KvLayout;
-use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest};
+use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest, MAX_TOP_LOGPROBS};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use crate::admission::{Admission, QueueLimits};
@@ -432,6 +432,12 @@ impl Engine {
                 context,
             });
         }
+        if let Some(got) = req.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return inv(RequestError::TooManyLogprobs {
+                got,
+                max: MAX_TOP_LOGPROBS,
+            });
+        }
         let max_new = match req.stop.max_tokens {
             Some(0) => return inv(RequestError::ZeroMaxTokens),
             Some(max_tokens) if max_tokens as usize > room => {
@@ -483,6 +489,7 @@ impl Engine {
         );
         seq.trace = trace;
         seq.ticket = Some(ticket);
+        seq.logprobs = req.logprobs.map(|k| k as usize);
         Ok((seq, rx))
     }
 }

@@ -51,6 +51,8 @@ pub enum RequestError {
     ExceedsKvPool { need: usize, capacity: usize },
     #[error("{0}")]
     Sampling(String),
+    #[error("logprobs: at most {max} alternatives per token, got {got}")]
+    TooManyLogprobs { got: u32, max: u32 },
 }
 
 /// Why KV blocks could not be exported or imported.

@@ -257,6 +257,49 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
+/// A position's raw log probabilities, taken before sampling changes the logits: the log of
+/// the softmax normalizer, and the `k` best tokens.
+pub struct Logprobs {
+    lse: f32,
+    top: Vec<(u32, f32)>,
+    /// Raw logits of the whole row, to read the sampled token's afterwards.
+    row: Vec<f32>,
+}
+
+impl Logprobs {
+    pub fn of(logits: &[f32], k: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+        let lse = max + sum.ln() as f32;
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        if k > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if top.len() < k || l > top[top.len() - 1].1 {
+                    let at = top.partition_point(|&(_, x)| x >= l);
+                    top.insert(at, (i as u32, l));
+                    top.truncate(k);
+                }
+            }
+        }
+        for t in &mut top {
+            t.1 -= lse;
+        }
+        Logprobs {
+            lse,
+            top,
+            row: logits.to_vec(),
+        }
+    }
+
+    /// The sampled token's entry.
+    pub fn token(self, tok: u32) -> dynamo_protocols::TokenLogprob {
+        dynamo_protocols::TokenLogprob {
+            logprob: self.row[tok as usize] - self.lse,
+            top: self.top,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

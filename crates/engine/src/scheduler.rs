@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use dynamo_protocols::{EngineOutput, KvCacheEvent};
+use dynamo_protocols::{EngineOutput, KvCacheEvent, TokenLogprob};
 use tokio::sync::mpsc as tmpsc;
 
 use crate::engine::EngineStats;
@@ -40,10 +40,12 @@ pub(crate) enum Cmd {
         first: u32,
         data: Vec<u8>,
     },
-    /// Every block of request `id` is in: decode from `first_token`.
+    /// Every block of request `id` is in: decode from `first_token` (with the prefill side's
+    /// log probabilities of it, when asked).
     ImportDone {
         id: u64,
         first_token: u32,
+        logprob: Option<TokenLogprob>,
     },
     /// The import of request `id` is abandoned (failed, or `cancelled` by its caller): free
     /// its blocks.
@@ -84,6 +86,10 @@ pub(crate) struct Seq {
     pub(crate) role: Role,
     /// Its place in the bounded waiting queue, given back when it first runs.
     pub(crate) ticket: Option<crate::admission::Ticket>,
+    /// Log probabilities wanted, with this many alternatives per token.
+    pub(crate) logprobs: Option<usize>,
+    /// The newest token's, until it is streamed.
+    last_logprob: Option<TokenLogprob>,
 }
 
 impl Seq {
@@ -116,6 +122,8 @@ impl Seq {
             trace: None,
             role: Role::Unified,
             ticket: None,
+            logprobs: None,
+            last_logprob: None,
         }
     }
 
@@ -232,7 +240,11 @@ impl Scheduler {
                 self.import(id, first, &data);
                 self.frames.put(data);
             }
-            Cmd::ImportDone { id, first_token } => self.import_done(id, first_token),
+            Cmd::ImportDone {
+                id,
+                first_token,
+                logprob,
+            } => self.import_done(id, first_token, logprob),
             Cmd::ImportAbort { id, cancelled } => self.import_abort(id, cancelled),
         }
     }
@@ -503,7 +515,10 @@ impl Scheduler {
             } else {
                 Vec::new()
             };
+            // Log probabilities from the raw logits, before the sampler changes them.
+            let raw = s.logprobs.map(|k| crate::sampling::Logprobs::of(row, k));
             let tok = s.sampler.sample(row, &banned);
+            s.last_logprob = raw.map(|r| r.token(tok));
             s.sampler.observe(tok);
             s.tokens.push(tok);
         });

@@ -40,6 +40,7 @@ fn greedy(tokens: Vec<u32>, max: u32) -> PreprocessedRequest {
             ..Default::default()
         },
         bootstrap_info: None,
+        logprobs: None,
     }
 }
 
@@ -292,6 +293,54 @@ async fn repeated_and_mid_block_prompts_reuse_every_matching_token() {
     let (again, cached, computed) = run(&eng, &p, 4).await;
     assert_eq!((cached, computed), (31, 1));
     assert_eq!(again, first);
+}
+
+/// Log probabilities come from the raw logits: at temperature 0 the sampled token is the best
+/// alternative and its logprob that alternative's; at a high temperature (a flatter sampling
+/// distribution) the reported values are the same raw ones; none without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_are_the_raw_distribution_of_each_generated_token() {
+    let eng = engine(|_| {});
+    let tok = tokenizer();
+    let prompt = tok.tokenizer.encode("The capital of France is").unwrap();
+    let outputs = async |req: PreprocessedRequest| {
+        let mut rx = eng.generate(req).unwrap();
+        let mut all = vec![];
+        while let Some(o) = rx.recv().await {
+            all.push(o);
+        }
+        all
+    };
+    let mut req = greedy(prompt.clone(), 6);
+    req.stop.ignore_eos = true;
+    req.logprobs = Some(5);
+    let greedy_out = outputs(req.clone()).await;
+    let mut n = 0;
+    for o in &greedy_out {
+        assert_eq!(o.logprobs.len(), o.token_ids.len(), "{o:?}");
+        for (id, lp) in o.token_ids.iter().zip(&o.logprobs) {
+            n += 1;
+            assert_eq!(lp.top.len(), 5);
+            assert_eq!(lp.top[0].0, *id, "greedy samples the best token");
+            assert_eq!(lp.top[0].1, lp.logprob);
+            assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "{lp:?}");
+            let mass: f32 = lp.top.iter().map(|t| t.1.exp()).sum();
+            assert!(lp.logprob <= 0.0 && mass <= 1.0 + 1e-4, "{lp:?}");
+        }
+    }
+    assert_eq!(n, 6);
+    // The same first position at temperature 1.9: the raw values, not the flattened ones.
+    req.sampling.temperature = Some(1.9);
+    req.sampling.seed = Some(7);
+    let hot = outputs(req.clone()).await;
+    let (a, b) = (&greedy_out[0].logprobs[0], &hot[0].logprobs[0]);
+    assert_eq!(
+        a.top, b.top,
+        "position 0's alternatives do not depend on temperature"
+    );
+    // Not asked: none.
+    req.logprobs = None;
+    assert!(outputs(req).await.iter().all(|o| o.logprobs.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

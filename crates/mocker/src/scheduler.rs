@@ -319,6 +319,7 @@ async fn run(
                     cached_tokens: s.cached_tokens as u32,
                 }),
                 bootstrap_info: None,
+                logprobs: vec![],
             };
             let closed = s.tx.send(out).is_err();
             if done || closed {
@@ -346,6 +347,7 @@ mod tests {
                 ..Default::default()
             },
             bootstrap_info: None,
+            logprobs: None,
         }
     }
 

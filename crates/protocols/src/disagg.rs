@@ -84,11 +84,14 @@ pub struct TransferStart {
 }
 
 /// The end of a room's KV: the token the prefill side sampled after the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferDone {
     pub first_token: u32,
     /// Blocks of the prompt in all (sent or skipped).
     pub blocks: u32,
+    /// The first token's log probabilities, when the request asked for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprob: Option<crate::TokenLogprob>,
 }
 
 /// Why two engines cannot exchange KV (`None`: they can). Names both sides' values.

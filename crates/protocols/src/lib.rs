@@ -16,5 +16,6 @@ pub use disagg::{BootstrapInfo, DisaggregationMode};
 pub use kv_events::{KvCacheEvent, KvCacheEventData, LoadReport, RouterEvent};
 pub use model_card::ModelCard;
 pub use request::{
-    EngineOutput, FinishReason, PreprocessedRequest, SamplingOptions, StopConditions, Usage,
+    EngineOutput, FinishReason, PreprocessedRequest, SamplingOptions, StopConditions, TokenLogprob,
+    Usage, MAX_TOP_LOGPROBS,
 };

@@ -18,6 +18,22 @@ pub struct PreprocessedRequest {
     /// the prefill worker's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_info: Option<crate::BootstrapInfo>,
+    /// Return each generated token's log probability and this many alternatives (0–20):
+    /// from the raw logits, before temperature, penalties and truncation (vLLM's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+}
+
+/// Most alternatives a request may ask per generated token.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// One generated token's log probability and the most likely alternatives at its position,
+/// best first (`[token id, log probability]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Sampling parameters; `None` means the engine default.
@@ -108,6 +124,9 @@ pub struct EngineOutput {
     /// A prefill worker's first item: where the decode worker fetches this request's KV.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_info: Option<crate::BootstrapInfo>,
+    /// With `PreprocessedRequest::logprobs`: one entry per id of `token_ids`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use dynamo_protocols::kv_transfer::KvBlocksHeader;
+use dynamo_protocols::TokenLogprob;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::emit::{cache_full_blocks, emit};
@@ -60,13 +61,14 @@ impl Role {
     }
 
     /// A token was sampled: a prefill request's room learns it (once).
-    pub(super) fn sampled(&mut self, tok: u32) {
+    pub(super) fn sampled(&mut self, tok: u32, logprob: Option<&TokenLogprob>) {
         if let Role::Prefill(p) = self {
             if !p.done_sent {
                 p.done_sent = true;
                 let _ = p.room.send(RoomMsg::Done {
                     first_token: tok,
                     blocks: p.prompt_blocks,
+                    logprob: logprob.cloned(),
                 });
             }
         }
@@ -188,7 +190,7 @@ impl Scheduler {
         self.transfer.push(s);
     }
 
-    pub(super) fn import_done(&mut self, id: u64, first_token: u32) {
+    pub(super) fn import_done(&mut self, id: u64, first_token: u32, logprob: Option<TokenLogprob>) {
         let Some(mut s) = self.take_transfer(id) else {
             return;
         };
@@ -213,6 +215,7 @@ impl Scheduler {
         s.admitted = Some(now);
         cache_full_blocks(&mut self.pool, &mut s);
         s.tokens.push(first_token);
+        s.last_logprob = logprob.filter(|_| s.logprobs.is_some());
         s.sampler.observe(first_token);
         if let Some(t) = s.trace.as_mut() {
             t.admitted = Some(now);

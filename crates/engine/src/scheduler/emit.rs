@@ -22,7 +22,7 @@ pub(super) fn emit(
 ) -> bool {
     observe_token(metrics, s, now);
     let tok = *s.tokens.last().expect("sampled");
-    s.role.sampled(tok);
+    s.role.sampled(tok, s.last_logprob.as_ref());
     let g = s.generated();
     let is_stop = g > s.min_new && s.stop_ids.contains(&tok);
     let reason = if is_stop {
@@ -43,6 +43,10 @@ pub(super) fn emit(
             cached_tokens: s.cached.unwrap_or(0) as u32,
         }),
         bootstrap_info: None,
+        logprobs: match s.last_logprob.take() {
+            Some(l) if !is_stop => vec![l],
+            _ => vec![],
+        },
     };
     let gone = s.tx.send(out).is_err();
     if reason.is_some() || gone {

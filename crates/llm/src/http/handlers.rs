@@ -313,6 +313,7 @@ async fn run(
                 ignore_eos: p.params.ignore_eos,
             },
             bootstrap_info: None,
+            logprobs: None,
         },
         params: p.params,
         pre,
