@@ -20,6 +20,8 @@ pub fn model_card(served: &str, source: &Path, cfg: &MockerConfig) -> ModelCard 
             "mocker context={} block={}",
             cfg.context_length, cfg.block_size
         ),
+        // Simulated tokens have no distribution.
+        logprobs: false,
     }
 }
 

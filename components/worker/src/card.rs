@@ -41,6 +41,7 @@ pub fn model_card(
                 info.page_size
             )
         },
+        logprobs: true,
     }
 }
 

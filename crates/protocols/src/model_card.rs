@@ -32,4 +32,7 @@ pub struct ModelCard {
     /// instance cannot serve something else under a model's name unnoticed.
     #[serde(default)]
     pub model_id: String,
+    /// The worker returns per-token log probabilities when asked (a simulated engine cannot).
+    #[serde(default)]
+    pub logprobs: bool,
 }

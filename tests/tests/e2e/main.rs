@@ -11,6 +11,7 @@ mod engine_failure;
 mod faults;
 mod hostile_client;
 mod hostile_peer;
+mod logprobs;
 mod metrics;
 mod migration;
 mod nats_outage;

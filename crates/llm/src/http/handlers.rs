@@ -259,6 +259,12 @@ async fn run(
             )))
         }
     };
+    if p.params.logprobs.is_some() && !entry.card.logprobs {
+        return Err(fail(ApiError::validation(format!(
+            "Validation: logprobs: model {} cannot return log probabilities",
+            p.model
+        ))));
+    }
     // Shed before any tokenization or worker work.
     let permit = state.admission.acquire(&model).map_err(fail)?;
     let pre = entry.pre.clone();
@@ -313,7 +319,7 @@ async fn run(
                 ignore_eos: p.params.ignore_eos,
             },
             bootstrap_info: None,
-            logprobs: None,
+            logprobs: p.params.logprobs,
         },
         params: p.params,
         pre,
@@ -366,7 +372,8 @@ pub async fn chat_completions(
         .map_err(|e| (String::new(), e))
         .and_then(|(r, body_len)| {
             let model = endpoint_fields(&r, true).map_err(|e| (String::new(), e))?;
-            let params = r.validate(force).map_err(|e| (model.clone(), e))?;
+            let mut params = r.validate(force).map_err(|e| (model.clone(), e))?;
+            params.logprobs = r.logprobs(true).map_err(|e| (model.clone(), e))?;
             let msgs = normalize_messages(r.messages.as_deref().unwrap_or_default())
                 .map_err(|e| (model.clone(), e))?;
             Ok(Parsed {
@@ -391,7 +398,8 @@ pub async fn completions(
         .map_err(|e| (String::new(), e))
         .and_then(|(mut r, body_len)| {
             let model = endpoint_fields(&r, false).map_err(|e| (String::new(), e))?;
-            let params = r.validate(force).map_err(|e| (model.clone(), e))?;
+            let mut params = r.validate(force).map_err(|e| (model.clone(), e))?;
+            params.logprobs = r.logprobs(false).map_err(|e| (model.clone(), e))?;
             let prompt = r.prompt.take().expect("checked by endpoint_fields");
             Ok(Parsed {
                 model,

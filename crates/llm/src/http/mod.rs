@@ -9,6 +9,7 @@ mod handlers;
 pub mod metrics;
 mod migration;
 mod pipeline;
+mod token_pipe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use dynamo_protocols::{EngineOutput, FinishReason, PreprocessedRequest};
+use dynamo_protocols::PreprocessedRequest;
 use dynamo_runtime::error::ErrorKind;
 use dynamo_runtime::{CallOptions, InstanceRecord, RuntimeError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::migration::Generation;
+pub use super::token_pipe::TokenPipe;
 use super::AppState;
 use crate::openai::request::GenParams;
 use crate::openai::response::*;
 use crate::openai::{ApiError, ErrorClass};
 use crate::preprocess::Preprocessor;
-use dynamo_preprocessor::detok::{IncrementalDecoder, StopMatcher};
 
 /// Chat or plain completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,82 +219,6 @@ pub(super) fn map_runtime_error(e: RuntimeError, status: u16) -> ApiError {
     }
 }
 
-/// Token ids → text deltas, with stop strings and counting.
-pub struct TokenPipe {
-    dec: IncrementalDecoder,
-    stop: StopMatcher,
-    pub completion_tokens: u32,
-    pub prompt_tokens: u32,
-    pub cached_tokens: u32,
-    pub finish: Option<&'static str>,
-    detok_time: std::time::Duration,
-}
-
-impl TokenPipe {
-    pub fn new(pre: &Preprocessor, params: &GenParams, prompt_tokens: u32) -> Self {
-        TokenPipe {
-            dec: IncrementalDecoder::new(pre.tokenizer.clone(), true),
-            stop: StopMatcher::new(params.stop.clone()),
-            completion_tokens: 0,
-            prompt_tokens,
-            cached_tokens: 0,
-            finish: None,
-            detok_time: Default::default(),
-        }
-    }
-
-    /// Consume one worker item; returns the text to send now.
-    pub fn push(&mut self, out: &EngineOutput) -> String {
-        let t0 = Instant::now();
-        let mut text = String::new();
-        self.completion_tokens += out.token_ids.len() as u32;
-        if self.finish.is_none() {
-            for &id in &out.token_ids {
-                let piece = self.dec.push(id);
-                let o = self.stop.push(&piece);
-                text.push_str(&o.text);
-                if o.stopped {
-                    self.finish = Some("stop");
-                    break;
-                }
-            }
-        }
-        if let Some(u) = out.usage {
-            self.prompt_tokens = u.prompt_tokens;
-            self.completion_tokens = u.completion_tokens;
-            self.cached_tokens = u.cached_tokens;
-        }
-        if self.finish.is_none() {
-            if let Some(r) = out.finish_reason {
-                let tail = self.dec.flush();
-                let o = self.stop.push(&tail);
-                text.push_str(&o.text);
-                if o.stopped {
-                    self.finish = Some("stop");
-                } else {
-                    text.push_str(&self.stop.flush());
-                    self.finish = Some(match r {
-                        FinishReason::Eos | FinishReason::Stop => "stop",
-                        FinishReason::Length => "length",
-                        FinishReason::Cancelled => "cancelled",
-                        FinishReason::Error => "error",
-                    });
-                }
-            }
-        }
-        self.detok_time += t0.elapsed();
-        text
-    }
-
-    pub fn usage(&self) -> UsageBody {
-        UsageBody::new(
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.cached_tokens,
-        )
-    }
-}
-
 /// Per-token timing metrics, with the model's metric handles resolved once per request (no
 /// label lookup per token).
 struct Timing {
@@ -381,8 +305,9 @@ pub async fn unary(
         r = run => r,
         _ = expired(job.deadline) => Err(timed_out(&job)),
     };
-    let (pipe, text) = guard.report(r)?;
+    let (mut pipe, text) = guard.report(r)?;
     let finish = guard.report(pipe.finish.ok_or_else(truncated))?;
+    let logprobs = pipe.take_logprobs(&job.pre, job.kind);
     finish_metrics(&state, &job.model, &pipe, &guard);
     guard.finish(None);
     let body = match job.kind {
@@ -397,7 +322,7 @@ pub async fn unary(
                     role: "assistant",
                     content: &text,
                 },
-                logprobs: None,
+                logprobs,
                 finish_reason: finish,
             }],
             usage: pipe.usage(),
@@ -410,7 +335,7 @@ pub async fn unary(
             choices: vec![CompletionChoice {
                 index: 0,
                 text: &text,
-                logprobs: None,
+                logprobs,
                 finish_reason: Some(finish),
             }],
             usage: Some(Some(pipe.usage())),
@@ -433,6 +358,7 @@ fn chunk(
     first: bool,
     finish: Option<&str>,
     usage: Option<Option<UsageBody>>,
+    logprobs: Option<serde_json::Value>,
 ) -> Bytes {
     let json = match job.kind {
         Kind::Chat => serde_json::to_string(&ChatChunk {
@@ -449,7 +375,7 @@ fn chunk(
                         role: first.then_some("assistant"),
                         content: text,
                     },
-                    logprobs: None,
+                    logprobs,
                     finish_reason: finish,
                 }]
             },
@@ -466,7 +392,7 @@ fn chunk(
                 vec![CompletionChoice {
                     index: 0,
                     text: text.unwrap_or(""),
-                    logprobs: None,
+                    logprobs,
                     finish_reason: finish,
                 }]
             },
@@ -548,7 +474,8 @@ pub async fn streaming(
                 if !text.is_empty()
                     || (!sent_role && job.kind == Kind::Chat && pipe.finish.is_none())
                 {
-                    let c = chunk(&job, Some(&text), !sent_role, None, usage_field(None));
+                    let lp = pipe.take_logprobs(&job.pre, job.kind);
+                    let c = chunk(&job, Some(&text), !sent_role, None, usage_field(None), lp);
                     sent_role = true;
                     if tx.send(c).await.is_err() {
                         return;
@@ -563,9 +490,16 @@ pub async fn streaming(
                 end_with_error(&tx, &mut guard, truncated()).await;
                 return;
             };
-            let mut tail = chunk(&job, None, false, Some(finish), usage_field(None)).to_vec();
+            // Tokens whose text was held back (a stop string's prefix) keep their logprobs.
+            let lp = pipe.take_logprobs(&job.pre, job.kind).filter(|v| {
+                v.get("content")
+                    .or(v.get("tokens"))
+                    .is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
+            });
+            let mut tail = chunk(&job, None, false, Some(finish), usage_field(None), lp).to_vec();
             if include_usage {
-                tail.extend_from_slice(&chunk(&job, None, false, None, Some(Some(pipe.usage()))));
+                let usage = Some(Some(pipe.usage()));
+                tail.extend_from_slice(&chunk(&job, None, false, None, usage, None));
             }
             tail.extend_from_slice(b"data: [DONE]\n\n");
             finish_metrics(&state, &job.model, &pipe, &guard);

@@ -2,6 +2,7 @@
 //! error type every failure is rendered through.
 
 pub mod error;
+pub mod logprobs;
 pub mod prompt;
 pub mod request;
 pub mod response;

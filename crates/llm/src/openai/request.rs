@@ -87,9 +87,15 @@ pub struct CommonParams {
     pub parallel_tool_calls: Option<bool>,
 }
 
+/// Most alternatives per token a completions request may ask (`logprobs`), as OpenAI's
+/// legacy endpoint allows; chat's `top_logprobs` allows [`dynamo_protocols::MAX_TOP_LOGPROBS`].
+pub const MAX_COMPLETION_LOGPROBS: u64 = 5;
+
 /// The validated generation parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenParams {
+    /// Per-token log probabilities with this many alternatives (`None`: not asked).
+    pub logprobs: Option<u32>,
     pub max_tokens: Option<u32>,
     pub min_tokens: Option<u32>,
     pub sampling: SamplingOptions,
@@ -128,13 +134,6 @@ impl CommonParams {
         }
         if self.best_of.is_some_and(|b| b > 1) {
             return Err(unsupported("best_of > 1"));
-        }
-        match &self.logprobs {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(_) => return Err(unsupported("logprobs")),
-        }
-        if self.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(unsupported("top_logprobs"));
         }
         if self.echo == Some(true) {
             return Err(unsupported("echo"));
@@ -230,6 +229,7 @@ impl CommonParams {
             }
         }
         Ok(GenParams {
+            logprobs: None,
             max_tokens,
             min_tokens,
             sampling: SamplingOptions {
@@ -259,6 +259,49 @@ impl CommonParams {
             ignore_eos: self.ignore_eos.or(nv.ignore_eos).unwrap_or(false),
             backend_instance_id: nv.backend_instance_id,
         })
+    }
+}
+
+impl CommonParams {
+    /// The log probabilities asked for: chat's `logprobs: true` with `top_logprobs` (0–20)
+    /// alternatives, or completions' `logprobs: N` (0–5) alternatives.
+    pub fn logprobs(&self, chat: bool) -> Result<Option<u32>, ApiError> {
+        let int = |name: &str, v: &Value, max: u64| match v.as_u64() {
+            Some(n) if n <= max => Ok(n as u32),
+            _ => Err(ApiError::validation(format!(
+                "Validation: {name} must be an integer between 0 and {max}, got {v}"
+            ))),
+        };
+        let top = self.top_logprobs.as_ref().filter(|v| !v.is_null());
+        if chat {
+            let on = match &self.logprobs {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(v) => {
+                    return Err(ApiError::validation(format!(
+                        "Validation: logprobs must be a boolean for chat completions, got {v}"
+                    )))
+                }
+            };
+            let k = top
+                .map(|v| int("top_logprobs", v, dynamo_protocols::MAX_TOP_LOGPROBS.into()))
+                .transpose()?;
+            if k.is_some() && !on {
+                return Err(ApiError::validation(
+                    "Validation: top_logprobs requires logprobs: true",
+                ));
+            }
+            return Ok(on.then(|| k.unwrap_or(0)));
+        }
+        if top.is_some() {
+            return Err(ApiError::validation(
+                "Validation: top_logprobs is a chat completions field; completions take logprobs: N",
+            ));
+        }
+        match self.logprobs.as_ref().filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(v) => int("logprobs", v, MAX_COMPLETION_LOGPROBS).map(Some),
+        }
     }
 }
 
@@ -343,7 +386,6 @@ mod tests {
         check(json!({"max_tokens": 0}), false);
         check(json!({"stop": ["a","b","c","d","e"]}), false);
         check(json!({"stop": ""}), false);
-        check(json!({"logprobs": true}), false);
         check(json!({"logprobs": false}), true);
         check(json!({"tools": [{"type":"function"}]}), false);
         check(json!({"response_format": {"type":"json_object"}}), false);
@@ -356,6 +398,36 @@ mod tests {
         check(json!({"echo": true}), false);
         check(json!({"top_k": -1}), true);
         check(json!({"top_k": -5}), false);
+    }
+
+    #[test]
+    fn logprobs_ranges_per_endpoint() {
+        let lp = |body: Value, chat: bool| {
+            serde_json::from_value::<CommonParams>(body)
+                .unwrap()
+                .logprobs(chat)
+                .map_err(|e| e.message)
+        };
+        assert_eq!(lp(json!({}), true), Ok(None));
+        assert_eq!(lp(json!({"logprobs": true}), true), Ok(Some(0)));
+        assert_eq!(
+            lp(json!({"logprobs": true, "top_logprobs": 20}), true),
+            Ok(Some(20))
+        );
+        assert!(lp(json!({"logprobs": true, "top_logprobs": 21}), true)
+            .unwrap_err()
+            .contains("top_logprobs"));
+        assert!(lp(json!({"top_logprobs": 2}), true)
+            .unwrap_err()
+            .contains("requires logprobs"));
+        assert!(lp(json!({"logprobs": 3}), true).is_err());
+        assert_eq!(lp(json!({"logprobs": 5}), false), Ok(Some(5)));
+        assert_eq!(lp(json!({"logprobs": 0}), false), Ok(Some(0)));
+        assert!(lp(json!({"logprobs": 6}), false)
+            .unwrap_err()
+            .contains("logprobs"));
+        assert!(lp(json!({"logprobs": true}), false).is_err());
+        assert!(lp(json!({"logprobs": 1, "top_logprobs": 1}), false).is_err());
     }
 
     #[test]

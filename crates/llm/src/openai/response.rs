@@ -39,7 +39,7 @@ pub struct ChatMessageOut<'a> {
 pub struct ChatChoice<'a> {
     pub index: u32,
     pub message: ChatMessageOut<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: &'a str,
 }
 
@@ -65,7 +65,7 @@ pub struct ChatDelta<'a> {
 pub struct ChatChunkChoice<'a> {
     pub index: u32,
     pub delta: ChatDelta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'a str>,
 }
 
@@ -84,7 +84,7 @@ pub struct ChatChunk<'a> {
 pub struct CompletionChoice<'a> {
     pub index: u32,
     pub text: &'a str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'a str>,
 }
 

@@ -1,0 +1,110 @@
+//! Token ids to client text for one choice: the incremental detokenizer, stop strings, the
+//! finish reason, token counts, and the per-token log probabilities when asked.
+
+use std::time::Instant;
+
+use dynamo_preprocessor::detok::{IncrementalDecoder, StopMatcher};
+use dynamo_protocols::{EngineOutput, FinishReason};
+
+use super::pipeline::Kind;
+use crate::openai::request::GenParams;
+use crate::openai::response::UsageBody;
+use crate::preprocess::Preprocessor;
+
+/// Token ids → text deltas, with stop strings and counting.
+pub struct TokenPipe {
+    dec: IncrementalDecoder,
+    /// Log probabilities of the tokens consumed since the last `take_logprobs` (when the
+    /// request asked), and the completion text's character offset of the next one.
+    logprobs: Option<Vec<crate::openai::logprobs::Entry>>,
+    text_offset: usize,
+    stop: StopMatcher,
+    pub completion_tokens: u32,
+    pub prompt_tokens: u32,
+    pub cached_tokens: u32,
+    pub finish: Option<&'static str>,
+    pub(super) detok_time: std::time::Duration,
+}
+
+impl TokenPipe {
+    pub fn new(pre: &Preprocessor, params: &GenParams, prompt_tokens: u32) -> Self {
+        TokenPipe {
+            logprobs: params.logprobs.map(|_| Vec::new()),
+            text_offset: 0,
+            dec: IncrementalDecoder::new(pre.tokenizer.clone(), true),
+            stop: StopMatcher::new(params.stop.clone()),
+            completion_tokens: 0,
+            prompt_tokens,
+            cached_tokens: 0,
+            finish: None,
+            detok_time: Default::default(),
+        }
+    }
+
+    /// Consume one worker item; returns the text to send now.
+    pub fn push(&mut self, out: &EngineOutput) -> String {
+        let t0 = Instant::now();
+        let mut text = String::new();
+        self.completion_tokens += out.token_ids.len() as u32;
+        if self.finish.is_none() {
+            for (i, &id) in out.token_ids.iter().enumerate() {
+                if let (Some(lp), Some(l)) = (self.logprobs.as_mut(), out.logprobs.get(i)) {
+                    lp.push((id, l.clone()));
+                }
+                let piece = self.dec.push(id);
+                let o = self.stop.push(&piece);
+                text.push_str(&o.text);
+                if o.stopped {
+                    self.finish = Some("stop");
+                    break;
+                }
+            }
+        }
+        if let Some(u) = out.usage {
+            self.prompt_tokens = u.prompt_tokens;
+            self.completion_tokens = u.completion_tokens;
+            self.cached_tokens = u.cached_tokens;
+        }
+        if self.finish.is_none() {
+            if let Some(r) = out.finish_reason {
+                let tail = self.dec.flush();
+                let o = self.stop.push(&tail);
+                text.push_str(&o.text);
+                if o.stopped {
+                    self.finish = Some("stop");
+                } else {
+                    text.push_str(&self.stop.flush());
+                    self.finish = Some(match r {
+                        FinishReason::Eos | FinishReason::Stop => "stop",
+                        FinishReason::Length => "length",
+                        FinishReason::Cancelled => "cancelled",
+                        FinishReason::Error => "error",
+                    });
+                }
+            }
+        }
+        self.detok_time += t0.elapsed();
+        text
+    }
+
+    /// The `logprobs` object of the tokens consumed since the last call (`None` when the
+    /// request did not ask).
+    pub fn take_logprobs(&mut self, pre: &Preprocessor, kind: Kind) -> Option<serde_json::Value> {
+        let entries = std::mem::take(self.logprobs.as_mut()?);
+        let tok = &pre.tokenizer;
+        Some(match kind {
+            Kind::Chat => crate::openai::logprobs::chat(tok, &entries),
+            Kind::Completion => {
+                crate::openai::logprobs::completion(tok, &entries, &mut self.text_offset)
+            }
+        })
+    }
+
+    pub fn usage(&self) -> UsageBody {
+        UsageBody::new(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cached_tokens,
+        )
+    }
+}
