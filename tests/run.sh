@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs a current nats-server, the default
-# model, Debian's prometheus (with promtool) and a compose tool (Debian's docker-compose) when
-# missing, then format check, clippy (warnings fail), build, and every test.
+# model, Debian's prometheus (with promtool), a compose tool (Debian's docker-compose) and the
+# openai Python client when missing, then format check, clippy (warnings fail), build, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/lib.sh
@@ -11,6 +11,7 @@ ensure_model
 ensure_prometheus
 ensure_docker_compose
 ensure_openssl
+ensure_openai_client
 log "nats-server: $(command -v nats-server) ($(nats-server --version))"
 
 # The suite's worker binary carries the test-only fault injection (a panicking engine); the

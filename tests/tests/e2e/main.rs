@@ -15,6 +15,7 @@ mod logprobs;
 mod metrics;
 mod migration;
 mod nats_outage;
+mod openai_client;
 mod overload;
 mod router;
 mod router_engine;
