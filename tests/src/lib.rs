@@ -377,6 +377,19 @@ impl Cluster {
         metric_value(&text, name)
     }
 
+    /// Requests each worker's work handler has served (`dynamo_component_requests_total`),
+    /// in worker order.
+    pub async fn served(&self) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.workers.len());
+        for i in 0..self.workers.len() {
+            let n = self
+                .worker_metric(i, "dynamo_component_requests_total")
+                .await;
+            out.push(n.unwrap_or(0.0));
+        }
+        out
+    }
+
     pub async fn frontend_metrics(&self) -> String {
         let r = self
             .http

@@ -261,16 +261,6 @@ async fn nats_restart_is_survived_with_kv_routing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let served = async |c: &Cluster| {
-        let mut out = [0.0; 2];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = c
-                .worker_metric(i, "dynamo_component_requests_total")
-                .await
-                .unwrap_or(0.0);
-        }
-        out
-    };
     let complete = async |c: &Cluster, tokens: Vec<u32>| {
         let (st, _, v) = c
             .post("/v1/completions", &requests::completion(tokens, 2))
@@ -283,14 +273,14 @@ async fn nats_restart_is_survived_with_kv_routing() {
     };
     complete(&c, kv_prompt(1, 0)).await;
     wait_stored(&c, 1.0).await;
-    let owner = served(&c).await.iter().position(|&n| n == 1.0).unwrap();
+    let owner = c.served().await.iter().position(|&n| n == 1.0).unwrap();
 
     c.nats.restart();
     tokio::time::sleep(Duration::from_secs(8)).await;
     listed_again(&c, &ids).await;
 
     // The prefix from before the restart: predicted on its owner, 8 of 9 blocks each time.
-    let (n0, h0) = (served(&c).await, hit_sum(&c).await);
+    let (n0, h0) = (c.served().await, hit_sum(&c).await);
     for salt in 1..=4 {
         let v = complete(&c, kv_prompt(1, salt)).await;
         assert_eq!(
@@ -298,7 +288,7 @@ async fn nats_restart_is_survived_with_kv_routing() {
             "repeat {salt}: {v}"
         );
     }
-    let (n1, h1) = (served(&c).await, hit_sum(&c).await);
+    let (n1, h1) = (c.served().await, hit_sum(&c).await);
     assert_eq!(n1[owner] - n0[owner], 4.0, "{n0:?} → {n1:?}");
     assert!(
         (h1 - h0 - 4.0 * 8.0 / 9.0).abs() < 1e-6,
@@ -309,7 +299,7 @@ async fn nats_restart_is_survived_with_kv_routing() {
     let before = stored_ok(&c).await;
     complete(&c, kv_prompt(2, 0)).await;
     wait_stored(&c, before + 1.0).await;
-    let (n2, h2) = (served(&c).await, hit_sum(&c).await);
+    let (n2, h2) = (c.served().await, hit_sum(&c).await);
     let second = (0..2).find(|&i| n2[i] > n1[i]).unwrap();
     for salt in 1..=3 {
         let v = complete(&c, kv_prompt(2, salt)).await;
@@ -318,7 +308,7 @@ async fn nats_restart_is_survived_with_kv_routing() {
             "repeat {salt} of the new prefix: {v}"
         );
     }
-    let n3 = served(&c).await;
+    let n3 = c.served().await;
     assert_eq!(n3[second] - n2[second], 3.0, "{n2:?} → {n3:?}");
     let h3 = hit_sum(&c).await;
     assert!((h3 - h2 - 3.0 * 8.0 / 9.0).abs() < 1e-6, "{}", h3 - h2);

@@ -64,20 +64,10 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
             (st, r.json::<serde_json::Value>().await.unwrap_or_default())
         }
     };
-    let served = async |c: &Cluster| {
-        let mut out = [0.0; 2];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = c
-                .worker_metric(i, "dynamo_component_requests_total")
-                .await
-                .unwrap_or(0.0);
-        }
-        out
-    };
     // The shared prefix lands on one worker (the owner); its stored event is applied.
     let (st, v) = complete(&c, 0).await;
     assert_eq!(st, 200, "{v}");
-    let owner = served(&c).await.iter().position(|&n| n == 1.0).unwrap();
+    let owner = c.served().await.iter().position(|&n| n == 1.0).unwrap();
     let (real, other) = (ids[owner], ids[1 - owner]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while applied(&c.frontend_metrics().await, "ok") < 1.0 {
@@ -246,7 +236,7 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
             }
         })
     };
-    let n0 = served(&c).await;
+    let n0 = c.served().await;
     for salt in 1..=5 {
         // Past the router's settling window, so a fresh report would be believed.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -258,7 +248,7 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
         );
     }
     flood.abort();
-    let n1 = served(&c).await;
+    let n1 = c.served().await;
     assert_eq!(n1[owner] - n0[owner], 5.0, "{n0:?} → {n1:?}");
     assert_eq!(n1[1 - owner], n0[1 - owner], "{n0:?} → {n1:?}");
 

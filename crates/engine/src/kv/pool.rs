@@ -265,6 +265,20 @@ impl BlockPool {
         None
     }
 
+    /// Store `node` in a free slot (or a new one); its id.
+    fn add_node(&mut self, node: Node) -> NodeId {
+        match self.free_nodes.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = node;
+                id
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as NodeId
+            }
+        }
+    }
+
     /// Keep the unfinished last block `block` of an ended sequence (its first `tokens.len()`
     /// slots computed, following `parent`) as a partial tail: unreferenced, evictable, no
     /// event. Returns false (the caller frees the block) when caching is off or a tail under
@@ -294,16 +308,7 @@ impl BlockPool {
             last_use: self.tick,
             live: true,
         };
-        let id = match self.free_nodes.pop() {
-            Some(id) => {
-                self.nodes[id as usize] = node;
-                id
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as NodeId
-            }
-        };
+        let id = self.add_node(node);
         self.nodes[parent as usize].partials.push(id);
         self.unreferenced += 1;
         self.lru.push(Reverse((self.tick, id)));
@@ -345,16 +350,7 @@ impl BlockPool {
             last_use: self.tick,
             live: true,
         };
-        let id = match self.free_nodes.pop() {
-            Some(id) => {
-                self.nodes[id as usize] = node;
-                id
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as NodeId
-            }
-        };
+        let id = self.add_node(node);
         self.nodes[parent as usize].children.insert(h, id);
         self.referenced += 1;
         self.events.stored(parent_hash, seq_hash, h);
