@@ -188,6 +188,37 @@ mod tests {
         assert!(e.to_string().contains("cannot set `messages`"), "{e}");
     }
 
+    /// The constructs Qwen3's template is built of (as its tokenizer_config.json writes them):
+    /// a reversed slice, `namespace`, `is string`, `tojson`, chained Python string methods and
+    /// loop variables.
+    #[test]
+    fn qwen3_template_constructs_render() {
+        let t = ChatTemplate::new(
+            "{%- set ns = namespace(last_query_index=messages|length - 1) %}\
+             {%- for m in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}\
+             {%- if m.role == 'user' and m.content is string and not m.content.startswith('<tool_response>') %}\
+             {%- set ns.last_query_index = index %}{%- break %}{%- endif %}{%- endfor %}\
+             {{- ns.last_query_index }}|\
+             {%- for m in messages %}{%- if m.content is string %}\
+             {{- m.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') }}\
+             {%- endif %}{{- '|' if not loop.last }}{%- endfor %}|{{ tools[0] | tojson }}",
+            None,
+            None,
+        )
+        .unwrap();
+        let msgs = [
+            json!({"role": "user", "content": "q1"}),
+            json!({"role": "assistant", "content": "<think>\nwhy\n</think>\n\nans"}),
+            json!({"role": "user", "content": "<tool_response>x</tool_response>"}),
+        ];
+        let tools = json!([{"function": {"name": "f"}}]);
+        let out = t.render(&msgs, Some(&tools), false, None).unwrap();
+        assert_eq!(
+            out,
+            r#"0|q1|why|<tool_response>x</tool_response>|{"function":{"name":"f"}}"#
+        );
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
