@@ -18,8 +18,8 @@ use dynamo_telemetry::TraceContext;
 fn openai_request() {
     bolero::check!().for_each(|bytes: &[u8]| {
         if let Ok(r) = serde_json::from_slice::<CommonParams>(bytes) {
-            let _ = r.validate(false);
-            let _ = r.validate(true);
+            let _ = r.validate(false, true);
+            let _ = r.validate(true, false);
             if let Some(m) = &r.messages {
                 let _ = normalize_messages(m);
             }
@@ -61,7 +61,8 @@ fn openai_request_shaped() {
             }
             let body = serde_json::to_vec(&obj).unwrap();
             if let Ok(r) = serde_json::from_slice::<CommonParams>(&body) {
-                let _ = r.validate(false);
+                let _ = r.validate(false, false);
+                let _ = r.validate(false, true);
                 if let Some(m) = &r.messages {
                     let _ = normalize_messages(m);
                 }

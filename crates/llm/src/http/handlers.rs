@@ -372,8 +372,7 @@ pub async fn chat_completions(
         .map_err(|e| (String::new(), e))
         .and_then(|(r, body_len)| {
             let model = endpoint_fields(&r, true).map_err(|e| (String::new(), e))?;
-            let mut params = r.validate(force).map_err(|e| (model.clone(), e))?;
-            params.logprobs = r.logprobs(true).map_err(|e| (model.clone(), e))?;
+            let params = r.validate(force, true).map_err(|e| (model.clone(), e))?;
             let msgs = normalize_messages(r.messages.as_deref().unwrap_or_default())
                 .map_err(|e| (model.clone(), e))?;
             Ok(Parsed {
@@ -398,8 +397,7 @@ pub async fn completions(
         .map_err(|e| (String::new(), e))
         .and_then(|(mut r, body_len)| {
             let model = endpoint_fields(&r, false).map_err(|e| (String::new(), e))?;
-            let mut params = r.validate(force).map_err(|e| (model.clone(), e))?;
-            params.logprobs = r.logprobs(false).map_err(|e| (model.clone(), e))?;
+            let params = r.validate(force, false).map_err(|e| (model.clone(), e))?;
             let prompt = r.prompt.take().expect("checked by endpoint_fields");
             Ok(Parsed {
                 model,

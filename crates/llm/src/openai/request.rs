@@ -122,8 +122,9 @@ fn unsupported(what: &str) -> ApiError {
 }
 
 impl CommonParams {
-    /// Check ranges and unsupported features; produce the pipeline's parameters.
-    pub fn validate(&self, force_usage: bool) -> Result<GenParams, ApiError> {
+    /// Check ranges and unsupported features; produce the pipeline's parameters (`chat`: for
+    /// `/v1/chat/completions`, whose `logprobs` differ from completions').
+    pub fn validate(&self, force_usage: bool, chat: bool) -> Result<GenParams, ApiError> {
         if let Some(n) = self.n {
             if n == 0 {
                 return Err(ApiError::validation("Validation: n must be at least 1"));
@@ -229,7 +230,7 @@ impl CommonParams {
             }
         }
         Ok(GenParams {
-            logprobs: None,
+            logprobs: self.logprobs(chat)?,
             max_tokens,
             min_tokens,
             sampling: SamplingOptions {
@@ -369,7 +370,7 @@ mod tests {
 
     fn check(body: Value, ok: bool) {
         let p: CommonParams = serde_json::from_value(body.clone()).unwrap();
-        assert_eq!(p.validate(false).is_ok(), ok, "{body}");
+        assert_eq!(p.validate(false, true).is_ok(), ok, "{body}");
     }
 
     #[test]
@@ -441,9 +442,15 @@ mod tests {
             assert!(e.to_string().contains("unknown field"), "{body}: {e}");
         }
         let p: CommonParams = serde_json::from_value(json!({"temperature": 1e-40})).unwrap();
-        assert_eq!(p.validate(false).unwrap().sampling.temperature, Some(0.0));
+        assert_eq!(
+            p.validate(false, true).unwrap().sampling.temperature,
+            Some(0.0)
+        );
         let p: CommonParams = serde_json::from_value(json!({"temperature": 0.5})).unwrap();
-        assert_eq!(p.validate(false).unwrap().sampling.temperature, Some(0.5));
+        assert_eq!(
+            p.validate(false, true).unwrap().sampling.temperature,
+            Some(0.5)
+        );
     }
 
     #[test]
@@ -452,7 +459,7 @@ mod tests {
             "max_tokens": 10, "max_completion_tokens": 5, "nvext": {"ignore_eos": true, "top_k": 7}
         }))
         .unwrap();
-        let g = p.validate(false).unwrap();
+        let g = p.validate(false, true).unwrap();
         assert_eq!(g.max_tokens, Some(5));
         assert!(g.ignore_eos);
         assert_eq!(g.sampling.top_k, Some(7));
