@@ -258,12 +258,17 @@ pub fn argmax(x: &[f32]) -> u32 {
 }
 
 /// A position's raw log probabilities, taken before sampling changes the logits: the log of
-/// the softmax normalizer, and the `k` best tokens.
+/// the softmax normalizer, and the `k` best tokens. The raw row is kept in this thread's
+/// buffer (reused, no allocation per token) until [`Logprobs::token`], which must run on the
+/// same thread before the next [`Logprobs::of`] there.
 pub struct Logprobs {
     lse: f32,
     top: Vec<(u32, f32)>,
-    /// Raw logits of the whole row, to read the sampled token's afterwards.
-    row: Vec<f32>,
+}
+
+thread_local! {
+    /// The raw logits of the row [`Logprobs::of`] last read on this thread.
+    static RAW_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Logprobs {
@@ -284,17 +289,18 @@ impl Logprobs {
         for t in &mut top {
             t.1 -= lse;
         }
-        Logprobs {
-            lse,
-            top,
-            row: logits.to_vec(),
-        }
+        RAW_ROW.with_borrow_mut(|r| {
+            r.clear();
+            r.extend_from_slice(logits);
+        });
+        Logprobs { lse, top }
     }
 
     /// The sampled token's entry.
     pub fn token(self, tok: u32) -> dynamo_protocols::TokenLogprob {
+        let raw = RAW_ROW.with_borrow(|r| r[tok as usize]);
         dynamo_protocols::TokenLogprob {
-            logprob: self.row[tok as usize] - self.lse,
+            logprob: raw - self.lse,
             top: self.top,
         }
     }
