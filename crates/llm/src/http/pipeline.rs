@@ -491,11 +491,7 @@ pub async fn streaming(
                 return;
             };
             // Tokens whose text was held back (a stop string's prefix) keep their logprobs.
-            let lp = pipe.take_logprobs(&job.pre, job.kind).filter(|v| {
-                v.get("content")
-                    .or(v.get("tokens"))
-                    .is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
-            });
+            let lp = pipe.take_pending_logprobs(&job.pre, job.kind);
             let mut tail = chunk(&job, None, false, Some(finish), usage_field(None), lp).to_vec();
             if include_usage {
                 let usage = Some(Some(pipe.usage()));

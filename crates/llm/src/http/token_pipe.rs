@@ -91,13 +91,33 @@ impl TokenPipe {
     /// request did not ask).
     pub fn take_logprobs(&mut self, pre: &Preprocessor, kind: Kind) -> Option<serde_json::Value> {
         let entries = std::mem::take(self.logprobs.as_mut()?);
+        Some(self.format(pre, kind, &entries))
+    }
+
+    /// [`TokenPipe::take_logprobs`], `None` too when no token was consumed since the last call
+    /// (a stream's closing chunk).
+    pub fn take_pending_logprobs(
+        &mut self,
+        pre: &Preprocessor,
+        kind: Kind,
+    ) -> Option<serde_json::Value> {
+        let entries = std::mem::take(self.logprobs.as_mut()?);
+        (!entries.is_empty()).then(|| self.format(pre, kind, &entries))
+    }
+
+    fn format(
+        &mut self,
+        pre: &Preprocessor,
+        kind: Kind,
+        entries: &[crate::openai::logprobs::Entry],
+    ) -> serde_json::Value {
         let tok = &pre.tokenizer;
-        Some(match kind {
-            Kind::Chat => crate::openai::logprobs::chat(tok, &entries),
+        match kind {
+            Kind::Chat => crate::openai::logprobs::chat(tok, entries),
             Kind::Completion => {
-                crate::openai::logprobs::completion(tok, &entries, &mut self.text_offset)
+                crate::openai::logprobs::completion(tok, entries, &mut self.text_offset)
             }
-        })
+        }
     }
 
     pub fn usage(&self) -> UsageBody {
