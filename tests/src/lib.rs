@@ -379,13 +379,13 @@ impl Cluster {
 
     /// Requests each worker's work handler has served (`dynamo_component_requests_total`),
     /// in worker order.
-    pub async fn served(&self) -> Vec<f64> {
+    pub async fn served(&self) -> Vec<u64> {
         let mut out = Vec::with_capacity(self.workers.len());
         for i in 0..self.workers.len() {
             let n = self
                 .worker_metric(i, "dynamo_component_requests_total")
                 .await;
-            out.push(n.unwrap_or(0.0));
+            out.push(n.unwrap_or(0.0) as u64);
         }
         out
     }

@@ -65,12 +65,12 @@ async fn query(http: &reqwest::Client, prom: u16, q: &str) -> Result<Vec<Value>,
 
 /// At least one series with a finite value (an empty result or all-NaN quantiles is no data).
 fn has_data(result: &[Value]) -> bool {
-    result.iter().any(|s| {
-        s["value"][1]
-            .as_str()
-            .and_then(|v| v.parse::<f64>().ok())
-            .is_some_and(f64::is_finite)
-    })
+    result.iter().any(|s| sample(s).is_some_and(f64::is_finite))
+}
+
+/// The value of one series of an instant-query result.
+fn sample(series: &Value) -> Option<f64> {
+    series["value"][1].as_str()?.parse().ok()
 }
 
 /// A label pair a series must carry.
@@ -110,10 +110,7 @@ fn answers(file: &str, panel: &str, result: &[Value]) -> bool {
     };
     result.iter().any(|s| {
         label.is_none_or(|(k, v)| s["metric"][k] == v)
-            && s["value"][1]
-                .as_str()
-                .and_then(|v| v.parse::<f64>().ok())
-                .is_some_and(|v| v.is_finite() && v > 0.0)
+            && sample(s).is_some_and(|v| v.is_finite() && v > 0.0)
     })
 }
 

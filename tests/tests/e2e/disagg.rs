@@ -280,18 +280,19 @@ async fn a_prefill_worker_killed_mid_transfer_is_retried_then_fails_cleanly() {
     c.wait_instances(4, Duration::from_secs(30)).await.unwrap();
     let (dec, agg) = (c.instance_id(d), c.instance_id(a));
     let (url, http) = (c.url(), c.http.clone());
-    let send = move |instance: u64| {
+    let send_body = move |body: Value| {
         let (url, http) = (url.clone(), http.clone());
         tokio::spawn(async move {
             let r = http
                 .post(format!("{url}/v1/completions"))
-                .json(&pinned(long_prompt(), instance))
+                .json(&body)
                 .send()
                 .await
                 .unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         })
     };
+    let send = |instance: u64| send_body(pinned(long_prompt(), instance));
     let failures = async |c: &Cluster| {
         let t = c.worker_metrics(d).await;
         (
@@ -331,20 +332,7 @@ async fn a_prefill_worker_killed_mid_transfer_is_retried_then_fails_cleanly() {
     // (The decode side caches the prompt now, so a new prompt is needed for a transfer.)
     let mut ids = long_prompt()["prompt"].as_array().unwrap().clone();
     ids.reverse();
-    let mut body = requests::greedy_completion(json!(ids), 4);
-    body = pinned(body, dec);
-    let req = tokio::spawn({
-        let (url, http) = (c.url(), c.http.clone());
-        async move {
-            let r = http
-                .post(format!("{url}/v1/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    });
+    let req = send_body(pinned(requests::greedy_completion(json!(ids), 4), dec));
     let victim = sending(&c, &[other]).await;
     receiving(&c, d, 3.0, 1.0).await;
     c.workers[victim].child.kill();

@@ -273,7 +273,7 @@ async fn nats_restart_is_survived_with_kv_routing() {
     };
     complete(&c, kv_prompt(1, 0)).await;
     wait_stored(&c, 1.0).await;
-    let owner = c.served().await.iter().position(|&n| n == 1.0).unwrap();
+    let owner = c.served().await.iter().position(|&n| n == 1).unwrap();
 
     c.nats.restart();
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -289,7 +289,7 @@ async fn nats_restart_is_survived_with_kv_routing() {
         );
     }
     let (n1, h1) = (c.served().await, hit_sum(&c).await);
-    assert_eq!(n1[owner] - n0[owner], 4.0, "{n0:?} → {n1:?}");
+    assert_eq!(n1[owner] - n0[owner], 4, "{n0:?} → {n1:?}");
     assert!(
         (h1 - h0 - 4.0 * 8.0 / 9.0).abs() < 1e-6,
         "predicted hit rates after the restart: {}",
@@ -309,7 +309,7 @@ async fn nats_restart_is_survived_with_kv_routing() {
         );
     }
     let n3 = c.served().await;
-    assert_eq!(n3[second] - n2[second], 3.0, "{n2:?} → {n3:?}");
+    assert_eq!(n3[second] - n2[second], 3, "{n2:?} → {n3:?}");
     let h3 = hit_sum(&c).await;
     assert!((h3 - h2 - 3.0 * 8.0 / 9.0).abs() < 1e-6, "{}", h3 - h2);
     assert!(c.frontend.as_mut().unwrap().is_running());

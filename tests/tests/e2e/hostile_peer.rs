@@ -67,7 +67,7 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
     // The shared prefix lands on one worker (the owner); its stored event is applied.
     let (st, v) = complete(&c, 0).await;
     assert_eq!(st, 200, "{v}");
-    let owner = c.served().await.iter().position(|&n| n == 1.0).unwrap();
+    let owner = c.served().await.iter().position(|&n| n == 1).unwrap();
     let (real, other) = (ids[owner], ids[1 - owner]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while applied(&c.frontend_metrics().await, "ok") < 1.0 {
@@ -249,7 +249,7 @@ async fn forged_and_garbage_peer_messages_leave_the_fleet_serving() {
     }
     flood.abort();
     let n1 = c.served().await;
-    assert_eq!(n1[owner] - n0[owner], 5.0, "{n0:?} → {n1:?}");
+    assert_eq!(n1[owner] - n0[owner], 5, "{n0:?} → {n1:?}");
     assert_eq!(n1[1 - owner], n0[1 - owner], "{n0:?} → {n1:?}");
 
     // Only the real workers serve MODEL (the malformed records were ignored; the third is an

@@ -33,19 +33,6 @@ async fn complete(c: &Cluster, tokens: &[u32], max_tokens: u32) -> serde_json::V
     v
 }
 
-/// Requests each worker has served (its work-handler counter).
-async fn served(c: &Cluster) -> Vec<u64> {
-    let mut out = vec![];
-    for i in 0..c.workers.len() {
-        out.push(
-            c.worker_metric(i, "dynamo_component_requests_total")
-                .await
-                .unwrap_or(0.0) as u64,
-        );
-    }
-    out
-}
-
 fn applied(text: &str, event_type: &str, status: &str) -> f64 {
     let want = format!(
         "dynamo_component_kv_cache_events_applied{{event_type=\"{event_type}\",status=\"{status}\"}}"
@@ -82,7 +69,7 @@ async fn shared_prefix_follows_the_cache_and_disjoint_load_spreads() {
     let first = complete(&c, &prompt(1, 20, 0, 5), 2).await;
     assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     wait_stored(&c, 1.0).await;
-    let before = served(&c).await;
+    let before = c.served().await;
     let owner = (0..3)
         .find(|&i| before[i] == 1)
         .expect("one worker served it");
@@ -93,11 +80,11 @@ async fn shared_prefix_follows_the_cache_and_disjoint_load_spreads() {
             "request {salt} hit the cached prefix: {v}"
         );
     }
-    let after = served(&c).await;
+    let after = c.served().await;
     assert_eq!(after[owner], 7, "all on the owner: {after:?}");
 
     // Disjoint prompts sent at once spread over the workers by the router's load account.
-    let t0 = served(&c).await;
+    let t0 = c.served().await;
     let mut tasks = vec![];
     let c = Arc::new(c);
     for g in 0..12 {
@@ -109,7 +96,7 @@ async fn shared_prefix_follows_the_cache_and_disjoint_load_spreads() {
     for t in tasks {
         t.await.unwrap();
     }
-    let t1 = served(&c).await;
+    let t1 = c.served().await;
     let per: Vec<u64> = (0..3).map(|i| t1[i] - t0[i]).collect();
     assert_eq!(per.iter().sum::<u64>(), 12);
     assert!(per.iter().all(|&n| n >= 3), "load spread: {per:?}");
@@ -162,7 +149,7 @@ async fn approximate_mode_routes_repeats_without_events() {
     for salt in 0..6 {
         complete(&c, &prompt(3, 10, salt, 4), 2).await;
     }
-    let s = served(&c).await;
+    let s = c.served().await;
     assert!(s.contains(&6), "all repeats on one worker: {s:?}");
     let m = c.frontend_metrics().await;
     assert_eq!(applied(&m, "stored", "ok"), 0.0, "no events used: {m}");
