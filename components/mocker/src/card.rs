@@ -22,6 +22,7 @@ pub fn model_card(served: &str, source: &Path, cfg: &MockerConfig) -> ModelCard 
         ),
         // Simulated tokens have no distribution.
         logprobs: false,
+        parallel_sampling: false,
     }
 }
 

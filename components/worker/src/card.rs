@@ -42,6 +42,7 @@ pub fn model_card(
             )
         },
         logprobs: true,
+        parallel_sampling: true,
     }
 }
 

@@ -110,6 +110,17 @@ impl EngineHandler {
         req: PreprocessedRequest,
         parent: Option<TraceContext>,
     ) -> HandlerStream<EngineOutput> {
+        if req.bootstrap_info.is_none() && req.prompt_logprobs.is_some() {
+            // The prompt's own log probabilities need every position's logits: this worker
+            // computes the prompt itself rather than importing its KV.
+            return match self
+                .engine
+                .generate_traced(req, trace(parent, RoomTrace::Unified))
+            {
+                Ok(rx) => worker_wiring::channel_stream(rx),
+                Err(e) => refused(e),
+            };
+        }
         let Some(info) = req.bootstrap_info.clone() else {
             return worker_wiring::error_stream(
                 ErrorKind::InvalidRequest,

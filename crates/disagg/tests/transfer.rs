@@ -42,6 +42,8 @@ fn request(prompt: &[u32], max: u32) -> PreprocessedRequest {
         },
         bootstrap_info: None,
         logprobs: None,
+        prompt_logprobs: None,
+        n: 1,
     }
 }
 

@@ -32,6 +32,8 @@ fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
         },
         bootstrap_info: None,
         logprobs: None,
+        prompt_logprobs: None,
+        n: 1,
     }
 }
 

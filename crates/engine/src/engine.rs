@@ -7,7 +7,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamo_protocols::kv_transfer::KvLayout;
-use dynamo_protocols::{EngineOutput, KvCacheEvent, PreprocessedRequest, MAX_TOP_LOGPROBS};
+use dynamo_protocols::{
+    EngineOutput, KvCacheEvent, PreprocessedRequest, MAX_CHOICES, MAX_TOP_LOGPROBS,
+};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use crate::admission::{Admission, QueueLimits};
@@ -360,9 +362,16 @@ impl Engine {
         ),
         EngineError,
     > {
+        if req.prompt_logprobs.is_some() {
+            return Err(EngineError::InvalidRequest(RequestError::Disaggregated(
+                "prompt log probabilities are computed where the prompt runs in full, not by a prefill worker",
+            )));
+        }
         let (mut seq, rx) = self.build(req, trace)?;
         let (room_tx, room_rx) = tmpsc::unbounded_channel();
         seq.max_new = 1;
+        // The decode side forks the choices (it samples their first tokens itself).
+        seq.forks = 0;
         seq.role = Role::Prefill(crate::scheduler::PrefillSide {
             room: room_tx,
             exported: 0,
@@ -382,6 +391,11 @@ impl Engine {
         req: PreprocessedRequest,
         trace: Option<TraceRequest>,
     ) -> Result<(tmpsc::UnboundedReceiver<EngineOutput>, KvImport), EngineError> {
+        if req.prompt_logprobs.is_some() {
+            return Err(EngineError::InvalidRequest(RequestError::Disaggregated(
+                "prompt log probabilities need the prompt computed here, not imported",
+            )));
+        }
         let (mut seq, rx) = self.build(req, trace)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (res_tx, res_rx) = oneshot::channel();
@@ -432,10 +446,20 @@ impl Engine {
                 context,
             });
         }
-        if let Some(got) = req.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+        if let Some(got) = req
+            .logprobs
+            .max(req.prompt_logprobs)
+            .filter(|&k| k > MAX_TOP_LOGPROBS)
+        {
             return inv(RequestError::TooManyLogprobs {
                 got,
                 max: MAX_TOP_LOGPROBS,
+            });
+        }
+        if req.n == 0 || req.n > MAX_CHOICES {
+            return inv(RequestError::Choices {
+                got: req.n,
+                max: MAX_CHOICES,
             });
         }
         let max_new = match req.stop.max_tokens {
@@ -490,6 +514,9 @@ impl Engine {
         seq.trace = trace;
         seq.ticket = Some(ticket);
         seq.logprobs = req.logprobs.map(|k| k as usize);
+        seq.prompt_logprobs = req.prompt_logprobs.map(|k| k as usize);
+        seq.forks = req.n - 1;
+        seq.fallback_seed = fallback_seed;
         Ok((seq, rx))
     }
 }

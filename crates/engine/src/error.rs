@@ -53,6 +53,10 @@ pub enum RequestError {
     Sampling(String),
     #[error("logprobs: at most {max} alternatives per token, got {got}")]
     TooManyLogprobs { got: u32, max: u32 },
+    #[error("n: between 1 and {max} choices per prompt, got {got}")]
+    Choices { got: u32, max: u32 },
+    #[error("{0}")]
+    Disaggregated(&'static str),
 }
 
 /// Why KV blocks could not be exported or imported.

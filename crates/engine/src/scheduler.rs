@@ -18,10 +18,11 @@ use crate::engine::EngineStats;
 use crate::executor::Executor;
 use crate::kv::{BlockPool, NodeId};
 use crate::metrics::{EngineMetrics, Stage, Window};
-use crate::model::SeqInput;
+use crate::model::{Logits, SeqInput};
 use crate::sampling::Sampler;
 use crate::trace::{SeqTrace, Slice, TraceSink};
 
+mod choices;
 mod disagg;
 mod emit;
 mod observe;
@@ -90,6 +91,16 @@ pub(crate) struct Seq {
     pub(crate) logprobs: Option<usize>,
     /// The newest token's, until it is streamed.
     last_logprob: Option<TokenLogprob>,
+    /// Which choice of its request this sequence is (0 for the one that computes the prompt).
+    pub(crate) choice: u32,
+    /// Sibling choices to fork when the prompt is computed (`n - 1`), and the seed their
+    /// generators derive from when the request has none.
+    pub(crate) forks: u32,
+    pub(crate) fallback_seed: u64,
+    /// The prompt's own tokens' log probabilities wanted, with this many alternatives; and
+    /// those computed so far (for prompt tokens `1..`).
+    pub(crate) prompt_logprobs: Option<usize>,
+    prompt_lp: Vec<TokenLogprob>,
 }
 
 impl Seq {
@@ -124,6 +135,11 @@ impl Seq {
             ticket: None,
             logprobs: None,
             last_logprob: None,
+            choice: 0,
+            forks: 0,
+            fallback_seed: 0,
+            prompt_logprobs: None,
+            prompt_lp: Vec::new(),
         }
     }
 
@@ -292,23 +308,25 @@ impl Scheduler {
             if self.running[i].abandoned() {
                 let mut s = self.running.remove(i);
                 self.release(&mut s);
-                self.local.cancelled += 1;
-                if let Some(m) = &self.metrics {
-                    m.aborted.inc();
+                // A request counts once, by its first choice.
+                if s.choice == 0 {
+                    self.local.cancelled += 1;
+                    if let Some(m) = &self.metrics {
+                        m.aborted.inc();
+                    }
                 }
                 self.end_trace(&mut s, Instant::now());
             } else {
                 i += 1;
             }
         }
-        let before = self.waiting.len();
         let (mut left, keep): (Vec<_>, Vec<_>) =
             self.waiting.drain(..).partition(|s| s.abandoned());
         self.waiting.extend(keep);
         for s in &mut left {
             self.end_trace(s, Instant::now());
         }
-        let gone = (before - self.waiting.len()) as u64;
+        let gone = left.iter().filter(|s| s.choice == 0).count() as u64;
         self.local.cancelled += gone;
         if let Some(m) = &self.metrics {
             m.aborted.inc_by(gone);
@@ -402,7 +420,12 @@ impl Scheduler {
         while self.running.len() < self.cfg.max_running && *budget > 0 {
             let Some(s) = self.waiting.front() else { break };
             let len = s.tokens.len();
-            let nodes = self.pool.match_prefix(&s.tokens, (len - 1) / page);
+            // A prompt whose own log probabilities are wanted is computed in full.
+            let nodes = if s.wants_prompt_logprobs() {
+                Vec::new()
+            } else {
+                self.pool.match_prefix(&s.tokens, (len - 1) / page)
+            };
             let need = len.div_ceil(page) - nodes.len();
             let avail = self.pool.available() - self.pool.unreferenced_among(&nodes);
             let headroom = self.running.len();
@@ -414,7 +437,11 @@ impl Scheduler {
             s.pages = nodes.iter().map(|&n| self.pool.block_of(n)).collect();
             s.computed = nodes.len() * page;
             s.nodes = nodes;
-            self.reuse_partial_block(&mut s);
+            if s.wants_prompt_logprobs() {
+                s.prompt_lp.clear();
+            } else {
+                self.reuse_partial_block(&mut s);
+            }
             let first = s.admitted.is_none();
             if first {
                 let now = Instant::now();
@@ -453,7 +480,7 @@ impl Scheduler {
                     tokens: &s.tokens[s.computed..s.computed + n],
                     start: s.computed,
                     pages: &s.pages,
-                    logits: s.computed + n == s.tokens.len(),
+                    logits: s.logits_wanted(n),
                 }
             })
             .collect();
@@ -469,6 +496,8 @@ impl Scheduler {
         let t1 = Instant::now();
         drop(inputs);
         let vocab = self.exec.model().vocab;
+        // Rows of prompt tokens go to their sequences' prompt log probabilities.
+        let logits = self.take_prompt_rows(plan, logits, vocab);
         let page = self.pool.page();
 
         // Advance, publish full blocks, collect who samples.
@@ -497,6 +526,8 @@ impl Scheduler {
         self.local.prefill_tokens += prefill;
         self.local.decode_tokens += decode;
         self.observe_forward(prefill, decode, decode_lens, t1 - t0);
+        // The raw rows sibling choices will sample their first tokens from.
+        let fork_rows = self.fork_rows(&samplers, &logits, vocab);
         // Sample in parallel (each sequence's generator is its own). `samplers` is ascending
         // and in the order of the logits rows.
         let mut logits = logits;
@@ -523,9 +554,11 @@ impl Scheduler {
             s.tokens.push(tok);
         });
         drop(work);
-        // Emit and finish.
+        // Emit and finish (the choices forked now emit their first tokens there too).
         let mut done = Vec::new();
         let now = Instant::now();
+        let mut samplers = samplers;
+        self.fork_choices(fork_rows, &mut samplers, now);
         for &i in &samplers {
             let s = &mut self.running[i];
             if emit(

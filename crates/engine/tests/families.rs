@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use dynamo_engine::kernels::ComputePool;
 use dynamo_engine::kv::KvCache;
-use dynamo_engine::model::{load, Model, Scratch, SeqInput};
+use dynamo_engine::model::{load, Logits, Model, Scratch, SeqInput};
 use dynamo_engine::{Engine, EngineConfig};
 use dynamo_protocols::{EngineOutput, PreprocessedRequest, SamplingOptions, StopConditions};
 use serde_json::Value;
@@ -58,7 +58,7 @@ fn run(model: &Model, prompt: &[u32], steps: usize, pool: &ComputePool) -> (Vec<
             tokens: &toks[start..],
             start,
             pages: &pages,
-            logits: true,
+            logits: Logits::Last,
         }];
         let logits = model.forward(&mut kv, &inp, &mut s, pool);
         start = toks.len();
@@ -119,6 +119,8 @@ fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
         },
         bootstrap_info: None,
         logprobs: None,
+        prompt_logprobs: None,
+        n: 1,
     }
 }
 

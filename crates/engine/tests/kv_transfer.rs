@@ -4,7 +4,7 @@
 //! of both sides, leaving the cache untouched.
 
 use dynamo_engine::kernels::ComputePool;
-use dynamo_engine::model::{load, SeqInput, Weights};
+use dynamo_engine::model::{load, Logits, SeqInput, Weights};
 use dynamo_engine::{CpuExecutor, Executor, TransferError};
 use dynamo_protocols::kv_transfer::KvHeaderError;
 
@@ -26,7 +26,7 @@ fn step(e: &mut CpuExecutor, tokens: &[u32], start: usize, pages: &[u32]) -> Vec
         tokens,
         start,
         pages,
-        logits: true,
+        logits: Logits::Last,
     }])
 }
 

@@ -41,6 +41,8 @@ fn greedy(tokens: Vec<u32>, max: u32) -> PreprocessedRequest {
         },
         bootstrap_info: None,
         logprobs: None,
+        prompt_logprobs: None,
+        n: 1,
     }
 }
 
@@ -161,7 +163,7 @@ async fn run_reqs(eng: &Engine, reqs: Vec<PreprocessedRequest>) -> Vec<Vec<u32>>
 #[test]
 fn reference_tokens_are_top_choices_under_teacher_forcing() {
     use dynamo_engine::kv::KvCache;
-    use dynamo_engine::model::{load, Model, Scratch, SeqInput};
+    use dynamo_engine::model::{load, Logits, Model, Scratch, SeqInput};
     const NOISE: f32 = 0.35;
     let tok = tokenizer();
     let w = load(&model_path()).unwrap();
@@ -184,7 +186,7 @@ fn reference_tokens_are_top_choices_under_teacher_forcing() {
                 tokens: &toks[start..],
                 start,
                 pages: &pages,
-                logits: true,
+                logits: Logits::Last,
             }];
             let logits = model.forward(&mut kv, &inp, &mut s, &pool);
             start = toks.len();

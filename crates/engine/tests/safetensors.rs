@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use dynamo_engine::kernels::{ComputePool, Linear};
 use dynamo_engine::kv::KvCache;
-use dynamo_engine::model::{load, Model, Scratch, SeqInput, Weights};
+use dynamo_engine::model::{load, Logits, Model, Scratch, SeqInput, Weights};
 
 fn gguf_path() -> PathBuf {
     dynamo_test_support::default_model()
@@ -108,7 +108,7 @@ fn greedy(model: &Model, prompt: &[u32], steps: usize, pool: &ComputePool) -> Ve
             tokens: &toks[start..],
             start,
             pages: &pages,
-            logits: true,
+            logits: Logits::Last,
         }];
         let logits = model.forward(&mut kv, &inp, &mut s, pool);
         start = toks.len();

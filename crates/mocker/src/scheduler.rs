@@ -318,8 +318,7 @@ async fn run(
                     completion_tokens: s.generated as u32,
                     cached_tokens: s.cached_tokens as u32,
                 }),
-                bootstrap_info: None,
-                logprobs: vec![],
+                ..Default::default()
             };
             let closed = s.tx.send(out).is_err();
             if done || closed {
@@ -348,6 +347,8 @@ mod tests {
             },
             bootstrap_info: None,
             logprobs: None,
+            prompt_logprobs: None,
+            n: 1,
         }
     }
 

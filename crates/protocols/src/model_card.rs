@@ -35,4 +35,8 @@ pub struct ModelCard {
     /// The worker returns per-token log probabilities when asked (a simulated engine cannot).
     #[serde(default)]
     pub logprobs: bool,
+    /// The worker samples several choices from one prompt (`n > 1`) and returns prompt
+    /// tokens' log probabilities.
+    #[serde(default)]
+    pub parallel_sampling: bool,
 }

@@ -22,7 +22,28 @@ pub struct PreprocessedRequest {
     /// from the raw logits, before temperature, penalties and truncation (vLLM's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<u32>,
+    /// Also return the prompt tokens' log probabilities (each from the logits of the position
+    /// before it; the first token has none) with this many alternatives. The prompt is then
+    /// computed in full: its prefix is not taken from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<u32>,
+    /// Choices to sample from this prompt (1 to [`MAX_CHOICES`]): the prompt is computed once
+    /// and its KV shared by every choice; choice `i` samples with `seed + i`. Outputs carry
+    /// their choice's [`EngineOutput::index`].
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub n: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Most choices one request may ask for (OpenAI's limit on `n`).
+pub const MAX_CHOICES: u32 = 128;
 
 /// Most alternatives a request may ask per generated token.
 pub const MAX_TOP_LOGPROBS: u32 = 20;
@@ -127,6 +148,18 @@ pub struct EngineOutput {
     /// With `PreprocessedRequest::logprobs`: one entry per id of `token_ids`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<TokenLogprob>,
+    /// Which choice this item belongs to (0 to `n - 1`); each choice ends with its own
+    /// finish reason and usage.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub index: u32,
+    /// With `PreprocessedRequest::prompt_logprobs`, on choice 0's first item: one entry per
+    /// prompt token after the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt_logprobs: Vec<TokenLogprob>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub trait Executor: Send {
     fn model(&self) -> &ModelConfig;
 
     /// Run one batch: write each sequence's new tokens' K/V into its pages, and return the
-    /// logits rows (vocab-sized) of the sequences with `logits: true`, in order.
+    /// logits rows (vocab-sized) each sequence asks for (`SeqInput::logits`), in order.
     fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Vec<f32>;
 
     /// Host threads for work around the forward pass (sampling).

@@ -10,12 +10,34 @@ use crate::kernels::{self, rms_norm, ActQ8, ComputePool, Input, Linear};
 use crate::kv::KvCache;
 
 /// One sequence's slice of a batch: `tokens` at positions `start..start + tokens.len()`,
-/// its page table, and whether the last token's logits are wanted.
+/// its page table, and which of its logits rows are wanted.
 pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     pub start: usize,
     pub pages: &'a [u32],
-    pub logits: bool,
+    pub logits: Logits,
+}
+
+/// The logits rows a sequence's slice wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// A prefill chunk that is not the prompt's last.
+    None,
+    /// The last token's (to sample the next token).
+    Last,
+    /// Every token's (a prompt whose own tokens' log probabilities were asked for).
+    All,
+}
+
+impl Logits {
+    /// How many rows a slice of `tokens` tokens contributes.
+    pub fn rows(self, tokens: usize) -> usize {
+        match self {
+            Logits::None => 0,
+            Logits::Last => 1,
+            Logits::All => tokens,
+        }
+    }
 }
 
 /// Buffers reused across forward calls (no per-step allocation once warm).
@@ -70,8 +92,8 @@ impl Model {
         lin.forward(&input, out, pool);
     }
 
-    /// Run one batch; returns the logits (vocab-sized rows) of the sequences with
-    /// `logits: true`, in order, computed on `pool`.
+    /// Run one batch; returns the logits (vocab-sized rows) each sequence asks for
+    /// ([`Logits`]), in order, computed on `pool`.
     pub fn forward(
         &self,
         kv: &mut KvCache,
@@ -196,10 +218,9 @@ impl Model {
         let mut last_rows = Vec::new();
         let mut end = 0;
         for q in seqs {
-            end += q.tokens.len();
-            if q.logits {
-                last_rows.push(end - 1);
-            }
+            let len = q.tokens.len();
+            last_rows.extend(end + len - q.logits.rows(len)..end + len);
+            end += len;
         }
         if last_rows.is_empty() {
             return Vec::new();

@@ -5,5 +5,5 @@ pub mod forward;
 pub mod load;
 
 pub use config::{ModelConfig, RopeScaling, RopeStyle};
-pub use forward::{Model, Scratch, SeqInput};
+pub use forward::{Logits, Model, Scratch, SeqInput};
 pub use load::{load, LayerWeights, WeightSummary, Weights};

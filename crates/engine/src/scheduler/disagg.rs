@@ -211,8 +211,20 @@ impl Scheduler {
                 .stage(DisaggStage::DecodeWaiting, now.duration_since(r));
         }
         d.transferred_at = Some(now);
-        s.computed = s.prompt_len;
         s.admitted = Some(now);
+        if s.forks > 0 {
+            // Several choices each sample their own first token: the prompt's last position
+            // is computed again here (its K/V rewritten with the same values) for the logits
+            // they share; the prefill side's token is not used.
+            s.computed = s.prompt_len - 1;
+            cache_full_blocks(&mut self.pool, &mut s);
+            if let Some(t) = s.trace.as_mut() {
+                t.admitted = Some(now);
+            }
+            self.ready.push_back(s);
+            return;
+        }
+        s.computed = s.prompt_len;
         cache_full_blocks(&mut self.pool, &mut s);
         s.tokens.push(first_token);
         s.last_logprob = logprob.filter(|_| s.logprobs.is_some());

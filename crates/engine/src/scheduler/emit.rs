@@ -47,6 +47,12 @@ pub(super) fn emit(
             Some(l) if !is_stop => vec![l],
             _ => vec![],
         },
+        index: s.choice,
+        prompt_logprobs: if g == 1 {
+            s.take_prompt_logprobs()
+        } else {
+            Vec::new()
+        },
     };
     let gone = s.tx.send(out).is_err();
     if reason.is_some() || gone {

@@ -49,6 +49,8 @@ pub(super) fn observe_decode(s: &mut Seq, bid: u32, batch: u32, t0: Instant, t1:
 pub(super) fn observe_token(m: Option<&EngineMetrics>, s: &mut Seq, now: Instant) {
     if let Some(m) = m {
         match s.last_token {
+            // A request's time to first token is its first choice's.
+            None if s.choice > 0 => {}
             None => m.ttft.observe(now.duration_since(s.arrival).as_secs_f64()),
             Some(t) => m.itl.observe(now.duration_since(t).as_secs_f64()),
         }
@@ -116,13 +118,23 @@ impl Scheduler {
 }
 
 /// Per-request families at the end of a request: completed requests feed the totals and
-/// histograms, aborted ones only the aborted counter.
+/// histograms, aborted ones only the aborted counter. A request's later choices add their
+/// generated tokens only: its prompt, cached tokens and latency are its first choice's.
 pub(super) fn finished(m: &EngineMetrics, s: &Seq, aborted: bool, now: Instant) {
+    let g = s.generated() as u64;
+    if s.choice > 0 {
+        if !aborted {
+            m.generation_tokens.inc_by(g);
+            if let Some(h) = &m.generation_hist {
+                h.observe(g as f64);
+            }
+        }
+        return;
+    }
     if aborted {
         m.aborted.inc();
         return;
     }
-    let g = s.generated() as u64;
     m.requests.inc();
     m.prompt_tokens.inc_by(s.prompt_len as u64);
     m.generation_tokens.inc_by(g);

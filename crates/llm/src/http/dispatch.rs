@@ -5,7 +5,8 @@
 //! worker is chosen first, among decode and aggregated workers together; an aggregated
 //! choice serves the request alone, a decode choice gets it after a prefill worker (chosen
 //! among the prefill workers, phase `Prefill`) has answered with the room's bootstrap info.
-//! A failed KV transfer is retried once with another prefill worker.
+//! A failed KV transfer is retried once with another prefill worker. A request that asks for
+//! its prompt's log probabilities skips the prefill worker: its decode worker computes it.
 
 use dynamo_protocols::names::spans;
 use std::sync::Arc;
@@ -247,9 +248,13 @@ pub async fn dispatch(state: &AppState, job: &Job) -> Result<Dispatched, ApiErro
     targets.append(&mut agg);
     let kv = kv_router(state, &targets).await;
     let (order, ticket, overlap) = choose(state, job, &targets, kv.as_ref(), true)?;
-    if order
-        .first()
-        .is_some_and(|i| role(i) == DisaggregationMode::Null)
+    // A request for its prompt's own log probabilities is computed in full where it decodes
+    // (every prompt position's logits are needed; an imported KV has none).
+    let alone = job.request.prompt_logprobs.is_some();
+    if alone
+        || order
+            .first()
+            .is_some_and(|i| role(i) == DisaggregationMode::Null)
     {
         let (k, stream) =
             send(state, job, &job.request, &order, overlap, Phase::Aggregated).await?;

@@ -320,6 +320,8 @@ async fn run(
             },
             bootstrap_info: None,
             logprobs: p.params.logprobs,
+            prompt_logprobs: None,
+            n: 1,
         },
         params: p.params,
         pre,
