@@ -557,7 +557,6 @@ impl Scheduler {
         // Emit and finish (the choices forked now emit their first tokens there too).
         let mut done = Vec::new();
         let now = Instant::now();
-        let mut samplers = samplers;
         self.fork_choices(fork_rows, &mut samplers, now);
         for &i in &samplers {
             let s = &mut self.running[i];
