@@ -97,7 +97,7 @@ fn by_choice(items: &[EngineOutput]) -> BTreeMap<u32, Vec<u32>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_choices_come_from_one_prefill() {
     let p = prompt(PROMPT);
-    assert!(p.len() > 32 && p.len() % 16 != 0, "{}", p.len());
+    assert!(p.len() > 32 && !p.len().is_multiple_of(16), "{}", p.len());
     let alone = engine(|_| {});
     let want = by_choice(&outputs(&alone, request(p.clone(), 8, 1, 0.0, None)).await)[&0].clone();
     drop(alone);
