@@ -143,6 +143,10 @@ impl Scheduler {
         c.cached = p.cached;
         c.chunked = p.chunked;
         c.logprobs = p.logprobs;
+        // Every choice's first item carries the prompt's log probabilities (an echo of the
+        // prompt starts each choice).
+        c.prompt_logprobs = p.prompt_logprobs;
+        c.prompt_lp = p.prompt_lp.clone();
         let banned = if c.min_new > 0 {
             c.stop_ids.clone()
         } else {

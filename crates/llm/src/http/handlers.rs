@@ -17,10 +17,10 @@ use futures::StreamExt;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::pipeline::{self, Job, Kind, RequestGuard};
+use super::pipeline::{self, Echo, Job, Kind, RequestGuard};
 use super::AppState;
 use crate::models::Lookup;
-use crate::openai::request::{normalize_messages, CommonParams, PromptInput};
+use crate::openai::request::{normalize_messages, CommonParams, PromptInput, Prompts};
 use crate::openai::response::{unix_now, ModelList, ModelObject};
 use crate::openai::{ApiError, ErrorClass};
 
@@ -139,7 +139,8 @@ enum Prompt {
         Vec<serde_json::Value>,
         Option<crate::preprocess::TemplateKwargs>,
     ),
-    Completion(PromptInput),
+    /// One prompt or a batch.
+    Completion(Prompts),
 }
 
 /// The request's root span (or a child of an incoming valid `traceparent`; a malformed one is
@@ -265,16 +266,34 @@ async fn run(
             p.model
         ))));
     }
+    let prompt_logprobs = p.params.logprobs.filter(|_| p.params.echo);
+    if (p.params.best_of > 1 || prompt_logprobs.is_some()) && !entry.card.parallel_sampling {
+        return Err(fail(ApiError::validation(format!(
+            "Validation: model {} cannot sample several choices per prompt or score prompts (n, best_of, echo with logprobs)",
+            p.model
+        ))));
+    }
     // Shed before any tokenization or worker work.
     let permit = state.admission.acquire(&model).map_err(fail)?;
     let pre = entry.pre.clone();
     let t0 = Instant::now();
-    let token_ids = {
+    let prompts = {
         let pre = pre.clone();
-        let work = move || -> Result<Vec<u32>, ApiError> {
+        let echo = p.params.echo;
+        let work = move || -> Result<Vec<(Vec<u32>, Option<Echo>)>, ApiError> {
             match p.prompt {
-                Prompt::Chat(msgs, kwargs) => pre.tokenize_chat(&msgs, kwargs.as_ref()),
-                Prompt::Completion(input) => pre.tokenize(&input),
+                Prompt::Chat(msgs, kwargs) => {
+                    Ok(vec![(pre.tokenize_chat(&msgs, kwargs.as_ref())?, None)])
+                }
+                Prompt::Completion(batch) => batch
+                    .0
+                    .into_iter()
+                    .map(|input| {
+                        let ids = pre.tokenize(&input)?;
+                        let echo = echo.then(|| echo_of(&pre, input, &ids));
+                        Ok((ids, echo))
+                    })
+                    .collect(),
             }
         };
         if p.body_len > INLINE_TOKENIZE_BYTES {
@@ -290,60 +309,79 @@ async fn run(
         .metrics
         .tokenize_ms
         .observe(t0.elapsed().as_secs_f64() * 1e3);
-    let max_tokens = pre
-        .check_length(token_ids.len(), p.params.max_tokens)
-        .map_err(fail)?;
-    state
-        .metrics
-        .isl
-        .with_label_values(&[&model])
-        .observe(token_ids.len() as f64);
-    span.record("input_tokens", token_ids.len() as i64);
     let id_prefix = match kind {
         Kind::Chat => "chatcmpl-",
         Kind::Completion => "cmpl-",
     };
-    let job = Job {
-        kind,
-        model: model.clone(),
-        id: format!("{id_prefix}{internal_id}"),
-        created: unix_now(),
-        request: PreprocessedRequest {
+    let id = format!("{id_prefix}{internal_id}");
+    let created = unix_now();
+    let deadline = state
+        .config
+        .request_timeout
+        .map(|t| tokio::time::Instant::from_std(start) + t);
+    // With best_of > n the choices are ranked by their log probabilities, shown or not.
+    let ranked = p.params.best_of > p.params.n;
+    let engine_logprobs = p.params.logprobs.or(ranked.then_some(0));
+    let mut jobs = Vec::with_capacity(prompts.len());
+    let mut input_tokens = 0;
+    for (k, (token_ids, echo)) in prompts.into_iter().enumerate() {
+        let max_tokens = pre
+            .check_length(token_ids.len(), p.params.max_tokens)
+            .map_err(fail)?;
+        state
+            .metrics
+            .isl
+            .with_label_values(&[&model])
+            .observe(token_ids.len() as f64);
+        input_tokens += token_ids.len();
+        jobs.push(Job {
+            kind,
             model: model.clone(),
-            token_ids,
-            sampling: p.params.sampling.clone(),
-            stop: StopConditions {
-                max_tokens: Some(max_tokens),
-                min_tokens: p.params.min_tokens,
-                stop_token_ids: vec![],
-                ignore_eos: p.params.ignore_eos,
+            id: id.clone(),
+            created,
+            request: PreprocessedRequest {
+                model: model.clone(),
+                token_ids,
+                sampling: p.params.sampling.clone(),
+                stop: StopConditions {
+                    max_tokens: Some(max_tokens),
+                    min_tokens: p.params.min_tokens,
+                    stop_token_ids: vec![],
+                    ignore_eos: p.params.ignore_eos,
+                },
+                bootstrap_info: None,
+                logprobs: engine_logprobs,
+                prompt_logprobs,
+                n: p.params.best_of,
             },
-            bootstrap_info: None,
-            logprobs: p.params.logprobs,
-            prompt_logprobs: None,
-            n: 1,
-        },
-        params: p.params,
-        pre,
-        instances,
-        call: CallOptions {
-            request_id: internal_id,
-            x_request_id,
-            // Set per dispatch attempt to the `kv_router.route_request` span.
-            traceparent: None,
-            tracestate: incoming_tracestate(headers),
-        },
-        start,
-        deadline: state
-            .config
-            .request_timeout
-            .map(|t| tokio::time::Instant::from_std(start) + t),
-        attempt: 0,
-        migrated_tokens: 0,
-    };
+            echo,
+            params: p.params.clone(),
+            pre: pre.clone(),
+            instances: instances.clone(),
+            call: CallOptions {
+                // Each prompt of a batch is its own request on its worker.
+                request_id: if k == 0 {
+                    internal_id.clone()
+                } else {
+                    format!("{internal_id}-{k}")
+                },
+                x_request_id: x_request_id.clone(),
+                // Set per dispatch attempt to the `kv_router.route_request` span.
+                traceparent: None,
+                tracestate: incoming_tracestate(headers),
+            },
+            start,
+            deadline,
+            attempt: 0,
+            migrated_tokens: 0,
+        });
+    }
+    span.record("input_tokens", input_tokens as i64);
     let guard = RequestGuard::new(state.clone(), &model, kind, stream, start, span, permit);
     if stream {
-        let rx = pipeline::streaming(state, job, guard).await.map_err(fail)?;
+        let rx = pipeline::streaming(state, jobs, guard)
+            .await
+            .map_err(fail)?;
         let body = Body::from_stream(
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
                 .map(Ok::<_, std::convert::Infallible>),
@@ -357,8 +395,20 @@ async fn run(
         )
             .into_response())
     } else {
-        let body = pipeline::unary(state, job, guard).await.map_err(fail)?;
+        let body = pipeline::unary(state, jobs, guard).await.map_err(fail)?;
         Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    }
+}
+
+/// The echo of a completions prompt: its text as given, or a token prompt decoded.
+fn echo_of(pre: &crate::preprocess::Preprocessor, input: PromptInput, ids: &[u32]) -> Echo {
+    let text = match input {
+        PromptInput::Text(t) => t,
+        PromptInput::Tokens(_) => pre.tokenizer.decode(ids, false).unwrap_or_default(),
+    };
+    Echo {
+        text: text.into(),
+        ids: ids.into(),
     }
 }
 

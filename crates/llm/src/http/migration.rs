@@ -127,6 +127,14 @@ impl Generation {
         job: &Job,
         reason: &str,
     ) -> Result<Option<EngineOutput>, ApiError> {
+        if job.request.n > 1 && !self.generated.is_empty() {
+            // Each choice is a sequence of its own; the stream does not say where each one
+            // stopped in a way another worker could continue all of them from.
+            return Err(ApiError::new(
+                crate::openai::ErrorClass::Unavailable,
+                format!("{reason}; a request with several choices cannot be continued on another worker once tokens were sent"),
+            ));
+        }
         let model = &job.model;
         let kind = if self.generated.is_empty() {
             "new_request"

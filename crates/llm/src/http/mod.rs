@@ -4,7 +4,9 @@
 //! header- and body-read timeouts, so slow or idle clients cannot hold the server.
 
 pub mod admission;
+mod choice_set;
 mod dispatch;
+mod fanout;
 mod handlers;
 pub mod metrics;
 mod migration;

@@ -1,7 +1,8 @@
-//! One generation from dispatch to the last byte: send it to a worker (`dispatch`), stream its
-//! token ids through the incremental detokenizer and the
-//! stop-string matcher, and produce either one JSON body or SSE chunks. Records the per-request
-//! frontend metrics; a client that disconnects cancels the request on the worker.
+//! One request from dispatch to the last byte: send each of its prompts to a worker
+//! (`dispatch`, `fanout`), stream every choice's token ids through its incremental detokenizer
+//! and stop-string matcher (`choice_set`), and produce either one JSON body or SSE chunks, a
+//! choice's chunks carrying its index. Records the per-request frontend metrics; a client that
+//! disconnects cancels the request on its workers.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +14,9 @@ use dynamo_runtime::{CallOptions, InstanceRecord, RuntimeError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::migration::Generation;
-pub use super::token_pipe::TokenPipe;
+use super::choice_set::ChoiceSet;
+use super::fanout::Gens;
+pub use super::token_pipe::Echo;
 use super::AppState;
 use crate::openai::request::GenParams;
 use crate::openai::response::*;
@@ -37,9 +39,11 @@ impl Kind {
     }
 }
 
-/// Everything one generation needs.
+/// Everything one prompt's generation needs (a batch of prompts is one job each).
 #[derive(Clone)]
 pub struct Job {
+    /// Completions with `echo`: the prompt that starts each of its choices.
+    pub echo: Option<Echo>,
     pub kind: Kind,
     pub model: String,
     pub id: String,
@@ -265,83 +269,110 @@ impl Timing {
     }
 }
 
-fn finish_metrics(state: &AppState, model: &str, pipe: &TokenPipe, guard: &RequestGuard) {
+fn finish_metrics(state: &AppState, model: &str, set: &ChoiceSet, guard: &RequestGuard) {
+    let pipes = set.pipes();
+    let usage = set.usage();
     guard
         .span
-        .record("output_tokens", i64::from(pipe.completion_tokens));
+        .record("output_tokens", i64::from(usage.completion_tokens));
     let m = &state.metrics;
     m.osl
         .with_label_values(&[model])
-        .observe(pipe.completion_tokens as f64);
+        .observe(f64::from(usage.completion_tokens));
     m.cached_tokens
         .with_label_values(&[model])
-        .observe(pipe.cached_tokens as f64);
-    m.detokenize_ms.observe(pipe.detok_time.as_secs_f64() * 1e3);
+        .observe(f64::from(usage.prompt_tokens_details.cached_tokens));
+    let detok: std::time::Duration = pipes.iter().map(|p| p.detok_time).sum();
+    m.detokenize_ms.observe(detok.as_secs_f64() * 1e3);
 }
 
 /// Run to completion and build the unary body.
 pub async fn unary(
     state: Arc<AppState>,
-    job: Job,
+    jobs: Vec<Job>,
     mut guard: RequestGuard,
 ) -> Result<String, ApiError> {
+    let job = &jobs[0];
     let run = async {
-        let mut gen = Generation::start(&state, &job).await?;
-        let mut pipe = TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
+        let mut gens = Gens::start(&state, &jobs).await?;
+        let mut set = ChoiceSet::new(&jobs);
         let mut timing = Timing::new(&state, &job.model, job.start);
-        let mut text = String::new();
-        while let Some(item) = gen.next(&state, &job).await {
+        while let Some((j, item)) = gens.next(&state, &jobs).await {
             let out = item?;
             timing.on_tokens(&mut guard, job.start, out.token_ids.len());
-            text.push_str(&pipe.push(&out));
-            if pipe.finish.is_some() {
+            set.push(j, &out).map_err(misplaced)?;
+            if set.done() {
                 break;
             }
         }
-        Ok::<_, ApiError>((pipe, text))
+        Ok::<_, ApiError>(set)
     };
-    // Past the deadline the future is dropped, and with it the stream: the worker cancels.
+    // Past the deadline the future is dropped, and with it the streams: the workers cancel.
     let r = tokio::select! {
         r = run => r,
-        _ = expired(job.deadline) => Err(timed_out(&job)),
+        _ = expired(job.deadline) => Err(timed_out(job)),
     };
-    let (mut pipe, text) = guard.report(r)?;
-    let finish = guard.report(pipe.finish.ok_or_else(truncated))?;
-    let logprobs = pipe.take_logprobs(&job.pre, job.kind);
-    finish_metrics(&state, &job.model, &pipe, &guard);
+    let mut set = guard.report(r)?;
+    if !set.done() {
+        return guard.report(Err(truncated()));
+    }
+    finish_metrics(&state, &job.model, &set, &guard);
     guard.finish(None);
+    let returned = set.returned();
+    let mut texts = Vec::with_capacity(returned.len());
+    let mut lps = Vec::with_capacity(returned.len());
+    for &c in &returned {
+        texts.push(set.take_text(c));
+        lps.push(set.pipe(c).take_logprobs(&job.pre, job.kind));
+    }
+    let finish = |c: usize| set.pipes()[c].finish.unwrap_or("stop");
     let body = match job.kind {
         Kind::Chat => serde_json::to_string(&ChatCompletion {
             id: &job.id,
             object: "chat.completion",
             created: job.created,
             model: &job.model,
-            choices: [ChatChoice {
-                index: 0,
-                message: ChatMessageOut {
-                    role: "assistant",
-                    content: &text,
-                },
-                logprobs,
-                finish_reason: finish,
-            }],
-            usage: pipe.usage(),
+            choices: returned
+                .iter()
+                .zip(texts.iter().zip(lps))
+                .enumerate()
+                .map(|(i, (&c, (text, logprobs)))| ChatChoice {
+                    index: i as u32,
+                    message: ChatMessageOut {
+                        role: "assistant",
+                        content: text,
+                    },
+                    logprobs,
+                    finish_reason: finish(c),
+                })
+                .collect(),
+            usage: set.usage(),
         }),
         Kind::Completion => serde_json::to_string(&Completion {
             id: &job.id,
             object: "text_completion",
             created: job.created,
             model: &job.model,
-            choices: vec![CompletionChoice {
-                index: 0,
-                text: &text,
-                logprobs,
-                finish_reason: Some(finish),
-            }],
-            usage: Some(Some(pipe.usage())),
+            choices: returned
+                .iter()
+                .zip(texts.iter().zip(lps))
+                .enumerate()
+                .map(|(i, (&c, (text, logprobs)))| CompletionChoice {
+                    index: i as u32,
+                    text,
+                    logprobs,
+                    finish_reason: Some(finish(c)),
+                })
+                .collect(),
+            usage: Some(Some(set.usage())),
         }),
     };
     Ok(body.expect("serializable"))
+}
+
+/// A worker's item for a choice its prompt does not have.
+fn misplaced(msg: String) -> ApiError {
+    ApiError::new(ErrorClass::Internal, msg)
 }
 
 fn sse(json: String) -> Bytes {
@@ -354,6 +385,7 @@ fn sse(json: String) -> Bytes {
 
 fn chunk(
     job: &Job,
+    index: u32,
     text: Option<&str>,
     first: bool,
     finish: Option<&str>,
@@ -370,7 +402,7 @@ fn chunk(
                 vec![]
             } else {
                 vec![ChatChunkChoice {
-                    index: 0,
+                    index,
                     delta: ChatDelta {
                         role: first.then_some("assistant"),
                         content: text,
@@ -390,7 +422,7 @@ fn chunk(
                 vec![]
             } else {
                 vec![CompletionChoice {
-                    index: 0,
+                    index,
                     text: text.unwrap_or(""),
                     logprobs,
                     finish_reason: finish,
@@ -402,108 +434,148 @@ fn chunk(
     sse(json.expect("serializable"))
 }
 
-/// Start a streaming generation. Waits for the worker's first item so that early failures
+/// Start a streaming generation. Waits for the first worker item so that early failures
 /// still get a proper HTTP status; then streams SSE chunks from a task.
 pub async fn streaming(
     state: Arc<AppState>,
-    job: Job,
+    jobs: Vec<Job>,
     mut guard: RequestGuard,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    let deadline = jobs[0].deadline;
     let start = async {
-        let mut gen = Generation::start(&state, &job).await?;
-        let first = match gen.next(&state, &job).await {
-            Some(Ok(o)) => Some(o),
-            Some(Err(e)) => return Err(e),
-            None => None,
+        let mut gens = Gens::start(&state, &jobs).await?;
+        let first = match gens.next(&state, &jobs).await {
+            Some((_, Err(e))) => return Err(e),
+            other => other,
         };
-        Ok((gen, first))
+        Ok((gens, first))
     };
     let r = tokio::select! {
         r = start => r,
-        _ = expired(job.deadline) => Err(timed_out(&job)),
+        _ = expired(deadline) => Err(timed_out(&jobs[0])),
     };
-    let (mut gen, first) = guard.report(r)?;
+    let (gens, first) = guard.report(r)?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let span = guard.span.clone();
-    tokio::spawn(
-        async move {
-            let mut pipe =
-                TokenPipe::new(&job.pre, &job.params, job.request.token_ids.len() as u32);
-            let mut timing = Timing::new(&state, &job.model, job.start);
-            let include_usage = job.params.include_usage;
-            let usage_field = |u: Option<UsageBody>| include_usage.then_some(u);
-            let mut sent_role = false;
-            let mut next = first.map(Ok);
-            loop {
-                let item = match next.take() {
-                    Some(i) => Some(i),
-                    None => tokio::select! {
-                        i = gen.next(&state, &job) => i,
-                        _ = tx.closed() => return, // client gone: dropping `gen` cancels the worker
-                        _ = expired(job.deadline) => {
-                            end_with_error(&tx, &mut guard, timed_out(&job)).await;
-                            return;
-                        }
-                    },
-                };
-                let Some(item) = item else { break };
-                let out = match item {
-                    Ok(o) => o,
-                    Err(err) => {
-                        end_with_error(&tx, &mut guard, err).await;
-                        return;
-                    }
-                };
-                timing.on_tokens(&mut guard, job.start, out.token_ids.len());
-                let mut text = pipe.push(&out);
-                // Fold items that are already here into the same chunk (fewer, larger SSE events
-                // under load; never waits for more).
-                while pipe.finish.is_none() {
-                    match gen.ready() {
-                        Some(Some(Ok(o))) => {
-                            timing.on_tokens(&mut guard, job.start, o.token_ids.len());
-                            text.push_str(&pipe.push(&o));
-                        }
-                        Some(other) => {
-                            next = other;
-                            break;
-                        }
-                        None => break,
-                    }
+    tokio::spawn(stream_chunks(state, jobs, guard, gens, first, tx).instrument(span));
+    Ok(rx)
+}
+
+/// The SSE task: each round takes an item and those already behind it, then sends one chunk
+/// per choice that has new text (and the role, first, on chat), and one with the finish
+/// reason of each choice that ended.
+async fn stream_chunks(
+    state: Arc<AppState>,
+    jobs: Vec<Job>,
+    mut guard: RequestGuard,
+    mut gens: Gens,
+    first: Option<super::fanout::Tagged>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let job = &jobs[0];
+    let mut set = ChoiceSet::new(&jobs);
+    let mut timing = Timing::new(&state, &job.model, job.start);
+    let include_usage = job.params.include_usage;
+    let usage_field = |u: Option<UsageBody>| include_usage.then_some(u);
+    let mut sent_role = vec![false; set.pipes().len()];
+    let mut next = first.map(Some);
+    loop {
+        let item = match next.take() {
+            Some(i) => i,
+            None => tokio::select! {
+                i = gens.next(&state, &jobs) => i,
+                _ = tx.closed() => return, // client gone: dropping `gens` cancels the workers
+                _ = expired(job.deadline) => {
+                    end_with_error(&tx, &mut guard, timed_out(job)).await;
+                    return;
                 }
-                if !text.is_empty()
-                    || (!sent_role && job.kind == Kind::Chat && pipe.finish.is_none())
-                {
-                    let lp = pipe.take_logprobs(&job.pre, job.kind);
-                    let c = chunk(&job, Some(&text), !sent_role, None, usage_field(None), lp);
-                    sent_role = true;
-                    if tx.send(c).await.is_err() {
-                        return;
-                    }
+            },
+        };
+        let Some(mut item) = item else { break };
+        // This round's choices, in the order their items came.
+        let mut touched: Vec<usize> = Vec::new();
+        loop {
+            let placed = item.1.and_then(|o| {
+                timing.on_tokens(&mut guard, job.start, o.token_ids.len());
+                set.push(item.0, &o).map_err(misplaced)
+            });
+            match placed {
+                Ok(c) if !touched.contains(&c) => touched.push(c),
+                Ok(_) => {}
+                Err(err) => {
+                    end_with_error(&tx, &mut guard, err).await;
+                    return;
                 }
-                if pipe.finish.is_some() {
+            }
+            // Fold items that are already here into the same chunks (fewer, larger SSE
+            // events under load; never waits for more).
+            if set.done() {
+                break;
+            }
+            match gens.ready() {
+                Some(Some(i)) if i.1.is_ok() => item = i,
+                Some(other) => {
+                    next = Some(other);
                     break;
                 }
-            }
-            drop(gen);
-            let Some(finish) = pipe.finish else {
-                end_with_error(&tx, &mut guard, truncated()).await;
-                return;
-            };
-            // Tokens whose text was held back (a stop string's prefix) keep their logprobs.
-            let lp = pipe.take_pending_logprobs(&job.pre, job.kind);
-            let mut tail = chunk(&job, None, false, Some(finish), usage_field(None), lp).to_vec();
-            if include_usage {
-                let usage = Some(Some(pipe.usage()));
-                tail.extend_from_slice(&chunk(&job, None, false, None, usage, None));
-            }
-            tail.extend_from_slice(b"data: [DONE]\n\n");
-            finish_metrics(&state, &job.model, &pipe, &guard);
-            if tx.send(Bytes::from(tail)).await.is_ok() {
-                guard.finish(None);
+                None => break,
             }
         }
-        .instrument(span),
-    );
-    Ok(rx)
+        for c in touched {
+            let text = set.take_text(c);
+            let pipe = set.pipe(c);
+            let role = !sent_role[c] && job.kind == Kind::Chat && pipe.finish.is_none();
+            let mut out = Vec::new();
+            if !text.is_empty() || role {
+                let lp = pipe.take_logprobs(&job.pre, job.kind);
+                let first = !sent_role[c];
+                out.extend_from_slice(&chunk(
+                    job,
+                    c as u32,
+                    Some(&text),
+                    first,
+                    None,
+                    usage_field(None),
+                    lp,
+                ));
+                sent_role[c] = true;
+            }
+            if set.newly_finished(c) {
+                // Tokens whose text was held back (a stop string's prefix) keep their logprobs.
+                let pipe = set.pipe(c);
+                let lp = pipe.take_pending_logprobs(&job.pre, job.kind);
+                let finish = pipe.finish;
+                out.extend_from_slice(&chunk(
+                    job,
+                    c as u32,
+                    None,
+                    false,
+                    finish,
+                    usage_field(None),
+                    lp,
+                ));
+            }
+            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                return;
+            }
+        }
+        if set.done() {
+            break;
+        }
+    }
+    drop(gens);
+    if !set.done() {
+        end_with_error(&tx, &mut guard, truncated()).await;
+        return;
+    }
+    let mut tail = Vec::new();
+    if include_usage {
+        let usage = Some(Some(set.usage()));
+        tail.extend_from_slice(&chunk(job, 0, None, false, None, usage, None));
+    }
+    tail.extend_from_slice(b"data: [DONE]\n\n");
+    finish_metrics(&state, &job.model, &set, &guard);
+    if tx.send(Bytes::from(tail)).await.is_ok() {
+        guard.finish(None);
+    }
 }

@@ -1,5 +1,6 @@
 //! Token ids to client text for one choice: the incremental detokenizer, stop strings, the
-//! finish reason, token counts, and the per-token log probabilities when asked.
+//! finish reason, token counts, the per-token log probabilities when asked (and their sum,
+//! which ranks `best_of` choices), and the echoed prompt that starts a choice.
 
 use std::time::Instant;
 
@@ -8,8 +9,14 @@ use dynamo_protocols::{EngineOutput, FinishReason};
 
 use super::pipeline::Kind;
 use crate::openai::request::GenParams;
-use crate::openai::response::UsageBody;
 use crate::preprocess::Preprocessor;
+
+/// A completions prompt echoed at the start of each of its choices.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    pub text: std::sync::Arc<str>,
+    pub ids: std::sync::Arc<[u32]>,
+}
 
 /// Token ids → text deltas, with stop strings and counting.
 pub struct TokenPipe {
@@ -18,6 +25,10 @@ pub struct TokenPipe {
     /// request asked), and the completion text's character offset of the next one.
     logprobs: Option<Vec<crate::openai::logprobs::Entry>>,
     text_offset: usize,
+    /// Sum of the consumed tokens' log probabilities (when the worker sent them).
+    pub cumulative_logprob: f64,
+    /// Still to be sent before the first token's text.
+    echo: Option<Echo>,
     stop: StopMatcher,
     pub completion_tokens: u32,
     pub prompt_tokens: u32,
@@ -27,10 +38,17 @@ pub struct TokenPipe {
 }
 
 impl TokenPipe {
-    pub fn new(pre: &Preprocessor, params: &GenParams, prompt_tokens: u32) -> Self {
+    pub fn new(
+        pre: &Preprocessor,
+        params: &GenParams,
+        prompt_tokens: u32,
+        echo: Option<Echo>,
+    ) -> Self {
         TokenPipe {
             logprobs: params.logprobs.map(|_| Vec::new()),
             text_offset: 0,
+            cumulative_logprob: 0.0,
+            echo,
             dec: IncrementalDecoder::new(pre.tokenizer.clone(), true),
             stop: StopMatcher::new(params.stop.clone()),
             completion_tokens: 0,
@@ -41,23 +59,37 @@ impl TokenPipe {
         }
     }
 
-    /// Consume one worker item; returns the text to send now.
+    /// Consume one worker item; returns the text to send now. Items after the choice has
+    /// finished (a stop string ended it here while its worker went on) are ignored.
     pub fn push(&mut self, out: &EngineOutput) -> String {
         let t0 = Instant::now();
         let mut text = String::new();
+        if self.finish.is_some() {
+            return text;
+        }
+        if let Some(e) = self.echo.take() {
+            text.push_str(&e.text);
+            if let Some(lp) = self.logprobs.as_mut() {
+                // The first prompt token has no log probability (nothing precedes it).
+                let scored = e.ids.iter().skip(1).zip(&out.prompt_logprobs);
+                lp.push((e.ids[0], None));
+                lp.extend(scored.map(|(&id, l)| (id, Some(l.clone()))));
+            }
+        }
         self.completion_tokens += out.token_ids.len() as u32;
-        if self.finish.is_none() {
-            for (i, &id) in out.token_ids.iter().enumerate() {
-                if let (Some(lp), Some(l)) = (self.logprobs.as_mut(), out.logprobs.get(i)) {
-                    lp.push((id, l.clone()));
+        for (i, &id) in out.token_ids.iter().enumerate() {
+            if let Some(l) = out.logprobs.get(i) {
+                self.cumulative_logprob += f64::from(l.logprob);
+                if let Some(lp) = self.logprobs.as_mut() {
+                    lp.push((id, Some(l.clone())));
                 }
-                let piece = self.dec.push(id);
-                let o = self.stop.push(&piece);
-                text.push_str(&o.text);
-                if o.stopped {
-                    self.finish = Some("stop");
-                    break;
-                }
+            }
+            let piece = self.dec.push(id);
+            let o = self.stop.push(&piece);
+            text.push_str(&o.text);
+            if o.stopped {
+                self.finish = Some("stop");
+                break;
             }
         }
         if let Some(u) = out.usage {
@@ -118,13 +150,5 @@ impl TokenPipe {
                 crate::openai::logprobs::completion(tok, entries, &mut self.text_offset)
             }
         }
-    }
-
-    pub fn usage(&self) -> UsageBody {
-        UsageBody::new(
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.cached_tokens,
-        )
     }
 }

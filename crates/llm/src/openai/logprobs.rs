@@ -8,8 +8,9 @@ use dynamo_preprocessor::tokenizer::Tokenizer;
 use dynamo_protocols::TokenLogprob;
 use serde_json::{json, Map, Value};
 
-/// One generated token and its log probabilities.
-pub type Entry = (u32, TokenLogprob);
+/// One token and its log probabilities (`None`: an echoed prompt's first token, which has
+/// none).
+pub type Entry = (u32, Option<TokenLogprob>);
 
 fn bytes_of(tok: &Tokenizer, id: u32) -> Vec<u8> {
     match tok.token_bytes(id) {
@@ -30,6 +31,7 @@ pub fn chat(tok: &Tokenizer, entries: &[Entry]) -> Value {
     };
     let content: Vec<Value> = entries
         .iter()
+        .filter_map(|(id, l)| Some((id, l.as_ref()?)))
         .map(|(id, l)| {
             let mut v = one(*id, l.logprob);
             v["top_logprobs"] = l.top.iter().map(|&(t, lp)| one(t, lp)).collect();
@@ -48,7 +50,12 @@ pub fn completion(tok: &Tokenizer, entries: &[Entry], offset: &mut usize) -> Val
         offs.push(*offset);
         *offset += text.chars().count();
         tokens.push(text);
-        lps.push(l.logprob);
+        let Some(l) = l else {
+            lps.push(Value::Null);
+            tops.push(Value::Null);
+            continue;
+        };
+        lps.push(json!(l.logprob));
         // A map from token text to log probability: the alternatives and the sampled token
         // (OpenAI's and vLLM's shape); a text that repeats keeps its best.
         let mut top = Map::new();

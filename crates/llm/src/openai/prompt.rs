@@ -1,21 +1,30 @@
 //! The completions `prompt` field, deserialized straight from the body without an intermediate
-//! JSON tree: a string, a list of token ids, or a one-element list of either. A long token list
-//! costs four bytes per id while it is read, not a `serde_json::Value` per id.
+//! JSON tree: a string, a list of token ids, or a batch (a list of strings and token-id lists,
+//! one choice per prompt). A long token list costs four bytes per id while it is read, not a
+//! `serde_json::Value` per id.
 
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 
-/// What a completions `prompt` holds.
+/// One prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PromptInput {
     Text(String),
     Tokens(Vec<u32>),
 }
 
-const EXPECTED: &str = "a string, a list of token ids, or a list with one of those";
+/// A completions `prompt`: one prompt, or a batch of them in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts(pub Vec<PromptInput>);
 
-impl<'de> Deserialize<'de> for PromptInput {
+/// Most prompts in one batch.
+pub const MAX_BATCH_PROMPTS: usize = 256;
+
+const EXPECTED: &str =
+    "a string, a list of token ids, or a list of strings and token-id lists (a batch)";
+
+impl<'de> Deserialize<'de> for Prompts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(PromptVisitor)
     }
@@ -24,41 +33,43 @@ impl<'de> Deserialize<'de> for PromptInput {
 struct PromptVisitor;
 
 impl<'de> Visitor<'de> for PromptVisitor {
-    type Value = PromptInput;
+    type Value = Prompts;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(EXPECTED)
     }
 
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<PromptInput, E> {
-        Ok(PromptInput::Text(s.to_string()))
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Prompts, E> {
+        Ok(Prompts(vec![PromptInput::Text(s.to_string())]))
     }
 
-    fn visit_string<E: de::Error>(self, s: String) -> Result<PromptInput, E> {
-        Ok(PromptInput::Text(s))
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Prompts, E> {
+        Ok(Prompts(vec![PromptInput::Text(s)]))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PromptInput, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Prompts, A::Error> {
         let mut tokens: Vec<u32> = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
-        let mut single: Option<PromptInput> = None;
+        let mut batch: Vec<PromptInput> = Vec::new();
         while let Some(e) = seq.next_element::<Elem>()? {
-            match (e, &single) {
-                (Elem::Token(t), None) => tokens.push(t),
-                (Elem::Nested(p), None) if tokens.is_empty() => single = Some(p),
-                (_, Some(_)) => {
-                    return Err(de::Error::custom(
-                        "a batch of several prompts is not supported by this server",
-                    ))
+            match e {
+                Elem::Token(t) if batch.is_empty() => tokens.push(t),
+                Elem::Nested(p) if tokens.is_empty() => {
+                    if batch.len() == MAX_BATCH_PROMPTS {
+                        return Err(de::Error::custom(format!(
+                            "a batch holds at most {MAX_BATCH_PROMPTS} prompts"
+                        )));
+                    }
+                    batch.push(p)
                 }
-                (Elem::Nested(_), None) => {
-                    return Err(de::Error::custom(format!("prompt must be {EXPECTED}")))
-                }
+                _ => return Err(de::Error::custom(format!("prompt must be {EXPECTED}"))),
             }
         }
-        match single {
-            Some(p) => Ok(p),
-            None if tokens.is_empty() => Err(de::Error::custom("prompt must not be empty")),
-            None => Ok(PromptInput::Tokens(tokens)),
+        if !batch.is_empty() {
+            Ok(Prompts(batch))
+        } else if tokens.is_empty() {
+            Err(de::Error::custom("prompt must not be empty"))
+        } else {
+            Ok(Prompts(vec![PromptInput::Tokens(tokens)]))
         }
     }
 }
@@ -91,11 +102,11 @@ impl<'de> Visitor<'de> for ElemVisitor {
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Elem, E> {
-        PromptVisitor.visit_str(s).map(Elem::Nested)
+        Ok(Elem::Nested(PromptInput::Text(s.to_string())))
     }
 
     fn visit_string<E: de::Error>(self, s: String) -> Result<Elem, E> {
-        PromptVisitor.visit_string(s).map(Elem::Nested)
+        Ok(Elem::Nested(PromptInput::Text(s)))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
@@ -115,18 +126,37 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Result<PromptInput, String> {
-        serde_json::from_str::<PromptInput>(s).map_err(|e| e.to_string())
+        let mut b = batch(s)?;
+        assert_eq!(b.len(), 1, "{s}");
+        Ok(b.remove(0))
+    }
+
+    fn batch(s: &str) -> Result<Vec<PromptInput>, String> {
+        serde_json::from_str::<Prompts>(s)
+            .map(|p| p.0)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn shapes() {
-        assert_eq!(p(r#""hi""#).unwrap(), PromptInput::Text("hi".into()));
-        assert_eq!(p("[1, 2]").unwrap(), PromptInput::Tokens(vec![1, 2]));
-        assert_eq!(p("[[1, 2]]").unwrap(), PromptInput::Tokens(vec![1, 2]));
-        assert_eq!(p(r#"["hi"]"#).unwrap(), PromptInput::Text("hi".into()));
-        assert!(p(r#"["a", "b"]"#).unwrap_err().contains("batch"));
-        assert!(p("[[1], [2]]").unwrap_err().contains("batch"));
+        use PromptInput::{Text, Tokens};
+        assert_eq!(p(r#""hi""#).unwrap(), Text("hi".into()));
+        assert_eq!(p("[1, 2]").unwrap(), Tokens(vec![1, 2]));
+        assert_eq!(p("[[1, 2]]").unwrap(), Tokens(vec![1, 2]));
+        assert_eq!(p(r#"["hi"]"#).unwrap(), Text("hi".into()));
+        assert_eq!(
+            batch(r#"["a", "b"]"#).unwrap(),
+            vec![Text("a".into()), Text("b".into())]
+        );
+        assert_eq!(
+            batch(r#"[[1], "b", [2, 3]]"#).unwrap(),
+            vec![Tokens(vec![1]), Text("b".into()), Tokens(vec![2, 3])]
+        );
+        let many = format!("[{}]", vec!["\"x\""; MAX_BATCH_PROMPTS + 1].join(","));
+        assert!(batch(&many).unwrap_err().contains("at most"));
         assert!(p("[1, [2]]").is_err());
+        assert!(p("[[2], 1]").is_err());
+        assert!(p(r#"["a", 1]"#).is_err());
         assert!(p(r#"[1, "a"]"#).is_err());
         assert!(p("[]").unwrap_err().contains("empty"));
         assert!(p("[[]]").unwrap_err().contains("empty"));

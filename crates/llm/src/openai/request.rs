@@ -9,7 +9,7 @@ use serde_json::Value;
 use dynamo_protocols::SamplingOptions;
 
 use super::error::ApiError;
-pub use super::prompt::PromptInput;
+pub use super::prompt::{PromptInput, Prompts};
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,7 +49,7 @@ pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-5;
 pub struct CommonParams {
     pub model: Option<String>,
     pub messages: Option<Vec<Value>>,
-    pub prompt: Option<PromptInput>,
+    pub prompt: Option<Prompts>,
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
     pub temperature: Option<f32>,
@@ -91,9 +91,20 @@ pub struct CommonParams {
 /// legacy endpoint allows; chat's `top_logprobs` allows [`dynamo_protocols::MAX_TOP_LOGPROBS`].
 pub const MAX_COMPLETION_LOGPROBS: u64 = 5;
 
+/// Most choices one prompt may ask for (`n`, `best_of`).
+pub const MAX_CHOICES: u32 = dynamo_protocols::MAX_CHOICES;
+
 /// The validated generation parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenParams {
+    /// Choices returned per prompt.
+    pub n: u32,
+    /// Choices generated per prompt (`best_of` on completions, else `n`); the `n` with the
+    /// highest cumulative log probability are returned.
+    pub best_of: u32,
+    /// Completions: the prompt's text (and, with `logprobs`, its tokens' log probabilities)
+    /// starts each choice.
+    pub echo: bool,
     /// Per-token log probabilities with this many alternatives (`None`: not asked).
     pub logprobs: Option<u32>,
     pub max_tokens: Option<u32>,
@@ -125,19 +136,12 @@ impl CommonParams {
     /// Check ranges and unsupported features; produce the pipeline's parameters (`chat`: for
     /// `/v1/chat/completions`, whose `logprobs` differ from completions').
     pub fn validate(&self, force_usage: bool, chat: bool) -> Result<GenParams, ApiError> {
-        if let Some(n) = self.n {
-            if n == 0 {
-                return Err(ApiError::validation("Validation: n must be at least 1"));
-            }
-            if n > 1 {
-                return Err(unsupported("n > 1 (multiple choices)"));
-            }
-        }
-        if self.best_of.is_some_and(|b| b > 1) {
-            return Err(unsupported("best_of > 1"));
-        }
-        if self.echo == Some(true) {
-            return Err(unsupported("echo"));
+        let (n, best_of) = self.choices(chat)?;
+        let echo = self.echo == Some(true);
+        if echo && chat {
+            return Err(ApiError::validation(
+                "Validation: echo is a completions field; chat completions do not take it",
+            ));
         }
         if self.suffix.is_some() {
             return Err(unsupported("suffix"));
@@ -229,7 +233,15 @@ impl CommonParams {
                 ));
             }
         }
+        if best_of > n && stream {
+            return Err(ApiError::validation(
+                "Validation: best_of greater than n cannot be streamed (the best are known at the end)",
+            ));
+        }
         Ok(GenParams {
+            n,
+            best_of,
+            echo,
             logprobs: self.logprobs(chat)?,
             max_tokens,
             min_tokens,
@@ -264,6 +276,35 @@ impl CommonParams {
 }
 
 impl CommonParams {
+    /// `(n, best_of)`: 1 to [`MAX_CHOICES`] each, `best_of` (completions only) at least `n`.
+    fn choices(&self, chat: bool) -> Result<(u32, u32), ApiError> {
+        let check = |name: &str, v: u32| {
+            if (1..=MAX_CHOICES).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ApiError::validation(format!(
+                    "Validation: {name} must be between 1 and {MAX_CHOICES}, got {v}"
+                )))
+            }
+        };
+        let n = check("n", self.n.unwrap_or(1))?;
+        let best_of = match self.best_of {
+            None => n,
+            Some(_) if chat => {
+                return Err(ApiError::validation(
+                    "Validation: best_of is a completions field; chat completions take n",
+                ))
+            }
+            Some(b) => check("best_of", b)?,
+        };
+        if best_of < n {
+            return Err(ApiError::validation(format!(
+                "Validation: best_of ({best_of}) must be at least n ({n})"
+            )));
+        }
+        Ok((n, best_of))
+    }
+
     /// The log probabilities asked for: chat's `logprobs: true` with `top_logprobs` (0–20)
     /// alternatives, or completions' `logprobs: N` (0–5) alternatives.
     pub fn logprobs(&self, chat: bool) -> Result<Option<u32>, ApiError> {
@@ -380,8 +421,11 @@ mod tests {
             json!({"n": 1, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 3}),
             true,
         );
-        check(json!({"n": 2}), false);
+        check(json!({"n": 2}), true);
+        check(json!({"n": 128}), true);
+        check(json!({"n": 129}), false);
         check(json!({"n": 0}), false);
+        check(json!({"best_of": 2}), false);
         check(json!({"temperature": 3.0}), false);
         check(json!({"top_p": 0.0}), false);
         check(json!({"max_tokens": 0}), false);
@@ -397,6 +441,7 @@ mod tests {
             true,
         );
         check(json!({"echo": true}), false);
+        check(json!({"echo": false}), true);
         check(json!({"top_k": -1}), true);
         check(json!({"top_k": -5}), false);
     }
@@ -450,6 +495,32 @@ mod tests {
         assert_eq!(
             p.validate(false, true).unwrap().sampling.temperature,
             Some(0.5)
+        );
+    }
+
+    #[test]
+    fn choices_on_completions() {
+        let v = |body: Value| {
+            serde_json::from_value::<CommonParams>(body)
+                .unwrap()
+                .validate(false, false)
+                .map(|g| (g.n, g.best_of, g.echo))
+                .map_err(|e| e.message)
+        };
+        assert_eq!(v(json!({})), Ok((1, 1, false)));
+        assert_eq!(v(json!({"n": 3, "echo": true})), Ok((3, 3, true)));
+        assert_eq!(v(json!({"n": 2, "best_of": 5})), Ok((2, 5, false)));
+        assert!(v(json!({"n": 3, "best_of": 2}))
+            .unwrap_err()
+            .contains("at least n"));
+        assert!(v(json!({"best_of": 0})).unwrap_err().contains("best_of"));
+        assert!(v(json!({"best_of": 129})).unwrap_err().contains("best_of"));
+        assert!(v(json!({"best_of": 3, "stream": true}))
+            .unwrap_err()
+            .contains("streamed"));
+        assert_eq!(
+            v(json!({"n": 3, "best_of": 3, "stream": true})),
+            Ok((3, 3, false))
         );
     }
 

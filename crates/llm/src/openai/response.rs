@@ -49,7 +49,7 @@ pub struct ChatCompletion<'a> {
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
-    pub choices: [ChatChoice<'a>; 1],
+    pub choices: Vec<ChatChoice<'a>>,
     pub usage: UsageBody,
 }
 
