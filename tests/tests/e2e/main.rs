@@ -3,6 +3,7 @@
 //! frontend over HTTP like a user. Each module is one area; the harness is `dynamo_e2e`.
 
 mod api;
+mod choices;
 mod dashboards;
 mod dashboards_live;
 mod disagg;
