@@ -358,3 +358,37 @@ async fn logprobs_cross_the_transfer_with_the_first_token() {
     assert_eq!(got.len(), 5);
     assert_eq!(got, want);
 }
+
+/// `n` choices of a disaggregated request: the decode side imports the prompt once, computes
+/// its last position again for the logits the choices share, and forks them there: each
+/// choice is the aggregated engine's choice of the same index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_fork_on_the_decode_side() {
+    let agg = engine(16, 64);
+    let pre = engine(16, 64);
+    let dec = engine(16, 64);
+    let srv = server(&pre, Duration::from_secs(30)).await;
+    let mut req = request(&prompt(40, 11), 6);
+    req.n = 3;
+    req.sampling.temperature = Some(0.9);
+    req.sampling.seed = Some(4);
+    let per_choice = async |mut rx: UnboundedReceiver<EngineOutput>| {
+        let mut v: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+        while let Some(o) = rx.recv().await {
+            v.entry(o.index).or_default().extend(o.token_ids);
+        }
+        v
+    };
+    let want = per_choice(agg.generate(req.clone()).unwrap()).await;
+    assert_eq!(want.len(), 3);
+    assert!(want.values().all(|t| t.len() == 6), "{want:?}");
+    let (_out, room_rx) = pre.generate_prefill(req.clone(), None).unwrap();
+    let info = srv.open_room(dynamo_disagg::new_room(), room_rx, None);
+    let (rx, import) = dec.generate_decode(req, None).unwrap();
+    let task = tokio::spawn(fetch(dec.clone(), info, import, FetchConfig::new("m")));
+    let got = per_choice(rx).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(got, want);
+    settle(&dec).await;
+    assert_eq!(dec.stats().prefill_tokens, 1, "only the last prompt position, again");
+}
