@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What an OpenAI client sends, through the official `openai` Python client, against a running
 frontend (argv: base URL, model): chat and completions, unary and streamed, with logprobs and
-top_logprobs, chat_template_kwargs (through extra_body), and the errors the client raises for
-values out of range. Exits non-zero, naming the check, when one fails. Run by
+top_logprobs, n choices, best_of, echo, batch prompts, chat_template_kwargs (through
+extra_body), and the errors the client raises for values out of range. Exits non-zero, naming the check, when one fails. Run by
 tests/tests/e2e/openai_client.rs."""
 
 import sys
@@ -70,9 +70,46 @@ r = client.chat.completions.create(model=model, messages=msgs, max_tokens=2,
                                    extra_body={"chat_template_kwargs": {"enable_thinking": False}})
 check("chat_template_kwargs accepted", r.choices[0].finish_reason in ("length", "stop"))
 
+# n choices: indexed, streamed by index, the prompt counted once.
+r1 = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0.8,
+                                    seed=5, extra_body={"ignore_eos": True})
+r = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0.8,
+                                   seed=5, n=3, extra_body={"ignore_eos": True})
+check("chat n=3: three choices indexed 0..2", [c.index for c in r.choices] == [0, 1, 2])
+check("chat n=3: usage counts the prompt once and every choice",
+      r.usage.prompt_tokens == r1.usage.prompt_tokens and r.usage.completion_tokens == 12)
+s = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0.8,
+                                   seed=5, n=3, stream=True, extra_body={"ignore_eos": True})
+joined = {}
+for ch in s:
+    for c in ch.choices:
+        joined[c.index] = joined.get(c.index, "") + (c.delta.content or "")
+check("chat n=3 stream: per index, the unary texts",
+      [joined.get(i) for i in range(3)] == [c.message.content for c in r.choices])
+
+# best_of, echo and batch prompts on completions.
+c = client.completions.create(model=model, prompt="The sea is", max_tokens=4, temperature=1.0,
+                              seed=2, n=1, best_of=3, extra_body={"ignore_eos": True})
+check("completions best_of=3 n=1: one choice, three counted",
+      len(c.choices) == 1 and c.usage.completion_tokens == 12)
+c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=3,
+                              temperature=0, echo=True, logprobs=1,
+                              extra_body={"ignore_eos": True})
+lp = c.choices[0].logprobs
+check("completions echo: the prompt starts the text",
+      c.choices[0].text.startswith("The capital of France is"))
+check("completions echo: prompt tokens lead the logprobs, the first null",
+      lp.token_logprobs[0] is None and len(lp.tokens) == c.usage.prompt_tokens + 3
+      and "".join(lp.tokens) == c.choices[0].text)
+c = client.completions.create(model=model, prompt=["One, two,", "Red, green,"], max_tokens=3,
+                              temperature=0, n=2)
+check("completions batch: a choice per prompt times n, prompt by prompt",
+      [x.index for x in c.choices] == [0, 1, 2, 3]
+      and c.choices[0].text == c.choices[1].text and c.choices[2].text == c.choices[3].text)
+
 # Out of range: the client raises BadRequestError naming the field.
 for what, kwargs in [("top_logprobs 21", dict(logprobs=True, top_logprobs=21)),
-                     ("n 0", dict(n=0))]:
+                     ("n 0", dict(n=0)), ("n 129", dict(n=129))]:
     try:
         client.chat.completions.create(model=model, messages=msgs, max_tokens=2, **kwargs)
         check(what + " refused", False)
