@@ -390,5 +390,9 @@ async fn n_choices_fork_on_the_decode_side() {
     task.await.unwrap().unwrap();
     assert_eq!(got, want);
     settle(&dec).await;
-    assert_eq!(dec.stats().prefill_tokens, 1, "only the last prompt position, again");
+    assert_eq!(
+        dec.stats().prefill_tokens,
+        1,
+        "only the last prompt position, again"
+    );
 }

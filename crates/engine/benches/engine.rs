@@ -7,9 +7,13 @@
 //! The `agg8` cell (aggregate tok/s of 8 sequences) is the one `tests/bench/metrics_overhead.sh`
 //! runs with `DYN_BENCH_METRICS=0` and `1`.
 //!
+//! The `choices4` cell (opt-in) is what `n = 4` costs: one request for four sampled choices of
+//! a 512-token prompt against four requests for one choice each, sent together, and against
+//! one request for one choice (alternated, median of 3 rounds each).
+//!
 //! `cargo bench -p dynamo-engine --bench engine` (env: `DYN_BENCH_MODEL`, `DYN_BENCH_THREADS`,
 //! `DYN_BENCH_METRICS`,
-//! `DYN_BENCH_ONLY=prefill512,decode1,decode4,decode8,agg8`).
+//! `DYN_BENCH_ONLY=prefill512,decode1,decode4,decode8,agg8,choices4`).
 
 use std::time::Instant;
 
@@ -138,6 +142,55 @@ fn main() {
     if only.split(',').any(|c| c == "agg8") {
         aggregate8(&eng);
     }
+    if only.split(',').any(|c| c == "choices4") {
+        choices4(&eng);
+    }
+}
+
+/// Seconds to finish `copies` requests of `n` sampled choices each, all sent at once.
+fn sampled(eng: &Engine, prompt: &[u32], n: u32, copies: usize, max: u32) -> f64 {
+    let t0 = Instant::now();
+    let mut rxs: Vec<_> = (0..copies)
+        .map(|i| {
+            let mut r = request(prompt.to_vec(), max);
+            r.n = n;
+            r.sampling.temperature = Some(0.8);
+            r.sampling.seed = Some(i as u64 * 1000);
+            eng.generate(r).expect("request accepted")
+        })
+        .collect();
+    for rx in rxs.iter_mut() {
+        let mut finished = 0;
+        while let Some(o) = rx.blocking_recv() {
+            finished += u32::from(o.finish_reason.is_some());
+            if finished == n {
+                break;
+            }
+        }
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+/// `n = 4` on one request against four single-choice requests and one (512-token prompt, 64
+/// tokens per choice).
+fn choices4(eng: &Engine) {
+    let p = prompt(512, 77);
+    let (mut one4, mut four1, mut one1) = (vec![], vec![], vec![]);
+    for _ in 0..3 {
+        one4.push(sampled(eng, &p, 4, 1, 64));
+        four1.push(sampled(eng, &p, 1, 4, 64));
+        one1.push(sampled(eng, &p, 1, 1, 64));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    let (a, b, c) = (median(&mut one4), median(&mut four1), median(&mut one1));
+    println!("RESULT choices4_n4_s {a:.3}");
+    println!("RESULT choices4_four_requests_s {b:.3}");
+    println!("RESULT choices4_n1_s {c:.3}");
+    println!("RESULT choices4_n4_over_four_requests {:.2}", a / b);
+    println!("RESULT choices4_n4_over_n1 {:.2}", a / c);
 }
 
 /// Aggregate tok/s of 8 concurrent sequences (128-token prompts, 64 output tokens), median of
