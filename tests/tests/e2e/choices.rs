@@ -193,6 +193,24 @@ async fn n_choices_best_of_echo_and_batches() {
         .collect();
     assert_eq!(streamed, text);
 
+    // echo with max_tokens 0 scores the prompt alone: its text, its tokens' log
+    // probabilities (the same as above), nothing generated or counted.
+    let mut score = requests::greedy_completion("The capital of France is", 0);
+    score["echo"] = json!(true);
+    score["logprobs"] = json!(1);
+    let (st, _, s0) = c.post("/v1/completions", &score).await;
+    assert_eq!(st, 200, "{s0}");
+    assert_eq!(s0["choices"][0]["text"], "The capital of France is", "{s0}");
+    assert_eq!(s0["choices"][0]["finish_reason"], "length", "{s0}");
+    assert_eq!(s0["usage"]["completion_tokens"], 0, "{s0}");
+    let scored = &s0["choices"][0]["logprobs"]["token_logprobs"];
+    assert_eq!(scored.as_array().unwrap().len(), n_prompt, "{s0}");
+    assert_eq!(
+        scored.as_array().unwrap()[..],
+        lp["token_logprobs"].as_array().unwrap()[..n_prompt],
+        "the prompt scores as it did when it was echoed before a completion"
+    );
+
     // Batch: two prompts (a string and token ids) × n = 2 at temperature 0; indexes prompt by
     // prompt, each choice the prompt's own greedy answer; usage sums the prompts.
     let single = |p: Value| async {

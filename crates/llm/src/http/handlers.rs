@@ -24,6 +24,9 @@ use crate::openai::request::{normalize_messages, CommonParams, PromptInput, Prom
 use crate::openai::response::{unix_now, ModelList, ModelObject};
 use crate::openai::{ApiError, ErrorClass};
 
+/// Most choices one request may generate (prompts of a batch × `best_of`).
+const MAX_REQUEST_CHOICES: usize = 1024;
+
 /// Prompts longer than this are tokenized on the blocking pool.
 const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 
@@ -325,9 +328,13 @@ async fn run(
     let mut jobs = Vec::with_capacity(prompts.len());
     let mut input_tokens = 0;
     for (k, (token_ids, echo)) in prompts.into_iter().enumerate() {
-        let max_tokens = pre
-            .check_length(token_ids.len(), p.params.max_tokens)
-            .map_err(fail)?;
+        // Scoring a prompt samples one token nobody sees (the engine generates at least one).
+        let asked = if p.params.score_only {
+            Some(1)
+        } else {
+            p.params.max_tokens
+        };
+        let max_tokens = pre.check_length(token_ids.len(), asked).map_err(fail)?;
         state
             .metrics
             .isl
@@ -451,6 +458,17 @@ pub async fn completions(
             let model = endpoint_fields(&r, false).map_err(|e| (String::new(), e))?;
             let params = r.validate(force, false).map_err(|e| (model.clone(), e))?;
             let prompt = r.prompt.take().expect("checked by endpoint_fields");
+            let choices = prompt.0.len() * params.best_of as usize;
+            if choices > MAX_REQUEST_CHOICES {
+                return Err((
+                    model,
+                    ApiError::validation(format!(
+                        "Validation: prompt: {} prompts × {} choices each is {choices} choices; at most {MAX_REQUEST_CHOICES} per request",
+                        prompt.0.len(),
+                        params.best_of
+                    )),
+                ));
+            }
             Ok(Parsed {
                 model,
                 body_len,

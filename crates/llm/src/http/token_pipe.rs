@@ -29,6 +29,8 @@ pub struct TokenPipe {
     pub cumulative_logprob: f64,
     /// Still to be sent before the first token's text.
     echo: Option<Echo>,
+    /// Only the echoed prompt is shown: generated tokens are dropped, not counted.
+    score_only: bool,
     stop: StopMatcher,
     pub completion_tokens: u32,
     pub prompt_tokens: u32,
@@ -49,6 +51,7 @@ impl TokenPipe {
             text_offset: 0,
             cumulative_logprob: 0.0,
             echo,
+            score_only: params.score_only,
             dec: IncrementalDecoder::new(pre.tokenizer.clone(), true),
             stop: StopMatcher::new(params.stop.clone()),
             completion_tokens: 0,
@@ -75,6 +78,16 @@ impl TokenPipe {
                 lp.push((e.ids[0], None));
                 lp.extend(scored.map(|(&id, l)| (id, Some(l.clone()))));
             }
+        }
+        if self.score_only {
+            if let Some(u) = out.usage {
+                (self.prompt_tokens, self.cached_tokens) = (u.prompt_tokens, u.cached_tokens);
+            }
+            if out.finish_reason.is_some() {
+                self.finish = Some("length");
+            }
+            self.detok_time += t0.elapsed();
+            return text;
         }
         self.completion_tokens += out.token_ids.len() as u32;
         for (i, &id) in out.token_ids.iter().enumerate() {

@@ -105,6 +105,9 @@ pub struct GenParams {
     /// Completions: the prompt's text (and, with `logprobs`, its tokens' log probabilities)
     /// starts each choice.
     pub echo: bool,
+    /// `echo` with `max_tokens: 0`: the prompt alone (the worker samples one token, which is
+    /// not shown or counted).
+    pub score_only: bool,
     /// Per-token log probabilities with this many alternatives (`None`: not asked).
     pub logprobs: Option<u32>,
     pub max_tokens: Option<u32>,
@@ -199,9 +202,11 @@ impl CommonParams {
         }
         // max_completion_tokens wins; max_tokens is its deprecated alias.
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        if max_tokens == Some(0) {
+        // `echo` with `max_tokens: 0` scores the prompt and generates nothing.
+        let score_only = echo && max_tokens == Some(0);
+        if max_tokens == Some(0) && !score_only {
             return Err(ApiError::validation(
-                "Validation: max_tokens must be at least 1",
+                "Validation: max_tokens must be at least 1 (0 only with echo, to score the prompt)",
             ));
         }
         let stop = match &self.stop {
@@ -242,6 +247,7 @@ impl CommonParams {
             n,
             best_of,
             echo,
+            score_only,
             logprobs: self.logprobs(chat)?,
             max_tokens,
             min_tokens,
