@@ -11,27 +11,28 @@ use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use dynamo_protocols::{EngineOutput, KvCacheEvent, TokenLogprob};
+use dynamo_protocols::{KvCacheEvent, TokenLogprob};
 use tokio::sync::mpsc as tmpsc;
 
 use crate::engine::EngineStats;
 use crate::executor::Executor;
-use crate::kv::{BlockPool, NodeId};
+use crate::kv::BlockPool;
 use crate::metrics::{EngineMetrics, Stage, Window};
 use crate::model::{Logits, SeqInput};
-use crate::sampling::Sampler;
-use crate::trace::{SeqTrace, Slice, TraceSink};
+use crate::trace::{Slice, TraceSink};
 
 mod choices;
 mod disagg;
 mod emit;
 mod observe;
 mod prefix;
+mod seq;
 use crate::disagg::FramePool;
 use emit::{cache_full_blocks, emit};
 use observe::{observe_decode, observe_prefill};
 
 pub(crate) use disagg::{DecodeSide, PrefillSide, Role};
+pub(crate) use seq::Seq;
 
 pub(crate) enum Cmd {
     Add(Box<Seq>),
@@ -54,103 +55,6 @@ pub(crate) enum Cmd {
         id: u64,
         cancelled: bool,
     },
-}
-
-/// One request's state on the scheduler thread.
-pub(crate) struct Seq {
-    tokens: Vec<u32>,
-    pub(crate) prompt_len: usize,
-    pub(crate) max_new: usize,
-    min_new: usize,
-    stop_ids: Vec<u32>,
-    sampler: Sampler,
-    tx: tmpsc::UnboundedSender<EngineOutput>,
-    /// Page table; `pages[..nodes.len()]` are shared tree blocks.
-    pages: Vec<u32>,
-    nodes: Vec<NodeId>,
-    /// Tokens whose K/V are in the cache.
-    computed: usize,
-    /// Prompt tokens served from the prefix cache at first admission.
-    cached: Option<usize>,
-    /// False after a hash collision: later blocks stay private.
-    cacheable: bool,
-    /// Submission time, first admission, last output token (metrics).
-    arrival: Instant,
-    admitted: Option<Instant>,
-    last_token: Option<Instant>,
-    retractions: u32,
-    /// The prompt needed more than one prefill chunk at first admission.
-    chunked: bool,
-    /// Stage timestamps for the engine's spans (`--enable-trace` and a traced request).
-    pub(crate) trace: Option<Box<SeqTrace>>,
-    /// Aggregated, or one side of a disaggregated request.
-    pub(crate) role: Role,
-    /// Its place in the bounded waiting queue, given back when it first runs.
-    pub(crate) ticket: Option<crate::admission::Ticket>,
-    /// Log probabilities wanted, with this many alternatives per token.
-    pub(crate) logprobs: Option<usize>,
-    /// The newest token's, until it is streamed.
-    last_logprob: Option<TokenLogprob>,
-    /// Which choice of its request this sequence is (0 for the one that computes the prompt).
-    pub(crate) choice: u32,
-    /// Sibling choices to fork when the prompt is computed (`n - 1`), and the seed their
-    /// generators derive from when the request has none.
-    pub(crate) forks: u32,
-    pub(crate) fallback_seed: u64,
-    /// The prompt's own tokens' log probabilities wanted, with this many alternatives; and
-    /// those computed so far (for prompt tokens `1..`).
-    pub(crate) prompt_logprobs: Option<usize>,
-    prompt_lp: Vec<TokenLogprob>,
-}
-
-impl Seq {
-    pub(crate) fn new(
-        prompt: Vec<u32>,
-        max_new: usize,
-        min_new: usize,
-        stop_ids: Vec<u32>,
-        sampler: Sampler,
-        tx: tmpsc::UnboundedSender<EngineOutput>,
-    ) -> Self {
-        Seq {
-            prompt_len: prompt.len(),
-            tokens: prompt,
-            max_new,
-            min_new,
-            stop_ids,
-            sampler,
-            tx,
-            pages: Vec::new(),
-            nodes: Vec::new(),
-            computed: 0,
-            cached: None,
-            cacheable: true,
-            arrival: Instant::now(),
-            admitted: None,
-            last_token: None,
-            retractions: 0,
-            chunked: false,
-            trace: None,
-            role: Role::Unified,
-            ticket: None,
-            logprobs: None,
-            last_logprob: None,
-            choice: 0,
-            forks: 0,
-            fallback_seed: 0,
-            prompt_logprobs: None,
-            prompt_lp: Vec::new(),
-        }
-    }
-
-    /// The request's client (or, for a prefill request, its room) is gone.
-    fn abandoned(&self) -> bool {
-        self.tx.is_closed() || self.role.abandoned()
-    }
-
-    fn generated(&self) -> usize {
-        self.tokens.len() - self.prompt_len
-    }
 }
 
 pub(crate) struct SchedConfig {

@@ -17,10 +17,11 @@ use futures::StreamExt;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::pipeline::{self, Echo, Job, Kind, RequestGuard};
+use super::jobs::{tokenize, Parsed, Prompt};
+use super::pipeline::{self, Job, Kind, RequestGuard};
 use super::AppState;
 use crate::models::Lookup;
-use crate::openai::request::{normalize_messages, CommonParams, PromptInput, Prompts};
+use crate::openai::request::{normalize_messages, CommonParams};
 use crate::openai::response::{unix_now, ModelList, ModelObject};
 use crate::openai::{ApiError, ErrorClass};
 
@@ -126,24 +127,6 @@ fn with_request_id(mut resp: Response, id: &str) -> Response {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
-}
-
-struct Parsed {
-    model: String,
-    /// Body size: long prompts are tokenized on the blocking pool.
-    body_len: usize,
-    params: crate::openai::request::GenParams,
-    prompt: Prompt,
-}
-
-enum Prompt {
-    /// Normalized messages and the request's `chat_template_kwargs`.
-    Chat(
-        Vec<serde_json::Value>,
-        Option<crate::preprocess::TemplateKwargs>,
-    ),
-    /// One prompt or a batch.
-    Completion(Prompts),
 }
 
 /// The request's root span (or a child of an incoming valid `traceparent`; a malformed one is
@@ -283,22 +266,7 @@ async fn run(
     let prompts = {
         let pre = pre.clone();
         let echo = p.params.echo;
-        let work = move || -> Result<Vec<(Vec<u32>, Option<Echo>)>, ApiError> {
-            match p.prompt {
-                Prompt::Chat(msgs, kwargs) => {
-                    Ok(vec![(pre.tokenize_chat(&msgs, kwargs.as_ref())?, None)])
-                }
-                Prompt::Completion(batch) => batch
-                    .0
-                    .into_iter()
-                    .map(|input| {
-                        let ids = pre.tokenize(&input)?;
-                        let echo = echo.then(|| echo_of(&pre, input, &ids));
-                        Ok((ids, echo))
-                    })
-                    .collect(),
-            }
-        };
+        let work = move || tokenize(&pre, p.prompt, echo);
         if p.body_len > INLINE_TOKENIZE_BYTES {
             tokio::task::spawn_blocking(work)
                 .await
@@ -404,18 +372,6 @@ async fn run(
     } else {
         let body = pipeline::unary(state, jobs, guard).await.map_err(fail)?;
         Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-    }
-}
-
-/// The echo of a completions prompt: its text as given, or a token prompt decoded.
-fn echo_of(pre: &crate::preprocess::Preprocessor, input: PromptInput, ids: &[u32]) -> Echo {
-    let text = match input {
-        PromptInput::Text(t) => t,
-        PromptInput::Tokens(_) => pre.tokenizer.decode(ids, false).unwrap_or_default(),
-    };
-    Echo {
-        text: text.into(),
-        ids: ids.into(),
     }
 }
 

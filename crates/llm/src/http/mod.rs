@@ -8,6 +8,7 @@ mod choice_set;
 mod dispatch;
 mod fanout;
 mod handlers;
+mod jobs;
 pub mod metrics;
 mod migration;
 mod pipeline;
