@@ -37,10 +37,24 @@ fn texts(v: &Value, field: &str) -> Vec<String> {
         .collect()
 }
 
+/// The engine's prompt-token counter once the requests it has answered are counted (the
+/// count lands just after the last token is sent): two reads 200 ms apart agree.
 async fn prompt_tokens_total(c: &Cluster) -> f64 {
-    c.worker_metric(0, "sglang:prompt_tokens_total")
-        .await
-        .unwrap_or(0.0)
+    let read = async || {
+        c.worker_metric(0, "sglang:prompt_tokens_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    let mut last = read().await;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = read().await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the prompt-token counter does not settle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +81,6 @@ async fn n_choices_best_of_echo_and_batches() {
     assert_eq!(v["usage"]["prompt_tokens"], prompt, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 30, "{v}");
     assert_eq!(v["usage"]["total_tokens"], prompt + 30, "{v}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         prompt_tokens_total(&c).await - before,
         prompt as f64,
