@@ -29,8 +29,6 @@ fn engine(page: usize, chunk: usize) -> Arc<Engine> {
 
 fn request(prompt: &[u32], max: u32) -> PreprocessedRequest {
     PreprocessedRequest {
-        model: "m".into(),
-        token_ids: prompt.to_vec(),
         sampling: SamplingOptions {
             temperature: Some(0.0),
             ..Default::default()
@@ -40,10 +38,7 @@ fn request(prompt: &[u32], max: u32) -> PreprocessedRequest {
             ignore_eos: true,
             ..Default::default()
         },
-        bootstrap_info: None,
-        logprobs: None,
-        prompt_logprobs: None,
-        n: 1,
+        ..PreprocessedRequest::new("m", prompt.to_vec())
     }
 }
 

@@ -23,8 +23,6 @@ use dynamo_protocols::{PreprocessedRequest, SamplingOptions, StopConditions};
 
 fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
     PreprocessedRequest {
-        model: "bench".into(),
-        token_ids: prompt,
         sampling: SamplingOptions {
             temperature: Some(0.0),
             ..Default::default()
@@ -34,10 +32,7 @@ fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
             ignore_eos: true,
             ..Default::default()
         },
-        bootstrap_info: None,
-        logprobs: None,
-        prompt_logprobs: None,
-        n: 1,
+        ..PreprocessedRequest::new("bench", prompt)
     }
 }
 

@@ -50,8 +50,6 @@ fn request(
     seed: Option<u64>,
 ) -> PreprocessedRequest {
     PreprocessedRequest {
-        model: "m".into(),
-        token_ids: tokens,
         sampling: SamplingOptions {
             temperature: Some(temperature),
             seed,
@@ -62,10 +60,8 @@ fn request(
             ignore_eos: true,
             ..Default::default()
         },
-        bootstrap_info: None,
-        logprobs: None,
-        prompt_logprobs: None,
         n,
+        ..PreprocessedRequest::new("m", tokens)
     }
 }
 

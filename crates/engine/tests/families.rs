@@ -106,8 +106,6 @@ fn each_family_matches_transformers_from_safetensors_and_gguf() {
 
 fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
     PreprocessedRequest {
-        model: "m".into(),
-        token_ids: prompt,
         sampling: SamplingOptions {
             temperature: Some(0.0),
             ..Default::default()
@@ -117,10 +115,7 @@ fn request(prompt: Vec<u32>, max: u32) -> PreprocessedRequest {
             ignore_eos: true,
             ..Default::default()
         },
-        bootstrap_info: None,
-        logprobs: None,
-        prompt_logprobs: None,
-        n: 1,
+        ..PreprocessedRequest::new("m", prompt)
     }
 }
 

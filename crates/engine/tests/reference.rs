@@ -29,8 +29,6 @@ fn engine(f: impl FnOnce(&mut EngineConfig)) -> Engine {
 
 fn greedy(tokens: Vec<u32>, max: u32) -> PreprocessedRequest {
     PreprocessedRequest {
-        model: "m".into(),
-        token_ids: tokens,
         sampling: SamplingOptions {
             temperature: Some(0.0),
             ..Default::default()
@@ -39,10 +37,7 @@ fn greedy(tokens: Vec<u32>, max: u32) -> PreprocessedRequest {
             max_tokens: Some(max),
             ..Default::default()
         },
-        bootstrap_info: None,
-        logprobs: None,
-        prompt_logprobs: None,
-        n: 1,
+        ..PreprocessedRequest::new("m", tokens)
     }
 }
 

@@ -338,17 +338,12 @@ mod tests {
 
     fn req(tokens: Vec<u32>, max: u32) -> PreprocessedRequest {
         PreprocessedRequest {
-            model: "m".into(),
-            token_ids: tokens,
             sampling: Default::default(),
             stop: StopConditions {
                 max_tokens: Some(max),
                 ..Default::default()
             },
-            bootstrap_info: None,
-            logprobs: None,
-            prompt_logprobs: None,
-            n: 1,
+            ..PreprocessedRequest::new("m", tokens)
         }
     }
 

@@ -34,6 +34,23 @@ pub struct PreprocessedRequest {
     pub n: u32,
 }
 
+impl PreprocessedRequest {
+    /// A request for `token_ids` with every option at its default (engine sampling defaults,
+    /// no stop conditions, one choice, no log probabilities).
+    pub fn new(model: impl Into<String>, token_ids: Vec<u32>) -> Self {
+        PreprocessedRequest {
+            model: model.into(),
+            token_ids,
+            sampling: SamplingOptions::default(),
+            stop: StopConditions::default(),
+            bootstrap_info: None,
+            logprobs: None,
+            prompt_logprobs: None,
+            n: 1,
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }
