@@ -2,11 +2,15 @@
 //! runs the batched forward pass, and copies KV blocks out to bytes and back in (the format of
 //! `dynamo_protocols::kv_transfer`). The scheduler, the radix cache, KV events, metrics and
 //! spans see only [`Executor`]; which device holds the tensors is the executor's business.
-//! Today there is one: [`CpuExecutor`], hand-written SIMD kernels over host memory.
+//! [`CpuExecutor`] runs hand-written SIMD kernels over host memory; [`DeviceExecutor`] runs
+//! the forward pass as kernel calls on a [`device::DeviceOps`] implementation (the plain-Rust
+//! reference [`device::HostOps`], or CUDA behind the `cuda` feature).
 
 mod cpu;
+pub mod device;
 
 pub use cpu::CpuExecutor;
+pub use device::DeviceExecutor;
 
 use dynamo_protocols::kv_transfer::KvLayout;
 

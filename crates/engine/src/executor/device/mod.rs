@@ -1,0 +1,341 @@
+//! The device executor: the forward pass as a sequence of kernel calls on a [`DeviceOps`]
+//! implementation, with weights (dequantized to f16), the paged f16 KV cache (same blocks,
+//! block ids and slot layout as the CPU executor) and scratch in that implementation's
+//! memory. Per step, the host builds a [`plan::StepPlan`] (token arrays, slots, block tables,
+//! logit rows), uploads it, runs the layers and downloads only the logits rows. Block export
+//! and import copy a block's slab per layer between device and host in the byte format of
+//! `dynamo_protocols::kv_transfer`, so a device worker takes part in disaggregation like a CPU
+//! one. With [`HostOps`] it runs in plain Rust: that is how CI checks everything but the
+//! kernels themselves.
+
+mod host;
+pub mod ops;
+pub mod plan;
+
+pub use host::HostOps;
+pub use ops::{AttnShape, DeviceOps, StepBufs};
+
+use dynamo_protocols::kv_transfer::{KvBlocksHeader, KvDtype, KvLayout};
+
+use super::Executor;
+use crate::kernels::{to_f16, ComputePool, Linear};
+use crate::model::{ModelConfig, SeqInput, Weights};
+use crate::TransferError;
+
+/// One layer's weights on the device.
+struct Layer<O: DeviceOps> {
+    attn_norm: O::F32,
+    qkv: O::F16,
+    qkv_bias: Option<O::F32>,
+    qk_norm: Option<(O::F32, O::F32)>,
+    o: O::F16,
+    ffn_norm: O::F32,
+    gate_up: O::F16,
+    down: O::F16,
+}
+
+/// Activations sized for `tokens` rows (grown on demand).
+struct Scratch<O: DeviceOps> {
+    tokens: usize,
+    x: O::F32,
+    h: O::F32,
+    qkv: O::F32,
+    att: O::F32,
+    tmp: O::F32,
+    gu: O::F32,
+    act: O::F32,
+}
+
+/// Weights, KV cache and scratch on a device, driven through `O`.
+pub struct DeviceExecutor<O: DeviceOps> {
+    ops: O,
+    cfg: ModelConfig,
+    embed: O::F16,
+    layers: Vec<Layer<O>>,
+    norm: O::F32,
+    /// `None`: tied to the embedding.
+    lm_head: Option<O::F16>,
+    inv_freq: O::F32,
+    /// Per layer, K and V: `blocks × page × kv_heads · head_dim` f16.
+    k: Vec<O::F16>,
+    v: Vec<O::F16>,
+    page: usize,
+    blocks: usize,
+    scratch: Option<Scratch<O>>,
+    threads: ComputePool,
+}
+
+/// A weight matrix as f16 (whatever its format on the host).
+fn half(l: &Linear) -> Vec<u16> {
+    let f = l.to_f32();
+    let mut h = vec![0u16; f.len()];
+    to_f16(&f, &mut h);
+    h
+}
+
+impl<O: DeviceOps> DeviceExecutor<O> {
+    /// Move `weights` onto the device behind `ops` and allocate a cache of `blocks` blocks of
+    /// `page` tokens; `threads` serve the work around the forward pass (sampling).
+    pub fn new(
+        mut ops: O,
+        weights: Weights,
+        blocks: usize,
+        page: usize,
+        threads: ComputePool,
+    ) -> Self {
+        let c = weights.cfg.clone();
+        let f16 = |ops: &mut O, l: &Linear| ops.f16_from(&half(l));
+        let embed = f16(&mut ops, &weights.embed);
+        let lm_head = weights.lm_head.as_ref().map(|l| f16(&mut ops, l));
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| Layer {
+                attn_norm: ops.f32_from(&l.attn_norm),
+                qkv: f16(&mut ops, &l.qkv),
+                qkv_bias: l.qkv_bias.as_ref().map(|b| ops.f32_from(b)),
+                qk_norm: l
+                    .qk_norm
+                    .as_ref()
+                    .map(|(q, k)| (ops.f32_from(q), ops.f32_from(k))),
+                o: f16(&mut ops, &l.o),
+                ffn_norm: ops.f32_from(&l.ffn_norm),
+                gate_up: f16(&mut ops, &l.gate_up),
+                down: f16(&mut ops, &l.down),
+            })
+            .collect();
+        let norm = ops.f32_from(&weights.norm);
+        let inv_freq = ops.f32_from(&weights.inv_freq);
+        let n = blocks * page * c.kv_heads * c.head_dim;
+        let k = (0..c.layers).map(|_| ops.f16_zeros(n)).collect();
+        let v = (0..c.layers).map(|_| ops.f16_zeros(n)).collect();
+        DeviceExecutor {
+            ops,
+            cfg: c,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            k,
+            v,
+            page,
+            blocks,
+            scratch: None,
+            threads,
+        }
+    }
+
+    /// What runs the kernels.
+    pub fn describe(&self) -> String {
+        self.ops.describe()
+    }
+
+    fn shape(&self) -> AttnShape {
+        AttnShape {
+            heads: self.cfg.heads,
+            kv_heads: self.cfg.kv_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    /// Scratch for at least `t` token rows.
+    fn scratch(&mut self, t: usize) -> Scratch<O> {
+        match self.scratch.take() {
+            Some(s) if s.tokens >= t => s,
+            _ => {
+                let qkv = self.shape().qkv();
+                let c = &self.cfg;
+                let t = t.next_power_of_two();
+                let o = &mut self.ops;
+                Scratch {
+                    tokens: t,
+                    x: o.f32_zeros(t * c.hidden),
+                    h: o.f32_zeros(t * c.hidden),
+                    qkv: o.f32_zeros(t * qkv),
+                    att: o.f32_zeros(t * c.heads * c.head_dim),
+                    tmp: o.f32_zeros(t * c.hidden.max(c.vocab)),
+                    gu: o.f32_zeros(t * 2 * c.intermediate),
+                    act: o.f32_zeros(t * c.intermediate),
+                }
+            }
+        }
+    }
+
+    fn upload(&mut self, p: &plan::StepPlan) -> StepBufs<O> {
+        let o = &mut self.ops;
+        StepBufs {
+            tokens: o.u32_from(&p.tokens),
+            positions: o.u32_from(&p.positions),
+            slots: o.u32_from(&p.slots),
+            token_seq: o.u32_from(&p.token_seq),
+            query_start: o.u32_from(&p.query_start),
+            context: o.u32_from(&p.context),
+            block_table: o.u32_from(&p.block_table),
+            table_width: p.table_width,
+            logit_rows: o.u32_from(&p.logit_rows),
+            tokens_n: p.tokens.len(),
+            logit_rows_n: p.logit_rows.len(),
+            page: self.page,
+        }
+    }
+
+    fn check_blocks(&self, blocks: &[u32]) -> Result<(), TransferError> {
+        match blocks.iter().find(|&&b| b as usize >= self.blocks) {
+            Some(&block) => Err(TransferError::BlockOutOfRange {
+                block,
+                blocks: self.blocks,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn block_elems(&self) -> usize {
+        self.page * self.cfg.kv_heads * self.cfg.head_dim
+    }
+}
+
+impl<O: DeviceOps> Executor for DeviceExecutor<O> {
+    fn model(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Vec<f32> {
+        let p = plan::StepPlan::new(seqs, self.page);
+        let t = p.tokens.len();
+        if t == 0 {
+            return Vec::new();
+        }
+        let step = self.upload(&p);
+        let mut s = self.scratch(t);
+        let (c, shape) = (self.cfg.clone(), self.shape());
+        let (hid, inter) = (c.hidden, c.intermediate);
+        let o = &mut self.ops;
+        o.embed(&self.embed, hid, &step.tokens, t, &mut s.x);
+        for (li, l) in self.layers.iter().enumerate() {
+            o.rms_norm(&s.x, &l.attn_norm, t, hid, c.rms_eps, &mut s.h);
+            o.matmul(&s.h, t, hid, &l.qkv, shape.qkv(), &mut s.qkv);
+            let qk = l.qk_norm.as_ref().map(|(q, k)| (q, k));
+            o.qkv_prepare(
+                &mut s.qkv,
+                t,
+                shape,
+                l.qkv_bias.as_ref(),
+                qk,
+                c.rms_eps,
+                &step.positions,
+                &self.inv_freq,
+                c.rope_style,
+            );
+            o.kv_write(
+                &s.qkv,
+                t,
+                shape,
+                &step.slots,
+                &mut self.k[li],
+                &mut self.v[li],
+            );
+            o.attention(&s.qkv, shape, &step, &self.k[li], &self.v[li], &mut s.att);
+            o.matmul(&s.att, t, c.heads * c.head_dim, &l.o, hid, &mut s.tmp);
+            o.add(&mut s.x, &s.tmp, t * hid);
+            o.rms_norm(&s.x, &l.ffn_norm, t, hid, c.rms_eps, &mut s.h);
+            o.matmul(&s.h, t, hid, &l.gate_up, 2 * inter, &mut s.gu);
+            o.silu_mul(&s.gu, t, inter, &mut s.act);
+            o.matmul(&s.act, t, inter, &l.down, hid, &mut s.tmp);
+            o.add(&mut s.x, &s.tmp, t * hid);
+        }
+        let n = step.logit_rows_n;
+        let logits = if n == 0 {
+            Vec::new()
+        } else {
+            // The residual stream is not needed past here: its rows take the normed ones.
+            o.gather_rows(&s.x, hid, &step.logit_rows, n, &mut s.h);
+            o.rms_norm(&s.h, &self.norm, n, hid, c.rms_eps, &mut s.x);
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            o.matmul(&s.x, n, hid, head, c.vocab, &mut s.tmp);
+            o.f32_to_host(&s.tmp, n * c.vocab)
+        };
+        self.scratch = Some(s);
+        logits
+    }
+
+    fn threads(&self) -> &ComputePool {
+        &self.threads
+    }
+
+    fn kv_layout(&self) -> KvLayout {
+        KvLayout {
+            layers: self.cfg.layers as u32,
+            kv_heads: self.cfg.kv_heads as u32,
+            head_dim: self.cfg.head_dim as u32,
+            dtype: KvDtype::F16,
+            block_size: self.page as u32,
+        }
+    }
+
+    fn copy_prefix(&mut self, src: u32, dst: u32, tokens: usize) {
+        let per = self.block_elems();
+        let n = tokens * self.cfg.kv_heads * self.cfg.head_dim;
+        let (s, d) = (src as usize * per, dst as usize * per);
+        for li in 0..self.cfg.layers {
+            self.ops.f16_copy_within(&mut self.k[li], s, d, n);
+            self.ops.f16_copy_within(&mut self.v[li], s, d, n);
+        }
+    }
+
+    fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), TransferError> {
+        self.check_blocks(blocks)?;
+        let header = KvBlocksHeader {
+            layout: self.kv_layout(),
+            blocks: blocks.len() as u32,
+        };
+        out.reserve(dynamo_protocols::kv_transfer::HEADER_BYTES + header.payload_bytes());
+        header.encode(out);
+        let per = self.block_elems();
+        let mut buf = vec![0u16; per];
+        for &b in blocks {
+            for li in 0..self.cfg.layers {
+                for slab in [&self.k[li], &self.v[li]] {
+                    self.ops.f16_read(slab, b as usize * per, &mut buf);
+                    for x in &buf {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError> {
+        let (header, payload) = KvBlocksHeader::decode(data)?;
+        let ours = self.kv_layout();
+        if header.layout != ours {
+            return Err(TransferError::LayoutMismatch {
+                ours,
+                theirs: header.layout,
+            });
+        }
+        if header.blocks as usize != blocks.len() {
+            return Err(TransferError::CountMismatch {
+                given: blocks.len(),
+                exported: header.blocks as usize,
+            });
+        }
+        self.check_blocks(blocks)?;
+        let per = self.block_elems();
+        let mut chunks = payload.chunks_exact(per * 2);
+        let mut buf = vec![0u16; per];
+        for &b in blocks {
+            for li in 0..self.cfg.layers {
+                for kv in [&mut self.k[li], &mut self.v[li]] {
+                    let bytes = chunks.next().expect("length checked by the header");
+                    for (d, s) in buf.iter_mut().zip(bytes.chunks_exact(2)) {
+                        *d = u16::from_le_bytes([s[0], s[1]]);
+                    }
+                    self.ops.f16_write(kv, b as usize * per, &buf);
+                }
+            }
+        }
+        Ok(())
+    }
+}
