@@ -3,15 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use dynamo_engine::executor::Device;
 use dynamo_engine::kernels::KernelChoice;
 use dynamo_engine::EngineConfig;
 use dynamo_protocols::names::{env, worker as d};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceKind {
-    Cpu,
-    Cuda,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kernels {
@@ -46,9 +41,11 @@ pub struct EngineArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Device to run on (only `cpu` in this build).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceKind,
+    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (GPU N; a build with the
+    /// `cuda` feature), or `reference` (the GPU path on plain-Rust kernels: slow, for
+    /// checking it without a GPU).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
     /// Matrix kernels: `auto` (AVX2+FMA when the CPU has them) or `portable`.
     #[arg(long, value_enum, env = env::DYN_ENGINE_KERNELS, default_value = "auto")]
     pub kernels: Kernels,
@@ -65,16 +62,20 @@ pub struct EngineArgs {
     pub max_queued_tokens: usize,
 }
 
+fn parse_device(s: &str) -> Result<Device, String> {
+    let d: Device = s.parse()?;
+    #[cfg(not(feature = "cuda"))]
+    if matches!(d, Device::Cuda(_)) {
+        return Err(dynamo_engine::executor::NO_CUDA_FEATURE.into());
+    }
+    Ok(d)
+}
+
 impl EngineArgs {
     /// The engine's config for `model` (metrics and tracing are added by the caller).
     pub fn config(&self, model: PathBuf) -> anyhow::Result<EngineConfig> {
-        if self.device == DeviceKind::Cuda {
-            anyhow::bail!(
-                "--device cuda is not available in this build yet (CUDA support arrives with \
-                 the `cuda` feature); use --device cpu"
-            );
-        }
         let mut cfg = EngineConfig::new(model);
+        cfg.device = self.device;
         cfg.page_size = self.page_size;
         cfg.max_running_requests = self.max_running_requests;
         cfg.max_total_tokens = self.max_total_tokens;

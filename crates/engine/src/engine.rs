@@ -14,7 +14,6 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use crate::admission::{Admission, QueueLimits};
 use crate::disagg::{FramePool, KvImport, RoomMsg};
-use crate::executor::{CpuExecutor, Executor};
 use crate::kernels::{self, Isa, KernelChoice};
 use crate::kv::{BlockPool, KvCache, PoolStats};
 use crate::metrics::{EngineMetrics, MetricsConfig, StaticFacts};
@@ -57,6 +56,8 @@ pub struct EngineConfig {
     pub queue: QueueLimits,
     /// Test-only fault injection: the scheduler panics after this many forward steps.
     pub panic_after_steps: Option<u64>,
+    /// `--device`: where the forward pass runs.
+    pub device: crate::executor::Device,
 }
 
 impl EngineConfig {
@@ -77,6 +78,7 @@ impl EngineConfig {
             kernels: KernelChoice::Auto,
             queue: QueueLimits::default(),
             panic_after_steps: None,
+            device: crate::executor::Device::Cpu,
         }
     }
 }
@@ -95,6 +97,8 @@ pub struct EngineInfo {
     pub chunked_prefill_size: usize,
     pub threads: usize,
     pub isa: Isa,
+    /// What runs the forward pass (`--device`), described.
+    pub device: String,
     pub load_time: Duration,
     /// The KV cache's layout (what a disaggregated peer must share).
     pub kv_layout: KvLayout,
@@ -185,7 +189,8 @@ impl Engine {
                 what: "compute pool",
                 reason,
             })?;
-        let exec = CpuExecutor::new(weights, blocks, cfg.page_size, threads);
+        let (exec, device) =
+            crate::executor::executor(cfg.device, weights, blocks, cfg.page_size, threads)?;
         let kv_layout = exec.kv_layout();
         let info = EngineInfo {
             model: mc.clone(),
@@ -199,6 +204,7 @@ impl Engine {
             chunked_prefill_size: cfg.chunked_prefill_size,
             threads: cfg.threads,
             isa,
+            device,
             load_time: t0.elapsed(),
             kv_layout,
         };
@@ -224,7 +230,7 @@ impl Engine {
         };
         let frames = FramePool::new(FRAME_POOL_BUFFERS);
         let sched = Scheduler::new(SchedulerParts {
-            exec: Box::new(exec),
+            exec,
             pool: BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching),
             cfg: SchedConfig {
                 max_running: cfg.max_running_requests,

@@ -8,9 +8,11 @@
 
 mod cpu;
 pub mod device;
+mod select;
 
 pub use cpu::CpuExecutor;
 pub use device::DeviceExecutor;
+pub use select::{executor, Device, NO_CUDA_FEATURE};
 
 use dynamo_protocols::kv_transfer::KvLayout;
 

@@ -8,6 +8,8 @@
 //! one. With [`HostOps`] it runs in plain Rust: that is how CI checks everything but the
 //! kernels themselves.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod host;
 pub mod ops;
 pub mod plan;

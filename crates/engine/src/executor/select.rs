@@ -1,0 +1,123 @@
+//! Which executor an engine runs (`--device`): the CPU kernels, the device executor on the
+//! plain-Rust reference kernels, or CUDA (behind the `cuda` feature). A device this build or
+//! this machine cannot drive is a configuration error that says which, never a panic.
+
+use std::str::FromStr;
+
+use super::device::{DeviceExecutor, HostOps};
+use super::{CpuExecutor, Executor};
+use crate::kernels::ComputePool;
+use crate::model::Weights;
+use crate::EngineError;
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The CPU executor (SIMD kernels over host memory).
+    #[default]
+    Cpu,
+    /// The device executor on the plain-Rust reference kernels: the GPU path's host side
+    /// without a GPU (slow; for checking, not serving).
+    Reference,
+    /// CUDA device `N` (needs a build with the `cuda` feature and an NVIDIA driver).
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "reference" => Ok(Device::Reference),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => Err(format!(
+                    "{s:?} is not a device: use cpu, cuda, cuda:N (N the device index) or reference"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Reference => f.write_str("reference"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// What a build without the `cuda` feature says to `--device cuda`.
+pub const NO_CUDA_FEATURE: &str = "this dynamo-worker was built without the `cuda` feature; \
+    build it with `cargo build --release -p dynamo-worker --features cuda` (launch/build-cuda.sh \
+    does it with a pinned CUDA 13.0 toolkit) or run with --device cpu";
+
+/// The executor for `device` over `weights`, with `blocks` KV blocks of `page` tokens, and a
+/// description of what runs it.
+pub fn executor(
+    device: Device,
+    weights: Weights,
+    blocks: usize,
+    page: usize,
+    threads: ComputePool,
+) -> Result<(Box<dyn Executor>, String), EngineError> {
+    match device {
+        Device::Cpu => Ok((
+            Box::new(CpuExecutor::new(weights, blocks, page, threads)),
+            format!("cpu ({:?} kernels)", crate::kernels::isa()),
+        )),
+        Device::Reference => {
+            let e = DeviceExecutor::new(HostOps, weights, blocks, page, threads);
+            let d = e.describe();
+            Ok((Box::new(e), d))
+        }
+        Device::Cuda(index) => cuda(index, weights, blocks, page, threads),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(
+    _index: usize,
+    _weights: Weights,
+    _blocks: usize,
+    _page: usize,
+    _threads: ComputePool,
+) -> Result<(Box<dyn Executor>, String), EngineError> {
+    Err(EngineError::Config(NO_CUDA_FEATURE.into()))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(
+    index: usize,
+    weights: Weights,
+    blocks: usize,
+    page: usize,
+    threads: ComputePool,
+) -> Result<(Box<dyn Executor>, String), EngineError> {
+    let ops = super::device::cuda::CudaOps::open(index).map_err(EngineError::Config)?;
+    let e = DeviceExecutor::new(ops, weights, blocks, page, threads);
+    let d = e.describe();
+    Ok((Box::new(e), d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        assert_eq!("reference".parse(), Ok(Device::Reference));
+        for bad in ["gpu", "cuda:", "cuda:x", "CUDA"] {
+            let e = bad.parse::<Device>().unwrap_err();
+            assert!(e.contains("cuda:N"), "{bad}: {e}");
+        }
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+}
