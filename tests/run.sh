@@ -14,9 +14,10 @@ ensure_openssl
 ensure_openai_client
 log "nats-server: $(command -v nats-server) ($(nats-server --version))"
 
-# The suite's worker binary carries the test-only fault injection (a panicking engine); the
+# The suite's worker binary carries the test-only fault injection (a panicking engine) and the
+# CUDA executor (type-checked, linted and its no-driver refusal tested; no GPU here); the
 # same features everywhere, so no step rebuilds the binaries without it.
-features=(--features dynamo-worker/fault-injection)
+features=(--features dynamo-worker/fault-injection,dynamo-worker/cuda)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 cargo build --workspace --bins --locked "${features[@]}"

@@ -63,17 +63,14 @@ pub struct EngineArgs {
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
-    let d: Device = s.parse()?;
-    #[cfg(not(feature = "cuda"))]
-    if matches!(d, Device::Cuda(_)) {
-        return Err(dynamo_engine::executor::NO_CUDA_FEATURE.into());
-    }
-    Ok(d)
+    s.parse()
 }
 
 impl EngineArgs {
     /// The engine's config for `model` (metrics and tracing are added by the caller).
     pub fn config(&self, model: PathBuf) -> anyhow::Result<EngineConfig> {
+        // Before NATS and the weights: a device this build or machine cannot drive says so.
+        dynamo_engine::executor::probe(self.device).map_err(anyhow::Error::msg)?;
         let mut cfg = EngineConfig::new(model);
         cfg.device = self.device;
         cfg.page_size = self.page_size;

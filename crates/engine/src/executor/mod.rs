@@ -12,7 +12,7 @@ mod select;
 
 pub use cpu::CpuExecutor;
 pub use device::DeviceExecutor;
-pub use select::{executor, Device, NO_CUDA_FEATURE};
+pub use select::{executor, probe, Device, NO_CUDA_FEATURE};
 
 use dynamo_protocols::kv_transfer::KvLayout;
 

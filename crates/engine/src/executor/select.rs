@@ -56,6 +56,19 @@ pub const NO_CUDA_FEATURE: &str = "this dynamo-worker was built without the `cud
     build it with `cargo build --release -p dynamo-worker --features cuda` (launch/build-cuda.sh \
     does it with a pinned CUDA 13.0 toolkit) or run with --device cpu";
 
+/// Whether `device` can run here, checked before anything is loaded: a build without the
+/// `cuda` feature, a machine without an NVIDIA driver, or a device index past the machine's
+/// count is an error that says which.
+pub fn probe(device: Device) -> Result<(), String> {
+    match device {
+        Device::Cpu | Device::Reference => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => super::device::cuda::CudaOps::probe(index),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(NO_CUDA_FEATURE.into()),
+    }
+}
+
 /// The executor for `device` over `weights`, with `blocks` KV blocks of `page` tokens, and a
 /// description of what runs it.
 pub fn executor(
@@ -119,5 +132,20 @@ mod tests {
             assert!(e.contains("cuda:N"), "{bad}: {e}");
         }
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn a_cuda_device_is_refused_with_the_reason() {
+        assert_eq!(probe(Device::Cpu), Ok(()));
+        let e = probe(Device::Cuda(0)).unwrap_err();
+        if cfg!(feature = "cuda") {
+            // This machine has no GPU driver (CI); on one that has, there is nothing to check.
+            if e.contains("no NVIDIA driver") {
+                return;
+            }
+            assert!(e.contains("CUDA device"), "{e}");
+        } else {
+            assert!(e.contains("without the `cuda` feature"), "{e}");
+        }
     }
 }

@@ -53,9 +53,9 @@ fn fail<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> String + '_ {
 }
 
 impl CudaOps {
-    /// Open device `index`: load the driver and NVRTC, compile the kernels for its compute
-    /// capability. Every failure is an error naming what is missing.
-    pub fn open(index: usize) -> Result<Self, String> {
+    /// Whether device `index` can be opened (the driver and NVRTC load, the device exists),
+    /// without compiling anything.
+    pub fn probe(index: usize) -> Result<(), String> {
         // SAFETY: only probes whether the shared libraries can be loaded.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(
@@ -78,6 +78,13 @@ impl CudaOps {
                 "--device cuda:{index}: this machine has {count} CUDA device(s)"
             ));
         }
+        Ok(())
+    }
+
+    /// Open device `index`: load the driver and NVRTC, compile the kernels for its compute
+    /// capability. Every failure is an error naming what is missing.
+    pub fn open(index: usize) -> Result<Self, String> {
+        Self::probe(index)?;
         let ctx = CudaContext::new(index).map_err(fail("context"))?;
         let (major, minor) = ctx
             .compute_capability()
