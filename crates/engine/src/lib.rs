@@ -7,6 +7,7 @@
 //! the request plane.
 
 pub mod admission;
+pub mod check;
 pub mod disagg;
 pub mod engine;
 mod error;
