@@ -46,6 +46,10 @@ pub struct EngineArgs {
     /// checking it without a GPU).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: Device,
+    /// Run every decode step of a GPU device as it comes, without padding it to a batch
+    /// bucket and replaying a captured CUDA graph.
+    #[arg(long)]
+    pub disable_cuda_graph: bool,
     /// Matrix kernels: `auto` (AVX2+FMA when the CPU has them) or `portable`.
     #[arg(long, value_enum, env = env::DYN_ENGINE_KERNELS, default_value = "auto")]
     pub kernels: Kernels,
@@ -73,6 +77,7 @@ impl EngineArgs {
         dynamo_engine::executor::probe(self.device).map_err(anyhow::Error::msg)?;
         let mut cfg = EngineConfig::new(model);
         cfg.device = self.device;
+        cfg.cuda_graphs = !self.disable_cuda_graph;
         cfg.page_size = self.page_size;
         cfg.max_running_requests = self.max_running_requests;
         cfg.max_total_tokens = self.max_total_tokens;

@@ -34,7 +34,7 @@ pub struct CheckConfig {
 fn compare(cfg: &CheckConfig, reference: &Value, noise: f32) -> Result<Value, String> {
     let w = load(&cfg.model).map_err(|e| e.to_string())?;
     let pool = ComputePool::new(cfg.threads)?;
-    let (mut e, _) = executor(cfg.device, w, 64, 16, pool).map_err(|e| e.to_string())?;
+    let (mut e, _) = executor(cfg.device, w, 64, 16, pool, None).map_err(|e| e.to_string())?;
     let vocab = e.model().vocab;
     let mut cases = Vec::new();
     let (mut worst_all, mut agree, mut decided) = (0f32, 0usize, 0usize);

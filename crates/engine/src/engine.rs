@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub panic_after_steps: Option<u64>,
     /// `--device`: where the forward pass runs.
     pub device: crate::executor::Device,
+    /// Decode steps of a device executor run padded to batch buckets and, on a GPU, as
+    /// captured CUDA graphs (`--disable-cuda-graph` turns it off; the CPU executor has none).
+    pub cuda_graphs: bool,
 }
 
 impl EngineConfig {
@@ -79,6 +82,7 @@ impl EngineConfig {
             queue: QueueLimits::default(),
             panic_after_steps: None,
             device: crate::executor::Device::Cpu,
+            cuda_graphs: true,
         }
     }
 }
@@ -189,8 +193,9 @@ impl Engine {
                 what: "compute pool",
                 reason,
             })?;
+        let graphs = cfg.cuda_graphs.then_some(context_length);
         let (exec, device) =
-            crate::executor::executor(cfg.device, weights, blocks, cfg.page_size, threads)?;
+            crate::executor::executor(cfg.device, weights, blocks, cfg.page_size, threads, graphs)?;
         let kv_layout = exec.kv_layout();
         let info = EngineInfo {
             model: mc.clone(),

@@ -143,6 +143,10 @@ pub struct EngineMetrics {
     pub(crate) decode_sum_seq_lens: IntGauge,
     pub(crate) utilization: Gauge,
     pub(crate) new_token_ratio: Gauge,
+    /// 1 when the last decode pass replayed a CUDA graph.
+    pub(crate) is_cuda_graph: IntGauge,
+    /// Decode passes by `mode`: `decode_cuda_graph` or `decode_none`.
+    pub(crate) graph_passes: prometheus::IntCounterVec,
     pub(crate) kv_used: IntGauge,
     pub(crate) kv_available: IntGauge,
     pub(crate) kv_evictable: IntGauge,
@@ -254,6 +258,19 @@ impl EngineMetrics {
         .map_err(|e| e.to_string())?;
         reg(Box::new(realtime.clone()))?;
         let disagg = DisaggMetrics::new(&r, &sched, &stage_vec)?;
+        let graph_passes = prometheus::IntCounterVec::new(
+            opts(
+                "cuda_graph_passes_total",
+                "Decode forward passes, by mode: decode_cuda_graph (a replayed CUDA graph) or decode_none",
+                &sched,
+            ),
+            &["mode"],
+        )
+        .map_err(|e| e.to_string())?;
+        reg(Box::new(graph_passes.clone()))?;
+        for mode in ["decode_cuda_graph", "decode_none"] {
+            graph_passes.with_label_values(&[mode]);
+        }
 
         let m = EngineMetrics {
             disagg,
@@ -360,6 +377,11 @@ impl EngineMetrics {
                 "utilization",
                 "Fraction of the last interval the scheduler spent in forward passes",
             )?,
+            is_cuda_graph: igauge(
+                "is_cuda_graph",
+                "1 if the last decode pass ran as a replayed CUDA graph",
+            )?,
+            graph_passes,
             new_token_ratio: gauge(
                 "new_token_ratio",
                 "KV reserved for future tokens at admission / remaining max_tokens of running requests",

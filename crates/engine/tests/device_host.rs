@@ -346,3 +346,53 @@ fn kv_blocks_cross_between_executor_kinds() {
     }]);
     assert_eq!(argmax(&l), want, "a copied block serves like its source");
 }
+
+/// Decode steps padded to a graph bucket and run from persistent buffers (what a captured CUDA
+/// graph replays) give the logits of the same steps run as they come, bit for bit; prefill
+/// steps and batches past the largest bucket keep the direct path.
+#[test]
+fn bucketed_decode_steps_equal_direct_ones() {
+    let path = fixtures().join("qwen3");
+    let mut direct = device(&path, 32);
+    let mut bucketed = device(&path, 32);
+    bucketed.enable_graphs(256);
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|i| (0..20 + 7 * i).map(|j| (j * 13 + i) % 90 + 5).collect())
+        .collect();
+    let pages: Vec<Vec<u32>> = (0..3)
+        .map(|i| (0..8).map(|j| (i * 8 + j) as u32).collect())
+        .collect();
+    let mut toks = prompts.clone();
+    for step in 0..4 {
+        let inputs: Vec<SeqInput<'_>> = toks
+            .iter()
+            .zip(&pages)
+            .map(|(t, p)| {
+                let start = if step == 0 { 0 } else { t.len() - 1 };
+                SeqInput {
+                    tokens: &t[start..],
+                    start,
+                    pages: p,
+                    logits: Logits::Last,
+                }
+            })
+            .collect();
+        let a = step_rows(&mut direct, &inputs);
+        let b = step_rows(&mut bucketed, &inputs);
+        assert_eq!(a, b, "step {step}");
+        assert!(!bucketed.graph_ran(), "the reference ops capture no graph");
+        for (t, row) in toks.iter_mut().zip(&a) {
+            t.push(argmax(row));
+        }
+    }
+    assert_eq!(
+        bucketed.bucketed_steps(),
+        3,
+        "the three decode steps ran in bucket 4"
+    );
+    assert_eq!(direct.bucketed_steps(), 0);
+}
+
+fn step_rows(e: &mut dyn Executor, seqs: &[SeqInput<'_>]) -> Vec<Vec<f32>> {
+    step(e, seqs)
+}

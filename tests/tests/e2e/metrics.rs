@@ -381,7 +381,9 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
                 scheduler_labels().iter().map(|s| s.to_string()).collect();
             match name.as_str() {
                 "sglang:per_stage_req_latency_seconds" => w.insert("stage".into()),
-                "sglang:realtime_tokens_total" => w.insert("mode".into()),
+                "sglang:realtime_tokens_total" | "sglang:cuda_graph_passes_total" => {
+                    w.insert("mode".into())
+                }
                 _ => false,
             };
             w
@@ -390,7 +392,7 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
     }
     assert_eq!(
         sglang,
-        48,
+        50,
         "sglang: families: {:?}",
         fams.keys().collect::<Vec<_>>()
     );

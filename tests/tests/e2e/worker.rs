@@ -264,4 +264,21 @@ async fn a_worker_on_the_reference_device_serves_the_reference_text() {
         .await
         .unwrap_or(0.0);
     assert_eq!(generated, 8.0);
+    // Its decode passes ran padded to buckets, as the CUDA executor runs them, but no graph
+    // was replayed (the reference ops capture none).
+    let m = c.worker_metrics(0).await;
+    let passes = |mode: &str| {
+        dynamo_e2e::metric_with(
+            &m,
+            "sglang:cuda_graph_passes_total",
+            &format!("mode=\"{mode}\""),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(passes("decode_none"), 7.0, "{m}");
+    assert_eq!(passes("decode_cuda_graph"), 0.0);
+    assert_eq!(
+        dynamo_e2e::metric_value(&m, "sglang:is_cuda_graph"),
+        Some(0.0)
+    );
 }

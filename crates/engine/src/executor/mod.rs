@@ -29,6 +29,11 @@ pub trait Executor: Send {
     /// logits rows (vocab-sized) each sequence asks for (`SeqInput::logits`), in order.
     fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Vec<f32>;
 
+    /// The last [`Executor::forward`] replayed a captured (CUDA) graph.
+    fn graph_ran(&self) -> bool {
+        false
+    }
+
     /// Host threads for work around the forward pass (sampling).
     fn threads(&self) -> &ComputePool;
 

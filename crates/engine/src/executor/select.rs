@@ -70,13 +70,16 @@ pub fn probe(device: Device) -> Result<(), String> {
 }
 
 /// The executor for `device` over `weights`, with `blocks` KV blocks of `page` tokens, and a
-/// description of what runs it.
+/// description of what runs it. `graphs`: the context length, when decode steps run padded to
+/// buckets from persistent buffers (captured and replayed as CUDA graphs on a GPU; on the
+/// reference ops the same padded path runs directly).
 pub fn executor(
     device: Device,
     weights: Weights,
     blocks: usize,
     page: usize,
     threads: ComputePool,
+    graphs: Option<usize>,
 ) -> Result<(Box<dyn Executor>, String), EngineError> {
     match device {
         Device::Cpu => Ok((
@@ -84,11 +87,14 @@ pub fn executor(
             format!("cpu ({:?} kernels)", crate::kernels::isa()),
         )),
         Device::Reference => {
-            let e = DeviceExecutor::new(HostOps, weights, blocks, page, threads);
+            let mut e = DeviceExecutor::new(HostOps, weights, blocks, page, threads);
+            if let Some(context) = graphs {
+                e.enable_graphs(context);
+            }
             let d = e.describe();
             Ok((Box::new(e), d))
         }
-        Device::Cuda(index) => cuda(index, weights, blocks, page, threads),
+        Device::Cuda(index) => cuda(index, weights, blocks, page, threads, graphs),
     }
 }
 
@@ -99,6 +105,7 @@ fn cuda(
     _blocks: usize,
     _page: usize,
     _threads: ComputePool,
+    _graphs: Option<usize>,
 ) -> Result<(Box<dyn Executor>, String), EngineError> {
     Err(EngineError::Config(NO_CUDA_FEATURE.into()))
 }
@@ -110,9 +117,13 @@ fn cuda(
     blocks: usize,
     page: usize,
     threads: ComputePool,
+    graphs: Option<usize>,
 ) -> Result<(Box<dyn Executor>, String), EngineError> {
     let ops = super::device::cuda::CudaOps::open(index).map_err(EngineError::Config)?;
-    let e = DeviceExecutor::new(ops, weights, blocks, page, threads);
+    let mut e = DeviceExecutor::new(ops, weights, blocks, page, threads);
+    if let Some(context) = graphs {
+        e.enable_graphs(context);
+    }
     let d = e.describe();
     Ok((Box::new(e), d))
 }

@@ -71,6 +71,16 @@ impl Scheduler {
         took: Duration,
     ) {
         if let Some(m) = &self.metrics {
+            if prefill == 0 && decode > 0 {
+                let graph = self.exec.graph_ran();
+                let mode = if graph {
+                    "decode_cuda_graph"
+                } else {
+                    "decode_none"
+                };
+                m.graph_passes.with_label_values(&[mode]).inc();
+                m.is_cuda_graph.set(i64::from(graph));
+            }
             m.realtime_prefill_compute.inc_by(prefill);
             m.realtime_decode.inc_by(decode);
             m.decode_sum_seq_lens.set(decode_lens as i64);

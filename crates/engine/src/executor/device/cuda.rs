@@ -12,10 +12,12 @@
 //! signature) and the probes for the shared libraries; each block says why it holds.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
@@ -46,7 +48,18 @@ pub struct CudaOps {
     /// One-element stand-in for an absent optional input (bias, norms).
     dummy: CudaSlice<f32>,
     name: String,
+    /// Captured decode graphs by bucket.
+    graphs: HashMap<usize, Graph>,
 }
+
+/// A captured graph, owned by the executor.
+struct Graph(CudaGraph);
+
+// SAFETY: a graph is created and launched only by the executor's owner (the scheduler
+// thread), one call at a time; a CUDA graph's handles may be used from any thread that binds
+// the context, which cudarc does before each launch. Moving the executor between threads
+// moves the graphs with it, never sharing them.
+unsafe impl Send for Graph {}
 
 fn fail<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("CUDA: {what}: {e:?}")
@@ -86,6 +99,9 @@ impl CudaOps {
     pub fn open(index: usize) -> Result<Self, String> {
         Self::probe(index)?;
         let ctx = CudaContext::new(index).map_err(fail("context"))?;
+        // SAFETY: everything runs on the one stream below, so cudarc's cross-stream events
+        // (which would also be recorded inside a graph capture) are not needed.
+        unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx
             .compute_capability()
             .map_err(fail("compute capability"))?;
@@ -112,7 +128,8 @@ impl CudaOps {
             add: f("add")?,
             gather_rows: f("gather_rows")?,
         };
-        let stream = ctx.default_stream();
+        // Not the legacy default stream: a graph cannot be captured on it.
+        let stream = ctx.new_stream().map_err(fail("stream"))?;
         let dummy = stream.alloc_zeros::<f32>(1).map_err(fail("alloc"))?;
         let name = format!(
             "cuda:{index} ({}, sm_{major}{minor})",
@@ -125,6 +142,7 @@ impl CudaOps {
             _module: module,
             dummy,
             name,
+            graphs: HashMap::new(),
         })
     }
 
@@ -186,6 +204,30 @@ impl DeviceOps for CudaOps {
             return self.stream.alloc_zeros(1).expect("CUDA alloc");
         }
         self.stream.clone_htod(x).expect("CUDA upload")
+    }
+
+    fn u32_write(&mut self, x: &mut CudaSlice<u32>, data: &[u32]) {
+        let mut dst = x.slice_mut(..data.len());
+        self.stream
+            .memcpy_htod(data, &mut dst)
+            .expect("CUDA upload");
+    }
+
+    fn graph(&mut self, key: usize, body: &mut dyn FnMut(&mut Self)) -> bool {
+        if !self.graphs.contains_key(&key) {
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .expect("CUDA graph capture");
+            body(self);
+            let g = self
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .expect("CUDA graph capture")
+                .expect("the capture recorded launches");
+            self.graphs.insert(key, Graph(g));
+        }
+        self.graphs[&key].0.launch().expect("CUDA graph launch");
+        true
     }
 
     fn f32_to_host(&mut self, x: &CudaSlice<f32>, n: usize) -> Vec<f32> {

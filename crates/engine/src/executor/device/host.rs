@@ -49,6 +49,10 @@ impl DeviceOps for HostOps {
         x.to_vec()
     }
 
+    fn u32_write(&mut self, x: &mut Vec<u32>, data: &[u32]) {
+        x[..data.len()].copy_from_slice(data);
+    }
+
     fn f32_to_host(&mut self, x: &Vec<f32>, n: usize) -> Vec<f32> {
         x[..n].to_vec()
     }

@@ -10,6 +10,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod graph;
 mod host;
 pub mod ops;
 pub mod plan;
@@ -37,7 +38,7 @@ struct Layer<O: DeviceOps> {
 }
 
 /// Activations sized for `tokens` rows (grown on demand).
-struct Scratch<O: DeviceOps> {
+pub(super) struct Scratch<O: DeviceOps> {
     tokens: usize,
     x: O::F32,
     h: O::F32,
@@ -48,22 +49,38 @@ struct Scratch<O: DeviceOps> {
     act: O::F32,
 }
 
-/// Weights, KV cache and scratch on a device, driven through `O`.
-pub struct DeviceExecutor<O: DeviceOps> {
-    ops: O,
-    cfg: ModelConfig,
+/// The weights on the device.
+pub(super) struct DeviceModel<O: DeviceOps> {
     embed: O::F16,
     layers: Vec<Layer<O>>,
     norm: O::F32,
     /// `None`: tied to the embedding.
     lm_head: Option<O::F16>,
     inv_freq: O::F32,
-    /// Per layer, K and V: `blocks × page × kv_heads · head_dim` f16.
+}
+
+/// Per layer, K and V: `blocks × page × kv_heads · head_dim` f16.
+pub(super) struct KvBufs<O: DeviceOps> {
     k: Vec<O::F16>,
     v: Vec<O::F16>,
+}
+
+/// Weights, KV cache and scratch on a device, driven through `O`.
+pub struct DeviceExecutor<O: DeviceOps> {
+    ops: O,
+    cfg: ModelConfig,
+    m: DeviceModel<O>,
+    kv: KvBufs<O>,
     page: usize,
     blocks: usize,
     scratch: Option<Scratch<O>>,
+    /// Decode steps run padded to a bucket, from buffers that stay put (what a captured CUDA
+    /// graph replays); `None`: every step is launched as it comes.
+    graphs: Option<graph::Buckets<O>>,
+    /// The last forward pass ran as a replayed graph.
+    graph_ran: bool,
+    /// Decode steps that ran padded to a bucket.
+    bucketed: u64,
     threads: ComputePool,
 }
 
@@ -114,18 +131,33 @@ impl<O: DeviceOps> DeviceExecutor<O> {
         DeviceExecutor {
             ops,
             cfg: c,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            inv_freq,
-            k,
-            v,
+            m: DeviceModel {
+                embed,
+                layers,
+                norm,
+                lm_head,
+                inv_freq,
+            },
+            kv: KvBufs { k, v },
             page,
             blocks,
             scratch: None,
+            graphs: None,
+            graph_ran: false,
+            bucketed: 0,
             threads,
         }
+    }
+
+    /// Run decode steps of up to 256 sequences padded to a bucket from persistent buffers
+    /// (sequences up to `context` tokens), which `O` may capture and replay as graphs.
+    pub fn enable_graphs(&mut self, context: usize) {
+        self.graphs = Some(graph::Buckets::new(context.div_ceil(self.page), self.page));
+    }
+
+    /// Decode steps run padded to a bucket so far.
+    pub fn bucketed_steps(&self) -> u64 {
+        self.bucketed
     }
 
     /// What runs the kernels.
@@ -133,34 +165,11 @@ impl<O: DeviceOps> DeviceExecutor<O> {
         self.ops.describe()
     }
 
-    fn shape(&self) -> AttnShape {
-        AttnShape {
-            heads: self.cfg.heads,
-            kv_heads: self.cfg.kv_heads,
-            head_dim: self.cfg.head_dim,
-        }
-    }
-
     /// Scratch for at least `t` token rows.
     fn scratch(&mut self, t: usize) -> Scratch<O> {
         match self.scratch.take() {
             Some(s) if s.tokens >= t => s,
-            _ => {
-                let qkv = self.shape().qkv();
-                let c = &self.cfg;
-                let t = t.next_power_of_two();
-                let o = &mut self.ops;
-                Scratch {
-                    tokens: t,
-                    x: o.f32_zeros(t * c.hidden),
-                    h: o.f32_zeros(t * c.hidden),
-                    qkv: o.f32_zeros(t * qkv),
-                    att: o.f32_zeros(t * c.heads * c.head_dim),
-                    tmp: o.f32_zeros(t * c.hidden.max(c.vocab)),
-                    gu: o.f32_zeros(t * 2 * c.intermediate),
-                    act: o.f32_zeros(t * c.intermediate),
-                }
-            }
+            _ => Scratch::new(&mut self.ops, &self.cfg, t.next_power_of_two()),
         }
     }
 
@@ -208,57 +217,38 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
         if t == 0 {
             return Vec::new();
         }
+        self.graph_ran = false;
+        if let Some(b) = self.graphs.as_mut() {
+            if let Some(logits) =
+                b.decode(&mut self.ops, &self.cfg, &self.m, &mut self.kv, p.clone())
+            {
+                self.graph_ran = logits.1;
+                self.bucketed += 1;
+                return logits.0;
+            }
+        }
         let step = self.upload(&p);
         let mut s = self.scratch(t);
-        let (c, shape) = (self.cfg.clone(), self.shape());
-        let (hid, inter) = (c.hidden, c.intermediate);
-        let o = &mut self.ops;
-        o.embed(&self.embed, hid, &step.tokens, t, &mut s.x);
-        for (li, l) in self.layers.iter().enumerate() {
-            o.rms_norm(&s.x, &l.attn_norm, t, hid, c.rms_eps, &mut s.h);
-            o.matmul(&s.h, t, hid, &l.qkv, shape.qkv(), &mut s.qkv);
-            let qk = l.qk_norm.as_ref().map(|(q, k)| (q, k));
-            o.qkv_prepare(
-                &mut s.qkv,
-                t,
-                shape,
-                l.qkv_bias.as_ref(),
-                qk,
-                c.rms_eps,
-                &step.positions,
-                &self.inv_freq,
-                c.rope_style,
-            );
-            o.kv_write(
-                &s.qkv,
-                t,
-                shape,
-                &step.slots,
-                &mut self.k[li],
-                &mut self.v[li],
-            );
-            o.attention(&s.qkv, shape, &step, &self.k[li], &self.v[li], &mut s.att);
-            o.matmul(&s.att, t, c.heads * c.head_dim, &l.o, hid, &mut s.tmp);
-            o.add(&mut s.x, &s.tmp, t * hid);
-            o.rms_norm(&s.x, &l.ffn_norm, t, hid, c.rms_eps, &mut s.h);
-            o.matmul(&s.h, t, hid, &l.gate_up, 2 * inter, &mut s.gu);
-            o.silu_mul(&s.gu, t, inter, &mut s.act);
-            o.matmul(&s.act, t, inter, &l.down, hid, &mut s.tmp);
-            o.add(&mut s.x, &s.tmp, t * hid);
-        }
         let n = step.logit_rows_n;
+        graph::pass(
+            &mut self.ops,
+            &self.cfg,
+            &self.m,
+            &mut self.kv,
+            &mut s,
+            &step,
+        );
         let logits = if n == 0 {
             Vec::new()
         } else {
-            // The residual stream is not needed past here: its rows take the normed ones.
-            o.gather_rows(&s.x, hid, &step.logit_rows, n, &mut s.h);
-            o.rms_norm(&s.h, &self.norm, n, hid, c.rms_eps, &mut s.x);
-            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-            o.matmul(&s.x, n, hid, head, c.vocab, &mut s.tmp);
-            o.f32_to_host(&s.tmp, n * c.vocab)
+            self.ops.f32_to_host(&s.tmp, n * self.cfg.vocab)
         };
         self.scratch = Some(s);
         logits
+    }
+
+    fn graph_ran(&self) -> bool {
+        self.graph_ran
     }
 
     fn threads(&self) -> &ComputePool {
@@ -280,8 +270,8 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
         let n = tokens * self.cfg.kv_heads * self.cfg.head_dim;
         let (s, d) = (src as usize * per, dst as usize * per);
         for li in 0..self.cfg.layers {
-            self.ops.f16_copy_within(&mut self.k[li], s, d, n);
-            self.ops.f16_copy_within(&mut self.v[li], s, d, n);
+            self.ops.f16_copy_within(&mut self.kv.k[li], s, d, n);
+            self.ops.f16_copy_within(&mut self.kv.v[li], s, d, n);
         }
     }
 
@@ -297,7 +287,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
         let mut buf = vec![0u16; per];
         for &b in blocks {
             for li in 0..self.cfg.layers {
-                for slab in [&self.k[li], &self.v[li]] {
+                for slab in [&self.kv.k[li], &self.kv.v[li]] {
                     self.ops.f16_read(slab, b as usize * per, &mut buf);
                     for x in &buf {
                         out.extend_from_slice(&x.to_le_bytes());
@@ -329,7 +319,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
         let mut buf = vec![0u16; per];
         for &b in blocks {
             for li in 0..self.cfg.layers {
-                for kv in [&mut self.k[li], &mut self.v[li]] {
+                for kv in [&mut self.kv.k[li], &mut self.kv.v[li]] {
                     let bytes = chunks.next().expect("length checked by the header");
                     for (d, s) in buf.iter_mut().zip(bytes.chunks_exact(2)) {
                         *d = u16::from_le_bytes([s[0], s[1]]);

@@ -57,6 +57,20 @@ pub trait DeviceOps: Send {
     fn f16_zeros(&mut self, n: usize) -> Self::F16;
     fn f16_from(&mut self, x: &[u16]) -> Self::F16;
     fn u32_from(&mut self, x: &[u32]) -> Self::U32;
+    /// Overwrite the start of `x` with `data` (a persistent input of a graph).
+    fn u32_write(&mut self, x: &mut Self::U32, data: &[u32]);
+    /// Run `body`'s launches as the graph kept under `key`: the first call captures them (the
+    /// body must launch the same kernels on the same buffers with the same scalars every time
+    /// it is called with that key), later calls replay the capture instead of calling `body`.
+    /// Returns whether a graph ran. The default has no graphs: it calls `body`.
+    fn graph(&mut self, key: usize, body: &mut dyn FnMut(&mut Self)) -> bool
+    where
+        Self: Sized,
+    {
+        let _ = key;
+        body(self);
+        false
+    }
     /// The first `n` elements, on the host.
     fn f32_to_host(&mut self, x: &Self::F32, n: usize) -> Vec<f32>;
     /// `out.len()` elements from `offset`.
