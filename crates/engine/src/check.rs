@@ -84,9 +84,10 @@ fn compare(cfg: &CheckConfig, reference: &Value, noise: f32) -> Result<Value, St
     }))
 }
 
-fn engine(cfg: &CheckConfig, tokens: usize) -> Result<Engine, String> {
+fn engine(cfg: &CheckConfig, tokens: usize, graphs: bool) -> Result<Engine, String> {
     let mut e = EngineConfig::new(&cfg.model);
     e.device = cfg.device;
+    e.cuda_graphs = graphs;
     e.threads = cfg.threads;
     e.max_total_tokens = Some(tokens);
     e.max_running_requests = cfg.decode_batches.iter().copied().max().unwrap_or(1).max(1);
@@ -146,45 +147,55 @@ fn run(eng: &Engine, reqs: Vec<PreprocessedRequest>) -> Result<(f64, f64, usize)
     Ok((first, t0.elapsed().as_secs_f64(), n))
 }
 
-/// The timed cells.
+/// The timed cells: prefill at each length, then decode at each batch size with decode
+/// graphs (padded buckets; replayed CUDA graphs on a GPU) and without.
 fn bench(cfg: &CheckConfig) -> Result<Value, String> {
     let longest = cfg.prefill_lengths.iter().copied().max().unwrap_or(0);
     let batch = cfg.decode_batches.iter().copied().max().unwrap_or(1);
     let tokens = (longest + 64).max(batch * (128 + cfg.decode_tokens + 16)) + 1024;
-    let eng = engine(cfg, tokens)?;
-    run(&eng, vec![request(prompt(64, 99), 8)])?; // warm-up
-    let mut prefill = Vec::new();
-    for &len in &cfg.prefill_lengths {
-        let (first, _, _) = run(&eng, vec![request(prompt(len, len), 1)])?;
-        prefill.push(json!({"tokens": len, "ms": first * 1e3, "tok_s": len as f64 / first}));
+    let mut report = json!({});
+    for graphs in [true, false] {
+        let eng = engine(cfg, tokens, graphs)?;
+        run(&eng, vec![request(prompt(64, 99), 8)])?; // warm-up
+        if graphs {
+            let mut prefill = Vec::new();
+            for &len in &cfg.prefill_lengths {
+                let (first, _, _) = run(&eng, vec![request(prompt(len, len), 1)])?;
+                prefill
+                    .push(json!({"tokens": len, "ms": first * 1e3, "tok_s": len as f64 / first}));
+            }
+            report["prefill"] = json!(prefill);
+            report["device"] = json!(eng.info().device);
+        }
+        let mut decode = Vec::new();
+        for &b in &cfg.decode_batches {
+            let reqs = (0..b)
+                .map(|i| request(prompt(128, 1000 + i), cfg.decode_tokens))
+                .collect();
+            let (first, end, n) = run(&eng, reqs)?;
+            let steps = cfg.decode_tokens.saturating_sub(1).max(1) as f64;
+            let step_s = (end - first) / steps;
+            // Each step reads every weight once: f16 on a device executor.
+            let weight_bytes = eng.info().weights.params as f64 * 2.0;
+            decode.push(json!({
+                "batch": b,
+                "tok_s": (n - b) as f64 / (end - first),
+                "ms_per_step": step_s * 1e3,
+                "weights_gb_s": weight_bytes / step_s / 1e9,
+            }));
+        }
+        report[if graphs {
+            "decode_graphs"
+        } else {
+            "decode_no_graphs"
+        }] = json!(decode);
     }
-    let mut decode = Vec::new();
-    for &b in &cfg.decode_batches {
-        let reqs = (0..b)
-            .map(|i| request(prompt(128, 1000 + i), cfg.decode_tokens))
-            .collect();
-        let stats0 = eng.stats();
-        let (first, end, n) = run(&eng, reqs)?;
-        let steps = eng.stats().iterations - stats0.iterations;
-        decode.push(json!({
-            "batch": b,
-            "tok_s": (n - b) as f64 / (end - first),
-            "ms_per_step": (end - first) * 1e3 / (cfg.decode_tokens.saturating_sub(1).max(1)) as f64,
-            "steps": steps,
-        }));
-    }
-    Ok(json!({
-        "prefill": prefill,
-        "decode": decode,
-        "cuda_graphs": false,
-        "weights_bytes_per_token": eng.info().weights.bytes_per_token,
-        "device": eng.info().device,
-    }))
+    Ok(report)
 }
 
 /// Greedy continuations of the reference prompts through the engine.
 fn greedy(cfg: &CheckConfig, reference: &Value) -> Result<Value, String> {
-    let eng = engine(cfg, 4096)?;
+    let eng = engine(cfg, 4096, true)?;
     let mut out = Vec::new();
     for case in reference["cases"].as_array().into_iter().flatten() {
         let toks: Vec<u32> =
