@@ -2,7 +2,7 @@
 //! in host memory, the forward pass on the engine's compute thread pool, and block export /
 //! import as plain copies of the cache's f16 slots.
 
-use dynamo_protocols::kv_transfer::{KvBlocksHeader, KvDtype, KvLayout};
+use dynamo_protocols::kv_transfer::{KvDtype, KvLayout};
 
 use super::Executor;
 use crate::kernels::ComputePool;
@@ -28,14 +28,6 @@ impl CpuExecutor {
             kv,
             scratch: Scratch::default(),
             threads,
-        }
-    }
-
-    fn check_blocks(&self, blocks: &[u32]) -> Result<(), TransferError> {
-        let n = self.kv.blocks();
-        match blocks.iter().find(|&&b| b as usize >= n) {
-            Some(&block) => Err(TransferError::BlockOutOfRange { block, blocks: n }),
-            None => Ok(()),
         }
     }
 }
@@ -83,13 +75,7 @@ impl Executor for CpuExecutor {
     }
 
     fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), TransferError> {
-        self.check_blocks(blocks)?;
-        let header = KvBlocksHeader {
-            layout: self.kv_layout(),
-            blocks: blocks.len() as u32,
-        };
-        out.reserve(dynamo_protocols::kv_transfer::HEADER_BYTES + header.payload_bytes());
-        header.encode(out);
+        super::export_header(self.kv_layout(), self.kv.blocks(), blocks, out)?;
         for &b in blocks {
             for layer in 0..self.kv.layers() {
                 let (k, v) = self.kv.block(layer, b as usize);
@@ -101,21 +87,8 @@ impl Executor for CpuExecutor {
     }
 
     fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError> {
-        let (header, payload) = KvBlocksHeader::decode(data)?;
         let ours = self.kv_layout();
-        if header.layout != ours {
-            return Err(TransferError::LayoutMismatch {
-                ours,
-                theirs: header.layout,
-            });
-        }
-        if header.blocks as usize != blocks.len() {
-            return Err(TransferError::CountMismatch {
-                given: blocks.len(),
-                exported: header.blocks as usize,
-            });
-        }
-        self.check_blocks(blocks)?;
+        let payload = super::import_payload(ours, self.kv.blocks(), blocks, data)?;
         let half = ours.half_slab_bytes();
         let mut chunks = payload.chunks_exact(half);
         for &b in blocks {

@@ -14,7 +14,7 @@ pub use cpu::CpuExecutor;
 pub use device::DeviceExecutor;
 pub use select::{executor, probe, Device, NO_CUDA_FEATURE};
 
-use dynamo_protocols::kv_transfer::KvLayout;
+use dynamo_protocols::kv_transfer::{KvBlocksHeader, KvLayout};
 
 use crate::kernels::ComputePool;
 use crate::model::{ModelConfig, SeqInput};
@@ -56,4 +56,56 @@ pub trait Executor: Send {
     /// after checking its header against [`Executor::kv_layout`]. Nothing is written when a
     /// check fails.
     fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError>;
+}
+
+/// Check an export against an executor with `layout` and `total` blocks, for the `targets` it
+/// is to be imported into; its payload (every block's K then V slab per layer, in order).
+pub(crate) fn import_payload<'a>(
+    layout: KvLayout,
+    total: usize,
+    targets: &[u32],
+    data: &'a [u8],
+) -> Result<&'a [u8], TransferError> {
+    let (header, payload) = KvBlocksHeader::decode(data)?;
+    if header.layout != layout {
+        return Err(TransferError::LayoutMismatch {
+            ours: layout,
+            theirs: header.layout,
+        });
+    }
+    if header.blocks as usize != targets.len() {
+        return Err(TransferError::CountMismatch {
+            given: targets.len(),
+            exported: header.blocks as usize,
+        });
+    }
+    check_blocks(total, targets)?;
+    Ok(payload)
+}
+
+/// Start an export of `blocks` (of an executor with `layout` and `total` blocks): the header.
+pub(crate) fn export_header(
+    layout: KvLayout,
+    total: usize,
+    blocks: &[u32],
+    out: &mut Vec<u8>,
+) -> Result<(), TransferError> {
+    check_blocks(total, blocks)?;
+    let header = KvBlocksHeader {
+        layout,
+        blocks: blocks.len() as u32,
+    };
+    out.reserve(dynamo_protocols::kv_transfer::HEADER_BYTES + header.payload_bytes());
+    header.encode(out);
+    Ok(())
+}
+
+fn check_blocks(total: usize, blocks: &[u32]) -> Result<(), TransferError> {
+    match blocks.iter().find(|&&b| b as usize >= total) {
+        Some(&block) => Err(TransferError::BlockOutOfRange {
+            block,
+            blocks: total,
+        }),
+        None => Ok(()),
+    }
 }

@@ -128,22 +128,9 @@ impl<O: DeviceOps> Buckets<O> {
         p.pad_decode(size);
         widen(&mut p, self.width);
         p.logit_rows = (0..size as u32).collect();
-        let (width, page) = (self.width, self.page);
+        let page = self.page;
         let b = self.buckets.entry(size).or_insert_with(|| Bucket {
-            step: StepBufs {
-                tokens: o.u32_from(&p.tokens),
-                positions: o.u32_from(&p.positions),
-                slots: o.u32_from(&p.slots),
-                token_seq: o.u32_from(&p.token_seq),
-                query_start: o.u32_from(&p.query_start),
-                context: o.u32_from(&p.context),
-                block_table: o.u32_from(&p.block_table),
-                table_width: width,
-                logit_rows: o.u32_from(&p.logit_rows),
-                tokens_n: size,
-                logit_rows_n: size,
-                page,
-            },
+            step: StepBufs::upload(o, &p, page),
             scratch: Scratch::new(o, c, size),
         });
         let st = &mut b.step;

@@ -18,7 +18,7 @@ pub mod plan;
 pub use host::HostOps;
 pub use ops::{AttnShape, DeviceOps, StepBufs};
 
-use dynamo_protocols::kv_transfer::{KvBlocksHeader, KvDtype, KvLayout};
+use dynamo_protocols::kv_transfer::{KvDtype, KvLayout};
 
 use super::Executor;
 use crate::kernels::{to_f16, ComputePool, Linear};
@@ -173,34 +173,6 @@ impl<O: DeviceOps> DeviceExecutor<O> {
         }
     }
 
-    fn upload(&mut self, p: &plan::StepPlan) -> StepBufs<O> {
-        let o = &mut self.ops;
-        StepBufs {
-            tokens: o.u32_from(&p.tokens),
-            positions: o.u32_from(&p.positions),
-            slots: o.u32_from(&p.slots),
-            token_seq: o.u32_from(&p.token_seq),
-            query_start: o.u32_from(&p.query_start),
-            context: o.u32_from(&p.context),
-            block_table: o.u32_from(&p.block_table),
-            table_width: p.table_width,
-            logit_rows: o.u32_from(&p.logit_rows),
-            tokens_n: p.tokens.len(),
-            logit_rows_n: p.logit_rows.len(),
-            page: self.page,
-        }
-    }
-
-    fn check_blocks(&self, blocks: &[u32]) -> Result<(), TransferError> {
-        match blocks.iter().find(|&&b| b as usize >= self.blocks) {
-            Some(&block) => Err(TransferError::BlockOutOfRange {
-                block,
-                blocks: self.blocks,
-            }),
-            None => Ok(()),
-        }
-    }
-
     fn block_elems(&self) -> usize {
         self.page * self.cfg.kv_heads * self.cfg.head_dim
     }
@@ -227,7 +199,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
                 return logits.0;
             }
         }
-        let step = self.upload(&p);
+        let step = StepBufs::upload(&mut self.ops, &p, self.page);
         let mut s = self.scratch(t);
         let n = step.logit_rows_n;
         graph::pass(
@@ -276,13 +248,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
     }
 
     fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), TransferError> {
-        self.check_blocks(blocks)?;
-        let header = KvBlocksHeader {
-            layout: self.kv_layout(),
-            blocks: blocks.len() as u32,
-        };
-        out.reserve(dynamo_protocols::kv_transfer::HEADER_BYTES + header.payload_bytes());
-        header.encode(out);
+        super::export_header(self.kv_layout(), self.blocks, blocks, out)?;
         let per = self.block_elems();
         let mut buf = vec![0u16; per];
         for &b in blocks {
@@ -299,21 +265,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
     }
 
     fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError> {
-        let (header, payload) = KvBlocksHeader::decode(data)?;
-        let ours = self.kv_layout();
-        if header.layout != ours {
-            return Err(TransferError::LayoutMismatch {
-                ours,
-                theirs: header.layout,
-            });
-        }
-        if header.blocks as usize != blocks.len() {
-            return Err(TransferError::CountMismatch {
-                given: blocks.len(),
-                exported: header.blocks as usize,
-            });
-        }
-        self.check_blocks(blocks)?;
+        let payload = super::import_payload(self.kv_layout(), self.blocks, blocks, data)?;
         let per = self.block_elems();
         let mut chunks = payload.chunks_exact(per * 2);
         let mut buf = vec![0u16; per];

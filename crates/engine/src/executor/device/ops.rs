@@ -43,6 +43,26 @@ pub struct StepBufs<O: DeviceOps + ?Sized> {
     pub page: usize,
 }
 
+impl<O: DeviceOps> StepBufs<O> {
+    /// Upload plan `p` of a cache of `page`-token blocks.
+    pub fn upload(o: &mut O, p: &super::plan::StepPlan, page: usize) -> Self {
+        StepBufs {
+            tokens: o.u32_from(&p.tokens),
+            positions: o.u32_from(&p.positions),
+            slots: o.u32_from(&p.slots),
+            token_seq: o.u32_from(&p.token_seq),
+            query_start: o.u32_from(&p.query_start),
+            context: o.u32_from(&p.context),
+            block_table: o.u32_from(&p.block_table),
+            table_width: p.table_width,
+            logit_rows: o.u32_from(&p.logit_rows),
+            tokens_n: p.tokens.len(),
+            logit_rows_n: p.logit_rows.len(),
+            page,
+        }
+    }
+}
+
 /// Buffers and kernels of a device. Sizes are in elements; every matrix is row-major.
 pub trait DeviceOps: Send {
     type F32: Send;
