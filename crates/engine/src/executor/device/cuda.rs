@@ -235,6 +235,8 @@ impl DeviceOps for CudaOps {
         self.stream
             .memcpy_dtoh(&x.slice(..n), &mut out)
             .expect("CUDA download");
+        // cudarc issues the copy asynchronously; the host reads `out` next.
+        self.stream.synchronize().expect("CUDA synchronize");
         out
     }
 
@@ -242,6 +244,7 @@ impl DeviceOps for CudaOps {
         self.stream
             .memcpy_dtoh(&x.slice(offset..offset + out.len()), out)
             .expect("CUDA download");
+        self.stream.synchronize().expect("CUDA synchronize");
     }
 
     fn f16_write(&mut self, x: &mut CudaSlice<u16>, offset: usize, data: &[u16]) {
