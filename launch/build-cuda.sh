@@ -17,14 +17,20 @@
 # feature, frontend, dynamo-trace) and nats-server. The model (98 MB) does not fit the 64 MiB a
 # device call carries: see docs/gpu.md.
 #   launch/build-cuda.sh [--no-build]    (env: CUDA_ARCH=90)
+#   launch/build-cuda.sh --check BINARY  (checks 2 and 3 on a worker built elsewhere, no
+#                                         staging; tests/run.sh runs this on the suite's worker)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/lib.sh
 CUDA_PIN="13.0.88"
 ARCH="${CUDA_ARCH:-90}"
 VENV="$DYN_HOME/cuda-13.0"
-build=1
-[ "${1:-}" = "--no-build" ] && build=0
+build=1 stage=1
+BIN="$CARGO_TARGET_DIR/release/dynamo-worker"
+case "${1:-}" in
+  --no-build) build=0 ;;
+  --check) build=0 stage=0 BIN="${2:?--check takes the worker binary}" ;;
+esac
 
 if [ "$build" = 1 ]; then
   log "building dynamo-worker --features cuda (release)"
@@ -32,7 +38,6 @@ if [ "$build" = 1 ]; then
     dynamo-worker/cuda,dynamo-engine-check/cuda
   cargo build --release --locked -p dynamo-frontend -p dynamo-trace-bin
 fi
-BIN="$CARGO_TARGET_DIR/release/dynamo-worker"
 [ -x "$BIN" ] || { log "$BIN is missing (run without --no-build)"; exit 1; }
 linked=$(ldd "$BIN" | grep -Ei 'cuda|nvrtc|cublas' || true)
 if [ -n "$linked" ]; then
@@ -54,6 +59,7 @@ trap 'rm -rf "$OUTDIR"' EXIT
 "$CU/bin/ptxas" -arch="sm_$ARCH" -v "$OUTDIR/kernels.ptx" -o "$OUTDIR/kernels.cubin" 2>&1 |
   grep -E "Compiling entry|registers|spill" | sed 's/^ptxas info *: //'
 log "ok: every kernel compiles with NVRTC $CUDA_PIN and assembles for sm_$ARCH"
+[ "$stage" = 1 ] || exit 0
 ensure_nats
 mkdir -p gpu-carry/bin
 for b in dynamo-worker dynamo-engine-check dynamo-frontend dynamo-trace; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs a current nats-server, the default
 # model, Debian's prometheus (with promtool), a compose tool (Debian's docker-compose) and the
-# openai Python client when missing, then format check, clippy (warnings fail), build, and every test.
+# openai Python client when missing, then format check, clippy (warnings fail), build, every test,
+# and the CUDA kernels' compile check (launch/build-cuda.sh --check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/lib.sh
@@ -27,3 +28,9 @@ else
   cargo test --workspace --locked --no-fail-fast "${features[@]}"
 fi
 cargo test --workspace --doc --locked "${features[@]}"
+# The CUDA kernels without a GPU: the suite's worker links no CUDA library, and every kernel
+# compiles with the pinned NVRTC 13.0 and assembles for sm_90 (pip wheels, ~130 MB once).
+# DYN_SKIP_CUDA_CHECK=1 skips it.
+if [ -z "${DYN_SKIP_CUDA_CHECK:-}" ]; then
+  launch/build-cuda.sh --check "$CARGO_TARGET_DIR/debug/dynamo-worker"
+fi

@@ -75,7 +75,31 @@ fn compare(cfg: &CheckConfig, reference: &Value, noise: f32) -> Result<Value, St
         worst_all = worst_all.max(worst);
         cases.push(json!({"tokens": toks.len(), "worst_logit_diff": worst, "forward_ms": took}));
     }
+    // Host time per decode step, one sequence: the executor's own account of the time before
+    // each step's download (plan, uploads, launches), over 32 steps.
+    let toks: Vec<u32> = (0..16).map(|i| 1000 + i * 37).collect();
+    let pages: Vec<u32> = (0..4).collect();
+    e.forward(&[SeqInput {
+        tokens: &toks,
+        start: 0,
+        pages: &pages,
+        logits: Logits::Last,
+    }]);
+    let (h0, t0) = (e.host_seconds(), Instant::now());
+    for i in 16..48 {
+        let t = [1000 + i as u32];
+        e.forward(&[SeqInput {
+            tokens: &t,
+            start: i,
+            pages: &pages,
+            logits: Logits::Last,
+        }]);
+    }
+    let host_ms = (e.host_seconds() - h0) * 1e3 / 32.0;
+    let step_ms = t0.elapsed().as_secs_f64() * 1e3 / 32.0;
     Ok(json!({
+        "host_ms_per_decode_step": host_ms,
+        "ms_per_decode_step": step_ms,
         "cases": cases,
         "worst_logit_diff": worst_all,
         "top1_agreement": if decided == 0 { 1.0 } else { agree as f64 / decided as f64 },

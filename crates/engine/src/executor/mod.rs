@@ -34,6 +34,13 @@ pub trait Executor: Send {
         false
     }
 
+    /// Seconds the host has spent in [`Executor::forward`] before waiting for the device's
+    /// results (building plans, uploading them, enqueuing launches), summed; 0 when the host
+    /// computes everything itself.
+    fn host_seconds(&self) -> f64 {
+        0.0
+    }
+
     /// Host threads for work around the forward pass (sampling).
     fn threads(&self) -> &ComputePool;
 

@@ -111,6 +111,8 @@ impl<O: DeviceOps> Buckets<O> {
 
     /// Run `p` through its bucket when it is a decode step that fits one: the logits of its
     /// wanted rows and whether a replayed graph ran; `None` when `p` must run as it comes.
+    /// The host time from `t0` to the results' download is added to `host`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn decode(
         &mut self,
         o: &mut O,
@@ -118,6 +120,8 @@ impl<O: DeviceOps> Buckets<O> {
         m: &DeviceModel<O>,
         kv: &mut KvBufs<O>,
         mut p: StepPlan,
+        host: &mut std::time::Duration,
+        t0: std::time::Instant,
     ) -> Option<(Vec<f32>, bool)> {
         let real = p.seqs();
         if !p.is_decode() || p.table_width > self.width {
@@ -144,6 +148,7 @@ impl<O: DeviceOps> Buckets<O> {
         o.u32_write(&mut st.logit_rows, &p.logit_rows);
         let (step, scratch) = (&b.step, &mut b.scratch);
         let ran = o.graph(size, &mut |o: &mut O| pass(o, c, m, kv, scratch, step));
+        *host += t0.elapsed();
         let all = o.f32_to_host(&scratch.tmp, real * c.vocab);
         let mut logits = Vec::with_capacity(wanted.len() * c.vocab);
         for &r in &wanted {

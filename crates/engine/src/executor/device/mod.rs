@@ -81,6 +81,8 @@ pub struct DeviceExecutor<O: DeviceOps> {
     graph_ran: bool,
     /// Decode steps that ran padded to a bucket.
     bucketed: u64,
+    /// Host time before each step's download, summed (`Executor::host_seconds`).
+    host: std::time::Duration,
     threads: ComputePool,
 }
 
@@ -145,6 +147,7 @@ impl<O: DeviceOps> DeviceExecutor<O> {
             graphs: None,
             graph_ran: false,
             bucketed: 0,
+            host: std::time::Duration::ZERO,
             threads,
         }
     }
@@ -190,10 +193,10 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
             return Vec::new();
         }
         self.graph_ran = false;
+        let t0 = std::time::Instant::now();
         if let Some(b) = self.graphs.as_mut() {
-            if let Some(logits) =
-                b.decode(&mut self.ops, &self.cfg, &self.m, &mut self.kv, p.clone())
-            {
+            let (ops, kv, host) = (&mut self.ops, &mut self.kv, &mut self.host);
+            if let Some(logits) = b.decode(ops, &self.cfg, &self.m, kv, p.clone(), host, t0) {
                 self.graph_ran = logits.1;
                 self.bucketed += 1;
                 return logits.0;
@@ -210,6 +213,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
             &mut s,
             &step,
         );
+        self.host += t0.elapsed();
         let logits = if n == 0 {
             Vec::new()
         } else {
@@ -221,6 +225,10 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
 
     fn graph_ran(&self) -> bool {
         self.graph_ran
+    }
+
+    fn host_seconds(&self) -> f64 {
+        self.host.as_secs_f64()
     }
 
     fn threads(&self) -> &ComputePool {
