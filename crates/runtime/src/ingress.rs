@@ -154,15 +154,14 @@ where
     /// Cancel one in-flight request (a cancellation message arrived); remember an id that is
     /// not running yet, so that it never starts.
     pub fn cancel(&self, request_id: &str) {
-        if let Some(tok) = self.inflight.lock().unwrap().get(request_id) {
+        // Under the in-flight lock (then the early set's, the order `handle` takes them in):
+        // a request registering now either is found here or finds its id in the early set.
+        let inflight = self.inflight.lock().unwrap();
+        if let Some(tok) = inflight.get(request_id) {
             tok.cancel();
             return;
         }
         self.cancelled_early.lock().unwrap().insert(request_id);
-    }
-
-    fn was_cancelled_early(&self, request_id: &str) -> bool {
-        self.cancelled_early.lock().unwrap().take(request_id)
     }
 
     pub async fn handle(self: Arc<Self>, msg: Message, process_stop: CancellationToken) {
@@ -235,16 +234,19 @@ where
                 return;
             }
         };
-        if self.was_cancelled_early(&request_id) {
-            tracing::debug!(%request_id, endpoint = %self.id, "request cancelled before it arrived");
-            return;
-        }
         let cancel = process_stop.child_token();
         // At most one execution per request id: a second message with a running id (a retry
         // that raced a slow ack, or a forged id) is refused, never takes over the first one's
-        // cancel token.
+        // cancel token. An id cancelled before it arrived never starts; checking that under the
+        // in-flight lock closes the gap in which a cancellation arriving at the same moment
+        // would find neither a running request nor a recorded one.
         let duplicate = {
             let mut inflight = self.inflight.lock().unwrap();
+            if self.cancelled_early.lock().unwrap().take(&request_id) {
+                drop(inflight);
+                tracing::debug!(%request_id, endpoint = %self.id, "request cancelled before it arrived");
+                return;
+            }
             match inflight.entry(request_id.clone()) {
                 std::collections::hash_map::Entry::Occupied(_) => true,
                 std::collections::hash_map::Entry::Vacant(v) => {
