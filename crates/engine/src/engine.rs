@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub panic_after_steps: Option<u64>,
     /// `--device`: where the forward pass runs.
     pub device: crate::executor::Device,
+    /// `--enable-hierarchical-cache`: keep evicted KV blocks in host memory and load them
+    /// back for a prompt that continues them.
+    pub hicache: Option<HiCacheConfig>,
     /// Decode steps of a device executor run padded to batch buckets and, on a GPU, as
     /// captured CUDA graphs (`--disable-cuda-graph` turns it off; the CPU executor has none).
     pub cuda_graphs: bool,
@@ -83,8 +86,18 @@ impl EngineConfig {
             panic_after_steps: None,
             device: crate::executor::Device::Cpu,
             cuda_graphs: true,
+            hicache: None,
         }
     }
+}
+
+/// The host tier's size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HiCacheConfig {
+    /// Capacity relative to the KV pool (`--hicache-ratio`).
+    pub ratio: f64,
+    /// Capacity in bytes (`--hicache-size`), winning over the ratio.
+    pub size_bytes: Option<usize>,
 }
 
 /// What was loaded, for logs, the model card and metrics.
@@ -106,6 +119,8 @@ pub struct EngineInfo {
     pub load_time: Duration,
     /// The KV cache's layout (what a disaggregated peer must share).
     pub kv_layout: KvLayout,
+    /// Blocks the host tier holds at most (0: no host tier).
+    pub host_blocks: usize,
 }
 
 /// Counters and gauges refreshed once per scheduler iteration.
@@ -120,6 +135,11 @@ pub struct EngineStats {
     pub decode_tokens: u64,
     pub finished: u64,
     pub cancelled: u64,
+    /// Host tier: blocks copied there on eviction, and loaded back.
+    pub host_backups: u64,
+    pub host_loads: u64,
+    /// Blocks the host tier holds.
+    pub host_blocks: usize,
 }
 
 /// Free transfer buffers an engine keeps (each up to one prefill chunk's blocks).
@@ -164,9 +184,13 @@ impl Engine {
             return bad("--kernels portable: this process already runs other kernels".into());
         }
         let metrics = match &cfg.metrics {
-            Some(m) => Some(Arc::new(
-                EngineMetrics::new(m).map_err(EngineError::Config)?,
-            )),
+            Some(m) => {
+                let mut m = m.clone();
+                m.hicache = cfg.hicache.is_some();
+                Some(Arc::new(
+                    EngineMetrics::new(&m).map_err(EngineError::Config)?,
+                ))
+            }
             None => None,
         };
         let t0 = Instant::now();
@@ -212,6 +236,7 @@ impl Engine {
             device,
             load_time: t0.elapsed(),
             kv_layout,
+            host_blocks: 0,
         };
         let tracing = cfg.trace.is_some();
         let sink = match cfg.trace {
@@ -225,6 +250,21 @@ impl Engine {
             }
             None => None,
         };
+        // The host tier: its capacity in blocks from --hicache-size, else the ratio.
+        let host_tier = cfg.hicache.map(|h| {
+            let block_bytes = cfg.page_size * per_token;
+            let cap = match h.size_bytes {
+                Some(b) => b / block_bytes,
+                None => (blocks as f64 * h.ratio) as usize,
+            };
+            crate::kv::HostTier::new(cap)
+        });
+        let host_blocks = host_tier.as_ref().map_or(0, |h| h.capacity());
+        let mut info = info;
+        info.host_blocks = host_blocks;
+        if let Some(h) = metrics.as_ref().and_then(|m| m.hicache.as_ref()) {
+            h.host_total.set((host_blocks * cfg.page_size) as i64);
+        }
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (etx, erx) = if cfg.kv_events {
@@ -236,7 +276,13 @@ impl Engine {
         let frames = FramePool::new(FRAME_POOL_BUFFERS);
         let sched = Scheduler::new(SchedulerParts {
             exec,
-            pool: BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching),
+            pool: {
+                let mut p = BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching);
+                if host_blocks > 0 {
+                    p.track_evictions();
+                }
+                p
+            },
             cfg: SchedConfig {
                 max_running: cfg.max_running_requests,
                 chunk: cfg.chunked_prefill_size,
@@ -249,6 +295,7 @@ impl Engine {
             metrics: metrics.clone(),
             trace: sink,
             frames: frames.clone(),
+            host: host_tier,
         });
         let failure: Arc<std::sync::OnceLock<String>> = Arc::default();
         let failed = failure.clone();

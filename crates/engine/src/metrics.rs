@@ -86,6 +86,8 @@ pub struct MetricsConfig {
     /// Window of the interval gauges (`gen_throughput`, `cache_hit_rate`, `utilization`,
     /// `num_retracted_reqs`).
     pub interval: Duration,
+    /// A host tier exists: its families are registered.
+    pub hicache: bool,
 }
 
 impl MetricsConfig {
@@ -100,6 +102,7 @@ impl MetricsConfig {
             prompt_tokens_buckets: buckets::TOKENS.to_vec(),
             generation_tokens_buckets: buckets::TOKENS.to_vec(),
             interval: Duration::from_secs(1),
+            hicache: false,
         }
     }
 }
@@ -116,6 +119,14 @@ pub enum Stage {
 }
 
 /// Every handle the scheduler updates.
+/// The host tier's families.
+pub(crate) struct HiCacheMetrics {
+    pub(crate) evicted_tokens: IntCounter,
+    pub(crate) load_back_tokens: IntCounter,
+    pub(crate) host_used: IntGauge,
+    pub(crate) host_total: IntGauge,
+}
+
 pub struct EngineMetrics {
     registry: Registry,
     pub(crate) interval: Duration,
@@ -147,6 +158,8 @@ pub struct EngineMetrics {
     pub(crate) is_cuda_graph: IntGauge,
     /// Decode passes by `mode`: `decode_cuda_graph` or `decode_none`.
     pub(crate) graph_passes: prometheus::IntCounterVec,
+    /// The host tier's families (`--enable-hierarchical-cache`).
+    pub(crate) hicache: Option<HiCacheMetrics>,
     pub(crate) kv_used: IntGauge,
     pub(crate) kv_available: IntGauge,
     pub(crate) kv_evictable: IntGauge,
@@ -258,6 +271,29 @@ impl EngineMetrics {
         .map_err(|e| e.to_string())?;
         reg(Box::new(realtime.clone()))?;
         let disagg = DisaggMetrics::new(&r, &sched, &stage_vec)?;
+        let hicache = if cfg.hicache {
+            let igauge = |name: &str, help: &str| {
+                let g = IntGauge::with_opts(opts(name, help, &sched)).map_err(|e| e.to_string())?;
+                reg(Box::new(g.clone()))?;
+                Ok::<_, String>(g)
+            };
+            Some(HiCacheMetrics {
+                evicted_tokens: counter(
+                    "evicted_tokens_total",
+                    "Tokens of cached blocks copied from the KV pool to the host tier on eviction",
+                    &sched,
+                )?,
+                load_back_tokens: counter(
+                    "load_back_tokens_total",
+                    "Tokens loaded back from the host tier into the KV pool",
+                    &sched,
+                )?,
+                host_used: igauge("hicache_host_used_tokens", "Tokens the host tier holds")?,
+                host_total: igauge("hicache_host_total_tokens", "Tokens the host tier can hold")?,
+            })
+        } else {
+            None
+        };
         let graph_passes = prometheus::IntCounterVec::new(
             opts(
                 "cuda_graph_passes_total",
@@ -382,6 +418,7 @@ impl EngineMetrics {
                 "1 if the last decode pass ran as a replayed CUDA graph",
             )?,
             graph_passes,
+            hicache,
             new_token_ratio: gauge(
                 "new_token_ratio",
                 "KV reserved for future tokens at admission / remaining max_tokens of running requests",

@@ -24,6 +24,7 @@ use crate::trace::{Slice, TraceSink};
 mod choices;
 mod disagg;
 mod emit;
+mod hicache;
 mod observe;
 mod prefix;
 mod seq;
@@ -81,6 +82,8 @@ pub(crate) struct SchedulerParts {
     pub trace: Option<TraceSink>,
     /// Buffers for KV exports and imports, shared with the engine's transfer callers.
     pub frames: FramePool,
+    /// The host tier of the KV cache (`--enable-hierarchical-cache`).
+    pub host: Option<crate::kv::HostTier>,
 }
 
 pub(crate) struct Scheduler {
@@ -96,6 +99,7 @@ pub(crate) struct Scheduler {
     window: Window,
     trace: Option<TraceSink>,
     frames: FramePool,
+    host: Option<crate::kv::HostTier>,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
     /// Disaggregated decode: waiting for blocks to be reserved, waiting for their KV, and
@@ -117,6 +121,7 @@ impl Scheduler {
             metrics,
             trace,
             frames,
+            host,
         } = parts;
         Scheduler {
             exec,
@@ -131,6 +136,7 @@ impl Scheduler {
             window: Window::new(Instant::now()),
             trace,
             frames,
+            host,
             waiting: VecDeque::new(),
             running: Vec::new(),
             prealloc: VecDeque::new(),
@@ -192,6 +198,8 @@ impl Scheduler {
             self.drop_cancelled();
             self.reserve_decodes();
             let plan = self.schedule();
+            // Blocks allocated now are written by the forward pass: what they held first.
+            self.backup_evicted();
             if plan.is_empty() {
                 self.publish(false);
                 if let Ok(cmd) = self.rx.recv_timeout(std::time::Duration::from_millis(5)) {
@@ -322,7 +330,12 @@ impl Scheduler {
         }
         let page = self.pool.page();
         while self.running.len() < self.cfg.max_running && *budget > 0 {
-            let Some(s) = self.waiting.front() else { break };
+            let Some(front) = self.waiting.pop_front() else {
+                break;
+            };
+            self.load_back(&front);
+            self.waiting.push_front(front);
+            let s = self.waiting.front().expect("just put back");
             let len = s.tokens.len();
             // A prompt whose own log probabilities are wanted is computed in full.
             let nodes = if s.wants_prompt_logprobs() {
@@ -499,6 +512,7 @@ impl Scheduler {
         self.local.running = self.running.len();
         self.local.waiting = self.waiting.len();
         self.local.pool = self.pool.stats();
+        self.local.host_blocks = self.host.as_ref().map_or(0, |h| h.len());
         // The statistics (read by the dynamo_component_* KV gauges at scrape time) before the
         // sglang: gauges: a scrape that sees the engine idle in one sees it idle in both.
         if let Ok(mut s) = self.stats.lock() {

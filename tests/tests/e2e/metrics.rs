@@ -488,9 +488,22 @@ fn docs_match(
             || n == "dynamo_component_kv_cache_events_applied"
             || n.starts_with("dynamo_frontend_worker_active_")
     };
+    // Families of `--enable-hierarchical-cache` (tests/tests/e2e/worker.rs checks them live).
+    let hicache = |n: &str| {
+        matches!(
+            n,
+            "sglang:evicted_tokens_total"
+                | "sglang:load_back_tokens_total"
+                | "sglang:hicache_host_used_tokens"
+                | "sglang:hicache_host_total_tokens"
+        )
+    };
     for name in documented.keys() {
         assert!(
-            live.contains_key(name) || on_event.contains(&name.as_str()) || kv_mode(name),
+            live.contains_key(name)
+                || on_event.contains(&name.as_str())
+                || kv_mode(name)
+                || hicache(name),
             "documented {name} is not served"
         );
     }

@@ -282,3 +282,51 @@ async fn a_worker_on_the_reference_device_serves_the_reference_text() {
         Some(0.0)
     );
 }
+
+/// `--enable-hierarchical-cache` behind the frontend: on a 16-block pool a long prompt pushed
+/// out by two others is served again from the host tier (its cached tokens in the usage) with
+/// the same text, and the host tier's families report the copies both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_tier_serves_an_evicted_prefix() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker(&[
+        "--threads",
+        "2",
+        "--max-total-tokens",
+        "256",
+        "--enable-hierarchical-cache",
+        "--enable-metrics",
+    ]);
+    c.wait_instances(1, Duration::from_secs(30)).await.unwrap();
+    let prompt = |salt: u32| -> Vec<u32> {
+        (0..150)
+            .map(|i| 400 + (i * 31 + salt * 7919) % 20_000)
+            .collect()
+    };
+    let c = &c;
+    let ask = |salt: u32| {
+        let body = requests::greedy_completion(json!(prompt(salt)), 8);
+        async move { c.post("/v1/completions", &body).await }
+    };
+    let (st, _, first) = ask(0).await;
+    assert_eq!(st, 200, "{first}");
+    for salt in 1..3 {
+        assert_eq!(ask(salt).await.0, 200);
+    }
+    let (_, _, again) = ask(0).await;
+    assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"]);
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"], 144,
+        "{again}"
+    );
+    let m = c.worker_metrics(0).await;
+    let v = |n: &str| dynamo_e2e::metric_value(&m, n).unwrap_or(-1.0);
+    assert_eq!(v("sglang:load_back_tokens_total"), 144.0, "{m}");
+    assert!(v("sglang:evicted_tokens_total") >= 144.0);
+    assert!(v("sglang:hicache_host_used_tokens") > 0.0);
+    assert_eq!(
+        v("sglang:hicache_host_total_tokens"),
+        512.0,
+        "twice the 256-token pool"
+    );
+}

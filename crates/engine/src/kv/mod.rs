@@ -1,9 +1,11 @@
 //! KV cache: the paged K/V storage (one f16 slab per layer, addressed by block and offset)
 //! and the block pool with its radix tree of shared prefixes.
 
+mod host;
 mod pool;
 
-pub use pool::{BlockPool, NodeId, PoolStats, ROOT};
+pub use host::HostTier;
+pub use pool::{BlockPool, Evicted, NodeId, PoolStats, ROOT};
 
 /// K and V for every layer as f16 bits, `blocks × page` slots of `kv_heads × head_dim` each.
 pub struct KvCache {

@@ -64,6 +64,19 @@ pub struct BlockPool {
     referenced: usize,
     events: EventBuffer,
     caching: bool,
+    /// Full blocks evicted since the last [`BlockPool::take_evicted`], when tracked (a host
+    /// tier keeps them).
+    evicted: Option<Vec<Evicted>>,
+}
+
+/// A full cached block leaving the pool: its chained hash, its parent's, its tokens, and the
+/// block that still holds its K/V until the block's new owner writes it.
+#[derive(Debug)]
+pub struct Evicted {
+    pub seq_hash: u64,
+    pub parent_hash: Option<u64>,
+    pub tokens: Box<[u32]>,
+    pub block: u32,
 }
 
 impl BlockPool {
@@ -94,6 +107,7 @@ impl BlockPool {
             referenced: 0,
             events: EventBuffer::default(),
             caching,
+            evicted: None,
         }
     }
 
@@ -228,6 +242,25 @@ impl BlockPool {
         self.free.pop()
     }
 
+    /// Keep the full blocks that eviction drops, for [`BlockPool::take_evicted`].
+    pub fn track_evictions(&mut self) {
+        self.evicted.get_or_insert_with(Vec::new);
+    }
+
+    /// The full blocks evicted since the last call (their K/V must be read before the blocks
+    /// are written again).
+    pub fn take_evicted(&mut self) -> Vec<Evicted> {
+        self.evicted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The chained hash of node `n` (the router's sequence hash of its block).
+    pub fn seq_hash_of(&self, n: NodeId) -> u64 {
+        self.nodes[n as usize].seq_hash
+    }
+
     /// Return a private block.
     pub fn free_block(&mut self, b: u32) {
         self.free.push(b);
@@ -247,9 +280,18 @@ impl BlockPool {
             } else {
                 self.nodes[parent as usize].children.remove(&h);
             }
+            let parent_hash = (parent != ROOT).then(|| self.nodes[parent as usize].seq_hash);
             let node = &mut self.nodes[n as usize];
             node.live = false;
-            node.tokens = Box::new([]);
+            let tokens = std::mem::take(&mut node.tokens);
+            if let (Some(ev), false) = (self.evicted.as_mut(), partial) {
+                ev.push(Evicted {
+                    seq_hash,
+                    parent_hash,
+                    tokens,
+                    block,
+                });
+            }
             self.free_nodes.push(n);
             self.free.push(block);
             self.unreferenced -= 1;

@@ -173,7 +173,9 @@ impl Scheduler {
         c.computed = c.nodes.len() * page;
         c.cacheable = p.cacheable;
         while c.computed < len {
-            let Some(b) = self.pool.alloc() else {
+            let got = self.pool.alloc();
+            self.backup_evicted();
+            let Some(b) = got else {
                 self.release(c);
                 return false;
             };

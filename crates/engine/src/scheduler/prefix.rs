@@ -45,7 +45,9 @@ impl Scheduler {
         };
         // Hold the source while the copy's block is taken: allocation may evict.
         self.pool.acquire(&[node]);
-        if let Some(b) = self.pool.alloc() {
+        let got = self.pool.alloc();
+        self.backup_evicted();
+        if let Some(b) = got {
             self.exec.copy_prefix(self.pool.block_of(node), b, n);
             debug_assert_eq!(s.pages.len() * page, s.computed);
             s.pages.push(b);
