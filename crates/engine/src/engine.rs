@@ -121,6 +121,8 @@ pub struct EngineInfo {
     pub kv_layout: KvLayout,
     /// Blocks the host tier holds at most (0: no host tier).
     pub host_blocks: usize,
+    /// Bytes of the weights as the executor keeps them (f16 on a device).
+    pub weight_bytes: usize,
 }
 
 /// Counters and gauges refreshed once per scheduler iteration.
@@ -237,6 +239,7 @@ impl Engine {
             load_time: t0.elapsed(),
             kv_layout,
             host_blocks: 0,
+            weight_bytes: exec.weight_bytes(),
         };
         let tracing = cfg.trace.is_some();
         let sink = match cfg.trace {
@@ -323,6 +326,8 @@ impl Engine {
                 num_pages: info.kv_blocks,
                 context_len: info.context_length,
                 load_weights,
+                kv_bytes: info.kv_bytes,
+                weight_bytes: info.weight_bytes,
             };
             m.set_static(&facts, t0.elapsed());
         }

@@ -176,6 +176,8 @@ pub struct EngineMetrics {
     page_size: IntGauge,
     num_pages: IntGauge,
     context_len: IntGauge,
+    kv_memory_gb: Gauge,
+    weight_memory_gb: Gauge,
     startup_time: Gauge,
     load_weights_time: Gauge,
 }
@@ -187,6 +189,10 @@ pub struct StaticFacts {
     pub num_pages: usize,
     pub context_len: usize,
     pub load_weights: Duration,
+    /// Bytes of the KV cache and of the weights where the executor keeps them (device
+    /// memory for a device executor).
+    pub kv_bytes: usize,
+    pub weight_bytes: usize,
 }
 
 fn check_buckets(flag: &str, b: &[f64]) -> Result<(), String> {
@@ -455,6 +461,14 @@ impl EngineMetrics {
             page_size: igauge("page_size", "Tokens per KV page")?,
             num_pages: igauge("num_pages", "KV pages in the pool")?,
             context_len: igauge("context_len", "Context length in tokens")?,
+            kv_memory_gb: gauge(
+                "kv_cache_memory_usage_gb",
+                "GB of the KV cache where the executor keeps it (device memory on a GPU)",
+            )?,
+            weight_memory_gb: gauge(
+                "weight_memory_usage_gb",
+                "GB of the weights as the executor keeps them (f16 in device memory on a GPU)",
+            )?,
             startup_time: gauge("engine_startup_time", "Seconds to start the engine")?,
             load_weights_time: gauge("engine_load_weights_time", "Seconds to load the weights")?,
             registry: r,
@@ -468,6 +482,8 @@ impl EngineMetrics {
         self.page_size.set(f.page_size as i64);
         self.num_pages.set(f.num_pages as i64);
         self.context_len.set(f.context_len as i64);
+        self.kv_memory_gb.set(f.kv_bytes as f64 / 1e9);
+        self.weight_memory_gb.set(f.weight_bytes as f64 / 1e9);
         self.load_weights_time.set(f.load_weights.as_secs_f64());
         self.startup_time.set(startup.as_secs_f64());
     }

@@ -53,6 +53,9 @@ const SPEC_NAME_LINTS: &[&str] = &[
     "sglang:kv_transfer_latency_ms metric names should not contain abbreviated units",
     "sglang:kv_transfer_speed_gb_s metric names should not contain abbreviated units",
     "sglang:kv_transfer_total_mb metric names should not contain abbreviated units",
+    // SGLang's memory gauges (spec §9), named as the spec names them.
+    "sglang:kv_cache_memory_usage_gb metric names should not contain abbreviated units",
+    "sglang:weight_memory_usage_gb metric names should not contain abbreviated units",
 ];
 
 async fn scrape(c: &Cluster) -> String {
@@ -341,6 +344,12 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
     );
     assert_eq!(v(&m, "sglang:num_pages"), 32.0);
     assert_eq!(v(&m, "sglang:page_size"), 16.0);
+    // 512 KV slots of SmolLM2 (30 layers, K and V of 3 × 64 f16 each): 11.8 MB.
+    assert_eq!(
+        v(&m, "sglang:kv_cache_memory_usage_gb"),
+        512.0 * 30.0 * 2.0 * 192.0 * 2.0 / 1e9
+    );
+    assert!(v(&m, "sglang:weight_memory_usage_gb") > 0.05);
     let hit = v(&m, "sglang:cache_hit_rate");
     assert!((0.0..=1.0).contains(&hit));
     assert!(v(&m, "sglang:engine_load_weights_time") > 0.0);
@@ -392,7 +401,7 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
     }
     assert_eq!(
         sglang,
-        50,
+        52,
         "sglang: families: {:?}",
         fams.keys().collect::<Vec<_>>()
     );

@@ -259,10 +259,18 @@ async fn a_worker_on_the_reference_device_serves_the_reference_text() {
     let want = case["text_before_first_near_tie"].as_str().unwrap();
     let sentence = &want[..=want.find('.').unwrap()];
     assert!(text.starts_with(sentence), "{text:?} vs {want:?}");
-    let generated = c
-        .worker_metric(0, "sglang:generation_tokens_total")
-        .await
-        .unwrap_or(0.0);
+    // The engine counts a request's tokens just after its last one is sent.
+    let mut generated = 0.0;
+    for _ in 0..50 {
+        generated = c
+            .worker_metric(0, "sglang:generation_tokens_total")
+            .await
+            .unwrap_or(0.0);
+        if generated >= 8.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(generated, 8.0);
     // Its decode passes ran padded to buckets, as the CUDA executor runs them, but no graph
     // was replayed (the reference ops capture none).

@@ -55,6 +55,10 @@ impl Executor for CpuExecutor {
             .forward(&mut self.kv, seqs, &mut self.scratch, &self.threads)
     }
 
+    fn weight_bytes(&self) -> usize {
+        self.model.w.summary.bytes_per_token as usize
+    }
+
     fn threads(&self) -> &ComputePool {
         &self.threads
     }

@@ -41,6 +41,9 @@ pub trait Executor: Send {
         0.0
     }
 
+    /// Bytes of the weights as this executor keeps them.
+    fn weight_bytes(&self) -> usize;
+
     /// Host threads for work around the forward pass (sampling).
     fn threads(&self) -> &ComputePool;
 

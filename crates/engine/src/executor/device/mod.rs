@@ -83,6 +83,8 @@ pub struct DeviceExecutor<O: DeviceOps> {
     bucketed: u64,
     /// Host time before each step's download, summed (`Executor::host_seconds`).
     host: std::time::Duration,
+    /// Bytes of the weights on the device (f16 matrices, f32 norms).
+    weight_bytes: usize,
     threads: ComputePool,
 }
 
@@ -105,6 +107,24 @@ impl<O: DeviceOps> DeviceExecutor<O> {
         threads: ComputePool,
     ) -> Self {
         let c = weights.cfg.clone();
+        let w = &weights;
+        let norms: usize = w.norm.len()
+            + w.layers
+                .iter()
+                .map(|l| l.attn_norm.len() + l.ffn_norm.len())
+                .sum::<usize>();
+        let matrices: usize = w.embed.n * w.embed.k
+            + w.lm_head.as_ref().map_or(0, |l| l.n * l.k)
+            + w.layers
+                .iter()
+                .map(|l| {
+                    [&l.qkv, &l.o, &l.gate_up, &l.down]
+                        .iter()
+                        .map(|m| m.n * m.k)
+                        .sum::<usize>()
+                })
+                .sum::<usize>();
+        let weight_bytes = matrices * 2 + norms * 4;
         let f16 = |ops: &mut O, l: &Linear| ops.f16_from(&half(l));
         let embed = f16(&mut ops, &weights.embed);
         let lm_head = weights.lm_head.as_ref().map(|l| f16(&mut ops, l));
@@ -148,6 +168,7 @@ impl<O: DeviceOps> DeviceExecutor<O> {
             graph_ran: false,
             bucketed: 0,
             host: std::time::Duration::ZERO,
+            weight_bytes,
             threads,
         }
     }
@@ -229,6 +250,10 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
 
     fn host_seconds(&self) -> f64 {
         self.host.as_secs_f64()
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 
     fn threads(&self) -> &ComputePool {
