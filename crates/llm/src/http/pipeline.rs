@@ -479,6 +479,8 @@ async fn stream_chunks(
     let usage_field = |u: Option<UsageBody>| include_usage.then_some(u);
     let mut sent_role = vec![false; set.pipes().len()];
     let mut next = first.map(Some);
+    // Each round's choices, in the order their items came (reused across rounds).
+    let mut touched: Vec<usize> = Vec::new();
     loop {
         let item = match next.take() {
             Some(i) => i,
@@ -492,8 +494,6 @@ async fn stream_chunks(
             },
         };
         let Some(mut item) = item else { break };
-        // This round's choices, in the order their items came.
-        let mut touched: Vec<usize> = Vec::new();
         loop {
             let placed = item.1.and_then(|o| {
                 timing.on_tokens(&mut guard, job.start, o.token_ids.len());
@@ -521,42 +521,36 @@ async fn stream_chunks(
                 None => break,
             }
         }
-        for c in touched {
+        for c in touched.drain(..) {
             let text = set.take_text(c);
             let pipe = set.pipe(c);
             let role = !sent_role[c] && job.kind == Kind::Chat && pipe.finish.is_none();
-            let mut out = Vec::new();
             if !text.is_empty() || role {
                 let lp = pipe.take_logprobs(&job.pre, job.kind);
                 let first = !sent_role[c];
-                out.extend_from_slice(&chunk(
-                    job,
-                    c as u32,
-                    Some(&text),
-                    first,
-                    None,
-                    usage_field(None),
-                    lp,
-                ));
+                let u = usage_field(None);
+                let content = chunk(job, c as u32, Some(&text), first, None, u, lp);
                 sent_role[c] = true;
+                if tx.send(content).await.is_err() {
+                    return;
+                }
             }
             if set.newly_finished(c) {
                 // Tokens whose text was held back (a stop string's prefix) keep their logprobs.
                 let pipe = set.pipe(c);
                 let lp = pipe.take_pending_logprobs(&job.pre, job.kind);
-                let finish = pipe.finish;
-                out.extend_from_slice(&chunk(
+                let end = chunk(
                     job,
                     c as u32,
                     None,
                     false,
-                    finish,
+                    pipe.finish,
                     usage_field(None),
                     lp,
-                ));
-            }
-            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
-                return;
+                );
+                if tx.send(end).await.is_err() {
+                    return;
+                }
             }
         }
         if set.done() {
