@@ -110,7 +110,7 @@ impl<O: DeviceOps> Buckets<O> {
     }
 
     /// Run `p` through its bucket when it is a decode step that fits one: the logits of its
-    /// wanted rows and whether a replayed graph ran; `None` when `p` must run as it comes.
+    /// wanted rows and whether a replayed graph ran; `p` back when it must run as it comes.
     /// The host time from `t0` to the results' download is added to `host`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn decode(
@@ -122,12 +122,12 @@ impl<O: DeviceOps> Buckets<O> {
         mut p: StepPlan,
         host: &mut std::time::Duration,
         t0: std::time::Instant,
-    ) -> Option<(Vec<f32>, bool)> {
+    ) -> Result<(Vec<f32>, bool), StepPlan> {
         let real = p.seqs();
-        if !p.is_decode() || p.table_width > self.width {
-            return None;
-        }
-        let size = bucket_for(real)?;
+        let size = match bucket_for(real) {
+            Some(size) if p.is_decode() && p.table_width <= self.width => size,
+            _ => return Err(p),
+        };
         let wanted = std::mem::take(&mut p.logit_rows);
         p.pad_decode(size);
         widen(&mut p, self.width);
@@ -154,7 +154,7 @@ impl<O: DeviceOps> Buckets<O> {
         for &r in &wanted {
             logits.extend_from_slice(&all[r as usize * c.vocab..(r as usize + 1) * c.vocab]);
         }
-        Some((logits, ran))
+        Ok((logits, ran))
     }
 }
 

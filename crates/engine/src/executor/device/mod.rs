@@ -215,14 +215,20 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
         }
         self.graph_ran = false;
         let t0 = std::time::Instant::now();
-        if let Some(b) = self.graphs.as_mut() {
-            let (ops, kv, host) = (&mut self.ops, &mut self.kv, &mut self.host);
-            if let Some(logits) = b.decode(ops, &self.cfg, &self.m, kv, p.clone(), host, t0) {
-                self.graph_ran = logits.1;
-                self.bucketed += 1;
-                return logits.0;
+        let p = match self.graphs.as_mut() {
+            Some(b) => {
+                let (ops, kv, host) = (&mut self.ops, &mut self.kv, &mut self.host);
+                match b.decode(ops, &self.cfg, &self.m, kv, p, host, t0) {
+                    Ok((logits, ran)) => {
+                        self.graph_ran = ran;
+                        self.bucketed += 1;
+                        return logits;
+                    }
+                    Err(p) => p,
+                }
             }
-        }
+            None => p,
+        };
         let step = StepBufs::upload(&mut self.ops, &p, self.page);
         let mut s = self.scratch(t);
         let n = step.logit_rows_n;
