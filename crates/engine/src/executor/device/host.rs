@@ -5,20 +5,12 @@
 
 use super::ops::{AttnShape, DeviceOps, StepBufs};
 use super::plan::NONE;
-use crate::kernels::{f16_to_f32, to_f16};
+use crate::kernels::{f16_to_f32, rms_norm as rms, to_f16};
 use crate::model::RopeStyle;
 
 /// Host memory standing in for a device.
 #[derive(Debug, Default)]
 pub struct HostOps;
-
-fn rms(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inv = 1.0 / (ms + eps).sqrt();
-    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
-        *o = v * inv * w;
-    }
-}
 
 impl DeviceOps for HostOps {
     type F32 = Vec<f32>;
@@ -94,9 +86,7 @@ impl DeviceOps for HostOps {
         eps: f32,
         out: &mut Vec<f32>,
     ) {
-        for r in 0..rows {
-            rms(&x[r * k..(r + 1) * k], w, eps, &mut out[r * k..(r + 1) * k]);
-        }
+        rms(&x[..rows * k], &w[..k], eps, &mut out[..rows * k]);
     }
 
     fn matmul(
