@@ -110,7 +110,8 @@ impl<O: DeviceOps> Buckets<O> {
     }
 
     /// Run `p` through its bucket when it is a decode step that fits one: the logits of its
-    /// wanted rows and whether a replayed graph ran; `p` back when it must run as it comes.
+    /// wanted rows and whether a replayed graph ran (`p` is padded in place); `None`, `p`
+    /// untouched, when it must run as it comes.
     /// The host time from `t0` to the results' download is added to `host`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn decode(
@@ -119,22 +120,22 @@ impl<O: DeviceOps> Buckets<O> {
         c: &ModelConfig,
         m: &DeviceModel<O>,
         kv: &mut KvBufs<O>,
-        mut p: StepPlan,
+        p: &mut StepPlan,
         host: &mut std::time::Duration,
         t0: std::time::Instant,
-    ) -> Result<(Vec<f32>, bool), StepPlan> {
+    ) -> Option<(Vec<f32>, bool)> {
         let real = p.seqs();
-        let size = match bucket_for(real) {
-            Some(size) if p.is_decode() && p.table_width <= self.width => size,
-            _ => return Err(p),
-        };
+        if !p.is_decode() || p.table_width > self.width {
+            return None;
+        }
+        let size = bucket_for(real)?;
         let wanted = std::mem::take(&mut p.logit_rows);
         p.pad_decode(size);
-        widen(&mut p, self.width);
+        widen(p, self.width);
         p.logit_rows = (0..size as u32).collect();
         let page = self.page;
         let b = self.buckets.entry(size).or_insert_with(|| Bucket {
-            step: StepBufs::upload(o, &p, page),
+            step: StepBufs::upload(o, p, page),
             scratch: Scratch::new(o, c, size),
         });
         let st = &mut b.step;
@@ -154,7 +155,7 @@ impl<O: DeviceOps> Buckets<O> {
         for &r in &wanted {
             logits.extend_from_slice(&all[r as usize * c.vocab..(r as usize + 1) * c.vocab]);
         }
-        Ok((logits, ran))
+        Some((logits, ran))
     }
 }
 

@@ -208,27 +208,21 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
     }
 
     fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Vec<f32> {
-        let p = plan::StepPlan::new(seqs, self.page);
+        let mut p = plan::StepPlan::new(seqs, self.page);
         let t = p.tokens.len();
         if t == 0 {
             return Vec::new();
         }
         self.graph_ran = false;
         let t0 = std::time::Instant::now();
-        let p = match self.graphs.as_mut() {
-            Some(b) => {
-                let (ops, kv, host) = (&mut self.ops, &mut self.kv, &mut self.host);
-                match b.decode(ops, &self.cfg, &self.m, kv, p, host, t0) {
-                    Ok((logits, ran)) => {
-                        self.graph_ran = ran;
-                        self.bucketed += 1;
-                        return logits;
-                    }
-                    Err(p) => p,
-                }
+        if let Some(b) = self.graphs.as_mut() {
+            let (ops, kv, host) = (&mut self.ops, &mut self.kv, &mut self.host);
+            if let Some((logits, ran)) = b.decode(ops, &self.cfg, &self.m, kv, &mut p, host, t0) {
+                self.graph_ran = ran;
+                self.bucketed += 1;
+                return logits;
             }
-            None => p,
-        };
+        }
         let step = StepBufs::upload(&mut self.ops, &p, self.page);
         let mut s = self.scratch(t);
         let n = step.logit_rows_n;
