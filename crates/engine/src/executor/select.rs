@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use super::device::{DeviceExecutor, HostOps};
+use super::device::{DeviceExecutor, DeviceOps, HostOps};
 use super::{CpuExecutor, Executor};
 use crate::kernels::ComputePool;
 use crate::model::Weights;
@@ -86,46 +86,32 @@ pub fn executor(
             Box::new(CpuExecutor::new(weights, blocks, page, threads)),
             format!("cpu ({:?} kernels)", crate::kernels::isa()),
         )),
-        Device::Reference => {
-            let mut e = DeviceExecutor::new(HostOps, weights, blocks, page, threads);
-            if let Some(context) = graphs {
-                e.enable_graphs(context);
-            }
-            let d = e.describe();
-            Ok((Box::new(e), d))
+        Device::Reference => Ok(on_device(HostOps, weights, blocks, page, threads, graphs)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => {
+            let ops = super::device::cuda::CudaOps::open(index).map_err(EngineError::Config)?;
+            Ok(on_device(ops, weights, blocks, page, threads, graphs))
         }
-        Device::Cuda(index) => cuda(index, weights, blocks, page, threads, graphs),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(EngineError::Config(NO_CUDA_FEATURE.into())),
     }
 }
 
-#[cfg(not(feature = "cuda"))]
-fn cuda(
-    _index: usize,
-    _weights: Weights,
-    _blocks: usize,
-    _page: usize,
-    _threads: ComputePool,
-    _graphs: Option<usize>,
-) -> Result<(Box<dyn Executor>, String), EngineError> {
-    Err(EngineError::Config(NO_CUDA_FEATURE.into()))
-}
-
-#[cfg(feature = "cuda")]
-fn cuda(
-    index: usize,
+/// The device executor on `ops`, with decode graphs when `graphs` gives the context length.
+fn on_device<O: DeviceOps + 'static>(
+    ops: O,
     weights: Weights,
     blocks: usize,
     page: usize,
     threads: ComputePool,
     graphs: Option<usize>,
-) -> Result<(Box<dyn Executor>, String), EngineError> {
-    let ops = super::device::cuda::CudaOps::open(index).map_err(EngineError::Config)?;
+) -> (Box<dyn Executor>, String) {
     let mut e = DeviceExecutor::new(ops, weights, blocks, page, threads);
     if let Some(context) = graphs {
         e.enable_graphs(context);
     }
     let d = e.describe();
-    Ok((Box::new(e), d))
+    (Box::new(e), d)
 }
 
 #[cfg(test)]
