@@ -255,12 +255,15 @@ impl DeviceOps for CudaOps {
     }
 
     fn f16_copy_within(&mut self, x: &mut CudaSlice<u16>, src: usize, dst: usize, n: usize) {
-        let tmp = self
-            .stream
-            .clone_dtod(&x.slice(src..src + n))
-            .expect("CUDA copy");
-        let mut d = x.slice_mut(dst..dst + n);
-        self.stream.memcpy_dtod(&tmp, &mut d).expect("CUDA copy");
+        // The ranges do not overlap: split the buffer between them and copy device to device,
+        // without a temporary buffer.
+        let (mut lo, mut hi) = x.split_at_mut(src.max(dst));
+        let (from, mut to) = if src < dst {
+            (lo.slice(src..src + n), hi.slice_mut(..n))
+        } else {
+            (hi.slice(..n), lo.slice_mut(dst..dst + n))
+        };
+        self.stream.memcpy_dtod(&from, &mut to).expect("CUDA copy");
     }
 
     fn embed(
