@@ -54,7 +54,7 @@ impl std::fmt::Display for Device {
 /// What a build without the `cuda` feature says to `--device cuda`.
 pub const NO_CUDA_FEATURE: &str = "this dynamo-worker was built without the `cuda` feature; \
     build it with `cargo build --release -p dynamo-worker --features cuda` (launch/build-cuda.sh \
-    does it with a pinned CUDA 13.0 toolkit) or run with --device cpu";
+    builds it and checks the kernels; no CUDA toolkit is needed) or run with --device cpu";
 
 /// Whether `device` can run here, checked before anything is loaded: a build without the
 /// `cuda` feature, a machine without an NVIDIA driver, or a device index past the machine's
