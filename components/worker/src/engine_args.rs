@@ -56,16 +56,8 @@ pub struct EngineArgs {
     /// Do not share KV blocks between requests with a common prefix.
     #[arg(long)]
     pub disable_radix_cache: bool,
-    /// Keep cached KV blocks that leave the KV pool in a host-memory tier, and load them back
-    /// for a prompt that continues them (instead of computing them again).
-    #[arg(long)]
-    pub enable_hierarchical_cache: bool,
-    /// Host tier capacity relative to the KV pool (with --enable-hierarchical-cache).
-    #[arg(long, default_value_t = 2.0)]
-    pub hicache_ratio: f64,
-    /// Host tier capacity in GB; wins over --hicache-ratio.
-    #[arg(long)]
-    pub hicache_size: Option<f64>,
+    #[command(flatten)]
+    pub hicache: crate::hicache_args::HiCacheArgs,
     /// Most requests waiting for the running batch; past it a request is refused at once
     /// (the frontend tries another worker, then answers 503 with Retry-After). 0: no limit.
     #[arg(long, default_value_t = d::MAX_QUEUED_REQUESTS)]
@@ -102,24 +94,7 @@ impl EngineArgs {
             Kernels::Portable => KernelChoice::Portable,
         };
         cfg.enable_prefix_caching = !self.disable_radix_cache;
-        if self.enable_hierarchical_cache {
-            if self.hicache_ratio.is_nan() || self.hicache_ratio <= 0.0 {
-                anyhow::bail!(
-                    "--hicache-ratio must be greater than 0, got {}",
-                    self.hicache_ratio
-                );
-            }
-            if self.hicache_size.is_some_and(|g| g.is_nan() || g <= 0.0) {
-                anyhow::bail!("--hicache-size must be greater than 0 GB");
-            }
-            if self.disable_radix_cache {
-                anyhow::bail!("--enable-hierarchical-cache needs the radix cache (drop --disable-radix-cache)");
-            }
-            cfg.hicache = Some(dynamo_engine::engine::HiCacheConfig {
-                ratio: self.hicache_ratio,
-                size_bytes: self.hicache_size.map(|g| (g * 1e9) as usize),
-            });
-        }
+        cfg.hicache = self.hicache.config(!self.disable_radix_cache)?;
         cfg.queue = dynamo_engine::admission::QueueLimits {
             max_requests: self.max_queued_requests,
             max_tokens: self.max_queued_tokens,

@@ -6,6 +6,7 @@ mod card;
 mod disagg_args;
 mod engine_args;
 mod handler;
+mod hicache_args;
 mod metrics_args;
 
 use std::sync::Arc;

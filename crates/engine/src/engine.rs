@@ -19,7 +19,7 @@ use crate::kv::{BlockPool, KvCache, PoolStats};
 use crate::metrics::{EngineMetrics, MetricsConfig, StaticFacts};
 use crate::model::{self, ModelConfig, WeightSummary};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::scheduler::{Cmd, Role, SchedConfig, Scheduler, SchedulerParts, Seq};
+use crate::scheduler::{Cmd, Role, SchedConfig, Scheduler, SchedulerParts, Seq, Wake};
 use crate::trace::{SeqTrace, TraceConfig, TraceRequest, TraceSink};
 use crate::{EngineError, RequestError};
 
@@ -91,14 +91,7 @@ impl EngineConfig {
     }
 }
 
-/// The host tier's size.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HiCacheConfig {
-    /// Capacity relative to the KV pool (`--hicache-ratio`).
-    pub ratio: f64,
-    /// Capacity in bytes (`--hicache-size`), winning over the ratio.
-    pub size_bytes: Option<usize>,
-}
+pub use crate::kv::HiCacheConfig;
 
 /// What was loaded, for logs, the model card and metrics.
 #[derive(Debug, Clone)]
@@ -160,6 +153,14 @@ pub struct Engine {
     admission: Arc<Admission>,
     /// Set once the scheduler thread has died, with why.
     failure: Arc<std::sync::OnceLock<String>>,
+    /// The storage tier's way into the scheduler's channel, closed when the engine drops.
+    wake: Wake,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.wake.close();
+    }
 }
 
 impl Engine {
@@ -189,6 +190,7 @@ impl Engine {
             Some(m) => {
                 let mut m = m.clone();
                 m.hicache = cfg.hicache.is_some();
+                m.hicache_storage = cfg.hicache.as_ref().is_some_and(|h| h.storage.is_some());
                 Some(Arc::new(
                     EngineMetrics::new(&m).map_err(EngineError::Config)?,
                 ))
@@ -253,22 +255,21 @@ impl Engine {
             }
             None => None,
         };
-        // The host tier: its capacity in blocks from --hicache-size, else the ratio.
-        let host_tier = cfg.hicache.map(|h| {
-            let block_bytes = cfg.page_size * per_token;
-            let cap = match h.size_bytes {
-                Some(b) => b / block_bytes,
-                None => (blocks as f64 * h.ratio) as usize,
-            };
-            crate::kv::HostTier::new(cap)
-        });
-        let host_blocks = host_tier.as_ref().map_or(0, |h| h.capacity());
+        let (tx, rx) = mpsc::channel();
+        let wake = Wake::new(tx.clone());
+        let tiers = match &cfg.hicache {
+            Some(h) => Some(crate::scheduler::build_tiers(
+                h,
+                &cfg.model,
+                &info,
+                metrics.as_deref(),
+                wake.clone(),
+            )?),
+            None => None,
+        };
+        let host_blocks = tiers.as_ref().map_or(0, |t| t.host.capacity());
         let mut info = info;
         info.host_blocks = host_blocks;
-        if let Some(h) = metrics.as_ref().and_then(|m| m.hicache.as_ref()) {
-            h.host_total.set((host_blocks * cfg.page_size) as i64);
-        }
-        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (etx, erx) = if cfg.kv_events {
             let (a, b) = tmpsc::unbounded_channel();
@@ -283,6 +284,7 @@ impl Engine {
                 let mut p = BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching);
                 if host_blocks > 0 {
                     p.track_evictions();
+                    p.track_stored();
                 }
                 p
             },
@@ -298,7 +300,7 @@ impl Engine {
             metrics: metrics.clone(),
             trace: sink,
             frames: frames.clone(),
-            host: host_tier,
+            tiers,
         });
         let failure: Arc<std::sync::OnceLock<String>> = Arc::default();
         let failed = failure.clone();
@@ -342,6 +344,7 @@ impl Engine {
             frames,
             admission: Admission::new(cfg.queue),
             failure,
+            wake,
         })
     }
 

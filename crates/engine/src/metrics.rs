@@ -10,7 +10,10 @@
 use std::time::{Duration, Instant};
 
 mod disagg;
+mod hicache;
 pub use disagg::{DisaggMetrics, DisaggStage};
+pub(crate) use hicache::HiCacheMetrics;
+pub use hicache::StorageMetrics;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -88,6 +91,8 @@ pub struct MetricsConfig {
     pub interval: Duration,
     /// A host tier exists: its families are registered.
     pub hicache: bool,
+    /// A storage tier exists below it: the storage families too.
+    pub hicache_storage: bool,
 }
 
 impl MetricsConfig {
@@ -103,6 +108,7 @@ impl MetricsConfig {
             generation_tokens_buckets: buckets::TOKENS.to_vec(),
             interval: Duration::from_secs(1),
             hicache: false,
+            hicache_storage: false,
         }
     }
 }
@@ -119,21 +125,14 @@ pub enum Stage {
 }
 
 /// Every handle the scheduler updates.
-/// The host tier's families.
-pub(crate) struct HiCacheMetrics {
-    pub(crate) evicted_tokens: IntCounter,
-    pub(crate) load_back_tokens: IntCounter,
-    pub(crate) host_used: IntGauge,
-    pub(crate) host_total: IntGauge,
-}
-
 pub struct EngineMetrics {
     registry: Registry,
     pub(crate) interval: Duration,
     // per request (tokenizer collector)
     pub(crate) prompt_tokens: IntCounter,
     pub(crate) generation_tokens: IntCounter,
-    pub(crate) cached_tokens: IntCounter,
+    /// By `cache_source`: device, host, storage_file.
+    pub(crate) cached_tokens: prometheus::IntCounterVec,
     pub(crate) requests: IntCounter,
     pub(crate) aborted: IntCounter,
     pub(crate) ttft: Histogram,
@@ -278,25 +277,7 @@ impl EngineMetrics {
         reg(Box::new(realtime.clone()))?;
         let disagg = DisaggMetrics::new(&r, &sched, &stage_vec)?;
         let hicache = if cfg.hicache {
-            let igauge = |name: &str, help: &str| {
-                let g = IntGauge::with_opts(opts(name, help, &sched)).map_err(|e| e.to_string())?;
-                reg(Box::new(g.clone()))?;
-                Ok::<_, String>(g)
-            };
-            Some(HiCacheMetrics {
-                evicted_tokens: counter(
-                    "evicted_tokens_total",
-                    "Tokens of cached blocks copied from the KV pool to the host tier on eviction",
-                    &sched,
-                )?,
-                load_back_tokens: counter(
-                    "load_back_tokens_total",
-                    "Tokens loaded back from the host tier into the KV pool",
-                    &sched,
-                )?,
-                host_used: igauge("hicache_host_used_tokens", "Tokens the host tier holds")?,
-                host_total: igauge("hicache_host_total_tokens", "Tokens the host tier can hold")?,
-            })
+            Some(HiCacheMetrics::new(&r, &sched, cfg.hicache_storage)?)
         } else {
             None
         };
@@ -327,11 +308,26 @@ impl EngineMetrics {
                 "Generated tokens of finished requests",
                 &tok,
             )?,
-            cached_tokens: counter(
-                "cached_tokens_total",
-                "Prompt tokens of finished requests served from the prefix cache",
-                &tok,
-            )?,
+            cached_tokens: {
+                let c = prometheus::IntCounterVec::new(
+                    opts(
+                        "cached_tokens_total",
+                        "Prompt tokens of finished requests served from a cache, by where the blocks were at arrival: device (the KV pool), host (the host tier), storage_file (the storage tier)",
+                        &tok,
+                    ),
+                    &["cache_source"],
+                )
+                .map_err(|e| e.to_string())?;
+                reg(Box::new(c.clone()))?;
+                c.with_label_values(&["device"]);
+                if cfg.hicache {
+                    c.with_label_values(&["host"]);
+                }
+                if cfg.hicache_storage {
+                    c.with_label_values(&["storage_file"]);
+                }
+                c
+            },
             requests: counter("num_requests_total", "Finished requests", &tok)?,
             aborted: counter(
                 "num_aborted_requests_total",

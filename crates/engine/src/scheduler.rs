@@ -26,6 +26,7 @@ mod disagg;
 mod emit;
 mod hicache;
 mod observe;
+mod prefetch;
 mod prefix;
 mod seq;
 use crate::disagg::FramePool;
@@ -33,6 +34,8 @@ use emit::{cache_full_blocks, emit};
 use observe::{observe_decode, observe_prefill};
 
 pub(crate) use disagg::{DecodeSide, PrefillSide, Role};
+pub(crate) use hicache::build_tiers;
+pub(crate) use prefetch::{Prefetch, Wake};
 pub(crate) use seq::Seq;
 
 pub(crate) enum Cmd {
@@ -56,6 +59,8 @@ pub(crate) enum Cmd {
         id: u64,
         cancelled: bool,
     },
+    /// Blocks a storage prefetch read.
+    Prefetched(crate::kv::storage::Prefetched),
 }
 
 pub(crate) struct SchedConfig {
@@ -82,8 +87,8 @@ pub(crate) struct SchedulerParts {
     pub trace: Option<TraceSink>,
     /// Buffers for KV exports and imports, shared with the engine's transfer callers.
     pub frames: FramePool,
-    /// The host tier of the KV cache (`--enable-hierarchical-cache`).
-    pub host: Option<crate::kv::HostTier>,
+    /// The tiers below the KV pool (`--enable-hierarchical-cache`).
+    pub tiers: Option<crate::kv::Tiers>,
 }
 
 pub(crate) struct Scheduler {
@@ -99,7 +104,7 @@ pub(crate) struct Scheduler {
     window: Window,
     trace: Option<TraceSink>,
     frames: FramePool,
-    host: Option<crate::kv::HostTier>,
+    tiers: Option<crate::kv::Tiers>,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
     /// Disaggregated decode: waiting for blocks to be reserved, waiting for their KV, and
@@ -121,7 +126,7 @@ impl Scheduler {
             metrics,
             trace,
             frames,
-            host,
+            tiers,
         } = parts;
         Scheduler {
             exec,
@@ -136,7 +141,7 @@ impl Scheduler {
             window: Window::new(Instant::now()),
             trace,
             frames,
-            host,
+            tiers,
             waiting: VecDeque::new(),
             running: Vec::new(),
             prealloc: VecDeque::new(),
@@ -159,6 +164,7 @@ impl Scheduler {
                 if matches!(s.role, Role::Decode(_)) {
                     self.prealloc.push_back(s)
                 } else {
+                    self.start_prefetch(&mut s);
                     self.waiting.push_back(s)
                 }
             }
@@ -172,6 +178,7 @@ impl Scheduler {
                 logprob,
             } => self.import_done(id, first_token, logprob),
             Cmd::ImportAbort { id, cancelled } => self.import_abort(id, cancelled),
+            Cmd::Prefetched(p) => self.prefetched(p),
         }
     }
 
@@ -208,6 +215,7 @@ impl Scheduler {
                 continue;
             }
             self.step(&plan);
+            self.write_through();
             self.local.iterations += 1;
             self.publish(false);
         }
@@ -236,6 +244,7 @@ impl Scheduler {
             self.waiting.drain(..).partition(|s| s.abandoned());
         self.waiting.extend(keep);
         for s in &mut left {
+            self.finish_prefetch(s, true);
             self.end_trace(s, Instant::now());
         }
         let gone = left.iter().filter(|s| s.choice == 0).count() as u64;
@@ -330,12 +339,14 @@ impl Scheduler {
         }
         let page = self.pool.page();
         while self.running.len() < self.cfg.max_running && *budget > 0 {
-            let Some(front) = self.waiting.pop_front() else {
+            // FCFS among the requests no storage prefetch holds back.
+            let Some(at) = self.next_admissible() else {
                 break;
             };
-            self.load_back(&front);
-            self.waiting.push_front(front);
-            let s = self.waiting.front().expect("just put back");
+            let mut front = self.waiting.remove(at).expect("index in range");
+            self.load_back(&mut front);
+            self.waiting.insert(at, front);
+            let s = &self.waiting[at];
             let len = s.tokens.len();
             // A prompt whose own log probabilities are wanted is computed in full.
             let nodes = if s.wants_prompt_logprobs() {
@@ -349,8 +360,10 @@ impl Scheduler {
             if avail < need + headroom && !(self.running.is_empty() && avail >= need) {
                 break;
             }
-            let mut s = self.waiting.pop_front().expect("front exists");
+            let mut s = self.waiting.remove(at).expect("index in range");
+            self.finish_prefetch(&mut s, false);
             self.pool.acquire(&nodes);
+            self.note_hits(&nodes);
             s.pages = nodes.iter().map(|&n| self.pool.block_of(n)).collect();
             s.computed = nodes.len() * page;
             s.nodes = nodes;
@@ -376,7 +389,13 @@ impl Scheduler {
                     self.window.admitted(s.prompt_len, s.computed);
                 }
             }
-            s.cached.get_or_insert(s.computed);
+            if s.cached.is_none() {
+                // Loaded-back tokens are credited to their tier, the rest to the pool.
+                let (host, storage) = s.tier_tokens;
+                let storage = storage.min(s.computed);
+                s.tier_tokens = (host.min(s.computed - storage), storage);
+                s.cached = Some(s.computed);
+            }
             s.ticket = None;
             let n = (len - s.computed).min(*budget);
             let upto = s.computed + n;
@@ -512,7 +531,7 @@ impl Scheduler {
         self.local.running = self.running.len();
         self.local.waiting = self.waiting.len();
         self.local.pool = self.pool.stats();
-        self.local.host_blocks = self.host.as_ref().map_or(0, |h| h.len());
+        self.local.host_blocks = self.tiers.as_ref().map_or(0, |t| t.host.len());
         // The statistics (read by the dynamo_component_* KV gauges at scrape time) before the
         // sglang: gauges: a scrape that sees the engine idle in one sees it idle in both.
         if let Ok(mut s) = self.stats.lock() {

@@ -2,74 +2,32 @@
 //! prompt's blocks leave the pool under a flood of other prompts; without the host tier its
 //! repeat is computed again, with it the repeat's full blocks are loaded back (its
 //! `cached_tokens` count them, the engine computes only the tokens past them) and the output
-//! is identical.
+//! is identical. Each write policy copies when it says: write-through as blocks are cached
+//! (eviction copies nothing, drops nothing), write-back at eviction, selective only blocks
+//! used twice while cached (a prefix used once is dropped).
 
-use dynamo_engine::engine::HiCacheConfig;
-use dynamo_engine::{Engine, EngineConfig};
-use dynamo_protocols::{PreprocessedRequest, SamplingOptions, StopConditions};
+mod hier;
 
-fn engine(hicache: bool) -> Engine {
-    let mut cfg = EngineConfig::new(dynamo_test_support::default_model());
-    cfg.threads = 2;
-    // 16 blocks: one 150-token prompt (10 blocks) and its answer fit, not two of them.
-    cfg.max_total_tokens = Some(16 * 16);
-    cfg.hicache = hicache.then_some(HiCacheConfig {
-        ratio: 4.0,
-        size_bytes: None,
-    });
-    Engine::load(cfg).unwrap()
-}
+use dynamo_engine::kv::{HiCacheConfig, WritePolicy};
+use hier::{engine, idle, metric, prompt, run};
 
-fn request(tokens: Vec<u32>) -> PreprocessedRequest {
-    PreprocessedRequest {
-        sampling: SamplingOptions {
-            temperature: Some(0.0),
-            ..Default::default()
-        },
-        stop: StopConditions {
-            max_tokens: Some(8),
-            ignore_eos: true,
-            ..Default::default()
-        },
-        ..PreprocessedRequest::new("m", tokens)
-    }
-}
-
-fn prompt(salt: u32) -> Vec<u32> {
-    (0..150)
-        .map(|i| 400 + (i * 31 + salt * 7919) % 20_000)
-        .collect()
-}
-
-/// Generated tokens and cached prompt tokens.
-async fn run(e: &Engine, tokens: Vec<u32>) -> (Vec<u32>, u32) {
-    let mut rx = e.generate(request(tokens)).unwrap();
-    let (mut out, mut cached) = (vec![], 0);
-    while let Some(o) = rx.recv().await {
-        out.extend(o.token_ids);
-        if let Some(u) = o.usage {
-            cached = u.cached_tokens;
-        }
-    }
-    (out, cached)
-}
-
-async fn idle(e: &Engine) -> dynamo_engine::EngineStats {
-    for _ in 0..200 {
-        let s = e.stats();
-        if s.running == 0 && s.waiting == 0 {
-            return s;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("not idle");
+fn host(policy: WritePolicy) -> Option<HiCacheConfig> {
+    Some(HiCacheConfig {
+        write_policy: policy,
+        ..HiCacheConfig::host(4.0)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_prefix_is_loaded_back_from_the_host_tier() {
-    for hicache in [false, true] {
-        let e = engine(hicache);
+    for policy in [
+        None,
+        Some(WritePolicy::WriteThrough),
+        Some(WritePolicy::WriteBack),
+    ] {
+        let e = engine(policy.and_then(host));
         let (first, _) = run(&e, prompt(0)).await;
+        let copied_early = metric(&e, "sglang:hicache_backup_tokens_total", &[]);
         // Two other long prompts push the first one's blocks out of the pool.
         for salt in 1..3 {
             run(&e, prompt(salt)).await;
@@ -77,22 +35,79 @@ async fn an_evicted_prefix_is_loaded_back_from_the_host_tier() {
         let before = idle(&e).await;
         let (again, cached) = run(&e, prompt(0)).await;
         let after = idle(&e).await;
-        assert_eq!(again, first, "hicache {hicache}: the same greedy output");
+        assert_eq!(again, first, "{policy:?}: the same greedy output");
         let computed = after.prefill_tokens - before.prefill_tokens;
-        if hicache {
-            assert!(after.host_backups > 0, "{after:?}");
-            assert_eq!(
-                after.host_loads, 9,
-                "the prompt's 9 full blocks came back: {after:?}"
-            );
-            // The 6 tokens past the last full block were a partial tail, which the host tier
-            // does not keep: they are computed again.
-            assert_eq!(cached, 144, "the prompt's full blocks were reused");
-            assert_eq!(computed, 6);
-        } else {
+        let Some(policy) = policy else {
             assert_eq!(after.host_backups, 0);
             assert_eq!(cached, 0, "without the host tier the prefix was gone");
             assert_eq!(computed, 150);
+            continue;
+        };
+        assert!(after.host_backups > 0, "{after:?}");
+        assert_eq!(
+            after.host_loads, 9,
+            "{policy:?}: the prompt's 9 full blocks came back: {after:?}"
+        );
+        // The 6 tokens past the last full block were a partial tail, which the host tier
+        // does not keep: they are computed again.
+        assert_eq!(cached, 144, "the prompt's full blocks were reused");
+        assert_eq!(computed, 6);
+        let m = |name| metric(&e, name, &[]);
+        assert_eq!(m("sglang:load_back_tokens_total"), 144.0);
+        assert!(m("sglang:load_back_bytes_total") > 0.0);
+        assert!(m("sglang:load_back_duration_seconds_count") >= 1.0);
+        assert!(m("sglang:evicted_tokens_total") >= 144.0);
+        assert_eq!(
+            metric(
+                &e,
+                "sglang:cached_tokens_total",
+                &[("cache_source", "host")]
+            ),
+            144.0
+        );
+        assert_eq!(m("sglang:hicache_dropped_tokens_total"), 0.0, "{policy:?}");
+        let eviction_copies = m("sglang:eviction_duration_seconds_count");
+        match policy {
+            WritePolicy::WriteThrough => {
+                // The first prompt's 9 blocks were copied as they were computed.
+                assert!(copied_early >= 144.0, "{copied_early}");
+                assert_eq!(eviction_copies, 0.0, "nothing left to copy at eviction");
+                assert!(m("sglang:hicache_backup_duration_seconds_count") >= 1.0);
+            }
+            _ => {
+                assert_eq!(copied_early, 0.0, "nothing copied before an eviction");
+                assert!(eviction_copies >= 1.0);
+            }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selective_write_through_keeps_only_blocks_used_twice() {
+    let e = engine(host(WritePolicy::WriteThroughSelective));
+    // Used once, then flooded out: dropped, computed again.
+    run(&e, prompt(0)).await;
+    for salt in 1..3 {
+        run(&e, prompt(salt)).await;
+    }
+    idle(&e).await;
+    let (_, cached) = run(&e, prompt(0)).await;
+    assert_eq!(cached, 0, "a block used once is not kept");
+    let dropped = metric(
+        &e,
+        "sglang:hicache_dropped_tokens_total",
+        &[("reason", "not_selected")],
+    );
+    assert!(dropped >= 144.0, "{dropped}");
+    // Used twice while cached (a prefix hit): copied then, and it survives the next flood.
+    let (_, cached) = run(&e, prompt(0)).await;
+    assert!(cached >= 144, "the second use hits the pool: {cached}");
+    for salt in 1..3 {
+        run(&e, prompt(salt)).await;
+    }
+    let before = idle(&e).await;
+    let (_, cached) = run(&e, prompt(0)).await;
+    let after = idle(&e).await;
+    assert_eq!(cached, 144);
+    assert_eq!(after.host_loads - before.host_loads, 9);
 }

@@ -1,19 +1,29 @@
-//! The host tier (L2) of the KV cache: full blocks the pool evicted, kept in host memory as
-//! export bytes (`dynamo_protocols::kv_transfer`, one block each) under their chained block
-//! hash, with their tokens (a hit must match them, not just the hash), up to a capacity in
-//! blocks, least recently used dropped first. A copy, not a relabelling: the pool's block is
-//! reused once its bytes are here.
+//! The host tier (L2) of the KV cache: full blocks copied out of the pool, kept in host
+//! memory as export bytes (`dynamo_protocols::kv_transfer`, one block each) under their
+//! chained block hash, with their tokens (a hit must match them, not just the hash) and where
+//! they came from (the pool, or a prefetch from the storage tier), up to a capacity in blocks,
+//! least recently used dropped first. A copy, not a relabelling: the pool's block is reused
+//! once its bytes are here.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 struct Entry {
     tokens: Box<[u32]>,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
+    from_storage: bool,
     last_use: u64,
 }
 
-/// Evicted KV blocks in host memory.
+/// A block found in the host tier.
+pub struct HostHit {
+    pub bytes: Arc<[u8]>,
+    /// It arrived by a prefetch from the storage tier (not from the pool).
+    pub from_storage: bool,
+}
+
+/// KV blocks in host memory.
 pub struct HostTier {
     capacity: usize,
     blocks: HashMap<u64, Entry>,
@@ -45,19 +55,30 @@ impl HostTier {
         self.blocks.is_empty()
     }
 
+    /// Block `hash` is held (its tokens are not checked, its recency not changed).
+    pub fn contains(&self, hash: u64) -> bool {
+        self.blocks.contains_key(&hash)
+    }
+
     /// Keep block `hash` (its `tokens` and export `bytes`), dropping the least recently used
-    /// when full; how many were dropped.
-    pub fn insert(&mut self, hash: u64, tokens: Box<[u32]>, bytes: Vec<u8>) -> usize {
+    /// when full; how many were dropped (the block itself counts when the capacity is 0).
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        tokens: Box<[u32]>,
+        bytes: Arc<[u8]>,
+        from_storage: bool,
+    ) -> usize {
         if self.capacity == 0 {
             return 1;
         }
-        self.tick += 1;
-        let last_use = self.tick;
+        let last_use = self.touch();
         self.blocks.insert(
             hash,
             Entry {
                 tokens,
                 bytes,
+                from_storage,
                 last_use,
             },
         );
@@ -75,17 +96,33 @@ impl HostTier {
         dropped
     }
 
-    /// The export bytes of block `hash` when it holds exactly `tokens` (marked used).
-    pub fn get(&mut self, hash: u64, tokens: &[u32]) -> Option<&[u8]> {
-        self.tick += 1;
-        let tick = self.tick;
+    /// Block `hash` when it holds exactly `tokens` (marked used).
+    pub fn get(&mut self, hash: u64, tokens: &[u32]) -> Option<HostHit> {
+        let tick = self.touch();
         let e = self
             .blocks
             .get_mut(&hash)
             .filter(|e| *e.tokens == *tokens)?;
         e.last_use = tick;
         self.lru.push(Reverse((tick, hash)));
-        Some(&e.bytes)
+        Some(HostHit {
+            bytes: e.bytes.clone(),
+            from_storage: e.from_storage,
+        })
+    }
+
+    /// The next use tick; the LRU heap is rebuilt when stale entries outnumber live ones
+    /// (every hit pushes one), so it stays proportional to the blocks held.
+    fn touch(&mut self) -> u64 {
+        self.tick += 1;
+        if self.lru.len() > 2 * self.blocks.len() + 64 {
+            self.lru = self
+                .blocks
+                .iter()
+                .map(|(&h, e)| Reverse((e.last_use, h)))
+                .collect();
+        }
+        self.tick
     }
 }
 
@@ -93,22 +130,41 @@ impl HostTier {
 mod tests {
     use super::*;
 
+    fn b(v: u8) -> Arc<[u8]> {
+        Arc::from(vec![v])
+    }
+
     #[test]
     fn lru_capacity_and_token_check() {
         let mut t = HostTier::new(2);
-        assert_eq!(t.insert(1, vec![1].into(), vec![10]), 0);
-        assert_eq!(t.insert(2, vec![2].into(), vec![20]), 0);
-        assert_eq!(
-            t.get(1, &[1]),
-            Some(&[10u8][..]),
-            "1 is now the most recent"
-        );
-        assert_eq!(t.insert(3, vec![3].into(), vec![30]), 1);
+        assert_eq!(t.insert(1, vec![1].into(), b(10), false), 0);
+        assert_eq!(t.insert(2, vec![2].into(), b(20), true), 0);
+        let hit = t.get(1, &[1]).expect("held");
+        assert_eq!(&*hit.bytes, &[10u8][..], "1 is now the most recent");
+        assert!(!hit.from_storage);
+        assert!(t.get(2, &[2]).is_some_and(|h| h.from_storage));
+        assert!(t.get(1, &[1]).is_some());
+        assert_eq!(t.insert(3, vec![3].into(), b(30), false), 1);
         assert!(t.get(2, &[2]).is_none(), "2 was the least recently used");
         assert!(
             t.get(1, &[9]).is_none(),
             "a hash whose tokens differ is no hit"
         );
         assert_eq!(t.len(), 2);
+        assert!(t.contains(3) && !t.contains(2));
+    }
+
+    #[test]
+    fn repeated_hits_keep_the_heap_bounded() {
+        let mut t = HostTier::new(4);
+        for h in 0..4 {
+            t.insert(h, vec![h as u32].into(), b(h as u8), false);
+        }
+        for i in 0..10_000u64 {
+            assert!(t.get(i % 4, &[(i % 4) as u32]).is_some());
+        }
+        assert!(t.lru.len() <= 2 * 4 + 65, "heap grew to {}", t.lru.len());
+        assert_eq!(t.insert(9, vec![9].into(), b(9), false), 1);
+        assert!(!t.contains(0), "0 was used longest ago");
     }
 }

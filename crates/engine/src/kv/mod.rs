@@ -1,10 +1,14 @@
-//! KV cache: the paged K/V storage (one f16 slab per layer, addressed by block and offset)
-//! and the block pool with its radix tree of shared prefixes.
+//! KV cache: the paged K/V storage (one f16 slab per layer, addressed by block and offset),
+//! the block pool with its radix tree of shared prefixes, and the tiers below it (host
+//! memory, file storage) that keep blocks the pool lets go.
 
+mod hierarchy;
 mod host;
 mod pool;
+pub mod storage;
 
-pub use host::HostTier;
+pub use hierarchy::{BlockBytes, HiCacheConfig, Tiers, WritePolicy};
+pub use host::{HostHit, HostTier};
 pub use pool::{BlockPool, Evicted, NodeId, PoolStats, ROOT};
 
 /// K and V for every layer as f16 bits, `blocks × page` slots of `kv_heads × head_dim` each.

@@ -29,6 +29,8 @@ struct Node {
     refs: u32,
     last_use: u64,
     live: bool,
+    /// Requests that used the block: the one that computed it, then each prefix hit.
+    hits: u32,
 }
 
 impl Node {
@@ -67,6 +69,9 @@ pub struct BlockPool {
     /// Full blocks evicted since the last [`BlockPool::take_evicted`], when tracked (a host
     /// tier keeps them).
     evicted: Option<Vec<Evicted>>,
+    /// Full blocks stored since the last [`BlockPool::take_stored`], when tracked (a
+    /// write-through host tier copies them).
+    stored: Option<Vec<(NodeId, u64)>>,
 }
 
 /// A full cached block leaving the pool: its chained hash, its parent's, its tokens, and the
@@ -94,6 +99,7 @@ impl BlockPool {
             refs: 1,
             last_use: 0,
             live: true,
+            hits: 0,
         };
         BlockPool {
             page,
@@ -108,6 +114,7 @@ impl BlockPool {
             events: EventBuffer::default(),
             caching,
             evicted: None,
+            stored: None,
         }
     }
 
@@ -256,6 +263,41 @@ impl BlockPool {
             .unwrap_or_default()
     }
 
+    /// Keep the full blocks stored in the tree, for [`BlockPool::take_stored`].
+    pub fn track_stored(&mut self) {
+        self.stored.get_or_insert_with(Vec::new);
+    }
+
+    /// The nodes stored since the last call that are still in the tree, as they were.
+    pub fn take_stored(&mut self) -> Vec<NodeId> {
+        let got = self.stored.as_mut().map(std::mem::take).unwrap_or_default();
+        got.into_iter()
+            .filter(|&(n, h)| {
+                let node = &self.nodes[n as usize];
+                node.live && node.seq_hash == h && node.tokens.len() == self.page
+            })
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Count a prefix hit on `nodes`; those whose count just reached `threshold` uses.
+    pub fn hit(&mut self, nodes: &[NodeId], threshold: u32) -> Vec<NodeId> {
+        let mut reached = Vec::new();
+        for &n in nodes {
+            let node = &mut self.nodes[n as usize];
+            node.hits = node.hits.saturating_add(1);
+            if node.hits == threshold {
+                reached.push(n);
+            }
+        }
+        reached
+    }
+
+    /// The tokens of node `n`'s block.
+    pub fn tokens_of(&self, n: NodeId) -> &[u32] {
+        &self.nodes[n as usize].tokens
+    }
+
     /// The chained hash of node `n` (the router's sequence hash of its block).
     pub fn seq_hash_of(&self, n: NodeId) -> u64 {
         self.nodes[n as usize].seq_hash
@@ -349,6 +391,7 @@ impl BlockPool {
             refs: 0,
             last_use: self.tick,
             live: true,
+            hits: 0,
         };
         let id = self.add_node(node);
         self.nodes[parent as usize].partials.push(id);
@@ -391,11 +434,15 @@ impl BlockPool {
             refs: 1,
             last_use: self.tick,
             live: true,
+            hits: 1,
         };
         let id = self.add_node(node);
         self.nodes[parent as usize].children.insert(h, id);
         self.referenced += 1;
         self.events.stored(parent_hash, seq_hash, h);
+        if let Some(st) = self.stored.as_mut() {
+            st.push((id, seq_hash));
+        }
         (id, true)
     }
 }

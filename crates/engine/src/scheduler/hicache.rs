@@ -1,33 +1,201 @@
-//! The scheduler's side of the host tier: full blocks the pool evicts are read out of the
-//! executor (one block's export) before anything writes their block again, and kept in the
-//! [`HostTier`]; before a waiting request is matched against the radix tree, the blocks of its
-//! prompt that follow the cached prefix and sit in the host tier are loaded back (imported
-//! into fresh blocks and inserted in the tree, where the request's match finds them).
+//! The scheduler's side of the host tier. Blocks go down by the write policy: write-through
+//! copies each block once it is computed and cached, write-through-selective once it served a
+//! second request, write-back when the pool evicts it (and any policy copies an evicted block
+//! the host tier lacks, except selective's blocks used once, which are dropped). Every copy
+//! is one block's export, made before anything writes the block again, and is also queued for
+//! the storage tier. Before a waiting request is matched against the radix tree, the blocks
+//! of its prompt that follow the cached prefix and sit in the host tier are loaded back
+//! (imported into fresh blocks and inserted in the tree, where the request's match finds
+//! them).
 
-use super::{Scheduler, Seq};
-use crate::kv::HostTier;
+use std::path::Path;
+use std::time::Instant;
+
+use super::{Scheduler, Seq, Wake};
+use crate::engine::EngineInfo;
+use crate::kv::storage::{self, FileStore};
+use crate::kv::{BlockBytes, HiCacheConfig, HostTier, NodeId, Tiers, WritePolicy};
+use crate::metrics::{EngineMetrics, HiCacheMetrics};
+use crate::EngineError;
 use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
 
-impl Scheduler {
-    /// Copy the blocks the pool evicted since the last call into the host tier. Must run
-    /// after every allocation and before the allocated blocks are written.
-    pub(super) fn backup_evicted(&mut self) {
-        let Some(host) = self.host.as_mut() else {
-            return;
-        };
-        let page = self.pool.page() as u64;
-        for ev in self.pool.take_evicted() {
-            let mut bytes = Vec::new();
-            if self.exec.export_blocks(&[ev.block], &mut bytes).is_ok() {
-                host.insert(ev.seq_hash, ev.tokens, bytes);
-                self.local.host_backups += 1;
-                if let Some(h) = self.metrics.as_ref().and_then(|m| m.hicache.as_ref()) {
-                    h.evicted_tokens.inc_by(page);
-                }
+/// The tiers `cfg` asks for below the pool `info` describes: the host tier's capacity in
+/// blocks from `--hicache-size` (one block's export bytes each), else the ratio; the storage
+/// directory opened and indexed, its prefetches delivered through `wake`.
+pub(crate) fn build_tiers(
+    cfg: &HiCacheConfig,
+    model: &Path,
+    info: &EngineInfo,
+    metrics: Option<&EngineMetrics>,
+    wake: Wake,
+) -> Result<Tiers, EngineError> {
+    let block_bytes = info.kv_layout.block_bytes().max(1);
+    let cap = match cfg.size_bytes {
+        Some(b) => b / block_bytes,
+        None => (info.kv_blocks as f64 * cfg.ratio) as usize,
+    };
+    let hm = metrics.and_then(|m| m.hicache.as_ref());
+    if let Some(h) = hm {
+        h.host_total.set((cap * info.page_size) as i64);
+    }
+    let store = match &cfg.storage {
+        Some(sc) => {
+            let identity = storage::identity(model, &info.kv_layout);
+            let sm = hm.and_then(|h| h.storage.clone());
+            let deliver = Box::new(move |p| wake.send(p));
+            let st = FileStore::open(sc.clone(), identity, info.page_size, sm, deliver).map_err(
+                |e| EngineError::Config(format!("--hicache-storage-dir {}: {e}", sc.dir.display())),
+            )?;
+            let (files, bytes) = st.usage();
+            tracing::info!(dir = %sc.dir.display(), files, bytes, "storage tier opened");
+            Some(st)
+        }
+        None => None,
+    };
+    Ok(Tiers::new(HostTier::new(cap), cfg.write_policy, store))
+}
+
+/// Keep block `hash` in the host tier (and queue it for storage unless it came from there),
+/// counting what the tiers drop.
+pub(super) fn keep(
+    tiers: &mut Tiers,
+    m: Option<&HiCacheMetrics>,
+    page: usize,
+    hash: u64,
+    tokens: Box<[u32]>,
+    bytes: BlockBytes,
+    from_storage: bool,
+) {
+    let page = page as u64;
+    if let (Some(store), false) = (&tiers.store, from_storage) {
+        if !store.backup(hash, tokens.clone(), bytes.clone()) {
+            if let Some(m) = m {
+                m.dropped
+                    .with_label_values(&["storage_queue_full"])
+                    .inc_by(page);
             }
         }
-        if let Some(h) = self.metrics.as_ref().and_then(|m| m.hicache.as_ref()) {
-            h.host_used.set((host.len() as u64 * page) as i64);
+    }
+    let dropped = tiers.host.insert(hash, tokens, bytes, from_storage) as u64;
+    if let (Some(m), true, true) = (m, dropped > 0, tiers.store.is_none()) {
+        m.dropped
+            .with_label_values(&["host_full"])
+            .inc_by(dropped * page);
+    }
+    if let Some(m) = m {
+        m.host_used.set((tiers.host.len() as u64 * page) as i64);
+    }
+}
+
+impl Scheduler {
+    fn hicache_metrics(&self) -> Option<&HiCacheMetrics> {
+        self.metrics.as_deref().and_then(|m| m.hicache.as_ref())
+    }
+
+    /// Deal with the blocks the pool evicted since the last call: those the host tier lacks
+    /// are copied there (selective policy: dropped). Must run after every allocation and
+    /// before the allocated blocks are written.
+    pub(super) fn backup_evicted(&mut self) {
+        let Some(tiers) = self.tiers.as_mut() else {
+            return;
+        };
+        let evicted = self.pool.take_evicted();
+        if evicted.is_empty() {
+            return;
+        }
+        let m = self.metrics.as_deref().and_then(|m| m.hicache.as_ref());
+        let page = self.pool.page();
+        let t0 = Instant::now();
+        let (mut kept, mut copied, mut bytes) = (0u64, 0u64, 0u64);
+        for ev in evicted {
+            if tiers.host.contains(ev.seq_hash) {
+                kept += 1;
+                continue;
+            }
+            let reason = if tiers.policy == WritePolicy::WriteThroughSelective {
+                Some("not_selected")
+            } else {
+                let mut out = Vec::new();
+                match self.exec.export_blocks(&[ev.block], &mut out) {
+                    Ok(()) => {
+                        bytes += out.len() as u64;
+                        copied += 1;
+                        keep(tiers, m, page, ev.seq_hash, ev.tokens, out.into(), false);
+                        None
+                    }
+                    Err(_) => Some("export_failed"),
+                }
+            };
+            if let (Some(r), Some(m)) = (reason, m) {
+                m.dropped.with_label_values(&[r]).inc_by(page as u64);
+            }
+        }
+        self.local.host_backups += copied;
+        if let Some(m) = m {
+            m.evicted_tokens.inc_by((kept + copied) * page as u64);
+            if copied > 0 {
+                m.eviction_duration.observe(t0.elapsed().as_secs_f64());
+                m.backup_tokens.inc_by(copied * page as u64);
+                m.backup_bytes.inc_by(bytes);
+            }
+        }
+    }
+
+    /// Copy `nodes` (cached, fully computed) to the host tier where it lacks them.
+    fn copy_down(&mut self, nodes: &[NodeId]) {
+        let Some(tiers) = self.tiers.as_mut() else {
+            return;
+        };
+        let m = self.metrics.as_deref().and_then(|m| m.hicache.as_ref());
+        let page = self.pool.page();
+        let t0 = Instant::now();
+        let (mut copied, mut bytes) = (0u64, 0u64);
+        for &n in nodes {
+            let hash = self.pool.seq_hash_of(n);
+            if tiers.host.contains(hash) {
+                continue;
+            }
+            let mut out = Vec::new();
+            if self
+                .exec
+                .export_blocks(&[self.pool.block_of(n)], &mut out)
+                .is_ok()
+            {
+                bytes += out.len() as u64;
+                copied += 1;
+                let tokens = self.pool.tokens_of(n).into();
+                keep(tiers, m, page, hash, tokens, out.into(), false);
+            }
+        }
+        self.local.host_backups += copied;
+        if let (Some(m), true) = (m, copied > 0) {
+            m.backup_duration.observe(t0.elapsed().as_secs_f64());
+            m.backup_tokens.inc_by(copied * page as u64);
+            m.backup_bytes.inc_by(bytes);
+        }
+    }
+
+    /// Write-through: copy the blocks cached since the last call.
+    pub(super) fn write_through(&mut self) {
+        if self
+            .tiers
+            .as_ref()
+            .is_some_and(|t| t.policy == WritePolicy::WriteThrough)
+        {
+            let nodes = self.pool.take_stored();
+            self.copy_down(&nodes);
+        }
+    }
+
+    /// A request matched `nodes`: under the selective policy, copy those now used twice.
+    pub(super) fn note_hits(&mut self, nodes: &[NodeId]) {
+        if self
+            .tiers
+            .as_ref()
+            .is_some_and(|t| t.policy == WritePolicy::WriteThroughSelective)
+        {
+            let hot = self.pool.hit(nodes, 2);
+            self.copy_down(&hot);
         }
     }
 
@@ -40,9 +208,10 @@ impl Scheduler {
 
     /// Load back the host-tier blocks that continue `s`'s cached prefix, as unreferenced
     /// cached blocks of the tree (the next match finds them). Stops at the first block the
-    /// host tier does not hold, or when no block can be had.
-    pub(super) fn load_back(&mut self, s: &Seq) {
-        if self.host.as_ref().is_none_or(HostTier::is_empty) || s.wants_prompt_logprobs() {
+    /// host tier does not hold, or when no block can be had. Before its first admission the
+    /// tokens loaded are credited to `s` by where they came from (`cached_tokens_total`).
+    pub(super) fn load_back(&mut self, s: &mut Seq) {
+        if self.tiers.as_ref().is_none_or(|t| t.host.is_empty()) || s.wants_prompt_logprobs() {
             return;
         }
         let page = self.pool.page();
@@ -52,22 +221,23 @@ impl Scheduler {
         if held.len() == full {
             return;
         }
+        let t0 = Instant::now();
         // Hold the chain while blocks are taken: allocation may evict.
         self.pool.acquire(&held);
         let mut hash = held.last().map(|&n| self.pool.seq_hash_of(n));
-        let mut loaded = 0;
+        let (mut loaded, mut from_storage, mut bytes) = (0usize, 0usize, 0u64);
         for k in held.len()..full {
             let tokens = &s.tokens[k * page..(k + 1) * page];
             let h = local_block_hash(tokens);
             let seq = hash.map_or(h, |p| next_sequence_hash(p, h));
-            let host = self.host.as_mut().expect("checked above");
-            let Some(bytes) = host.get(seq, tokens).map(<[u8]>::to_vec) else {
+            let tiers = self.tiers.as_mut().expect("checked above");
+            let Some(hit) = tiers.host.get(seq, tokens) else {
                 break;
             };
             let Some(b) = self.alloc_backed_up() else {
                 break;
             };
-            if self.exec.import_blocks(&[b], &bytes).is_err() {
+            if self.exec.import_blocks(&[b], &hit.bytes).is_err() {
                 self.pool.free_block(b);
                 break;
             }
@@ -80,11 +250,19 @@ impl Scheduler {
             held.push(node);
             hash = Some(seq);
             loaded += 1;
+            bytes += hit.bytes.len() as u64;
+            from_storage += usize::from(hit.from_storage);
         }
         self.pool.release(&held);
-        self.local.host_loads += loaded;
-        if let Some(h) = self.metrics.as_ref().and_then(|m| m.hicache.as_ref()) {
-            h.load_back_tokens.inc_by((loaded as usize * page) as u64);
+        if s.cached.is_none() {
+            s.tier_tokens.0 += (loaded - from_storage) * page;
+            s.tier_tokens.1 += from_storage * page;
+        }
+        self.local.host_loads += loaded as u64;
+        if let (Some(m), true) = (self.hicache_metrics(), loaded > 0) {
+            m.load_back_tokens.inc_by((loaded * page) as u64);
+            m.load_back_bytes.inc_by(bytes);
+            m.load_back_duration.observe(t0.elapsed().as_secs_f64());
         }
     }
 }

@@ -148,7 +148,19 @@ pub(super) fn finished(m: &EngineMetrics, s: &Seq, aborted: bool, now: Instant) 
     m.requests.inc();
     m.prompt_tokens.inc_by(s.prompt_len as u64);
     m.generation_tokens.inc_by(g);
-    m.cached_tokens.inc_by(s.cached.unwrap_or(0) as u64);
+    let cached = s.cached.unwrap_or(0);
+    let (host, storage) = s.tier_tokens;
+    for (source, n) in [
+        ("device", cached.saturating_sub(host + storage)),
+        ("host", host),
+        ("storage_file", storage),
+    ] {
+        if n > 0 {
+            m.cached_tokens
+                .with_label_values(&[source])
+                .inc_by(n as u64);
+        }
+    }
     m.e2e.observe(now.duration_since(s.arrival).as_secs_f64());
     m.retractions_per_req.observe(f64::from(s.retractions));
     if let Some(h) = &m.prompt_hist {

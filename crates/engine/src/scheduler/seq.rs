@@ -28,6 +28,11 @@ pub(crate) struct Seq {
     pub(super) computed: usize,
     /// Prompt tokens served from the prefix cache at first admission.
     pub(super) cached: Option<usize>,
+    /// Of those, tokens loaded back from the host tier that came from the pool and from the
+    /// storage tier (the rest were in the pool).
+    pub(super) tier_tokens: (usize, usize),
+    /// Its storage prefetch, while it waits.
+    pub(super) prefetch: Option<super::Prefetch>,
     /// False after a hash collision: later blocks stay private.
     pub(super) cacheable: bool,
     /// Submission time, first admission, last output token (metrics).
@@ -80,6 +85,8 @@ impl Seq {
             nodes: Vec::new(),
             computed: 0,
             cached: None,
+            tier_tokens: (0, 0),
+            prefetch: None,
             cacheable: true,
             arrival: Instant::now(),
             admitted: None,

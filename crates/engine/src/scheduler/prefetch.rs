@@ -1,0 +1,157 @@
+//! The scheduler's side of the storage tier: when a request arrives whose prompt continues
+//! its cached prefix (pool, then host tier) with at least `--hicache-prefetch-threshold`
+//! tokens of blocks the storage directory holds, those blocks are read on the storage
+//! tier's prefetch thread into the host tier, and the request waits for them as the stop
+//! policy says (other requests are admitted meanwhile). Each delivery arrives as a command on
+//! the scheduler's channel, so a finished prefetch releases its request in the iteration it
+//! arrives in, not when the queue is next scanned. The outcome is counted when the request is
+//! admitted or goes away.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+use super::{Cmd, Scheduler, Seq};
+use crate::kv::storage::{PrefetchEnd, Prefetched};
+use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
+
+/// A request's prefetch in flight.
+pub(crate) struct Prefetch {
+    id: u64,
+    cancel: Arc<AtomicBool>,
+    /// The request waits until then (`None`: until the prefetch ends).
+    until: Option<Instant>,
+    end: Option<PrefetchEnd>,
+}
+
+/// How the storage tier's reading thread reaches the scheduler: the scheduler's channel,
+/// held weakly in effect (the engine clears it when it drops, so the scheduler still sees
+/// its channel close).
+#[derive(Clone, Default)]
+pub(crate) struct Wake(Arc<Mutex<Option<mpsc::Sender<Cmd>>>>);
+
+impl Wake {
+    pub(crate) fn new(tx: mpsc::Sender<Cmd>) -> Self {
+        Wake(Arc::new(Mutex::new(Some(tx))))
+    }
+
+    pub(crate) fn send(&self, p: Prefetched) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(Cmd::Prefetched(p));
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+impl Scheduler {
+    /// A new request: start prefetching its storage continuation when long enough.
+    pub(super) fn start_prefetch(&mut self, s: &mut Seq) {
+        let Some(tiers) = self.tiers.as_mut() else {
+            return;
+        };
+        let Some(store) = tiers.store.as_ref() else {
+            return;
+        };
+        if s.wants_prompt_logprobs() {
+            return;
+        }
+        let page = self.pool.page();
+        let full = (s.tokens.len() - 1) / page;
+        let device = self.pool.match_prefix(&s.tokens, full).len();
+        let mut hash = None;
+        let mut fetch = Vec::new();
+        for k in 0..full {
+            let tokens = &s.tokens[k * page..(k + 1) * page];
+            let h = local_block_hash(tokens);
+            let seq = hash.map_or(h, |p| next_sequence_hash(p, h));
+            hash = Some(seq);
+            if k < device || tiers.host.contains(seq) {
+                continue;
+            }
+            if !store.contains(seq) {
+                break;
+            }
+            fetch.push((seq, Box::<[u32]>::from(tokens)));
+        }
+        if fetch.is_empty() || fetch.len() * page < store.cfg.prefetch_threshold {
+            return;
+        }
+        let tokens = fetch.len() * page;
+        let id = tiers.next_prefetch;
+        tiers.next_prefetch += 1;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let until = store.cfg.stop.wait_for(tokens).map(|d| Instant::now() + d);
+        store.prefetch(id, fetch, cancel.clone());
+        s.prefetch = Some(Prefetch {
+            id,
+            cancel,
+            until,
+            end: None,
+        });
+    }
+
+    /// Blocks a prefetch read: into the host tier; its end marks the waiting request.
+    pub(super) fn prefetched(&mut self, p: Prefetched) {
+        let Some(tiers) = self.tiers.as_mut() else {
+            return;
+        };
+        let m = self.metrics.as_deref().and_then(|m| m.hicache.as_ref());
+        let page = self.pool.page();
+        for (hash, tokens, bytes) in p.blocks {
+            if !tiers.host.contains(hash) {
+                super::hicache::keep(tiers, m, page, hash, tokens, bytes.into(), true);
+            }
+        }
+        if let Some(end) = p.end {
+            let mine = self
+                .waiting
+                .iter_mut()
+                .filter_map(|s| s.prefetch.as_mut())
+                .find(|f| f.id == p.id);
+            if let Some(f) = mine {
+                f.end = Some(end);
+            }
+        }
+    }
+
+    /// The index of the first waiting request its prefetch does not hold back.
+    pub(super) fn next_admissible(&self) -> Option<usize> {
+        let now = Instant::now();
+        self.waiting.iter().position(|s| match &s.prefetch {
+            None => true,
+            Some(f) => f.end.is_some() || f.until.is_some_and(|u| now >= u),
+        })
+    }
+
+    /// `s` leaves the waiting queue (admitted, or `gone`): its prefetch stops and its
+    /// outcome is counted.
+    pub(super) fn finish_prefetch(&self, s: &mut Seq, gone: bool) {
+        let Some(f) = s.prefetch.take() else {
+            return;
+        };
+        f.cancel.store(true, Ordering::Relaxed);
+        let outcome = match (gone, f.end) {
+            (true, _) => "cancelled",
+            (false, Some(PrefetchEnd::Complete)) => "complete",
+            (false, Some(PrefetchEnd::Failed)) => "failed",
+            (false, Some(PrefetchEnd::Cancelled)) => "cancelled",
+            (false, None) => match self.tiers.as_ref().and_then(|t| t.store.as_ref()) {
+                Some(st) if st.cfg.stop == crate::kv::storage::PrefetchStop::BestEffort => {
+                    "partial"
+                }
+                _ => "timeout",
+            },
+        };
+        let storage = self
+            .metrics
+            .as_deref()
+            .and_then(|m| m.hicache.as_ref())
+            .and_then(|h| h.storage.as_ref());
+        if let Some(m) = storage {
+            m.outcomes.with_label_values(&[outcome]).inc();
+        }
+    }
+}
