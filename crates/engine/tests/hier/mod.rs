@@ -18,7 +18,7 @@ pub fn engine(hicache: Option<HiCacheConfig>) -> Engine {
     Engine::load(cfg).unwrap()
 }
 
-fn request(tokens: Vec<u32>) -> PreprocessedRequest {
+pub fn request(tokens: Vec<u32>) -> PreprocessedRequest {
     PreprocessedRequest {
         sampling: SamplingOptions {
             temperature: Some(0.0),
