@@ -66,18 +66,14 @@ async fn an_evicted_prefix_is_loaded_back_from_the_host_tier() {
             144.0
         );
         assert_eq!(m("sglang:hicache_dropped_tokens_total"), 0.0, "{policy:?}");
-        let eviction_copies = m("sglang:eviction_duration_seconds_count");
+        assert!(m("sglang:eviction_duration_seconds_count") >= 1.0);
         match policy {
             WritePolicy::WriteThrough => {
                 // The first prompt's 9 blocks were copied as they were computed.
                 assert!(copied_early >= 144.0, "{copied_early}");
-                assert_eq!(eviction_copies, 0.0, "nothing left to copy at eviction");
                 assert!(m("sglang:hicache_backup_duration_seconds_count") >= 1.0);
             }
-            _ => {
-                assert_eq!(copied_early, 0.0, "nothing copied before an eviction");
-                assert!(eviction_copies >= 1.0);
-            }
+            _ => assert_eq!(copied_early, 0.0, "nothing copied before an eviction"),
         }
     }
 }

@@ -13,23 +13,7 @@ use serde_json::Value;
 /// Panels whose feature has not landed: (dashboard, panel title, the feature). The issue that
 /// lands a feature empties its entries; the test fails when a listed panel answers, so this list
 /// can only shrink.
-pub(super) const PENDING: &[(&str, &str, &str)] = &[
-    ("sglang.json", "Host (CPU) KV Cache Usage %", "host KV tier"),
-    (
-        "sglang.json",
-        "Eviction & Load-back Rate (tokens/s)",
-        "host KV tier",
-    ),
-    ("sglang.json", "Eviction P99 Latency", "host KV tier"),
-    ("sglang.json", "Load-back P99 Latency", "host KV tier"),
-    ("kvbm.json", "Host KV Usage %", "host KV tier"),
-    (
-        "kvbm.json",
-        "Evictions & Load-backs (tokens/s)",
-        "host KV tier",
-    ),
-    ("kvbm.json", "Host Hit Rate", "host KV tier"),
-];
+pub(super) const PENDING: &[(&str, &str, &str)] = &[];
 
 pub(super) const DASHBOARDS: [&str; 5] = [
     "sglang.json",

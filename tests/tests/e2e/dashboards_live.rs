@@ -93,6 +93,9 @@ const DRIVEN: &[(&str, &str, Option<Label>)] = &[
         Some(("error_type", "not_found")),
     ),
     ("kvbm.json", "Device Hit Rate", None),
+    ("kvbm.json", "Host Hit Rate", None),
+    ("kvbm.json", "Evictions & Load-backs (tokens/s)", None),
+    ("sglang.json", "Eviction & Load-back Rate (tokens/s)", None),
     ("disagg-dashboard.json", "Transfer Speed", None),
     ("disagg-dashboard.json", "Transfer Latency", None),
     ("disagg-dashboard.json", "Transfer Size", None),
@@ -235,6 +238,7 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
         "--enable-metrics",
         "--max-total-tokens",
         "512",
+        "--enable-hierarchical-cache",
     ]);
     c.add_prefill(&[]);
     let dec = c.add_decode(&[]);
@@ -372,7 +376,8 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
     // The second 404: the error series Prometheus has seen grows.
     assert_eq!(c.post("/v1/completions", &unknown).await.0, 404);
     // The aggregated worker's last admitted request hits its cache, so the cache hit rate
-    // gauge (the rate of the last interval that admitted requests) is above 0.
+    // gauge (the rate of the last interval that admitted requests) is above 0; the burst
+    // evicted its prefix from the pool, so it is loaded back from the host tier.
     let body = pinned(
         requests::completion(format!("{prefix}Why is the sea salty?"), 4),
         agg_id,

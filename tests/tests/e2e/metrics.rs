@@ -383,7 +383,9 @@ async fn engine_and_runtime_metrics_under_a_scripted_workload() {
         }
         sglang += 1;
         assert!(!ty.is_empty(), "{name} has no # TYPE");
-        let want: BTreeSet<String> = if PER_REQUEST.contains(&name.as_str()) {
+        let want: BTreeSet<String> = if name == "sglang:cached_tokens_total" {
+            ["model_name".to_string(), "cache_source".to_string()].into()
+        } else if PER_REQUEST.contains(&name.as_str()) {
             ["model_name".to_string()].into()
         } else {
             let mut w: BTreeSet<String> =

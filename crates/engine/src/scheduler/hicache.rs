@@ -132,12 +132,11 @@ impl Scheduler {
         }
         self.local.host_backups += copied;
         if let Some(m) = m {
+            // The whole eviction's time, copies (write-back) or none (written through).
+            m.eviction_duration.observe(t0.elapsed().as_secs_f64());
             m.evicted_tokens.inc_by((kept + copied) * page as u64);
-            if copied > 0 {
-                m.eviction_duration.observe(t0.elapsed().as_secs_f64());
-                m.backup_tokens.inc_by(copied * page as u64);
-                m.backup_bytes.inc_by(bytes);
-            }
+            m.backup_tokens.inc_by(copied * page as u64);
+            m.backup_bytes.inc_by(bytes);
         }
     }
 
