@@ -35,6 +35,13 @@ pub struct KvArgs {
     /// page size or no overlap is ever found).
     #[arg(long, env = env::DYN_KV_CACHE_BLOCK_SIZE)]
     kv_cache_block_size: Option<usize>,
+    /// What a prompt block a worker holds in its host KV tier saves, as a fraction of one in
+    /// its KV pool (it is loaded back, not computed).
+    #[arg(long, default_value_t = 0.75)]
+    router_host_cache_hit_weight: f64,
+    /// The same for a block in its storage (disk) tier.
+    #[arg(long, default_value_t = 0.25)]
+    router_disk_cache_hit_weight: f64,
     /// Start with empty router state. This router keeps no state across restarts (its index
     /// is rebuilt from the workers at start), so this is always the behaviour; the flag is
     /// accepted for Dynamo launch-script compatibility.
@@ -59,6 +66,21 @@ impl KvArgs {
             ttl.is_finite() && ttl > 0.0,
             "--router-ttl-secs must be > 0, got {ttl}"
         );
+        for (flag, v) in [
+            (
+                "--router-host-cache-hit-weight",
+                self.router_host_cache_hit_weight,
+            ),
+            (
+                "--router-disk-cache-hit-weight",
+                self.router_disk_cache_hit_weight,
+            ),
+        ] {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&v),
+                "{flag} must be between 0 and 1, got {v}"
+            );
+        }
         if let Some(b) = self.kv_cache_block_size {
             anyhow::ensure!(b > 0, "--kv-cache-block-size must be > 0");
         }
@@ -68,6 +90,8 @@ impl KvArgs {
             kv_events: self.kv_events && !self.no_kv_events,
             block_size: self.kv_cache_block_size,
             ttl: std::time::Duration::from_secs_f64(ttl),
+            host_hit_weight: self.router_host_cache_hit_weight,
+            disk_hit_weight: self.router_disk_cache_hit_weight,
             ..KvRouterConfig::default()
         })
     }

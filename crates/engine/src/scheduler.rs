@@ -59,8 +59,8 @@ pub(crate) enum Cmd {
         id: u64,
         cancelled: bool,
     },
-    /// Blocks a storage prefetch read.
-    Prefetched(crate::kv::storage::Prefetched),
+    /// A storage prefetch's blocks, or blocks the storage directory gained or lost.
+    Storage(crate::kv::storage::StoreNews),
 }
 
 pub(crate) struct SchedConfig {
@@ -178,7 +178,7 @@ impl Scheduler {
                 logprob,
             } => self.import_done(id, first_token, logprob),
             Cmd::ImportAbort { id, cancelled } => self.import_abort(id, cancelled),
-            Cmd::Prefetched(p) => self.prefetched(p),
+            Cmd::Storage(n) => self.storage_news(n),
         }
     }
 
@@ -516,7 +516,10 @@ impl Scheduler {
 
     /// Events, statistics and metric gauges, once per iteration (and when going idle).
     fn publish(&mut self, idle: bool) {
-        let evs = self.pool.drain_events();
+        let mut evs = self.pool.drain_events();
+        if let Some(t) = self.tiers.as_mut() {
+            evs.extend(t.events.drain());
+        }
         if let Some(tx) = &self.events {
             for data in evs {
                 let ev = KvCacheEvent {

@@ -23,6 +23,7 @@ fn stored(local: &[u64], seq: &[u64], parent: Option<u64>) -> KvCacheEventData {
     KvCacheEventData::Stored(KvCacheStoreData {
         parent_hash: parent,
         blocks: stored_blocks(local, seq),
+        medium: None,
     })
 }
 
@@ -163,6 +164,7 @@ fn main() {
                 *w,
                 &KvCacheEventData::Removed(KvCacheRemoveData {
                     block_hashes: c.to_vec(),
+                    medium: None,
                 }),
             )
             .expect("remove");

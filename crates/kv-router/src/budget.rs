@@ -87,6 +87,7 @@ mod tests {
                 data: KvCacheEventData::Stored(KvCacheStoreData {
                     parent_hash: None,
                     blocks,
+                    medium: None,
                 }),
                 dp_rank: 0,
             },
@@ -102,6 +103,7 @@ mod tests {
         let mut removed = stored(0);
         removed.event.data = KvCacheEventData::Removed(KvCacheRemoveData {
             block_hashes: vec![1, 2, 3],
+            medium: None,
         });
         assert_eq!(b.cost(&removed), 4);
     }

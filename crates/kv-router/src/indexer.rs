@@ -20,11 +20,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use dynamo_protocols::hashing::{next_sequence_hash, sequence_hashes};
-use dynamo_protocols::kv_events::{KvCacheEventData, KvCacheStoredBlock};
+use dynamo_protocols::kv_events::{KvCacheEventData, KvCacheStoredBlock, Medium};
 use smallvec::SmallVec;
 use table::IdMap;
 
+mod lower;
 mod table;
+
+pub use lower::{LowerHits, LowerTiers};
 
 /// A worker (instance id) and data-parallel rank.
 pub type WorkerKey = (u64, u32);
@@ -110,11 +113,18 @@ pub struct OverlapScores {
     pub scores: FastMap<WorkerKey, u32>,
     /// Blocks each of those workers caches in total.
     pub tree_sizes: FastMap<WorkerKey, usize>,
+    /// Blocks right after each worker's device overlap that its host or disk tier holds
+    /// (workers with none are absent).
+    pub lower: FastMap<WorkerKey, LowerHits>,
 }
 
 impl OverlapScores {
     pub fn get(&self, w: WorkerKey) -> u32 {
         self.scores.get(&w).copied().unwrap_or(0)
+    }
+    /// `w`'s lower-tier continuation.
+    pub fn lower(&self, w: WorkerKey) -> LowerHits {
+        self.lower.get(&w).copied().unwrap_or_default()
     }
     /// The highest overlap of any worker.
     pub fn best(&self) -> u32 {
@@ -134,6 +144,8 @@ pub struct RadixIndex {
     slots: Vec<WorkerSlot>,
     free_slots: Vec<u32>,
     slot_of: HashMap<WorkerKey, u32>,
+    /// The workers' host and disk tiers.
+    lower: LowerTiers,
 }
 
 impl Default for RadixIndex {
@@ -157,6 +169,7 @@ impl RadixIndex {
             slots: Vec::new(),
             free_slots: Vec::new(),
             slot_of: HashMap::new(),
+            lower: LowerTiers::default(),
         }
     }
 
@@ -203,9 +216,21 @@ impl RadixIndex {
     /// Apply one event of worker `w`.
     pub fn apply(&mut self, w: WorkerKey, data: &KvCacheEventData) -> Result<(), IndexError> {
         match data {
-            KvCacheEventData::Stored(s) => self.store(w, s.parent_hash, &s.blocks),
+            KvCacheEventData::Stored(s) => match s.medium {
+                None | Some(Medium::Device) => self.store(w, s.parent_hash, &s.blocks),
+                Some(m) => {
+                    self.lower
+                        .store(w, m, s.blocks.iter().map(|b| b.block_hash));
+                    Ok(())
+                }
+            },
             KvCacheEventData::Removed(r) => {
-                self.remove(w, &r.block_hashes);
+                match r.medium {
+                    None | Some(Medium::Device) => {
+                        self.remove(w, &r.block_hashes);
+                    }
+                    Some(m) => self.lower.remove(w, m, &r.block_hashes),
+                }
                 Ok(())
             }
             KvCacheEventData::Cleared => {
@@ -213,6 +238,11 @@ impl RadixIndex {
                 Ok(())
             }
         }
+    }
+
+    /// Blocks `w` holds in lower tier `m` (host, disk).
+    pub fn lower_blocks(&self, w: WorkerKey, m: Medium) -> usize {
+        self.lower.blocks(w, m)
     }
 
     /// Blocks stored by `w` under `parent_hash` (`None`: the root), in prefix order.
@@ -327,6 +357,7 @@ impl RadixIndex {
 
     /// Everything `w` caches is gone (the worker stays known).
     pub fn clear(&mut self, w: WorkerKey) {
+        self.lower.clear(w);
         let Some(&slot) = self.slot_of.get(&w) else {
             return;
         };
@@ -392,11 +423,14 @@ impl RadixIndex {
     /// [`RadixIndex::find_matches`] given the request's sequence hashes (the chain of its local
     /// hashes, which the router computes anyway).
     pub fn find_matches_seq(&self, seq_hashes: &[u64]) -> OverlapScores {
-        if self.slots.len() <= MASK_SLOTS {
+        let mut s = if self.slots.len() <= MASK_SLOTS {
             self.find_matches_masks(seq_hashes)
         } else {
             self.find_matches_lists(seq_hashes)
-        }
+        };
+        let lower = self.lower.continuations(seq_hashes, |w| s.get(w));
+        s.lower = lower;
+        s
     }
 
     /// The lookup while every slot has a bit: the nodes' bitmaps only.

@@ -58,6 +58,11 @@ pub struct KvRouterConfig {
     pub ttl: Duration,
     /// A worker's load report counts for this long.
     pub load_fresh: Duration,
+    /// `--router-host-cache-hit-weight`: a block in a worker's host tier against one in its
+    /// KV pool.
+    pub host_hit_weight: f64,
+    /// `--router-disk-cache-hit-weight`: a block in its storage tier.
+    pub disk_hit_weight: f64,
 }
 
 impl Default for KvRouterConfig {
@@ -69,6 +74,8 @@ impl Default for KvRouterConfig {
             block_size: None,
             ttl: Duration::from_secs(120),
             load_fresh: Duration::from_secs(3),
+            host_hit_weight: 0.75,
+            disk_hit_weight: 0.25,
         }
     }
 }
@@ -312,6 +319,8 @@ impl KvRouter {
             isl_tokens: tokens.len(),
             block_size: bs,
             overlap_weight: self.cfg.overlap_weight,
+            host_weight: self.cfg.host_hit_weight,
+            disk_weight: self.cfg.disk_hit_weight,
         };
         let schedule = tracing::info_span!(
             spans::SCHEDULE,
@@ -347,6 +356,7 @@ impl KvRouter {
                     Candidate {
                         worker: w,
                         overlap_blocks: overlaps.get(w),
+                        lower: overlaps.lower(w),
                         active_blocks: tracked.max(seen),
                     }
                 })
@@ -359,7 +369,9 @@ impl KvRouter {
                 &mut *self.rng.lock().unwrap(),
             );
             let c = cands[index];
-            let prefill = costing.isl_tokens - (c.overlap_blocks as usize * bs).min(tokens.len());
+            // Blocks a lower tier holds are loaded, not computed.
+            let held = c.overlap_blocks + c.lower.host + c.lower.disk;
+            let prefill = costing.isl_tokens - (held as usize * bs).min(tokens.len());
             let load = active.add(id, c.worker, costing.request_blocks(), prefill as u64);
             (index, c.overlap_blocks, load)
         };

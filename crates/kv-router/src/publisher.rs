@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use dynamo_protocols::kv_events::{
     kv_events_subject, kv_metrics_subject, kv_query_subject, DumpBlock, KvQuery, KvQueryReply,
+    Medium,
 };
 use dynamo_protocols::{KvCacheEvent, KvCacheEventData, LoadReport, RouterEvent};
 use dynamo_runtime::{CancellationToken, Events};
@@ -19,11 +20,23 @@ const EVENT_WINDOW: usize = 4096;
 /// Blocks or events per answer message (keeps messages well under NATS's 1 MB payload).
 const CHUNK: usize = 4096;
 
-/// The worker's mirror of its own cache, rebuilt from the events it publishes.
+/// Which of [`LocalState`]'s lower tiers an event's medium names (`None`: the device tier).
+fn lower_tier(m: Option<Medium>) -> Option<usize> {
+    match m {
+        None | Some(Medium::Device) => None,
+        Some(Medium::Host) => Some(0),
+        Some(Medium::Disk) => Some(1),
+    }
+}
+
+/// The worker's mirror of its own cache (device tier as a tree, lower tiers as sets),
+/// rebuilt from the events it publishes.
 #[derive(Debug, Default)]
 pub struct LocalState {
     /// Sequence hash → (parent sequence hash, local hash).
     blocks: HashMap<u64, (Option<u64>, u64)>,
+    /// The host and disk tiers: sequence hash → local hash.
+    lower: [HashMap<u64, u64>; 2],
     recent: VecDeque<KvCacheEvent>,
     last: Option<u64>,
 }
@@ -31,19 +44,32 @@ pub struct LocalState {
 impl LocalState {
     pub fn apply(&mut self, ev: &KvCacheEvent) {
         match &ev.data {
-            KvCacheEventData::Stored(s) => {
-                let mut parent = s.parent_hash;
-                for b in &s.blocks {
-                    self.blocks.insert(b.block_hash, (parent, b.tokens_hash));
-                    parent = Some(b.block_hash);
+            KvCacheEventData::Stored(s) => match lower_tier(s.medium) {
+                None => {
+                    let mut parent = s.parent_hash;
+                    for b in &s.blocks {
+                        self.blocks.insert(b.block_hash, (parent, b.tokens_hash));
+                        parent = Some(b.block_hash);
+                    }
                 }
-            }
+                Some(t) => {
+                    for b in &s.blocks {
+                        self.lower[t].insert(b.block_hash, b.tokens_hash);
+                    }
+                }
+            },
             KvCacheEventData::Removed(r) => {
                 for h in &r.block_hashes {
-                    self.blocks.remove(h);
+                    match lower_tier(r.medium) {
+                        None => self.blocks.remove(h).map(|_| ()),
+                        Some(t) => self.lower[t].remove(h).map(|_| ()),
+                    };
                 }
             }
-            KvCacheEventData::Cleared => self.blocks.clear(),
+            KvCacheEventData::Cleared => {
+                self.blocks.clear();
+                self.lower.iter_mut().for_each(HashMap::clear);
+            }
         }
         self.last = Some(ev.event_id);
         self.recent.push_back(ev.clone());
@@ -64,8 +90,9 @@ impl LocalState {
         self.blocks.is_empty()
     }
 
-    /// Every block whose ancestors are all cached, parents first (a block under an evicted
-    /// parent is unreachable by a prefix match and is left out).
+    /// Every device block whose ancestors are all cached, parents first (a block under an
+    /// evicted parent is unreachable by a prefix match and is left out), then every host and
+    /// disk block.
     pub fn dump(&self) -> Vec<DumpBlock> {
         let mut out = Vec::with_capacity(self.blocks.len());
         let mut done: HashSet<u64> = HashSet::with_capacity(self.blocks.len());
@@ -98,9 +125,18 @@ impl LocalState {
                     parent_hash: p,
                     block_hash: c,
                     tokens_hash: l,
+                    medium: None,
                 });
                 done.insert(c);
             }
+        }
+        for (t, medium) in [Medium::Host, Medium::Disk].into_iter().enumerate() {
+            out.extend(self.lower[t].iter().map(|(&h, &l)| DumpBlock {
+                parent_hash: None,
+                block_hash: h,
+                tokens_hash: l,
+                medium: Some(medium),
+            }));
         }
         out
     }
@@ -253,9 +289,46 @@ mod tests {
                         mm_extra_info: None,
                     })
                     .collect(),
+                medium: None,
             }),
             dp_rank: 0,
         }
+    }
+
+    #[test]
+    fn lower_tiers_are_mirrored_and_dumped_as_sets() {
+        let mut s = LocalState::default();
+        s.apply(&stored(0, None, &[1, 2]));
+        let mut buf = dynamo_protocols::kv_events::EventBuffer::default();
+        buf.removed(2);
+        buf.stored_in(Medium::Host, &[(2, 0), (7, 0)]);
+        buf.removed_in(Medium::Host, &[7]);
+        buf.stored_in(Medium::Disk, &[(9, 0)]);
+        for (i, data) in buf.drain().into_iter().enumerate() {
+            s.apply(&KvCacheEvent {
+                event_id: 1 + i as u64,
+                data,
+                dp_rank: 0,
+            });
+        }
+        let d = s.dump();
+        let pick = |m: Option<Medium>| -> Vec<u64> {
+            d.iter()
+                .filter(|b| b.medium == m)
+                .map(|b| b.block_hash)
+                .collect()
+        };
+        assert_eq!(pick(None), vec![1], "2 left the pool");
+        assert_eq!(
+            pick(Some(Medium::Host)),
+            vec![2],
+            "and stayed on the host; 7 left it"
+        );
+        assert_eq!(pick(Some(Medium::Disk)), vec![9]);
+        assert!(d
+            .iter()
+            .filter(|b| b.medium.is_some())
+            .all(|b| b.parent_hash.is_none()));
     }
 
     #[test]
@@ -268,6 +341,7 @@ mod tests {
             event_id: 3,
             data: KvCacheEventData::Removed(KvCacheRemoveData {
                 block_hashes: vec![10],
+                medium: None,
             }),
             dp_rank: 0,
         });

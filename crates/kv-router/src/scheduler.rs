@@ -1,12 +1,14 @@
 //! Choosing a worker from overlaps and load (docs/router.md, "How a request is routed"):
-//! `logit = overlap_weight × prefill_blocks + decode_blocks`, lowest wins at temperature 0
+//! `logit = overlap_weight × prefill_blocks + decode_blocks`, where a block the worker holds in
+//! its host (disk) tier counts as the host (disk) hit weight of a cached one; lowest wins at
+//! temperature 0
 //! (ties broken at random), otherwise sampled from a softmax over the negated logits divided
 //! by the largest one. Also the router's own account of what it sent where: per worker, the
 //! blocks of its active requests and the prompt tokens still to prefill.
 
 use rand::Rng;
 
-use super::indexer::{FastMap as HashMap, WorkerKey};
+use super::indexer::{FastMap as HashMap, LowerHits, WorkerKey};
 
 /// One candidate's inputs to the cost function.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,6 +16,8 @@ pub struct Candidate {
     pub worker: WorkerKey,
     /// Leading prompt blocks the worker caches.
     pub overlap_blocks: u32,
+    /// The blocks after those that its host and disk tiers hold.
+    pub lower: LowerHits,
     /// Blocks the worker holds for active requests (before this one).
     pub active_blocks: u64,
 }
@@ -24,6 +28,10 @@ pub struct Costing {
     pub isl_tokens: usize,
     pub block_size: usize,
     pub overlap_weight: f64,
+    /// What a host-tier block saves, as a fraction of a device-tier hit.
+    pub host_weight: f64,
+    /// What a disk-tier block saves.
+    pub disk_weight: f64,
 }
 
 impl Costing {
@@ -34,14 +42,26 @@ impl Costing {
 
     /// Prompt still to compute on a worker with `overlap` cached blocks, in blocks.
     pub fn prefill_blocks(&self, overlap: u32) -> f64 {
-        let bs = self.block_size.max(1);
-        let cached = (overlap as usize * bs).min(self.isl_tokens);
-        (self.isl_tokens - cached) as f64 / bs as f64
+        self.prefill_of(f64::from(overlap))
+    }
+
+    /// Prompt still to compute given `cached` (weighted) blocks, in blocks.
+    fn prefill_of(&self, cached: f64) -> f64 {
+        let bs = self.block_size.max(1) as f64;
+        let isl = self.isl_tokens as f64;
+        (isl - (cached * bs).min(isl)) / bs
+    }
+
+    /// `c`'s cached blocks, its lower tiers' weighted.
+    pub fn cached_blocks(&self, c: &Candidate) -> f64 {
+        f64::from(c.overlap_blocks)
+            + self.host_weight * f64::from(c.lower.host)
+            + self.disk_weight * f64::from(c.lower.disk)
     }
 
     /// `overlap_weight × prefill_blocks + decode_blocks` (decode blocks include this request).
     pub fn logit(&self, c: &Candidate) -> f64 {
-        self.overlap_weight * self.prefill_blocks(c.overlap_blocks)
+        self.overlap_weight * self.prefill_of(self.cached_blocks(c))
             + (c.active_blocks + self.request_blocks()) as f64
     }
 }
@@ -205,10 +225,13 @@ mod tests {
             isl_tokens: 16 * 9,
             block_size: 16,
             overlap_weight: weight,
+            host_weight: 0.75,
+            disk_weight: 0.25,
         };
         let c = |id, overlap, active| Candidate {
             worker: (id, 0),
             overlap_blocks: overlap,
+            lower: LowerHits::default(),
             active_blocks: active,
         };
         let cands = [c(1, 1, 1), c(2, 4, 0), c(3, 7, 0)];
@@ -218,22 +241,74 @@ mod tests {
     }
 
     #[test]
+    fn lower_tier_blocks_count_at_their_weights() {
+        let costing = |host| Costing {
+            isl_tokens: 160,
+            block_size: 16,
+            overlap_weight: 1.0,
+            host_weight: host,
+            disk_weight: 0.25,
+        };
+        // A: the prompt's 9 blocks in its host tier; B: 2 blocks in its pool.
+        let cands = [
+            Candidate {
+                worker: (1, 0),
+                overlap_blocks: 0,
+                lower: LowerHits { host: 9, disk: 0 },
+                active_blocks: 0,
+            },
+            Candidate {
+                worker: (2, 0),
+                overlap_blocks: 2,
+                lower: LowerHits::default(),
+                active_blocks: 0,
+            },
+        ];
+        let mut rng = StdRng::seed_from_u64(2);
+        assert_eq!(costing(0.75).cached_blocks(&cands[0]), 6.75);
+        assert_eq!(
+            choose(&cands, &costing(0.75), 0.0, &mut rng),
+            0,
+            "3.25 + 10 < 8 + 10"
+        );
+        assert_eq!(
+            choose(&cands, &costing(0.0), 0.0, &mut rng),
+            1,
+            "host ignored"
+        );
+        let disk = Candidate {
+            lower: LowerHits { host: 0, disk: 9 },
+            ..cands[0]
+        };
+        assert_eq!(costing(0.75).cached_blocks(&disk), 2.25);
+        assert_eq!(
+            choose(&[disk, cands[1]], &costing(0.75), 0.0, &mut rng),
+            0,
+            "2.25 disk-weighted blocks beat 2 pool blocks"
+        );
+    }
+
+    #[test]
     fn weight_trades_cache_hits_against_load() {
         let costing = |w| Costing {
             isl_tokens: 320,
             block_size: 16,
             overlap_weight: w,
+            host_weight: 0.75,
+            disk_weight: 0.25,
         };
         // A: whole prompt cached but 30 active blocks; B: nothing cached, idle.
         let cands = [
             Candidate {
                 worker: (1, 0),
                 overlap_blocks: 20,
+                lower: LowerHits::default(),
                 active_blocks: 30,
             },
             Candidate {
                 worker: (2, 0),
                 overlap_blocks: 0,
+                lower: LowerHits::default(),
                 active_blocks: 0,
             },
         ];
@@ -264,10 +339,13 @@ mod tests {
             isl_tokens: 64,
             block_size: 16,
             overlap_weight: 1.0,
+            host_weight: 0.75,
+            disk_weight: 0.25,
         };
         let idle = |id| Candidate {
             worker: (id, 0),
             overlap_blocks: 0,
+            lower: LowerHits::default(),
             active_blocks: 0,
         };
         let cands = [idle(1), idle(2), idle(3)];

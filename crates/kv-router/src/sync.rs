@@ -274,6 +274,7 @@ mod tests {
             event_id: id,
             data: KvCacheEventData::Removed(KvCacheRemoveData {
                 block_hashes: vec![7; MAX_HELD_UNITS / 4],
+                medium: None,
             }),
             dp_rank: 0,
         };

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use dynamo_protocols::kv_events::{stored_blocks, DumpBlock};
+use dynamo_protocols::kv_events::{stored_blocks, DumpBlock, KvCacheStoreData, Medium};
 use dynamo_protocols::{KvCacheEvent, KvCacheEventData, RouterEvent};
 use tokio::sync::oneshot;
 
@@ -229,7 +229,21 @@ impl IndexTask {
             }
             for b in &a.blocks {
                 let blk = stored_blocks(&[b.tokens_hash], &[b.block_hash]);
-                if let Err(e) = self.index.store((worker, 0), b.parent_hash, &blk) {
+                let r = match b.medium {
+                    None | Some(Medium::Device) => {
+                        self.index.store((worker, 0), b.parent_hash, &blk)
+                    }
+                    // A lower tier's block: no parent, a member of that tier's set.
+                    Some(m) => self.index.apply(
+                        (worker, 0),
+                        &KvCacheEventData::Stored(KvCacheStoreData {
+                            parent_hash: None,
+                            blocks: blk,
+                            medium: Some(m),
+                        }),
+                    ),
+                };
+                if let Err(e) = r {
                     tracing::debug!(error = %e, "dump block rejected");
                 }
             }

@@ -84,6 +84,7 @@ impl FakeWorker {
             data: KvCacheEventData::Stored(KvCacheStoreData {
                 parent_hash: None,
                 blocks: stored_blocks(&local, &seq),
+                medium: None,
             }),
             dp_rank: 0,
         };

@@ -201,9 +201,11 @@ mod tests {
                         tokens_hash: 13,
                         mm_extra_info: None
                     }],
+                    medium: None,
                 }),
                 KvCacheEventData::Removed(KvCacheRemoveData {
-                    block_hashes: vec![2]
+                    block_hashes: vec![2],
+                    medium: None,
                 }),
                 KvCacheEventData::Stored(KvCacheStoreData {
                     parent_hash: Some(3),
@@ -212,6 +214,7 @@ mod tests {
                         tokens_hash: 14,
                         mm_extra_info: None
                     }],
+                    medium: None,
                 }),
             ]
         );

@@ -48,6 +48,9 @@ pub struct DumpBlock {
     pub parent_hash: Option<u64>,
     pub block_hash: u64,
     pub tokens_hash: u64,
+    /// A lower tier's block (`None`: the device tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<Medium>,
 }
 
 /// One message of a worker's answer to a [`KvQuery`]; an answer is one or more messages on
@@ -83,11 +86,28 @@ pub enum KvCacheEventData {
     Cleared,
 }
 
-/// A run of blocks stored under `parent_hash` (`None`: at the root), in prefix order.
+/// Which tier of a worker's KV cache an event is about (Dynamo's `medium`). Absent on the
+/// wire means the device tier (the KV pool), so device events keep their original shape.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Medium {
+    /// The KV pool the forward pass reads.
+    Device,
+    /// The host-memory tier below it.
+    Host,
+    /// The storage tier (files).
+    Disk,
+}
+
+/// A run of blocks stored under `parent_hash` (`None`: at the root), in prefix order. In a
+/// lower tier (`medium` host or disk) the blocks are a set, each named by its sequence hash,
+/// and `parent_hash` is `None`: those tiers keep blocks without their ancestors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvCacheStoreData {
     pub parent_hash: Option<u64>,
     pub blocks: Vec<KvCacheStoredBlock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<Medium>,
 }
 
 /// One stored block: `block_hash` is the sequence (chained) hash, `tokens_hash` the local one.
@@ -126,7 +146,10 @@ impl EventBuffer {
             mm_extra_info: None,
         };
         if let Some(KvCacheEventData::Stored(s)) = self.0.last_mut() {
-            if parent.is_some() && s.blocks.last().map(|b| b.block_hash) == parent {
+            if s.medium.is_none()
+                && parent.is_some()
+                && s.blocks.last().map(|b| b.block_hash) == parent
+            {
                 s.blocks.push(blk);
                 return;
             }
@@ -134,17 +157,63 @@ impl EventBuffer {
         self.0.push(KvCacheEventData::Stored(KvCacheStoreData {
             parent_hash: parent,
             blocks: vec![blk],
+            medium: None,
         }));
     }
 
     /// Block `block_hash` evicted.
     pub fn removed(&mut self, block_hash: u64) {
         if let Some(KvCacheEventData::Removed(r)) = self.0.last_mut() {
-            r.block_hashes.push(block_hash);
-            return;
+            if r.medium.is_none() {
+                r.block_hashes.push(block_hash);
+                return;
+            }
         }
         self.0.push(KvCacheEventData::Removed(KvCacheRemoveData {
             block_hashes: vec![block_hash],
+            medium: None,
+        }));
+    }
+
+    /// Blocks (sequence hash, local hash) now held by lower tier `medium`.
+    pub fn stored_in(&mut self, medium: Medium, blocks: &[(u64, u64)]) {
+        if blocks.is_empty() {
+            return;
+        }
+        let new = blocks
+            .iter()
+            .map(|&(block_hash, tokens_hash)| KvCacheStoredBlock {
+                block_hash,
+                tokens_hash,
+                mm_extra_info: None,
+            });
+        if let Some(KvCacheEventData::Stored(s)) = self.0.last_mut() {
+            if s.medium == Some(medium) {
+                s.blocks.extend(new);
+                return;
+            }
+        }
+        self.0.push(KvCacheEventData::Stored(KvCacheStoreData {
+            parent_hash: None,
+            blocks: new.collect(),
+            medium: Some(medium),
+        }));
+    }
+
+    /// Blocks lower tier `medium` no longer holds.
+    pub fn removed_in(&mut self, medium: Medium, hashes: &[u64]) {
+        if hashes.is_empty() {
+            return;
+        }
+        if let Some(KvCacheEventData::Removed(r)) = self.0.last_mut() {
+            if r.medium == Some(medium) {
+                r.block_hashes.extend_from_slice(hashes);
+                return;
+            }
+        }
+        self.0.push(KvCacheEventData::Removed(KvCacheRemoveData {
+            block_hashes: hashes.to_vec(),
+            medium: Some(medium),
         }));
     }
 
@@ -154,10 +223,12 @@ impl EventBuffer {
     }
 }
 
-/// Blocks evicted, by sequence hash.
+/// Blocks evicted, by sequence hash, from the device tier or (`medium`) a lower one.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvCacheRemoveData {
     pub block_hashes: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<Medium>,
 }
 
 /// An event as the router sees it: tagged with the publishing worker.
@@ -182,6 +253,7 @@ mod tests {
                     tokens_hash: 11,
                     mm_extra_info: None,
                 }],
+                medium: None,
             }),
             dp_rank: 0,
         };
@@ -198,7 +270,17 @@ mod tests {
         assert_eq!(
             r,
             KvCacheEventData::Removed(KvCacheRemoveData {
-                block_hashes: vec![1, 2]
+                block_hashes: vec![1, 2],
+                medium: None,
+            })
+        );
+        let h: KvCacheEventData =
+            serde_json::from_str(r#"{"removed":{"block_hashes":[3],"medium":"host"}}"#).unwrap();
+        assert_eq!(
+            h,
+            KvCacheEventData::Removed(KvCacheRemoveData {
+                block_hashes: vec![3],
+                medium: Some(Medium::Host),
             })
         );
     }

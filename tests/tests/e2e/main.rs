@@ -10,6 +10,7 @@ mod disagg;
 mod disagg_trace;
 mod engine_failure;
 mod faults;
+mod hicache;
 mod hostile_client;
 mod hostile_peer;
 mod logprobs;

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use dynamo_protocols::kv_events::EventBuffer;
+
 use super::storage::{FileStore, StorageConfig};
 use super::HostTier;
 
@@ -62,6 +64,8 @@ pub struct Tiers {
     pub store: Option<FileStore>,
     /// Ids of storage prefetches.
     pub next_prefetch: u64,
+    /// KV events of the host and disk tiers, published after the pool's.
+    pub events: EventBuffer,
 }
 
 impl Tiers {
@@ -71,6 +75,7 @@ impl Tiers {
             policy,
             store,
             next_prefetch: 0,
+            events: EventBuffer::default(),
         }
     }
 }

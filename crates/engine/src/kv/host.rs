@@ -61,16 +61,16 @@ impl HostTier {
     }
 
     /// Keep block `hash` (its `tokens` and export `bytes`), dropping the least recently used
-    /// when full; how many were dropped (the block itself counts when the capacity is 0).
+    /// when full; the blocks dropped (the block itself when the capacity is 0).
     pub fn insert(
         &mut self,
         hash: u64,
         tokens: Box<[u32]>,
         bytes: Arc<[u8]>,
         from_storage: bool,
-    ) -> usize {
+    ) -> Vec<u64> {
         if self.capacity == 0 {
-            return 1;
+            return vec![hash];
         }
         let last_use = self.touch();
         self.blocks.insert(
@@ -83,14 +83,14 @@ impl HostTier {
             },
         );
         self.lru.push(Reverse((last_use, hash)));
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         while self.blocks.len() > self.capacity {
             let Some(Reverse((tick, h))) = self.lru.pop() else {
                 break;
             };
             if self.blocks.get(&h).is_some_and(|e| e.last_use == tick) {
                 self.blocks.remove(&h);
-                dropped += 1;
+                dropped.push(h);
             }
         }
         dropped
@@ -137,14 +137,14 @@ mod tests {
     #[test]
     fn lru_capacity_and_token_check() {
         let mut t = HostTier::new(2);
-        assert_eq!(t.insert(1, vec![1].into(), b(10), false), 0);
-        assert_eq!(t.insert(2, vec![2].into(), b(20), true), 0);
+        assert!(t.insert(1, vec![1].into(), b(10), false).is_empty());
+        assert!(t.insert(2, vec![2].into(), b(20), true).is_empty());
         let hit = t.get(1, &[1]).expect("held");
         assert_eq!(&*hit.bytes, &[10u8][..], "1 is now the most recent");
         assert!(!hit.from_storage);
         assert!(t.get(2, &[2]).is_some_and(|h| h.from_storage));
         assert!(t.get(1, &[1]).is_some());
-        assert_eq!(t.insert(3, vec![3].into(), b(30), false), 1);
+        assert_eq!(t.insert(3, vec![3].into(), b(30), false), vec![2]);
         assert!(t.get(2, &[2]).is_none(), "2 was the least recently used");
         assert!(
             t.get(1, &[9]).is_none(),
@@ -164,7 +164,7 @@ mod tests {
             assert!(t.get(i % 4, &[(i % 4) as u32]).is_some());
         }
         assert!(t.lru.len() <= 2 * 4 + 65, "heap grew to {}", t.lru.len());
-        assert_eq!(t.insert(9, vec![9].into(), b(9), false), 1);
+        assert_eq!(t.insert(9, vec![9].into(), b(9), false), vec![0]);
         assert!(!t.contains(0), "0 was used longest ago");
     }
 }

@@ -18,6 +18,7 @@ use crate::kv::{BlockBytes, HiCacheConfig, HostTier, NodeId, Tiers, WritePolicy}
 use crate::metrics::{EngineMetrics, HiCacheMetrics};
 use crate::EngineError;
 use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
+use dynamo_protocols::kv_events::Medium;
 
 /// The tiers `cfg` asks for below the pool `info` describes: the host tier's capacity in
 /// blocks from `--hicache-size` (one block's export bytes each), else the ratio; the storage
@@ -42,10 +43,11 @@ pub(crate) fn build_tiers(
         Some(sc) => {
             let identity = storage::identity(model, &info.kv_layout);
             let sm = hm.and_then(|h| h.storage.clone());
-            let deliver = Box::new(move |p| wake.send(p));
-            let st = FileStore::open(sc.clone(), identity, info.page_size, sm, deliver).map_err(
-                |e| EngineError::Config(format!("--hicache-storage-dir {}: {e}", sc.dir.display())),
-            )?;
+            let notify: storage::Notify = std::sync::Arc::new(move |n| wake.send(n));
+            let st =
+                FileStore::open(sc.clone(), identity, info.page_size, sm, notify).map_err(|e| {
+                    EngineError::Config(format!("--hicache-storage-dir {}: {e}", sc.dir.display()))
+                })?;
             let (files, bytes) = st.usage();
             tracing::info!(dir = %sc.dir.display(), files, bytes, "storage tier opened");
             Some(st)
@@ -76,11 +78,14 @@ pub(super) fn keep(
             }
         }
     }
-    let dropped = tiers.host.insert(hash, tokens, bytes, from_storage) as u64;
-    if let (Some(m), true, true) = (m, dropped > 0, tiers.store.is_none()) {
+    let local = local_block_hash(&tokens);
+    let dropped = tiers.host.insert(hash, tokens, bytes, from_storage);
+    tiers.events.stored_in(Medium::Host, &[(hash, local)]);
+    tiers.events.removed_in(Medium::Host, &dropped);
+    if let (Some(m), false, true) = (m, dropped.is_empty(), tiers.store.is_none()) {
         m.dropped
             .with_label_values(&["host_full"])
-            .inc_by(dropped * page);
+            .inc_by(dropped.len() as u64 * page);
     }
     if let Some(m) = m {
         m.host_used.set((tiers.host.len() as u64 * page) as i64);

@@ -12,8 +12,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use super::{Cmd, Scheduler, Seq};
-use crate::kv::storage::{PrefetchEnd, Prefetched};
+use crate::kv::storage::{PrefetchEnd, Prefetched, StoreNews};
 use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
+use dynamo_protocols::kv_events::Medium;
 
 /// A request's prefetch in flight.
 pub(crate) struct Prefetch {
@@ -35,9 +36,9 @@ impl Wake {
         Wake(Arc::new(Mutex::new(Some(tx))))
     }
 
-    pub(crate) fn send(&self, p: Prefetched) {
+    pub(crate) fn send(&self, n: StoreNews) {
         if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = tx.send(Cmd::Prefetched(p));
+            let _ = tx.send(Cmd::Storage(n));
         }
     }
 
@@ -93,8 +94,21 @@ impl Scheduler {
         });
     }
 
+    /// News from the storage tier's threads.
+    pub(super) fn storage_news(&mut self, n: StoreNews) {
+        match n {
+            StoreNews::Prefetched(p) => self.prefetched(p),
+            StoreNews::Changed { stored, removed } => {
+                if let Some(t) = self.tiers.as_mut() {
+                    t.events.stored_in(Medium::Disk, &stored);
+                    t.events.removed_in(Medium::Disk, &removed);
+                }
+            }
+        }
+    }
+
     /// Blocks a prefetch read: into the host tier; its end marks the waiting request.
-    pub(super) fn prefetched(&mut self, p: Prefetched) {
+    fn prefetched(&mut self, p: Prefetched) {
         let Some(tiers) = self.tiers.as_mut() else {
             return;
         };

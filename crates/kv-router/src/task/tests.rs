@@ -19,6 +19,7 @@ fn stored_data(local: &[u64], seq: &[u64]) -> KvCacheEventData {
     KvCacheEventData::Stored(KvCacheStoreData {
         parent_hash: None,
         blocks: stored_blocks(local, seq),
+        medium: None,
     })
 }
 
@@ -60,6 +61,7 @@ impl FakeWorker {
                 let cut = rng.random_range(0..seq.len());
                 self.event(KvCacheEventData::Removed(KvCacheRemoveData {
                     block_hashes: seq[cut..].to_vec(),
+                    medium: None,
                 }))
             }
             _ => {

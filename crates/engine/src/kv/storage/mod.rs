@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use format::Reject;
 
 use crate::metrics::StorageMetrics;
+use dynamo_protocols::hashing::local_block_hash;
 
 /// How long a request whose blocks are being prefetched waits for them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +72,21 @@ pub struct StorageConfig {
     pub prefetch_threshold: usize,
     pub stop: PrefetchStop,
 }
+
+/// What the storage tier's threads tell the scheduler.
+pub enum StoreNews {
+    /// A prefetch's blocks.
+    Prefetched(Prefetched),
+    /// Blocks the directory now holds (sequence and local hash; the local hash is 0 for a
+    /// block found by a scan) and blocks it no longer holds.
+    Changed {
+        stored: Vec<(u64, u64)>,
+        removed: Vec<u64>,
+    },
+}
+
+/// How the threads reach the scheduler.
+pub type Notify = Arc<dyn Fn(StoreNews) + Send + Sync>;
 
 /// Blocks a prefetch read, delivered in order as they are read; the last delivery has `end`.
 pub struct Prefetched {
@@ -133,6 +149,7 @@ struct Shared {
     metrics: Option<StorageMetrics>,
     page: usize,
     tmp_seq: AtomicU64,
+    notify: Notify,
 }
 
 /// Backups queued beyond this many are refused (counted as dropped), so a slow disk bounds
@@ -154,14 +171,14 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Open (creating) the directory, index what it holds, and start the I/O threads; each
-    /// prefetch delivery is handed to `deliver` on the reading thread.
+    /// Open (creating) the directory, index what it holds, and start the I/O threads; what
+    /// they read and what changes in the directory (the blocks found first) go to `notify`.
     pub fn open(
         cfg: StorageConfig,
         identity: String,
         page: usize,
         metrics: Option<StorageMetrics>,
-        deliver: Box<dyn Fn(Prefetched) + Send>,
+        notify: Notify,
     ) -> std::io::Result<Self> {
         fs::create_dir_all(&cfg.dir)?;
         let shared = Arc::new(Shared {
@@ -172,6 +189,7 @@ impl FileStore {
             metrics,
             page,
             tmp_seq: AtomicU64::new(0),
+            notify,
         });
         shared.rescan(true)?;
         let (wtx, wrx) = mpsc::sync_channel(WRITE_QUEUE);
@@ -183,7 +201,7 @@ impl FileStore {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("hicache-prefetch".into())
-            .spawn(move || s.prefetch_loop(rrx, deliver))?;
+            .spawn(move || s.prefetch_loop(rrx))?;
         Ok(FileStore {
             shared,
             writes: wtx,
@@ -261,16 +279,39 @@ impl Shared {
         Ok(out)
     }
 
-    /// Rebuild the index from the directory.
+    /// Rebuild the index from the directory; what appeared and disappeared is news.
     fn rescan(&self, clean: bool) -> std::io::Result<()> {
         let files = self.list(clean)?;
         let mut index = Index::default();
         for (h, size, _) in files {
             index.add(h, size);
         }
-        *self.index() = index;
+        let (stored, removed) = {
+            let mut old = self.index();
+            let stored: Vec<(u64, u64)> = index
+                .files
+                .keys()
+                .filter(|h| !old.files.contains_key(h))
+                .map(|&h| (h, 0))
+                .collect();
+            let removed: Vec<u64> = old
+                .files
+                .keys()
+                .filter(|h| !index.files.contains_key(h))
+                .copied()
+                .collect();
+            *old = index;
+            (stored, removed)
+        };
+        self.changed(stored, removed);
         self.publish_usage();
         Ok(())
+    }
+
+    fn changed(&self, stored: Vec<(u64, u64)>, removed: Vec<u64>) {
+        if !stored.is_empty() || !removed.is_empty() {
+            (self.notify)(StoreNews::Changed { stored, removed });
+        }
     }
 
     fn publish_usage(&self) {
@@ -300,6 +341,7 @@ impl Shared {
             }
             let t0 = Instant::now();
             let (mut pages, mut bytes) = (0u64, 0u64);
+            let mut stored = Vec::new();
             for Write {
                 hash,
                 tokens,
@@ -309,8 +351,10 @@ impl Shared {
                 if let Some(n) = self.write(hash, &tokens, &b) {
                     pages += 1;
                     bytes += n;
+                    stored.push((hash, local_block_hash(&tokens)));
                 }
             }
+            self.changed(stored, Vec::new());
             if let (Some(m), true) = (&self.metrics, pages > 0) {
                 m.backuped_tokens.inc_by(pages * self.page as u64);
                 m.backup_pgs.observe(pages as f64);
@@ -358,13 +402,13 @@ impl Shared {
         let mut total: u64 = files.iter().map(|f| f.1).sum();
         files.sort_by_key(|f| f.2);
         let goal = self.max_bytes / 10 * 9;
-        let mut removed = 0u64;
+        let mut removed = Vec::new();
         for (hash, size, _) in files {
             if total <= goal {
                 break;
             }
             if fs::remove_file(path_of(&self.dir, hash)).is_ok() {
-                removed += 1;
+                removed.push(hash);
             }
             total -= size;
             self.index().forget(hash);
@@ -372,15 +416,13 @@ impl Shared {
         if let Some(m) = &self.metrics {
             m.dropped
                 .with_label_values(&["storage_cap"])
-                .inc_by(removed * self.page as u64);
+                .inc_by(removed.len() as u64 * self.page as u64);
         }
+        self.changed(Vec::new(), removed);
     }
 
-    fn prefetch_loop(
-        self: Arc<Self>,
-        rx: mpsc::Receiver<Read>,
-        deliver: Box<dyn Fn(Prefetched) + Send>,
-    ) {
+    fn prefetch_loop(self: Arc<Self>, rx: mpsc::Receiver<Read>) {
+        let deliver = |p| (self.notify)(StoreNews::Prefetched(p));
         while let Ok(Read { id, blocks, cancel }) = rx.recv() {
             let t0 = Instant::now();
             let mut out = Vec::new();
@@ -432,6 +474,7 @@ impl Shared {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.index().forget(hash);
+                self.changed(Vec::new(), vec![hash]);
                 return Err(());
             }
             Err(_) => return self.reject(hash, Reject::Truncated),
@@ -459,6 +502,7 @@ impl Shared {
             m.rejected.with_label_values(&[why.label()]).inc();
         }
         self.index().forget(hash);
+        self.changed(Vec::new(), vec![hash]);
         Err(())
     }
 }
