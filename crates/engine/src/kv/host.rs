@@ -10,6 +10,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 struct Entry {
+    /// The parent block's sequence hash (`None`: the first block of a prompt).
+    parent: Option<u64>,
     tokens: Box<[u32]>,
     bytes: Arc<[u8]>,
     from_storage: bool,
@@ -60,11 +62,17 @@ impl HostTier {
         self.blocks.contains_key(&hash)
     }
 
-    /// Keep block `hash` (its `tokens` and export `bytes`), dropping the least recently used
+    /// The parent of block `hash`, when held.
+    pub fn parent_of(&self, hash: u64) -> Option<Option<u64>> {
+        self.blocks.get(&hash).map(|e| e.parent)
+    }
+
+    /// Keep block `hash` (its parent's hash, `tokens` and export `bytes`), dropping the least recently used
     /// when full; the blocks dropped (the block itself when the capacity is 0).
     pub fn insert(
         &mut self,
         hash: u64,
+        parent: Option<u64>,
         tokens: Box<[u32]>,
         bytes: Arc<[u8]>,
         from_storage: bool,
@@ -76,6 +84,7 @@ impl HostTier {
         self.blocks.insert(
             hash,
             Entry {
+                parent,
                 tokens,
                 bytes,
                 from_storage,
@@ -137,14 +146,14 @@ mod tests {
     #[test]
     fn lru_capacity_and_token_check() {
         let mut t = HostTier::new(2);
-        assert!(t.insert(1, vec![1].into(), b(10), false).is_empty());
-        assert!(t.insert(2, vec![2].into(), b(20), true).is_empty());
+        assert!(t.insert(1, None, vec![1].into(), b(10), false).is_empty());
+        assert!(t.insert(2, None, vec![2].into(), b(20), true).is_empty());
         let hit = t.get(1, &[1]).expect("held");
         assert_eq!(&*hit.bytes, &[10u8][..], "1 is now the most recent");
         assert!(!hit.from_storage);
         assert!(t.get(2, &[2]).is_some_and(|h| h.from_storage));
         assert!(t.get(1, &[1]).is_some());
-        assert_eq!(t.insert(3, vec![3].into(), b(30), false), vec![2]);
+        assert_eq!(t.insert(3, None, vec![3].into(), b(30), false), vec![2]);
         assert!(t.get(2, &[2]).is_none(), "2 was the least recently used");
         assert!(
             t.get(1, &[9]).is_none(),
@@ -158,13 +167,13 @@ mod tests {
     fn repeated_hits_keep_the_heap_bounded() {
         let mut t = HostTier::new(4);
         for h in 0..4 {
-            t.insert(h, vec![h as u32].into(), b(h as u8), false);
+            t.insert(h, None, vec![h as u32].into(), b(h as u8), false);
         }
         for i in 0..10_000u64 {
             assert!(t.get(i % 4, &[(i % 4) as u32]).is_some());
         }
         assert!(t.lru.len() <= 2 * 4 + 65, "heap grew to {}", t.lru.len());
-        assert_eq!(t.insert(9, vec![9].into(), b(9), false), vec![0]);
+        assert_eq!(t.insert(9, None, vec![9].into(), b(9), false), vec![0]);
         assert!(!t.contains(0), "0 was used longest ago");
     }
 }

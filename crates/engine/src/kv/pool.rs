@@ -72,6 +72,8 @@ pub struct BlockPool {
     /// Full blocks stored since the last [`BlockPool::take_stored`], when tracked (a
     /// write-through host tier copies them).
     stored: Option<Vec<(NodeId, u64)>>,
+    /// Full cached blocks by sequence hash (pinning finds them so).
+    by_hash: HashMap<u64, NodeId>,
 }
 
 /// A full cached block leaving the pool: its chained hash, its parent's, its tokens, and the
@@ -115,6 +117,7 @@ impl BlockPool {
             caching,
             evicted: None,
             stored: None,
+            by_hash: HashMap::new(),
         }
     }
 
@@ -293,6 +296,29 @@ impl BlockPool {
         reached
     }
 
+    /// The cached full block with sequence hash `hash`.
+    pub fn find(&self, hash: u64) -> Option<NodeId> {
+        self.by_hash.get(&hash).copied()
+    }
+
+    /// Node `n` and its ancestors, root side first.
+    pub fn chain_of(&self, n: NodeId) -> Vec<NodeId> {
+        let mut chain = Vec::new();
+        let mut cur = n;
+        while cur != ROOT {
+            chain.push(cur);
+            cur = self.nodes[cur as usize].parent;
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// The sequence hash of node `n`'s parent (`None` under the root).
+    pub fn parent_hash_of(&self, n: NodeId) -> Option<u64> {
+        let p = self.nodes[n as usize].parent;
+        (p != ROOT).then(|| self.nodes[p as usize].seq_hash)
+    }
+
     /// The tokens of node `n`'s block.
     pub fn tokens_of(&self, n: NodeId) -> &[u32] {
         &self.nodes[n as usize].tokens
@@ -323,6 +349,9 @@ impl BlockPool {
                 self.nodes[parent as usize].children.remove(&h);
             }
             let parent_hash = (parent != ROOT).then(|| self.nodes[parent as usize].seq_hash);
+            if !partial {
+                self.by_hash.remove(&seq_hash);
+            }
             let node = &mut self.nodes[n as usize];
             node.live = false;
             let tokens = std::mem::take(&mut node.tokens);
@@ -438,6 +467,7 @@ impl BlockPool {
         };
         let id = self.add_node(node);
         self.nodes[parent as usize].children.insert(h, id);
+        self.by_hash.insert(seq_hash, id);
         self.referenced += 1;
         self.events.stored(parent_hash, seq_hash, h);
         if let Some(st) = self.stored.as_mut() {

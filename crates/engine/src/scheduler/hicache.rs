@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::{Scheduler, Seq, Wake};
 use crate::engine::EngineInfo;
-use crate::kv::storage::{self, FileStore};
+use crate::kv::storage::{self, BlockRef, FileStore};
 use crate::kv::{BlockBytes, HiCacheConfig, HostTier, NodeId, Tiers, WritePolicy};
 use crate::metrics::{EngineMetrics, HiCacheMetrics};
 use crate::EngineError;
@@ -63,11 +63,15 @@ pub(super) fn keep(
     tiers: &mut Tiers,
     m: Option<&HiCacheMetrics>,
     page: usize,
-    hash: u64,
-    tokens: Box<[u32]>,
+    block: BlockRef,
     bytes: BlockBytes,
     from_storage: bool,
 ) {
+    let BlockRef {
+        hash,
+        parent,
+        tokens,
+    } = block;
     let page = page as u64;
     if let (Some(store), false) = (&tiers.store, from_storage) {
         if !store.backup(hash, tokens.clone(), bytes.clone()) {
@@ -79,7 +83,7 @@ pub(super) fn keep(
         }
     }
     let local = local_block_hash(&tokens);
-    let dropped = tiers.host.insert(hash, tokens, bytes, from_storage);
+    let dropped = tiers.host.insert(hash, parent, tokens, bytes, from_storage);
     tiers.events.stored_in(Medium::Host, &[(hash, local)]);
     tiers.events.removed_in(Medium::Host, &dropped);
     if let (Some(m), false, true) = (m, dropped.is_empty(), tiers.store.is_none()) {
@@ -125,7 +129,12 @@ impl Scheduler {
                     Ok(()) => {
                         bytes += out.len() as u64;
                         copied += 1;
-                        keep(tiers, m, page, ev.seq_hash, ev.tokens, out.into(), false);
+                        let b = BlockRef {
+                            hash: ev.seq_hash,
+                            parent: ev.parent_hash,
+                            tokens: ev.tokens,
+                        };
+                        keep(tiers, m, page, b, out.into(), false);
                         None
                     }
                     Err(_) => Some("export_failed"),
@@ -167,8 +176,12 @@ impl Scheduler {
             {
                 bytes += out.len() as u64;
                 copied += 1;
-                let tokens = self.pool.tokens_of(n).into();
-                keep(tiers, m, page, hash, tokens, out.into(), false);
+                let b = BlockRef {
+                    hash,
+                    parent: self.pool.parent_hash_of(n),
+                    tokens: self.pool.tokens_of(n).into(),
+                };
+                keep(tiers, m, page, b, out.into(), false);
             }
         }
         self.local.host_backups += copied;

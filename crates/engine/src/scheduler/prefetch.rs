@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use super::{Cmd, Scheduler, Seq};
-use crate::kv::storage::{PrefetchEnd, Prefetched, StoreNews};
+use crate::kv::storage::{BlockRef, PrefetchEnd, Prefetched, StoreNews};
 use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
 use dynamo_protocols::kv_events::Medium;
 
@@ -67,7 +67,8 @@ impl Scheduler {
         for k in 0..full {
             let tokens = &s.tokens[k * page..(k + 1) * page];
             let h = local_block_hash(tokens);
-            let seq = hash.map_or(h, |p| next_sequence_hash(p, h));
+            let parent = hash;
+            let seq = parent.map_or(h, |p| next_sequence_hash(p, h));
             hash = Some(seq);
             if k < device || tiers.host.contains(seq) {
                 continue;
@@ -75,7 +76,11 @@ impl Scheduler {
             if !store.contains(seq) {
                 break;
             }
-            fetch.push((seq, Box::<[u32]>::from(tokens)));
+            fetch.push(BlockRef {
+                hash: seq,
+                parent,
+                tokens: tokens.into(),
+            });
         }
         if fetch.is_empty() || fetch.len() * page < store.cfg.prefetch_threshold {
             return;
@@ -114,9 +119,9 @@ impl Scheduler {
         };
         let m = self.metrics.as_deref().and_then(|m| m.hicache.as_ref());
         let page = self.pool.page();
-        for (hash, tokens, bytes) in p.blocks {
-            if !tiers.host.contains(hash) {
-                super::hicache::keep(tiers, m, page, hash, tokens, bytes.into(), true);
+        for (b, bytes) in p.blocks {
+            if !tiers.host.contains(b.hash) {
+                super::hicache::keep(tiers, m, page, b, bytes.into(), true);
             }
         }
         if let Some(end) = p.end {

@@ -91,8 +91,16 @@ pub type Notify = Arc<dyn Fn(StoreNews) + Send + Sync>;
 /// Blocks a prefetch read, delivered in order as they are read; the last delivery has `end`.
 pub struct Prefetched {
     pub id: u64,
-    pub blocks: Vec<(u64, Box<[u32]>, Vec<u8>)>,
+    pub blocks: Vec<(BlockRef, Vec<u8>)>,
     pub end: Option<PrefetchEnd>,
+}
+
+/// A block asked of the storage tier: its sequence hash, its parent's, its tokens.
+#[derive(Debug, Clone)]
+pub struct BlockRef {
+    pub hash: u64,
+    pub parent: Option<u64>,
+    pub tokens: Box<[u32]>,
 }
 
 /// How a prefetch ended on the reading thread.
@@ -114,7 +122,7 @@ struct Write {
 
 struct Read {
     id: u64,
-    blocks: Vec<(u64, Box<[u32]>)>,
+    blocks: Vec<BlockRef>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -237,7 +245,7 @@ impl FileStore {
     }
 
     /// Start reading `blocks` in order; `cancel` set stops it between blocks.
-    pub fn prefetch(&self, id: u64, blocks: Vec<(u64, Box<[u32]>)>, cancel: Arc<AtomicBool>) {
+    pub fn prefetch(&self, id: u64, blocks: Vec<BlockRef>, cancel: Arc<AtomicBool>) {
         // The reading thread outlives every handle; a send fails only at shutdown.
         let _ = self.reads.send(Read { id, blocks, cancel });
     }
@@ -429,16 +437,16 @@ impl Shared {
             let mut read_bytes = 0u64;
             let mut pages = 0u64;
             let mut end = PrefetchEnd::Complete;
-            for (hash, tokens) in blocks {
+            for b in blocks {
                 if cancel.load(Ordering::Relaxed) {
                     end = PrefetchEnd::Cancelled;
                     break;
                 }
-                match self.read(hash, &tokens) {
+                match self.read(b.hash, &b.tokens) {
                     Ok(payload) => {
                         read_bytes += payload.len() as u64;
                         pages += 1;
-                        out.push((hash, tokens, payload));
+                        out.push((b, payload));
                     }
                     Err(()) => {
                         end = PrefetchEnd::Failed;
