@@ -42,6 +42,10 @@ pub struct KvArgs {
     /// The same for a block in its storage (disk) tier.
     #[arg(long, default_value_t = 0.25)]
     router_disk_cache_hit_weight: f64,
+    /// Have the chosen worker pin each routed prompt's KV blocks for this many seconds, so a
+    /// conversation's prefix stays cached between its turns (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    router_pin_ttl_secs: f64,
     /// Start with empty router state. This router keeps no state across restarts (its index
     /// is rebuilt from the workers at start), so this is always the behaviour; the flag is
     /// accepted for Dynamo launch-script compatibility.
@@ -81,6 +85,11 @@ impl KvArgs {
                 "{flag} must be between 0 and 1, got {v}"
             );
         }
+        let pin = self.router_pin_ttl_secs;
+        anyhow::ensure!(
+            (0.0..=86400.0).contains(&pin),
+            "--router-pin-ttl-secs must be between 0 and 86400, got {pin}"
+        );
         if let Some(b) = self.kv_cache_block_size {
             anyhow::ensure!(b > 0, "--kv-cache-block-size must be > 0");
         }
@@ -92,6 +101,7 @@ impl KvArgs {
             ttl: std::time::Duration::from_secs_f64(ttl),
             host_hit_weight: self.router_host_cache_hit_weight,
             disk_hit_weight: self.router_disk_cache_hit_weight,
+            pin_ttl: (pin > 0.0).then(|| std::time::Duration::from_secs_f64(pin)),
             ..KvRouterConfig::default()
         })
     }

@@ -142,7 +142,7 @@ const FRAME_POOL_BUFFERS: usize = 4;
 
 /// A running engine. Dropping it stops the scheduler once in-flight requests end.
 pub struct Engine {
-    tx: mpsc::Sender<Cmd>,
+    pub(crate) tx: mpsc::Sender<Cmd>,
     info: EngineInfo,
     stats: Arc<Mutex<EngineStats>>,
     events: Mutex<Option<tmpsc::UnboundedReceiver<KvCacheEvent>>>,
@@ -583,6 +583,7 @@ impl Engine {
         seq.prompt_logprobs = req.prompt_logprobs.map(|k| k as usize);
         seq.forks = req.n - 1;
         seq.fallback_seed = fallback_seed;
+        seq.pin_ttl = crate::pins::request_ttl(req.cache_pin_ttl_secs)?;
         Ok((seq, rx))
     }
 }

@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod pins;
 pub mod sampling;
 mod scheduler;
 pub mod trace;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 mod disagg;
 mod hicache;
 pub use disagg::{DisaggMetrics, DisaggStage};
-pub(crate) use hicache::HiCacheMetrics;
 pub use hicache::StorageMetrics;
+pub(crate) use hicache::{HiCacheMetrics, PinMetrics};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -159,6 +159,7 @@ pub struct EngineMetrics {
     pub(crate) graph_passes: prometheus::IntCounterVec,
     /// The host tier's families (`--enable-hierarchical-cache`).
     pub(crate) hicache: Option<HiCacheMetrics>,
+    pub(crate) pins: PinMetrics,
     pub(crate) kv_used: IntGauge,
     pub(crate) kv_available: IntGauge,
     pub(crate) kv_evictable: IntGauge,
@@ -421,6 +422,7 @@ impl EngineMetrics {
             )?,
             graph_passes,
             hicache,
+            pins: PinMetrics::new(&r, &sched)?,
             new_token_ratio: gauge(
                 "new_token_ratio",
                 "KV reserved for future tokens at admission / remaining max_tokens of running requests",

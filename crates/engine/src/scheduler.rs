@@ -26,6 +26,7 @@ mod disagg;
 mod emit;
 mod hicache;
 mod observe;
+mod pins;
 mod prefetch;
 mod prefix;
 mod seq;
@@ -61,6 +62,12 @@ pub(crate) enum Cmd {
     },
     /// A storage prefetch's blocks, or blocks the storage directory gained or lost.
     Storage(crate::kv::storage::StoreNews),
+    /// Pin blocks for `ttl` (`None`: unpin them); the count goes to `reply`.
+    Pin {
+        hashes: Vec<u64>,
+        ttl: Option<std::time::Duration>,
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
 }
 
 pub(crate) struct SchedConfig {
@@ -105,6 +112,7 @@ pub(crate) struct Scheduler {
     trace: Option<TraceSink>,
     frames: FramePool,
     tiers: Option<crate::kv::Tiers>,
+    pins: pins::Pins,
     waiting: VecDeque<Box<Seq>>,
     running: Vec<Seq>,
     /// Disaggregated decode: waiting for blocks to be reserved, waiting for their KV, and
@@ -142,6 +150,7 @@ impl Scheduler {
             trace,
             frames,
             tiers,
+            pins: pins::Pins::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             prealloc: VecDeque::new(),
@@ -179,6 +188,13 @@ impl Scheduler {
             } => self.import_done(id, first_token, logprob),
             Cmd::ImportAbort { id, cancelled } => self.import_abort(id, cancelled),
             Cmd::Storage(n) => self.storage_news(n),
+            Cmd::Pin { hashes, ttl, reply } => {
+                let n = match ttl {
+                    Some(t) => self.pin(&hashes, t),
+                    None => self.unpin(&hashes, pins::Unpin::Request),
+                };
+                let _ = reply.send(n);
+            }
         }
     }
 
@@ -194,11 +210,23 @@ impl Scheduler {
         loop {
             if self.idle() {
                 self.publish(true);
-                match self.rx.recv() {
+                // Idle with pins: wake when the next one expires.
+                let next = match self.pins.next_expiry() {
+                    None => self.rx.recv().map_err(|_| true),
+                    Some(t) => {
+                        let wait = t.saturating_duration_since(Instant::now());
+                        self.rx
+                            .recv_timeout(wait)
+                            .map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected))
+                    }
+                };
+                match next {
                     Ok(cmd) => self.handle(cmd),
-                    Err(_) => return,
+                    Err(true) => return,
+                    Err(false) => {}
                 }
             }
+            self.expire_pins(Instant::now());
             while let Ok(cmd) = self.rx.try_recv() {
                 self.handle(cmd);
             }
@@ -216,6 +244,7 @@ impl Scheduler {
             }
             self.step(&plan);
             self.write_through();
+            self.pin_requested();
             self.local.iterations += 1;
             self.publish(false);
         }
@@ -358,6 +387,10 @@ impl Scheduler {
             let avail = self.pool.available() - self.pool.unreferenced_among(&nodes);
             let headroom = self.running.len();
             if avail < need + headroom && !(self.running.is_empty() && avail >= need) {
+                // Pins must not stall a request that nothing else could make room for.
+                if self.running.is_empty() && self.release_pins_under_pressure() {
+                    continue;
+                }
                 break;
             }
             let mut s = self.waiting.remove(at).expect("index in range");

@@ -63,6 +63,9 @@ pub struct KvRouterConfig {
     pub host_hit_weight: f64,
     /// `--router-disk-cache-hit-weight`: a block in its storage tier.
     pub disk_hit_weight: f64,
+    /// `--router-pin-ttl-secs`: the chosen worker pins each routed prompt's blocks this long
+    /// (`None`: no pins).
+    pub pin_ttl: Option<Duration>,
 }
 
 impl Default for KvRouterConfig {
@@ -76,6 +79,7 @@ impl Default for KvRouterConfig {
             load_fresh: Duration::from_secs(3),
             host_hit_weight: 0.75,
             disk_hit_weight: 0.25,
+            pin_ttl: None,
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct PreprocessedRequest {
     /// their choice's [`EngineOutput::index`].
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub n: u32,
+    /// Pin the prompt's KV blocks on the worker for this many seconds once it is computed
+    /// (`nvext.cache_control`, or the KV router's `--router-pin-ttl-secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_pin_ttl_secs: Option<f64>,
 }
 
 impl PreprocessedRequest {
@@ -47,6 +51,7 @@ impl PreprocessedRequest {
             logprobs: None,
             prompt_logprobs: None,
             n: 1,
+            cache_pin_ttl_secs: None,
         }
     }
 }

@@ -15,6 +15,8 @@ struct Entry {
     tokens: Box<[u32]>,
     bytes: Arc<[u8]>,
     from_storage: bool,
+    /// Never dropped by the LRU while set.
+    pinned: bool,
     last_use: u64,
 }
 
@@ -62,6 +64,14 @@ impl HostTier {
         self.blocks.contains_key(&hash)
     }
 
+    /// Pin or unpin block `hash`; whether it is held.
+    pub fn set_pinned(&mut self, hash: u64, pinned: bool) -> bool {
+        self.blocks
+            .get_mut(&hash)
+            .map(|e| e.pinned = pinned)
+            .is_some()
+    }
+
     /// The parent of block `hash`, when held.
     pub fn parent_of(&self, hash: u64) -> Option<Option<u64>> {
         self.blocks.get(&hash).map(|e| e.parent)
@@ -88,20 +98,29 @@ impl HostTier {
                 tokens,
                 bytes,
                 from_storage,
+                pinned: false,
                 last_use,
             },
         );
         self.lru.push(Reverse((last_use, hash)));
         let mut dropped = Vec::new();
+        let mut kept = Vec::new();
         while self.blocks.len() > self.capacity {
             let Some(Reverse((tick, h))) = self.lru.pop() else {
                 break;
             };
-            if self.blocks.get(&h).is_some_and(|e| e.last_use == tick) {
-                self.blocks.remove(&h);
-                dropped.push(h);
+            match self.blocks.get(&h) {
+                Some(e) if e.last_use == tick && e.pinned => kept.push(Reverse((tick, h))),
+                Some(e) if e.last_use == tick => {
+                    self.blocks.remove(&h);
+                    dropped.push(h);
+                }
+                _ => {}
             }
         }
+        // Pinned blocks stay, past the capacity if nothing else is left to drop (the
+        // scheduler bounds how many blocks may be pinned).
+        self.lru.extend(kept);
         dropped
     }
 
@@ -161,6 +180,27 @@ mod tests {
         );
         assert_eq!(t.len(), 2);
         assert!(t.contains(3) && !t.contains(2));
+    }
+
+    #[test]
+    fn pinned_blocks_are_not_dropped() {
+        let mut t = HostTier::new(2);
+        t.insert(1, None, vec![1].into(), b(1), false);
+        t.insert(2, Some(1), vec![2].into(), b(2), false);
+        assert!(t.set_pinned(1, true));
+        assert_eq!(t.insert(3, Some(2), vec![3].into(), b(3), false), vec![2]);
+        assert!(t.contains(1), "pinned 1 was the oldest but stays");
+        t.set_pinned(3, true);
+        assert_eq!(
+            t.insert(4, None, vec![4].into(), b(4), false),
+            vec![4],
+            "with both others pinned, only the new block can go"
+        );
+        t.set_pinned(1, false);
+        t.set_pinned(3, false);
+        t.insert(5, None, vec![5].into(), b(5), false);
+        assert_eq!(t.len(), 2, "unpinned, the capacity holds again");
+        assert_eq!(t.parent_of(5), Some(None));
     }
 
     #[test]

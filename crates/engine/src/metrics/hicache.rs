@@ -3,7 +3,7 @@
 //! with their durations), the newer host-pool gauges and backup counters, the tokens the
 //! hierarchy dropped (by reason), and with a storage backend the storage
 //! collector's (prefetch and backup tokens, pages per batch, bandwidth) plus the prefetch
-//! outcomes and the files skipped.
+//! outcomes and the files skipped. Also pinning's families, on every engine.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -211,6 +211,48 @@ impl HiCacheMetrics {
             )?,
             dropped,
             storage,
+        })
+    }
+}
+
+/// Pinning's families (registered on every engine: pins work without lower tiers too).
+pub(crate) struct PinMetrics {
+    pub(crate) pinned_tokens: IntGauge,
+    pub(crate) unpinned: IntCounterVec,
+}
+
+impl PinMetrics {
+    pub(crate) fn new(r: &Registry, labels: &[(&str, &str)]) -> Result<Self, String> {
+        let opts = |name: &str, help: &str| {
+            let mut o = Opts::new(format!("sglang:{name}"), help);
+            for (k, v) in labels {
+                o = o.const_label(*k, *v);
+            }
+            o
+        };
+        let pinned_tokens = IntGauge::with_opts(opts(
+            "pinned_tokens",
+            "Tokens of pinned KV blocks (kept in some tier until their pin expires)",
+        ))
+        .map_err(|e| e.to_string())?;
+        let unpinned = IntCounterVec::new(
+            opts(
+                "unpinned_blocks_total",
+                "Pinned blocks released, by reason: expired, request (unpin call), pressure (a waiting request needed the room)",
+            ),
+            &["reason"],
+        )
+        .map_err(|e| e.to_string())?;
+        for reason in ["expired", "request", "pressure"] {
+            unpinned.with_label_values(&[reason]);
+        }
+        r.register(Box::new(pinned_tokens.clone()))
+            .map_err(|e| e.to_string())?;
+        r.register(Box::new(unpinned.clone()))
+            .map_err(|e| e.to_string())?;
+        Ok(PinMetrics {
+            pinned_tokens,
+            unpinned,
         })
     }
 }

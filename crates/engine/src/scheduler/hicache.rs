@@ -66,6 +66,7 @@ pub(super) fn keep(
     block: BlockRef,
     bytes: BlockBytes,
     from_storage: bool,
+    pinned: bool,
 ) {
     let BlockRef {
         hash,
@@ -84,6 +85,9 @@ pub(super) fn keep(
     }
     let local = local_block_hash(&tokens);
     let dropped = tiers.host.insert(hash, parent, tokens, bytes, from_storage);
+    if pinned {
+        tiers.host.set_pinned(hash, true);
+    }
     tiers.events.stored_in(Medium::Host, &[(hash, local)]);
     tiers.events.removed_in(Medium::Host, &dropped);
     if let (Some(m), false, true) = (m, dropped.is_empty(), tiers.store.is_none()) {
@@ -121,7 +125,8 @@ impl Scheduler {
                 kept += 1;
                 continue;
             }
-            let reason = if tiers.policy == WritePolicy::WriteThroughSelective {
+            let pinned = self.pins.contains(ev.seq_hash);
+            let reason = if tiers.policy == WritePolicy::WriteThroughSelective && !pinned {
                 Some("not_selected")
             } else {
                 let mut out = Vec::new();
@@ -134,7 +139,7 @@ impl Scheduler {
                             parent: ev.parent_hash,
                             tokens: ev.tokens,
                         };
-                        keep(tiers, m, page, b, out.into(), false);
+                        keep(tiers, m, page, b, out.into(), false, pinned);
                         None
                     }
                     Err(_) => Some("export_failed"),
@@ -181,7 +186,8 @@ impl Scheduler {
                     parent: self.pool.parent_hash_of(n),
                     tokens: self.pool.tokens_of(n).into(),
                 };
-                keep(tiers, m, page, b, out.into(), false);
+                let pinned = self.pins.contains(hash);
+                keep(tiers, m, page, b, out.into(), false, pinned);
             }
         }
         self.local.host_backups += copied;

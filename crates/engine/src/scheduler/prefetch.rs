@@ -121,7 +121,8 @@ impl Scheduler {
         let page = self.pool.page();
         for (b, bytes) in p.blocks {
             if !tiers.host.contains(b.hash) {
-                super::hicache::keep(tiers, m, page, b, bytes.into(), true);
+                let pinned = self.pins.contains(b.hash);
+                super::hicache::keep(tiers, m, page, b, bytes.into(), true, pinned);
             }
         }
         if let Some(end) = p.end {

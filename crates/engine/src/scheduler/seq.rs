@@ -31,6 +31,8 @@ pub(crate) struct Seq {
     /// Of those, tokens loaded back from the host tier that came from the pool and from the
     /// storage tier (the rest were in the pool).
     pub(super) tier_tokens: (usize, usize),
+    /// Pin the prompt's blocks for this long once computed (`cache_control`, router pins).
+    pub(crate) pin_ttl: Option<std::time::Duration>,
     /// Its storage prefetch, while it waits.
     pub(super) prefetch: Option<super::Prefetch>,
     /// False after a hash collision: later blocks stay private.
@@ -86,6 +88,7 @@ impl Seq {
             computed: 0,
             cached: None,
             tier_tokens: (0, 0),
+            pin_ttl: None,
             prefetch: None,
             cacheable: true,
             arrival: Instant::now(),

@@ -328,6 +328,11 @@ async fn run(
                 logprobs: engine_logprobs,
                 prompt_logprobs,
                 n: p.params.best_of,
+                // The client's cache_control, else the KV router's --router-pin-ttl-secs.
+                cache_pin_ttl_secs: p.params.cache_pin_ttl_secs.or_else(|| {
+                    let kv = state.kv.as_ref()?;
+                    kv.config.pin_ttl.map(|d| d.as_secs_f64())
+                }),
             },
             echo,
             params: p.params.clone(),

@@ -35,6 +35,8 @@ pub struct NvExt {
     pub repetition_penalty: Option<f32>,
     pub min_tokens: Option<u32>,
     pub backend_instance_id: Option<u64>,
+    /// `{"type": "ephemeral", "ttl": "5m"}`: pin the prompt's KV on its worker.
+    pub cache_control: Option<Value>,
 }
 
 /// Temperatures below this sample greedily: dividing logits by a smaller one overflows to
@@ -118,6 +120,8 @@ pub struct GenParams {
     pub include_usage: bool,
     pub ignore_eos: bool,
     pub backend_instance_id: Option<u64>,
+    /// `nvext.cache_control`'s TTL: pin the prompt's blocks on the worker this long.
+    pub cache_pin_ttl_secs: Option<f64>,
 }
 
 fn range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
@@ -277,6 +281,11 @@ impl CommonParams {
                         .is_some_and(|o| o.include_usage)),
             ignore_eos: self.ignore_eos.or(nv.ignore_eos).unwrap_or(false),
             backend_instance_id: nv.backend_instance_id,
+            cache_pin_ttl_secs: nv
+                .cache_control
+                .as_ref()
+                .map(super::cache_control::ttl_secs)
+                .transpose()?,
         })
     }
 }
