@@ -8,6 +8,7 @@ mod engine_args;
 mod handler;
 mod hicache_args;
 mod metrics_args;
+mod pins;
 
 use std::sync::Arc;
 
@@ -160,6 +161,8 @@ async fn main() -> anyhow::Result<()> {
             card::load_report(&e)
         });
     }
+    drt.set_engine_routes(Arc::new(pins::PinRoutes(engine.clone())));
+    pins::spawn_pin_subject(&drt, &cli.m.namespace, &cli.m.component, instance, engine.clone());
     tracing::info!(model = %served, endpoint = %id, disaggregation_mode = mode.as_str(), instance_id = %format!("{instance:x}"), "worker ready");
 
     let died = tokio::select! {

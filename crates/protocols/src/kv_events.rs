@@ -21,6 +21,33 @@ pub fn kv_query_subject(namespace: &str, component: &str, instance_id: u64) -> S
     format!("namespace.{namespace}.component.{component}.worker_kv_indexer_query.{instance_id:x}")
 }
 
+/// The NATS subject one worker answers [`PinRequest`]s on (request plane; the system port's
+/// `POST /engine/pin_blocks` and `/engine/unpin_blocks` do the same).
+pub fn kv_pin_subject(namespace: &str, component: &str, instance_id: u64) -> String {
+    format!("namespace.{namespace}.component.{component}.kv_pin.{instance_id:x}")
+}
+
+/// Pin (or, with `unpin`, unpin) KV blocks by sequence hash; a pin covers the block and the
+/// blocks before it and lasts `ttl_secs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    pub block_hashes: Vec<u64>,
+    #[serde(default)]
+    pub ttl_secs: Option<f64>,
+    #[serde(default)]
+    pub unpin: bool,
+}
+
+/// The answer to a [`PinRequest`]: how many of its blocks were pinned (or unpinned), or why
+/// none could be.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinReply {
+    pub count: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A worker's load, published periodically.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct LoadReport {

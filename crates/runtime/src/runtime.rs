@@ -36,6 +36,8 @@ struct Inner {
     js: jetstream::Context,
     metrics: MetricsRegistry,
     health: HealthState,
+    /// The engine's `/engine/{route}` handlers, once registered.
+    engine_routes: crate::engine_routes::EngineRouteSlot,
     /// Stops accepting requests and stops leases.
     stop: CancellationToken,
     /// Cancels in-flight requests (after the drain grace) and background tasks.
@@ -137,6 +139,7 @@ impl DistributedRuntime {
                 js,
                 metrics,
                 health,
+                engine_routes: Default::default(),
                 stop: CancellationToken::new(),
                 process_stop: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -168,7 +171,13 @@ impl DistributedRuntime {
         self.inner.stop.clone()
     }
 
-    /// Start the system status server (`/metrics`, `/health`, `/live`).
+    /// Register the engine's `POST /engine/{route}` handlers on the system status server
+    /// (once; false when some were registered already).
+    pub fn set_engine_routes(&self, routes: Arc<dyn crate::engine_routes::EngineRoutes>) -> bool {
+        self.inner.engine_routes.set(routes)
+    }
+
+    /// Start the system status server (`/metrics`, `/health`, `/live`, `/engine/{route}`).
     pub async fn start_system_server(
         &self,
         addr: SocketAddr,
@@ -179,6 +188,7 @@ impl DistributedRuntime {
             paths,
             self.inner.health.clone(),
             self.inner.metrics.clone(),
+            self.inner.engine_routes.clone(),
             self.inner.process_stop.clone(),
         )
         .await

@@ -1,5 +1,6 @@
 //! The system status server (`DYN_SYSTEM_PORT`): `/metrics` (Prometheus text), `/health` and
-//! `/live` (JSON; 503 while not ready, 200 once every served endpoint is ready).
+//! `/live` (JSON; 503 while not ready, 200 once every served endpoint is ready), and the
+//! engine's routes under `POST /engine/{route}` (`engine_routes`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -182,8 +183,15 @@ pub async fn serve(
     paths: StatusPaths,
     health_state: HealthState,
     registry: MetricsRegistry,
+    engine: crate::engine_routes::EngineRouteSlot,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, RuntimeError> {
+    let engine_routes = Router::new()
+        .route(
+            "/engine/{route}",
+            axum::routing::post(crate::engine_routes::handle),
+        )
+        .with_state(engine);
     let app = Router::new()
         .route(&paths.health, get(health))
         .route(&paths.live, get(health))
@@ -191,7 +199,8 @@ pub async fn serve(
         .with_state(AppState {
             health: health_state,
             metrics: registry,
-        });
+        })
+        .merge(engine_routes);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| RuntimeError::Bind {

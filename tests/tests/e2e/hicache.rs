@@ -149,3 +149,113 @@ async fn a_restarted_worker_serves_a_prefix_from_its_storage_directory() {
     assert_eq!(got, 144.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sequence hash of `tokens`' last full block.
+fn last_hash(tokens: &[u32]) -> u64 {
+    use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
+    tokens
+        .chunks_exact(16)
+        .fold(None, |acc, c| {
+            let h = local_block_hash(c);
+            Some(acc.map_or(h, |p| next_sequence_hash(p, h)))
+        })
+        .expect("a full block")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_through_the_system_port_the_request_plane_and_cache_control() {
+    let mut c = Cluster::start(&[]);
+    let w = c.add_worker(&[
+        "--threads",
+        "2",
+        "--max-total-tokens",
+        "256",
+        "--enable-metrics",
+    ]);
+    c.wait_instances(1, Duration::from_secs(60)).await.unwrap();
+    let short = |salt: u32| prompt(salt)[..100].to_vec();
+    let ask = |body: Value| {
+        let c = &c;
+        async move { c.post("/v1/completions", &body).await }
+    };
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    let flood = || async {
+        for salt in 1..3 {
+            assert_eq!(ask(requests::greedy_completion(json!(prompt(salt)), 8)).await.0, 200);
+        }
+    };
+    let engine = |route: &str, body: Value| {
+        let url = format!("http://127.0.0.1:{}/engine/{route}", c.workers[w].system_port);
+        let http = c.http.clone();
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // The system port: pin, survive a flood, unpin.
+    assert_eq!(ask(requests::greedy_completion(json!(short(0)), 8)).await.0, 200);
+    let h = last_hash(&short(0));
+    let (st, v) = engine("pin_blocks", json!({"block_hashes": [h], "ttl_secs": 60})).await;
+    assert_eq!((st, &v), (200, &json!({"pinned": 1})));
+    flood().await;
+    let (_, _, v) = ask(requests::greedy_completion(json!(short(0)), 8)).await;
+    assert!(cached(&v) >= Some(96), "pinned prefix served from the pool: {v}");
+    let (st, v) = engine("unpin_blocks", json!({"block_hashes": [h]})).await;
+    assert_eq!((st, &v), (200, &json!({"unpinned": 1})));
+    let (st, v) = engine("pin_blocks", json!({"block_hashes": "all"})).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["type"], "BadRequestError");
+    let (st, v) = engine("pin_blocks", json!({"block_hashes": [h], "ttl_secs": -3})).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(engine("no_such_route", json!({})).await.0, 404);
+
+    // The request plane.
+    let nats = dynamo_e2e::peer::RawPeer::connect(&c.nats.url()).await;
+    let subject = dynamo_protocols::kv_events::kv_pin_subject(
+        "dynamo",
+        "backend",
+        c.instance_id(w),
+    );
+    let ask_pin = |body: Value| {
+        let nats = &nats;
+        let subject = subject.clone();
+        async move {
+            let r = nats
+                .request(&subject, body.to_string(), Duration::from_secs(10))
+                .await
+                .expect("the worker answers");
+            serde_json::from_slice::<Value>(&r).unwrap()
+        }
+    };
+    assert_eq!(
+        ask_pin(json!({"block_hashes": [h], "ttl_secs": 30})).await,
+        json!({"count": 1})
+    );
+    assert_eq!(
+        ask_pin(json!({"block_hashes": [h], "unpin": true})).await,
+        json!({"count": 1})
+    );
+
+    // cache_control: the request pins its own prompt.
+    let mut body = requests::greedy_completion(json!(short(5)), 8);
+    body["nvext"] = json!({"cache_control": {"type": "ephemeral", "ttl": "5m"}});
+    assert_eq!(ask(body).await.0, 200);
+    let mut pinned = 0.0;
+    for _ in 0..100 {
+        pinned = c.worker_metric(w, "sglang:pinned_tokens").await.unwrap_or(0.0);
+        if pinned >= 96.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pinned, 96.0);
+    flood().await;
+    let (_, _, v) = ask(requests::greedy_completion(json!(short(5)), 8)).await;
+    assert!(cached(&v) >= Some(96), "{v}");
+    let mut bad = requests::greedy_completion(json!(short(5)), 8);
+    bad["nvext"] = json!({"cache_control": {"type": "ephemeral", "ttl": "forever"}});
+    let (st, _, v) = ask(bad).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("cache_control"), "{v}");
+}
