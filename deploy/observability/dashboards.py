@@ -200,8 +200,11 @@ def sglang():
             "Prompt tokens served from the prefix cache / prompt tokens (last interval with admissions), per worker.",
             [target(f"sglang:cache_hit_rate{SG}", "{{instance}}")], "percentunit", lo=0, hi=1)
     b.panel("Active Pinned KV (tokens)",
-            "KV tokens pinned by running requests (cannot be evicted), per worker.",
-            [target(f"sglang:kv_used_tokens{SG}", "{{instance}}")], "short", lo=0)
+            "KV tokens held by running requests (cannot be evicted), and tokens of blocks pinned "
+            "by /engine/pin_blocks, nvext.cache_control or the router's pin TTL (kept in some "
+            "tier until the pin expires), per worker.",
+            [target(f"sglang:kv_used_tokens{SG}", "{{instance}} in use"),
+             target(f"sglang:pinned_tokens{SG}", "{{instance}} pinned")], "short", lo=0)
     b.panel("Retractions",
             "Requests whose KV was released under memory pressure and re-queued (recomputed later).",
             [target(f"sum(rate(sglang:num_retracted_requests_total{SG}[{RATE}]))", "Retractions/s"),

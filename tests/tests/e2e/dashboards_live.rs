@@ -384,6 +384,15 @@ async fn observability_sh_answers_every_dashboard_query_from_a_live_fleet() {
     );
     assert_eq!(c.post("/v1/completions", &body).await.0, 200);
 
+    // A request that pins its prompt (the PIN panel's pinned series), seen above 0.
+    let mut body = pinned(
+        requests::completion(format!("{prefix}What is a pin?"), 2),
+        agg_id,
+    );
+    body["nvext"]["cache_control"] = json!({"type": "ephemeral", "ttl": "10m"});
+    assert_eq!(c.post("/v1/completions", &body).await.0, 200);
+    seen(&c.http, prom, "sglang:pinned_tokens > 0", 1).await;
+
     // Every expression, evaluated until it has data (two scrapes after the workload at most a
     // few intervals later), then the pending ones must still have none.
     let queries = dashboard_queries();
