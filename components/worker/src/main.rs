@@ -162,7 +162,13 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     drt.set_engine_routes(Arc::new(pins::PinRoutes(engine.clone())));
-    pins::spawn_pin_subject(&drt, &cli.m.namespace, &cli.m.component, instance, engine.clone());
+    pins::spawn_pin_subject(
+        &drt,
+        &cli.m.namespace,
+        &cli.m.component,
+        instance,
+        engine.clone(),
+    );
     tracing::info!(model = %served, endpoint = %id, disaggregation_mode = mode.as_str(), instance_id = %format!("{instance:x}"), "worker ready");
 
     let died = tokio::select! {

@@ -147,6 +147,11 @@ async fn a_restarted_worker_serves_a_prefix_from_its_storage_directory() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(got, 144.0);
+    // Every hierarchy family the docs list is served, with a `# TYPE`.
+    let m = c.worker_metrics(0).await;
+    for f in super::metrics::HICACHE_FAMILIES {
+        assert!(m.contains(&format!("# TYPE {f} ")), "{f} not served:\n{m}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -181,11 +186,19 @@ async fn pins_through_the_system_port_the_request_plane_and_cache_control() {
     let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
     let flood = || async {
         for salt in 1..3 {
-            assert_eq!(ask(requests::greedy_completion(json!(prompt(salt)), 8)).await.0, 200);
+            assert_eq!(
+                ask(requests::greedy_completion(json!(prompt(salt)), 8))
+                    .await
+                    .0,
+                200
+            );
         }
     };
     let engine = |route: &str, body: Value| {
-        let url = format!("http://127.0.0.1:{}/engine/{route}", c.workers[w].system_port);
+        let url = format!(
+            "http://127.0.0.1:{}/engine/{route}",
+            c.workers[w].system_port
+        );
         let http = c.http.clone();
         async move {
             let r = http.post(url).json(&body).send().await.unwrap();
@@ -194,13 +207,19 @@ async fn pins_through_the_system_port_the_request_plane_and_cache_control() {
     };
 
     // The system port: pin, survive a flood, unpin.
-    assert_eq!(ask(requests::greedy_completion(json!(short(0)), 8)).await.0, 200);
+    assert_eq!(
+        ask(requests::greedy_completion(json!(short(0)), 8)).await.0,
+        200
+    );
     let h = last_hash(&short(0));
     let (st, v) = engine("pin_blocks", json!({"block_hashes": [h], "ttl_secs": 60})).await;
     assert_eq!((st, &v), (200, &json!({"pinned": 1})));
     flood().await;
     let (_, _, v) = ask(requests::greedy_completion(json!(short(0)), 8)).await;
-    assert!(cached(&v) >= Some(96), "pinned prefix served from the pool: {v}");
+    assert!(
+        cached(&v) >= Some(96),
+        "pinned prefix served from the pool: {v}"
+    );
     let (st, v) = engine("unpin_blocks", json!({"block_hashes": [h]})).await;
     assert_eq!((st, &v), (200, &json!({"unpinned": 1})));
     let (st, v) = engine("pin_blocks", json!({"block_hashes": "all"})).await;
@@ -212,11 +231,8 @@ async fn pins_through_the_system_port_the_request_plane_and_cache_control() {
 
     // The request plane.
     let nats = dynamo_e2e::peer::RawPeer::connect(&c.nats.url()).await;
-    let subject = dynamo_protocols::kv_events::kv_pin_subject(
-        "dynamo",
-        "backend",
-        c.instance_id(w),
-    );
+    let subject =
+        dynamo_protocols::kv_events::kv_pin_subject("dynamo", "backend", c.instance_id(w));
     let ask_pin = |body: Value| {
         let nats = &nats;
         let subject = subject.clone();
@@ -243,7 +259,10 @@ async fn pins_through_the_system_port_the_request_plane_and_cache_control() {
     assert_eq!(ask(body).await.0, 200);
     let mut pinned = 0.0;
     for _ in 0..100 {
-        pinned = c.worker_metric(w, "sglang:pinned_tokens").await.unwrap_or(0.0);
+        pinned = c
+            .worker_metric(w, "sglang:pinned_tokens")
+            .await
+            .unwrap_or(0.0);
         if pinned >= 96.0 {
             break;
         }
@@ -257,5 +276,11 @@ async fn pins_through_the_system_port_the_request_plane_and_cache_control() {
     bad["nvext"] = json!({"cache_control": {"type": "ephemeral", "ttl": "forever"}});
     let (st, _, v) = ask(bad).await;
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("cache_control"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cache_control"),
+        "{v}"
+    );
 }
