@@ -10,6 +10,31 @@ use dynamo_e2e::requests::{self, pinned};
 use dynamo_e2e::Cluster;
 use serde_json::{json, Value};
 
+/// The families a worker serves only with `--enable-hierarchical-cache` (and a storage
+/// backend), all documented in docs/observability/metrics.md.
+pub(super) const HICACHE_FAMILIES: &[&str] = &[
+    "sglang:evicted_tokens_total",
+    "sglang:eviction_duration_seconds",
+    "sglang:load_back_tokens_total",
+    "sglang:load_back_bytes_total",
+    "sglang:load_back_duration_seconds",
+    "sglang:hicache_backup_tokens_total",
+    "sglang:hicache_backup_bytes_total",
+    "sglang:hicache_backup_duration_seconds",
+    "sglang:hicache_host_used_tokens",
+    "sglang:hicache_host_total_tokens",
+    "sglang:hicache_dropped_tokens_total",
+    "sglang:prefetched_tokens_total",
+    "sglang:backuped_tokens_total",
+    "sglang:prefetch_pgs",
+    "sglang:backup_pgs",
+    "sglang:prefetch_bandwidth",
+    "sglang:backup_bandwidth",
+    "sglang:hicache_prefetch_outcomes_total",
+    "sglang:hicache_storage_rejected_files_total",
+    "sglang:hicache_storage_used_bytes",
+];
+
 fn prompt(salt: u32) -> Vec<u32> {
     (0..150)
         .map(|i| 400 + (i * 31 + salt * 7919) % 20_000)
@@ -149,7 +174,7 @@ async fn a_restarted_worker_serves_a_prefix_from_its_storage_directory() {
     assert_eq!(got, 144.0);
     // Every hierarchy family the docs list is served, with a `# TYPE`.
     let m = c.worker_metrics(0).await;
-    for f in super::metrics::HICACHE_FAMILIES {
+    for f in HICACHE_FAMILIES {
         assert!(m.contains(&format!("# TYPE {f} ")), "{f} not served:\n{m}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -40,31 +40,6 @@ const PER_REQUEST: &[&str] = &[
     "sglang:generation_tokens_histogram",
 ];
 
-/// The families a worker serves only with `--enable-hierarchical-cache` (and a storage
-/// backend), all documented in docs/observability/metrics.md.
-pub(super) const HICACHE_FAMILIES: &[&str] = &[
-    "sglang:evicted_tokens_total",
-    "sglang:eviction_duration_seconds",
-    "sglang:load_back_tokens_total",
-    "sglang:load_back_bytes_total",
-    "sglang:load_back_duration_seconds",
-    "sglang:hicache_backup_tokens_total",
-    "sglang:hicache_backup_bytes_total",
-    "sglang:hicache_backup_duration_seconds",
-    "sglang:hicache_host_used_tokens",
-    "sglang:hicache_host_total_tokens",
-    "sglang:hicache_dropped_tokens_total",
-    "sglang:prefetched_tokens_total",
-    "sglang:backuped_tokens_total",
-    "sglang:prefetch_pgs",
-    "sglang:backup_pgs",
-    "sglang:prefetch_bandwidth",
-    "sglang:backup_bandwidth",
-    "sglang:hicache_prefetch_outcomes_total",
-    "sglang:hicache_storage_rejected_files_total",
-    "sglang:hicache_storage_used_bytes",
-];
-
 /// promtool lints on names the specs fix (users' dashboards and alerts query them as they
 /// are): SGLang's token histograms carry their type in the name, and Dynamo's tokenizer
 /// latency is in `_ms`.
@@ -526,7 +501,7 @@ fn docs_match(
             || n.starts_with("dynamo_frontend_worker_active_")
     };
     // Families of `--enable-hierarchical-cache` (tests/tests/e2e/hicache.rs checks them live).
-    let hicache = |n: &str| HICACHE_FAMILIES.contains(&n);
+    let hicache = |n: &str| super::hicache::HICACHE_FAMILIES.contains(&n);
     for name in documented.keys() {
         assert!(
             live.contains_key(name)
