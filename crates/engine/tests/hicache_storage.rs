@@ -1,10 +1,10 @@
 //! The storage tier on the real model: blocks written through to a directory survive the
 //! engine; a new engine on the directory prefetches a long prefix from it and serves it
-//! instead of computing it (identical output); a file from another model, a truncated file
-//! and a flipped byte are each skipped and counted, never loaded (and replaced by the next
-//! backup); two engines writing one directory at once corrupt nothing; the directory stays
-//! under its cap; a prompt whose storage continuation is under the threshold is not
-//! prefetched; a request cancelled while its prefetch runs leaks no block.
+//! instead of computing it (identical output); a file from another model, a truncated file,
+//! a flipped byte and an oversized file are each skipped and counted, never loaded (and
+//! replaced by the next backup); two engines writing one directory at once corrupt nothing;
+//! the directory stays under its cap; a prompt whose storage continuation is under the
+//! threshold is not prefetched; a request cancelled while its prefetch runs leaks no block.
 
 mod hier;
 
@@ -133,14 +133,15 @@ async fn foreign_truncated_and_corrupt_files_are_skipped() {
     let (outs, ident) = {
         let a = tiered(&d, PrefetchStop::WaitComplete, 64, 1 << 30);
         let mut outs = Vec::new();
-        for salt in 0..3 {
+        for salt in 0..4 {
             outs.push(run(&a, prompt(salt)).await.0);
         }
-        files_settle(&d, 27).await;
+        files_settle(&d, 36).await;
         (outs, identity(&a))
     };
-    // Block 4 of each prompt: another model's file, a truncated one, a flipped byte.
-    let victims: Vec<_> = (0..3)
+    // Block 4 of each prompt: another model's file, a truncated one, a flipped byte, and a
+    // file far larger than a block (never read into memory).
+    let victims: Vec<_> = (0..4)
         .map(|salt| blocks(&prompt(salt))[4].clone())
         .collect();
     let (h, t) = &victims[0];
@@ -156,9 +157,11 @@ async fn foreign_truncated_and_corrupt_files_are_skipped() {
     let at = f.len() - 100;
     f[at] ^= 0x01;
     std::fs::write(path(&d, *h), f).unwrap();
+    let (h, _) = &victims[3];
+    std::fs::write(path(&d, *h), vec![7u8; 64 << 20]).unwrap();
 
     let b = tiered(&d, PrefetchStop::WaitComplete, 64, 1 << 30);
-    for salt in 0..3 {
+    for salt in 0..4 {
         let (out, cached) = run(&b, prompt(salt)).await;
         assert_eq!(out, outs[salt as usize], "salt {salt}: the same output");
         assert_eq!(
@@ -166,14 +169,14 @@ async fn foreign_truncated_and_corrupt_files_are_skipped() {
             "salt {salt}: only the 4 blocks before the bad one"
         );
     }
-    for reason in ["foreign", "truncated", "checksum"] {
+    for (reason, n) in [("foreign", 2.0), ("truncated", 1.0), ("checksum", 1.0)] {
         assert_eq!(
             metric(
                 &b,
                 "sglang:hicache_storage_rejected_files_total",
                 &[("reason", reason)]
             ),
-            1.0,
+            n,
             "{reason}"
         );
     }
@@ -183,7 +186,7 @@ async fn foreign_truncated_and_corrupt_files_are_skipped() {
             "sglang:hicache_prefetch_outcomes_total",
             &[("outcome", "failed")]
         ),
-        3.0
+        4.0
     );
     // The blocks were computed again and written through: the files are good again.
     for _ in 0..500 {

@@ -44,10 +44,14 @@ pub(crate) fn build_tiers(
             let identity = storage::identity(model, &info.kv_layout);
             let sm = hm.and_then(|h| h.storage.clone());
             let notify: storage::Notify = std::sync::Arc::new(move |n| wake.send(n));
-            let st =
-                FileStore::open(sc.clone(), identity, info.page_size, sm, notify).map_err(|e| {
-                    EngineError::Config(format!("--hicache-storage-dir {}: {e}", sc.dir.display()))
-                })?;
+            let shape = storage::BlockShape {
+                page: info.page_size,
+                export_bytes: dynamo_protocols::kv_transfer::HEADER_BYTES
+                    + info.kv_layout.block_bytes(),
+            };
+            let st = FileStore::open(sc.clone(), identity, shape, sm, notify).map_err(|e| {
+                EngineError::Config(format!("--hicache-storage-dir {}: {e}", sc.dir.display()))
+            })?;
             let (files, bytes) = st.usage();
             tracing::info!(dir = %sc.dir.display(), files, bytes, "storage tier opened");
             Some(st)

@@ -103,6 +103,13 @@ pub struct BlockRef {
     pub tokens: Box<[u32]>,
 }
 
+/// The size of the blocks a store keeps: tokens per block, and bytes of one block's export.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockShape {
+    pub page: usize,
+    pub export_bytes: usize,
+}
+
 /// How a prefetch ended on the reading thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrefetchEnd {
@@ -150,6 +157,8 @@ impl Index {
 
 /// Shared by the scheduler's handle and the two I/O threads.
 struct Shared {
+    /// The largest file that can be a block of this store.
+    max_file: u64,
     dir: PathBuf,
     identity: String,
     max_bytes: u64,
@@ -184,12 +193,18 @@ impl FileStore {
     pub fn open(
         cfg: StorageConfig,
         identity: String,
-        page: usize,
+        block: BlockShape,
         metrics: Option<StorageMetrics>,
         notify: Notify,
     ) -> std::io::Result<Self> {
         fs::create_dir_all(&cfg.dir)?;
+        // A block file's size: the header (magic, lengths, hash, checksum), the identity, the
+        // tokens, one block's export; anything longer is not read into memory.
+        let max_file =
+            64 + identity.len() as u64 + 4 * block.page as u64 + block.export_bytes as u64;
+        let page = block.page;
         let shared = Arc::new(Shared {
+            max_file,
             dir: cfg.dir.clone(),
             identity,
             max_bytes: cfg.max_bytes,
@@ -478,7 +493,14 @@ impl Shared {
     /// Read and check block `hash`; a rejected file is counted and forgotten.
     fn read(&self, hash: u64, tokens: &[u32]) -> Result<Vec<u8>, ()> {
         let path = path_of(&self.dir, hash);
-        let data = match fs::read(&path) {
+        let data = match fs::File::open(&path).and_then(|f| {
+            use std::io::Read as _;
+            // Never more than a block file can be (a huge or hostile file is not read).
+            let mut d = Vec::new();
+            f.take(self.max_file + 1).read_to_end(&mut d)?;
+            Ok(d)
+        }) {
+            Ok(d) if d.len() as u64 > self.max_file => return self.reject(hash, Reject::Foreign),
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.index().forget(hash);
