@@ -66,6 +66,14 @@ async fn an_evicted_prefix_is_loaded_back_from_the_host_tier() {
             144.0
         );
         assert_eq!(m("sglang:hicache_dropped_tokens_total"), 0.0, "{policy:?}");
+        let (used, total) = (
+            m("sglang:hicache_host_used_tokens"),
+            m("sglang:hicache_host_total_tokens"),
+        );
+        assert!(
+            used > 0.0 && used <= total,
+            "host tier {used} of {total} tokens"
+        );
         assert!(m("sglang:eviction_duration_seconds_count") >= 1.0);
         match policy {
             WritePolicy::WriteThrough => {
@@ -106,4 +114,24 @@ async fn selective_write_through_keeps_only_blocks_used_twice() {
     let after = idle(&e).await;
     assert_eq!(cached, 144);
     assert_eq!(after.host_loads - before.host_loads, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_tier_stays_within_its_capacity_under_pressure() {
+    // A host tier as large as the pool (16 blocks) under 6 prompts of 9 blocks each.
+    let e = engine(host(WritePolicy::WriteThrough).map(|h| HiCacheConfig { ratio: 1.0, ..h }));
+    for salt in 0..6 {
+        run(&e, prompt(salt)).await;
+    }
+    let s = idle(&e).await;
+    assert_eq!(s.host_blocks, 16, "full, not past full");
+    assert_eq!(metric(&e, "sglang:hicache_host_used_tokens", &[]), 256.0);
+    assert!(
+        metric(
+            &e,
+            "sglang:hicache_dropped_tokens_total",
+            &[("reason", "host_full")]
+        ) > 0.0,
+        "without a storage tier the host tier's LRU drops are counted"
+    );
 }

@@ -2,10 +2,10 @@
 //! dropped until its TTL passes or it is unpinned. Without lower tiers a pin holds the block
 //! in the KV pool (a reference, as a running request holds its prefix); with a host tier the
 //! pool may still evict it, but it is then always copied to the host tier (whatever the write
-//! policy) and the host tier's LRU passes it over. A waiting request that cannot be admitted
-//! because pins hold the pool releases them (counted, logged) instead of waiting forever.
-//! Pins are bounded (half the pool without lower tiers, half the host tier with them) so the
-//! tiers stay within their capacities.
+//! policy), the host tier's LRU passes it over, and the storage tier's cap deletes its file
+//! last. A waiting request that cannot be admitted because pins hold the pool releases them
+//! (counted, logged) instead of waiting forever. Pins are bounded (half the pool without lower
+//! tiers, half the host tier with them) so the tiers stay within their capacities.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -140,6 +140,9 @@ impl Scheduler {
                 };
                 if let Some(t) = self.tiers.as_mut() {
                     t.host.set_pinned(c, true);
+                    if let Some(st) = &t.store {
+                        st.set_pinned(c, true);
+                    }
                 }
                 self.pins.covered.insert(c, Covered { pins: 1, held });
             }
@@ -176,6 +179,9 @@ impl Scheduler {
                 }
                 if let Some(t) = self.tiers.as_mut() {
                     t.host.set_pinned(c, false);
+                    if let Some(st) = &t.store {
+                        st.set_pinned(c, false);
+                    }
                 }
             }
         }

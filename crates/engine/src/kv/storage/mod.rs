@@ -5,7 +5,7 @@
 //! workers sharing a directory never see half a block; a file that fails its header or
 //! checksum is counted, skipped and forgotten (a later backup replaces it). The directory is
 //! kept under its byte cap by deleting the least recently used files (a read refreshes a
-//! file's modification time). The index of which blocks the directory holds is built by a
+//! file's modification time), pinned blocks' files last. The index of which blocks the directory holds is built by a
 //! scan at start (so a restarted worker finds its predecessor's blocks) and refreshed by a
 //! rescan every few seconds (blocks other workers wrote).
 
@@ -159,6 +159,8 @@ impl Index {
 struct Shared {
     /// The largest file that can be a block of this store.
     max_file: u64,
+    /// Pinned blocks: the cap deletes other files first.
+    pinned: Mutex<std::collections::HashSet<u64>>,
     dir: PathBuf,
     identity: String,
     max_bytes: u64,
@@ -205,6 +207,7 @@ impl FileStore {
         let page = block.page;
         let shared = Arc::new(Shared {
             max_file,
+            pinned: Mutex::default(),
             dir: cfg.dir.clone(),
             identity,
             max_bytes: cfg.max_bytes,
@@ -257,6 +260,17 @@ impl FileStore {
                 bytes,
             })
             .is_ok()
+    }
+
+    /// Pin or unpin block `hash`: the cap deletes a pinned block's file only when nothing
+    /// else is left to delete.
+    pub fn set_pinned(&self, hash: u64, pinned: bool) {
+        let mut p = self.shared.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        if pinned {
+            p.insert(hash);
+        } else {
+            p.remove(&hash);
+        }
     }
 
     /// Start reading `blocks` in order; `cancel` set stops it between blocks.
@@ -423,7 +437,13 @@ impl Shared {
             return;
         };
         let mut total: u64 = files.iter().map(|f| f.1).sum();
-        files.sort_by_key(|f| f.2);
+        // Unpinned files first, least recently used first.
+        let pinned = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        files.sort_by_key(|f| (pinned.contains(&f.0), f.2));
         let goal = self.max_bytes / 10 * 9;
         let mut removed = Vec::new();
         for (hash, size, _) in files {
