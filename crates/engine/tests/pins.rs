@@ -11,17 +11,13 @@ use std::time::Duration;
 
 use dynamo_engine::kv::{HiCacheConfig, WritePolicy};
 use dynamo_engine::Engine;
-use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
 use hier::{engine, idle, metric, prompt, prompt_of, run};
 
 /// The sequence hash of `tokens`' last full block.
 fn last_hash(tokens: &[u32]) -> u64 {
-    tokens
-        .chunks_exact(16)
-        .fold(None, |acc, c| {
-            let h = local_block_hash(c);
-            Some(acc.map_or(h, |p| next_sequence_hash(p, h)))
-        })
+    use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
+    *sequence_hashes(&block_hashes(tokens, 16))
+        .last()
         .expect("a full block")
 }
 

@@ -90,7 +90,9 @@ async fn kv_router_prefers_the_worker_holding_the_prefix_in_its_host_tier() {
     let mut head = prompt(0)[..40].to_vec();
     head.extend(prompt(9)[..40].iter());
     ask(head, Some(b)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The KV events arrive, and each worker's next load report (once a second) shows it idle:
+    // a report sent while A still ran the flood must not make A look busy.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let before = cached_from(&c, 0, "host").await;
     let again: Value = ask(prompt(0), None).await;
@@ -182,13 +184,9 @@ async fn a_restarted_worker_serves_a_prefix_from_its_storage_directory() {
 
 /// The sequence hash of `tokens`' last full block.
 fn last_hash(tokens: &[u32]) -> u64 {
-    use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
-    tokens
-        .chunks_exact(16)
-        .fold(None, |acc, c| {
-            let h = local_block_hash(c);
-            Some(acc.map_or(h, |p| next_sequence_hash(p, h)))
-        })
+    use dynamo_protocols::hashing::{block_hashes, sequence_hashes};
+    *sequence_hashes(&block_hashes(tokens, 16))
+        .last()
         .expect("a full block")
 }
 
