@@ -133,6 +133,9 @@ pub struct EngineStats {
     /// Host tier: blocks copied there on eviction, and loaded back.
     pub host_backups: u64,
     pub host_loads: u64,
+    /// Of those, blocks loaded back ahead of admission, overlapping a forward pass (an
+    /// executor that stages imports).
+    pub host_loads_staged: u64,
     /// Blocks the host tier holds.
     pub host_blocks: usize,
 }

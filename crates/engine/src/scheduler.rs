@@ -242,6 +242,7 @@ impl Scheduler {
                 }
                 continue;
             }
+            self.stage_load_backs();
             self.step(&plan);
             self.write_through();
             self.pin_requested();
@@ -373,7 +374,12 @@ impl Scheduler {
                 break;
             };
             let mut front = self.waiting.remove(at).expect("index in range");
-            self.load_back(&mut front);
+            if self.defer_for_staging(&front) {
+                // Its blocks are loaded back beside this pass; admitted with them next time.
+                self.waiting.insert(at, front);
+                break;
+            }
+            self.load_back(&mut front, false);
             self.waiting.insert(at, front);
             let s = &self.waiting[at];
             let len = s.tokens.len();

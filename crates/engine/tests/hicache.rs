@@ -135,3 +135,36 @@ async fn the_host_tier_stays_within_its_capacity_under_pressure() {
         "without a storage tier the host tier's LRU drops are counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_executor_loads_back_ahead_of_admission() {
+    // The reference device executor stages imports as a GPU would (here they complete at
+    // once): a request waiting behind a running one gets its host-tier blocks before it is
+    // admitted, and its output is what it was.
+    let e = hier::engine_on(
+        dynamo_engine::executor::Device::Reference,
+        host(WritePolicy::WriteThrough),
+    );
+    let (first, _) = run(&e, prompt(0)).await;
+    for salt in 1..3 {
+        run(&e, prompt(salt)).await;
+    }
+    let before = idle(&e).await;
+    // A long request holds 12 of the 16 blocks; the repeat waits for it.
+    let long = {
+        let mut r = hier::request(prompt(3));
+        r.stop.max_tokens = Some(24);
+        e.generate(r).unwrap()
+    };
+    let (again, cached) = run(&e, prompt(0)).await;
+    drop(long);
+    let after = idle(&e).await;
+    assert_eq!(again, first, "the same greedy output");
+    assert_eq!(cached, 144);
+    // Staged blocks the long request's decoding evicted again are loaded once more.
+    assert!(after.host_loads - before.host_loads >= 9, "{after:?}");
+    assert!(
+        after.host_loads_staged > before.host_loads_staged,
+        "some blocks were staged while the long request ran: {after:?}"
+    );
+}

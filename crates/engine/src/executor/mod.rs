@@ -66,6 +66,21 @@ pub trait Executor: Send {
     /// after checking its header against [`Executor::kv_layout`]. Nothing is written when a
     /// check fails.
     fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError>;
+
+    /// Whether the scheduler should load host-tier blocks back ahead of admission, while
+    /// other sequences' forward passes run ([`Executor::import_blocks_staged`]): a device
+    /// executor, whose copies can run beside its kernels. The CPU executor copies with the
+    /// cores that compute, so it loads back at admission instead.
+    fn stages_load_back(&self) -> bool {
+        false
+    }
+
+    /// [`Executor::import_blocks`], where the writes may still be in flight when this returns:
+    /// they overlap the forward passes queued after it and are in place before any later
+    /// forward pass, export or copy reads the blocks. By default done at once.
+    fn import_blocks_staged(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError> {
+        self.import_blocks(blocks, data)
+    }
 }
 
 /// Check an export against an executor with `layout` and `total` blocks, for the `targets` it

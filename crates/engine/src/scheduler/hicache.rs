@@ -20,6 +20,9 @@ use crate::EngineError;
 use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
 use dynamo_protocols::kv_events::Medium;
 
+/// Waiting requests whose load-back is staged per forward pass (those admitted next).
+const STAGED_REQUESTS: usize = 2;
+
 /// The tiers `cfg` asks for below the pool `info` describes: the host tier's capacity in
 /// blocks from `--hicache-size` (one block's export bytes each), else the ratio; the storage
 /// directory opened and indexed, its prefetches delivered through `wake`.
@@ -233,11 +236,62 @@ impl Scheduler {
         b
     }
 
+    /// Before this iteration's forward pass, on an executor that stages load-back: start
+    /// loading back the host-tier blocks of the next waiting requests, so the copies overlap
+    /// the pass and the requests find their blocks cached when admitted.
+    pub(super) fn stage_load_backs(&mut self) {
+        if !self.exec.stages_load_back() || self.tiers.as_ref().is_none_or(|t| t.host.is_empty()) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut staged = 0;
+        let mut i = 0;
+        while staged < STAGED_REQUESTS && i < self.waiting.len() {
+            if self.waiting[i].held_by_prefetch(now) {
+                i += 1;
+                continue;
+            }
+            let mut s = self.waiting.remove(i).expect("index in range");
+            self.load_back(&mut s, true);
+            s.load_back_staged = true;
+            self.waiting.insert(i, s);
+            staged += 1;
+            i += 1;
+        }
+    }
+
+    /// The block after `s`'s cached prefix sits in the host tier: a staging executor loads it
+    /// back ahead of admission (once; after that, at admission).
+    pub(super) fn defer_for_staging(&self, s: &Seq) -> bool {
+        if !self.exec.stages_load_back() || self.running.is_empty() || s.load_back_staged {
+            return false;
+        }
+        let Some(tiers) = self.tiers.as_ref().filter(|t| !t.host.is_empty()) else {
+            return false;
+        };
+        if s.wants_prompt_logprobs() {
+            return false;
+        }
+        let page = self.pool.page();
+        let full = (s.tokens.len() - 1) / page;
+        let held = self.pool.match_prefix(&s.tokens, full);
+        if held.len() == full {
+            return false;
+        }
+        let k = held.len();
+        let h = local_block_hash(&s.tokens[k * page..(k + 1) * page]);
+        let seq = held
+            .last()
+            .map_or(h, |&n| next_sequence_hash(self.pool.seq_hash_of(n), h));
+        tiers.host.contains(seq)
+    }
+
     /// Load back the host-tier blocks that continue `s`'s cached prefix, as unreferenced
-    /// cached blocks of the tree (the next match finds them). Stops at the first block the
-    /// host tier does not hold, or when no block can be had. Before its first admission the
-    /// tokens loaded are credited to `s` by where they came from (`cached_tokens_total`).
-    pub(super) fn load_back(&mut self, s: &mut Seq) {
+    /// cached blocks of the tree (the next match finds them); `staged`: with the executor's
+    /// staged import (in place before the next pass). Stops at the first block the host tier
+    /// does not hold, or when no block can be had. Before its first admission the tokens
+    /// loaded are credited to `s` by where they came from (`cached_tokens_total`).
+    pub(super) fn load_back(&mut self, s: &mut Seq, staged: bool) {
         if self.tiers.as_ref().is_none_or(|t| t.host.is_empty()) || s.wants_prompt_logprobs() {
             return;
         }
@@ -264,7 +318,12 @@ impl Scheduler {
             let Some(b) = self.alloc_backed_up() else {
                 break;
             };
-            if self.exec.import_blocks(&[b], &hit.bytes).is_err() {
+            let imported = if staged {
+                self.exec.import_blocks_staged(&[b], &hit.bytes)
+            } else {
+                self.exec.import_blocks(&[b], &hit.bytes)
+            };
+            if imported.is_err() {
                 self.pool.free_block(b);
                 break;
             }
@@ -286,6 +345,9 @@ impl Scheduler {
             s.tier_tokens.1 += from_storage * page;
         }
         self.local.host_loads += loaded as u64;
+        if staged {
+            self.local.host_loads_staged += loaded as u64;
+        }
         if let (Some(m), true) = (self.hicache_metrics(), loaded > 0) {
             m.load_back_tokens.inc_by((loaded * page) as u64);
             m.load_back_bytes.inc_by(bytes);

@@ -47,6 +47,15 @@ impl Wake {
     }
 }
 
+impl Seq {
+    /// Its storage prefetch holds it back from admission at `now`.
+    pub(super) fn held_by_prefetch(&self, now: Instant) -> bool {
+        self.prefetch
+            .as_ref()
+            .is_some_and(|f| f.end.is_none() && f.until.is_none_or(|u| now < u))
+    }
+}
+
 impl Scheduler {
     /// A new request: start prefetching its storage continuation when long enough.
     pub(super) fn start_prefetch(&mut self, s: &mut Seq) {
@@ -140,10 +149,7 @@ impl Scheduler {
     /// The index of the first waiting request its prefetch does not hold back.
     pub(super) fn next_admissible(&self) -> Option<usize> {
         let now = Instant::now();
-        self.waiting.iter().position(|s| match &s.prefetch {
-            None => true,
-            Some(f) => f.end.is_some() || f.until.is_some_and(|u| now >= u),
-        })
+        self.waiting.iter().position(|s| !s.held_by_prefetch(now))
     }
 
     /// `s` leaves the waiting queue (admitted, or `gone`): its prefetch stops and its

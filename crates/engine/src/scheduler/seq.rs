@@ -31,6 +31,8 @@ pub(crate) struct Seq {
     /// Of those, tokens loaded back from the host tier that came from the pool and from the
     /// storage tier (the rest were in the pool).
     pub(super) tier_tokens: (usize, usize),
+    /// A staging executor already loaded its host-tier blocks back once ahead of admission.
+    pub(super) load_back_staged: bool,
     /// Pin the prompt's blocks for this long once computed (`cache_control`, router pins).
     pub(crate) pin_ttl: Option<std::time::Duration>,
     /// Its storage prefetch, while it waits.
@@ -88,6 +90,7 @@ impl Seq {
             computed: 0,
             cached: None,
             tier_tokens: (0, 0),
+            load_back_staged: false,
             pin_ttl: None,
             prefetch: None,
             cacheable: true,

@@ -10,7 +10,15 @@ use dynamo_engine::{Engine, EngineConfig, EngineStats};
 use dynamo_protocols::{PreprocessedRequest, SamplingOptions, StopConditions};
 
 pub fn engine(hicache: Option<HiCacheConfig>) -> Engine {
+    engine_on(dynamo_engine::executor::Device::Cpu, hicache)
+}
+
+pub fn engine_on(
+    device: dynamo_engine::executor::Device,
+    hicache: Option<HiCacheConfig>,
+) -> Engine {
     let mut cfg = EngineConfig::new(dynamo_test_support::default_model());
+    cfg.device = device;
     cfg.threads = 2;
     cfg.max_total_tokens = Some(16 * 16);
     cfg.hicache = hicache;

@@ -1,7 +1,8 @@
 //! [`DeviceOps`] on an NVIDIA GPU through cudarc: the driver (`libcuda.so.1`) and NVRTC are
 //! opened at run time, the kernels of `kernels.cu` are compiled by NVRTC for the device's
 //! compute capability when the executor starts, and every call is a launch (or a copy) on
-//! one stream, in order. Buffers are `CudaSlice`s; f16 is carried as 16-bit words. A failing
+//! one stream, in order, except staged KV writes (host-tier load-back), which run on a copy
+//! stream ordered against it by explicit waits. Buffers are `CudaSlice`s; f16 is carried as 16-bit words. A failing
 //! CUDA call after start-up panics with the driver's message: the scheduler thread's panic
 //! handler stops the engine visibly (its streams end, `/health` fails).
 //!
@@ -39,10 +40,15 @@ struct Kernels {
     gather_rows: CudaFunction,
 }
 
-/// One GPU, one stream.
+/// One GPU, one stream for kernels and a second for staged KV writes (host-tier load-back
+/// overlapping the forward pass).
 pub struct CudaOps {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Staged writes; the kernel stream waits for it at [`DeviceOps::fence_copies`].
+    copy: Arc<CudaStream>,
+    /// The copy stream has waited for the kernel stream since the last fence.
+    copy_armed: std::cell::Cell<bool>,
     k: Kernels,
     _module: Arc<CudaModule>,
     /// One-element stand-in for an absent optional input (bias, norms).
@@ -99,8 +105,10 @@ impl CudaOps {
     pub fn open(index: usize) -> Result<Self, String> {
         Self::probe(index)?;
         let ctx = CudaContext::new(index).map_err(fail("context"))?;
-        // SAFETY: everything runs on the one stream below, so cudarc's cross-stream events
-        // (which would also be recorded inside a graph capture) are not needed.
+        // SAFETY: everything runs on the kernel stream below except staged KV writes on the copy
+        // stream, which are ordered by explicit waits both ways (`f16_write_async`,
+        // `fence_copies`, called before every pass, export and copy), so cudarc's cross-stream
+        // events (which would also be recorded inside a graph capture) are not needed.
         unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx
             .compute_capability()
@@ -130,6 +138,7 @@ impl CudaOps {
         };
         // Not the legacy default stream: a graph cannot be captured on it.
         let stream = ctx.new_stream().map_err(fail("stream"))?;
+        let copy = ctx.new_stream().map_err(fail("copy stream"))?;
         let dummy = stream.alloc_zeros::<f32>(1).map_err(fail("alloc"))?;
         let name = format!(
             "cuda:{index} ({}, sm_{major}{minor})",
@@ -138,6 +147,8 @@ impl CudaOps {
         Ok(CudaOps {
             ctx,
             stream,
+            copy,
+            copy_armed: std::cell::Cell::new(false),
             k,
             _module: module,
             dummy,
@@ -252,6 +263,27 @@ impl DeviceOps for CudaOps {
         self.stream
             .memcpy_htod(data, &mut dst)
             .expect("CUDA upload");
+    }
+
+    fn f16_write_async(&mut self, x: &mut CudaSlice<u16>, offset: usize, data: &[u16]) {
+        // The copy stream first waits for the kernels already queued (the block's previous
+        // owner may still be written by them), once per batch of staged writes.
+        if !self.copy_armed.get() {
+            self.copy.join(&self.stream).expect("CUDA stream wait");
+            self.copy_armed.set(true);
+        }
+        let mut dst = x.slice_mut(offset..offset + data.len());
+        // From pageable memory: returns once `data` is staged, so it may be reused; the
+        // transfer itself overlaps the kernel stream.
+        self.copy
+            .memcpy_htod(data, &mut dst)
+            .expect("CUDA staged upload");
+    }
+
+    fn fence_copies(&self) {
+        if self.copy_armed.replace(false) {
+            self.stream.join(&self.copy).expect("CUDA stream wait");
+        }
     }
 
     fn f16_copy_within(&mut self, x: &mut CudaSlice<u16>, src: usize, dst: usize, n: usize) {

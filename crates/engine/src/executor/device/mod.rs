@@ -200,6 +200,30 @@ impl<O: DeviceOps> DeviceExecutor<O> {
     fn block_elems(&self) -> usize {
         self.page * self.cfg.kv_heads * self.cfg.head_dim
     }
+
+    /// Write an export's blocks into `blocks`, on the copy engine when `staged`.
+    fn import(&mut self, blocks: &[u32], data: &[u8], staged: bool) -> Result<(), TransferError> {
+        let payload = super::import_payload(self.kv_layout(), self.blocks, blocks, data)?;
+        let per = self.block_elems();
+        let mut chunks = payload.chunks_exact(per * 2);
+        let mut buf = vec![0u16; per];
+        for &b in blocks {
+            for li in 0..self.cfg.layers {
+                for kv in [&mut self.kv.k[li], &mut self.kv.v[li]] {
+                    let bytes = chunks.next().expect("length checked by the header");
+                    for (d, s) in buf.iter_mut().zip(bytes.chunks_exact(2)) {
+                        *d = u16::from_le_bytes([s[0], s[1]]);
+                    }
+                    if staged {
+                        self.ops.f16_write_async(kv, b as usize * per, &buf);
+                    } else {
+                        self.ops.f16_write(kv, b as usize * per, &buf);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<O: DeviceOps> Executor for DeviceExecutor<O> {
@@ -208,6 +232,8 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
     }
 
     fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Vec<f32> {
+        // Staged imports land before this pass reads the cache.
+        self.ops.fence_copies();
         let mut p = plan::StepPlan::new(seqs, self.page);
         let t = p.tokens.len();
         if t == 0 {
@@ -271,6 +297,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
     }
 
     fn copy_prefix(&mut self, src: u32, dst: u32, tokens: usize) {
+        self.ops.fence_copies();
         let per = self.block_elems();
         let n = tokens * self.cfg.kv_heads * self.cfg.head_dim;
         let (s, d) = (src as usize * per, dst as usize * per);
@@ -282,6 +309,7 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
 
     fn export_blocks(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<(), TransferError> {
         super::export_header(self.kv_layout(), self.blocks, blocks, out)?;
+        self.ops.fence_copies();
         let per = self.block_elems();
         let mut buf = vec![0u16; per];
         for &b in blocks {
@@ -298,21 +326,14 @@ impl<O: DeviceOps> Executor for DeviceExecutor<O> {
     }
 
     fn import_blocks(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError> {
-        let payload = super::import_payload(self.kv_layout(), self.blocks, blocks, data)?;
-        let per = self.block_elems();
-        let mut chunks = payload.chunks_exact(per * 2);
-        let mut buf = vec![0u16; per];
-        for &b in blocks {
-            for li in 0..self.cfg.layers {
-                for kv in [&mut self.kv.k[li], &mut self.kv.v[li]] {
-                    let bytes = chunks.next().expect("length checked by the header");
-                    for (d, s) in buf.iter_mut().zip(bytes.chunks_exact(2)) {
-                        *d = u16::from_le_bytes([s[0], s[1]]);
-                    }
-                    self.ops.f16_write(kv, b as usize * per, &buf);
-                }
-            }
-        }
-        Ok(())
+        self.import(blocks, data, false)
+    }
+
+    fn stages_load_back(&self) -> bool {
+        true
+    }
+
+    fn import_blocks_staged(&mut self, blocks: &[u32], data: &[u8]) -> Result<(), TransferError> {
+        self.import(blocks, data, true)
     }
 }

@@ -96,6 +96,15 @@ pub trait DeviceOps: Send {
     /// `out.len()` elements from `offset`.
     fn f16_read(&self, x: &Self::F16, offset: usize, out: &mut [u16]);
     fn f16_write(&mut self, x: &mut Self::F16, offset: usize, data: &[u16]);
+    /// [`DeviceOps::f16_write`] on a copy engine: it may still be in flight on return and
+    /// overlaps kernels until [`DeviceOps::fence_copies`]. `data` may be reused on return.
+    /// The default writes at once.
+    fn f16_write_async(&mut self, x: &mut Self::F16, offset: usize, data: &[u16]) {
+        self.f16_write(x, offset, data);
+    }
+    /// Everything queued from now on (kernels, reads, writes) sees the async writes made so
+    /// far. The default has none in flight.
+    fn fence_copies(&self) {}
     /// `x[dst..dst + n] = x[src..src + n]` (the ranges do not overlap).
     fn f16_copy_within(&mut self, x: &mut Self::F16, src: usize, dst: usize, n: usize);
 
