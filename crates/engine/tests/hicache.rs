@@ -20,6 +20,7 @@ fn host(policy: WritePolicy) -> Option<HiCacheConfig> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_prefix_is_loaded_back_from_the_host_tier() {
+    let mut without: Option<Vec<u32>> = None;
     for policy in [
         None,
         Some(WritePolicy::WriteThrough),
@@ -27,6 +28,8 @@ async fn an_evicted_prefix_is_loaded_back_from_the_host_tier() {
     ] {
         let e = engine(policy.and_then(host));
         let (first, _) = run(&e, prompt(0)).await;
+        // The output of a run without the hierarchy is every configuration's output.
+        assert_eq!(&first, without.get_or_insert_with(|| first.clone()));
         let copied_early = metric(&e, "sglang:hicache_backup_tokens_total", &[]);
         // Two other long prompts push the first one's blocks out of the pool.
         for salt in 1..3 {
