@@ -285,9 +285,12 @@ impl Engine {
             exec,
             pool: {
                 let mut p = BlockPool::new(blocks, cfg.page_size, cfg.enable_prefix_caching);
-                if host_blocks > 0 {
+                if let Some(t) = tiers.as_ref().filter(|t| t.host.capacity() > 0) {
                     p.track_evictions();
-                    p.track_stored();
+                    // Only write-through drains the stored list; other policies never read it.
+                    if t.policy == crate::kv::WritePolicy::WriteThrough {
+                        p.track_stored();
+                    }
                 }
                 p
             },
