@@ -10,15 +10,14 @@
 use std::time::{Duration, Instant};
 
 mod disagg;
+mod families;
 mod hicache;
 pub use disagg::{DisaggMetrics, DisaggStage};
+use families::Families;
 pub use hicache::StorageMetrics;
 pub(crate) use hicache::{HiCacheMetrics, PinMetrics};
 
-use prometheus::core::Collector;
-use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Gauge, Histogram, IntCounter, IntGauge, Registry, TextEncoder};
 
 /// Role of the engine in the `engine_type` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,14 +124,22 @@ pub enum Stage {
 }
 
 /// Every handle the scheduler updates.
+/// `cached_tokens_total`'s series, resolved at start: device always, host and storage_file
+/// with their tiers.
+pub(crate) struct CachedTokens {
+    pub(crate) device: IntCounter,
+    pub(crate) host: Option<IntCounter>,
+    pub(crate) storage: Option<IntCounter>,
+}
+
 pub struct EngineMetrics {
     registry: Registry,
     pub(crate) interval: Duration,
     // per request (tokenizer collector)
     pub(crate) prompt_tokens: IntCounter,
     pub(crate) generation_tokens: IntCounter,
-    /// By `cache_source`: device, host, storage_file.
-    pub(crate) cached_tokens: prometheus::IntCounterVec,
+    /// `cached_tokens_total` by `cache_source`.
+    pub(crate) cached_tokens: CachedTokens,
     pub(crate) requests: IntCounter,
     pub(crate) aborted: IntCounter,
     pub(crate) ttft: Histogram,
@@ -224,143 +231,97 @@ impl EngineMetrics {
             ("pp_rank", "0"),
             ("moe_ep_rank", "0"),
         ];
-        let reg = |c: Box<dyn Collector>| r.register(c).map_err(|e| e.to_string());
-        let opts = |name: &str, help: &str, labels: &[(&str, &str)]| {
-            let mut o = Opts::new(format!("sglang:{name}"), help);
-            for (k, v) in labels {
-                o = o.const_label(*k, *v);
-            }
-            o
-        };
-        let counter = |name: &str, help: &str, labels: &[(&str, &str)]| {
-            let c = IntCounter::with_opts(opts(name, help, labels)).map_err(|e| e.to_string())?;
-            reg(Box::new(c.clone()))?;
-            Ok::<_, String>(c)
-        };
-        let igauge = |name: &str, help: &str| {
-            let g = IntGauge::with_opts(opts(name, help, &sched)).map_err(|e| e.to_string())?;
-            reg(Box::new(g.clone()))?;
-            Ok::<_, String>(g)
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = Gauge::with_opts(opts(name, help, &sched)).map_err(|e| e.to_string())?;
-            reg(Box::new(g.clone()))?;
-            Ok::<_, String>(g)
-        };
-        let hist = |name: &str, help: &str, labels: &[(&str, &str)], b: &[f64]| {
-            let o = opts(name, help, labels);
-            let h = Histogram::with_opts(HistogramOpts::from(o).buckets(b.to_vec()))
-                .map_err(|e| e.to_string())?;
-            reg(Box::new(h.clone()))?;
-            Ok::<_, String>(h)
-        };
+        let f = Families(&r);
 
-        let stage_vec = prometheus::HistogramVec::new(
-            HistogramOpts::from(opts(
-                "per_stage_req_latency_seconds",
-                "Time a request spends in each engine stage",
-                &sched,
-            ))
-            .buckets(buckets::stages()),
-            &["stage"],
-        )
-        .map_err(|e| e.to_string())?;
-        reg(Box::new(stage_vec.clone()))?;
-        let realtime = prometheus::IntCounterVec::new(
-            opts(
-                "realtime_tokens_total",
-                "Tokens processed, by mode: prefill_compute, prefill_cache, decode",
-                &sched,
-            ),
-            &["mode"],
-        )
-        .map_err(|e| e.to_string())?;
-        reg(Box::new(realtime.clone()))?;
-        let disagg = DisaggMetrics::new(&r, &sched, &stage_vec)?;
+        let stage_vec = f.hist_vec(
+            "per_stage_req_latency_seconds",
+            "Time a request spends in each engine stage",
+            &sched,
+            buckets::stages(),
+            "stage",
+        )?;
+        let realtime = f.counter_vec(
+            "realtime_tokens_total",
+            "Tokens processed, by mode: prefill_compute, prefill_cache, decode",
+            &sched,
+            "mode",
+            &[],
+        )?;
+        let disagg = DisaggMetrics::new(f, &sched, &stage_vec)?;
         let hicache = if cfg.hicache {
-            Some(HiCacheMetrics::new(&r, &sched, cfg.hicache_storage)?)
+            Some(HiCacheMetrics::new(f, &sched, cfg.hicache_storage)?)
         } else {
             None
         };
-        let graph_passes = prometheus::IntCounterVec::new(
-            opts(
-                "cuda_graph_passes_total",
-                "Decode forward passes, by mode: decode_cuda_graph (a replayed CUDA graph) or decode_none",
-                &sched,
-            ),
-            &["mode"],
-        )
-        .map_err(|e| e.to_string())?;
-        reg(Box::new(graph_passes.clone()))?;
-        for mode in ["decode_cuda_graph", "decode_none"] {
-            graph_passes.with_label_values(&[mode]);
-        }
+        let graph_passes = f.counter_vec(
+            "cuda_graph_passes_total",
+            "Decode forward passes, by mode: decode_cuda_graph (a replayed CUDA graph) or decode_none",
+            &sched,
+            "mode",
+            &["decode_cuda_graph", "decode_none"],
+        )?;
 
         let m = EngineMetrics {
             disagg,
             interval: cfg.interval,
-            prompt_tokens: counter(
+            prompt_tokens: f.counter(
                 "prompt_tokens_total",
                 "Prompt tokens of finished requests",
                 &tok,
             )?,
-            generation_tokens: counter(
+            generation_tokens: f.counter(
                 "generation_tokens_total",
                 "Generated tokens of finished requests",
                 &tok,
             )?,
             cached_tokens: {
-                let c = prometheus::IntCounterVec::new(
-                    opts(
-                        "cached_tokens_total",
-                        "Prompt tokens of finished requests served from a cache, by where the blocks were at arrival: device (the KV pool), host (the host tier), storage_file (the storage tier)",
-                        &tok,
-                    ),
-                    &["cache_source"],
-                )
-                .map_err(|e| e.to_string())?;
-                reg(Box::new(c.clone()))?;
-                c.with_label_values(&["device"]);
-                if cfg.hicache {
-                    c.with_label_values(&["host"]);
+                let c = f.counter_vec(
+                    "cached_tokens_total",
+                    "Prompt tokens of finished requests served from a cache, by where the blocks were at arrival: device (the KV pool), host (the host tier), storage_file (the storage tier)",
+                    &tok,
+                    "cache_source",
+                    &[],
+                )?;
+                CachedTokens {
+                    device: c.with_label_values(&["device"]),
+                    host: cfg.hicache.then(|| c.with_label_values(&["host"])),
+                    storage: cfg
+                        .hicache_storage
+                        .then(|| c.with_label_values(&["storage_file"])),
                 }
-                if cfg.hicache_storage {
-                    c.with_label_values(&["storage_file"]);
-                }
-                c
             },
-            requests: counter("num_requests_total", "Finished requests", &tok)?,
-            aborted: counter(
+            requests: f.counter("num_requests_total", "Finished requests", &tok)?,
+            aborted: f.counter(
                 "num_aborted_requests_total",
                 "Requests aborted before they finished (client cancelled or disconnected)",
                 &tok,
             )?,
-            ttft: hist(
+            ttft: f.hist(
                 "time_to_first_token_seconds",
                 "Time from submission to the first output token",
                 &tok,
                 &cfg.ttft_buckets,
             )?,
-            itl: hist(
+            itl: f.hist(
                 "inter_token_latency_seconds",
                 "Time between consecutive output tokens of a request",
                 &tok,
                 &cfg.itl_buckets,
             )?,
-            e2e: hist(
+            e2e: f.hist(
                 "e2e_request_latency_seconds",
                 "Time from submission to the last output token",
                 &tok,
                 &cfg.e2e_buckets,
             )?,
-            retractions_per_req: hist(
+            retractions_per_req: f.hist(
                 "num_retractions",
                 "Retractions a finished request went through",
                 &tok,
                 buckets::RETRACTIONS,
             )?,
             prompt_hist: if cfg.collect_tokens_histogram {
-                Some(hist(
+                Some(f.hist(
                     "prompt_tokens_histogram",
                     "Prompt length of finished requests",
                     &tok,
@@ -370,7 +331,7 @@ impl EngineMetrics {
                 None
             },
             generation_hist: if cfg.collect_tokens_histogram {
-                Some(hist(
+                Some(f.hist(
                     "generation_tokens_histogram",
                     "Output length of finished requests",
                     &tok,
@@ -379,7 +340,7 @@ impl EngineMetrics {
             } else {
                 None
             },
-            queue_time: hist(
+            queue_time: f.hist(
                 "queue_time_seconds",
                 "Time from submission to first admission into the running batch",
                 &sched,
@@ -390,85 +351,97 @@ impl EngineMetrics {
                 stage_vec.with_label_values(&["prefill_forward"]),
                 stage_vec.with_label_values(&["chunked_prefill"]),
             ],
-            running: igauge("num_running_reqs", "Requests in the running batch")?,
-            queued: igauge("num_queue_reqs", "Requests in the waiting queue")?,
-            used_tokens: igauge(
+            running: f.igauge("num_running_reqs", "Requests in the running batch", &sched)?,
+            queued: f.igauge("num_queue_reqs", "Requests in the waiting queue", &sched)?,
+            used_tokens: f.igauge(
                 "num_used_tokens",
                 "KV slots (tokens) held by running requests",
+                &sched,
             )?,
-            token_usage: gauge(
+            token_usage: f.gauge(
                 "token_usage",
                 "Fraction of the KV pool held by running requests (evictable cache excluded)",
+                &sched,
             )?,
-            gen_throughput: gauge(
+            gen_throughput: f.gauge(
                 "gen_throughput",
                 "Decode tokens per second over the last interval",
+                &sched,
             )?,
-            cache_hit_rate: gauge(
+            cache_hit_rate: f.gauge(
                 "cache_hit_rate",
                 "Prompt tokens served from the prefix cache / prompt tokens, over the requests admitted in the last interval with admissions",
+                &sched,
             )?,
-            decode_sum_seq_lens: igauge(
+            decode_sum_seq_lens: f.igauge(
                 "decode_sum_seq_lens",
                 "Sum of the sequence lengths in the last decode batch",
+                &sched,
             )?,
-            utilization: gauge(
+            utilization: f.gauge(
                 "utilization",
                 "Fraction of the last interval the scheduler spent in forward passes",
+                &sched,
             )?,
-            is_cuda_graph: igauge(
+            is_cuda_graph: f.igauge(
                 "is_cuda_graph",
                 "1 if the last decode pass ran as a replayed CUDA graph",
+                &sched,
             )?,
             graph_passes,
             hicache,
-            pins: PinMetrics::new(&r, &sched)?,
-            new_token_ratio: gauge(
+            pins: PinMetrics::new(f, &sched)?,
+            new_token_ratio: f.gauge(
                 "new_token_ratio",
                 "KV reserved for future tokens at admission / remaining max_tokens of running requests",
+                &sched,
             )?,
-            kv_used: igauge("kv_used_tokens", "KV tokens held by running requests")?,
-            kv_available: igauge("kv_available_tokens", "Free KV tokens")?,
-            kv_evictable: igauge(
+            kv_used: f.igauge("kv_used_tokens", "KV tokens held by running requests", &sched)?,
+            kv_available: f.igauge("kv_available_tokens", "Free KV tokens", &sched)?,
+            kv_evictable: f.igauge(
                 "kv_evictable_tokens",
                 "KV tokens of cached blocks no request holds (reusable or evictable)",
+                &sched,
             )?,
             realtime_prefill_compute: realtime.with_label_values(&["prefill_compute"]),
             realtime_prefill_cache: realtime.with_label_values(&["prefill_cache"]),
             realtime_decode: realtime.with_label_values(&["decode"]),
-            retracted_reqs: igauge(
+            retracted_reqs: f.igauge(
                 "num_retracted_reqs",
                 "Requests retracted in the last interval",
+                &sched,
             )?,
-            retracted_requests: counter(
+            retracted_requests: f.counter(
                 "num_retracted_requests_total",
                 "Requests retracted (KV released, re-queued, recomputed later)",
                 &sched,
             )?,
-            retracted_input: counter(
+            retracted_input: f.counter(
                 "num_retracted_input_tokens_total",
                 "Prompt tokens of retracted requests",
                 &sched,
             )?,
-            retracted_output: counter(
+            retracted_output: f.counter(
                 "num_retracted_output_tokens_total",
                 "Output tokens whose KV was dropped by retraction",
                 &sched,
             )?,
-            max_total_tokens: igauge("max_total_num_tokens", "KV pool capacity in tokens")?,
-            page_size: igauge("page_size", "Tokens per KV page")?,
-            num_pages: igauge("num_pages", "KV pages in the pool")?,
-            context_len: igauge("context_len", "Context length in tokens")?,
-            kv_memory_gb: gauge(
+            max_total_tokens: f.igauge("max_total_num_tokens", "KV pool capacity in tokens", &sched)?,
+            page_size: f.igauge("page_size", "Tokens per KV page", &sched)?,
+            num_pages: f.igauge("num_pages", "KV pages in the pool", &sched)?,
+            context_len: f.igauge("context_len", "Context length in tokens", &sched)?,
+            kv_memory_gb: f.gauge(
                 "kv_cache_memory_usage_gb",
                 "GB of the KV cache where the executor keeps it (device memory on a GPU)",
+                &sched,
             )?,
-            weight_memory_gb: gauge(
+            weight_memory_gb: f.gauge(
                 "weight_memory_usage_gb",
                 "GB of the weights as the executor keeps them (f16 in device memory on a GPU)",
+                &sched,
             )?,
-            startup_time: gauge("engine_startup_time", "Seconds to start the engine")?,
-            load_weights_time: gauge("engine_load_weights_time", "Seconds to load the weights")?,
+            startup_time: f.gauge("engine_startup_time", "Seconds to start the engine", &sched)?,
+            load_weights_time: f.gauge("engine_load_weights_time", "Seconds to load the weights", &sched)?,
             registry: r,
         };
         Ok(m)

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use prometheus::{Gauge, Histogram, HistogramVec, IntCounter, IntGauge, Opts, Registry};
+use prometheus::{Gauge, Histogram, HistogramVec, IntCounter, IntGauge};
 
 /// The disaggregation stages of `per_stage_req_latency_seconds{stage}`.
 #[derive(Debug, Clone, Copy)]
@@ -67,37 +67,16 @@ pub struct DisaggMetrics {
 }
 
 impl DisaggMetrics {
-    /// Register the families on `r` with the scheduler labels; `stages` is the registered
+    /// Register the families with the scheduler labels; `stages` is the registered
     /// `per_stage_req_latency_seconds`.
     pub(crate) fn new(
-        r: &Registry,
+        f: super::Families<'_>,
         labels: &[(&str, &str)],
         stages: &HistogramVec,
     ) -> Result<Self, String> {
-        let opts = |name: &str, help: &str| {
-            let mut o = Opts::new(format!("sglang:{name}"), help);
-            for (k, v) in labels {
-                o = o.const_label(*k, *v);
-            }
-            o
-        };
-        let reg =
-            |c: Box<dyn prometheus::core::Collector>| r.register(c).map_err(|e| e.to_string());
-        let igauge = |name: &str, help: &str| {
-            let g = IntGauge::with_opts(opts(name, help)).map_err(|e| e.to_string())?;
-            reg(Box::new(g.clone()))?;
-            Ok::<_, String>(g)
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = Gauge::with_opts(opts(name, help)).map_err(|e| e.to_string())?;
-            reg(Box::new(g.clone()))?;
-            Ok::<_, String>(g)
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::with_opts(opts(name, help)).map_err(|e| e.to_string())?;
-            reg(Box::new(c.clone()))?;
-            Ok::<_, String>(c)
-        };
+        let igauge = |name: &str, help: &str| f.igauge(name, help, labels);
+        let gauge = |name: &str, help: &str| f.gauge(name, help, labels);
+        let counter = |name: &str, help: &str| f.counter(name, help, labels);
         Ok(DisaggMetrics {
             prefill_prealloc_queue: igauge(
                 "num_prefill_prealloc_queue_reqs",

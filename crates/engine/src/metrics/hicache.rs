@@ -5,7 +5,7 @@
 //! collector's (prefetch and backup tokens, pages per batch, bandwidth) plus the prefetch
 //! outcomes and the files skipped. Also pinning's families, on every engine.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 /// `eviction_duration_seconds` / `load_back_duration_seconds` buckets (SGLang's default).
 pub const DURATION: &[f64] = &[
@@ -61,45 +61,30 @@ pub struct StorageMetrics {
 }
 
 impl HiCacheMetrics {
-    /// Register on `r` with the scheduler labels; the storage families too when `storage`.
+    /// Register with the scheduler labels; the storage families too when `storage`.
     pub(crate) fn new(
-        r: &Registry,
+        f: super::Families<'_>,
         labels: &[(&str, &str)],
         storage: bool,
     ) -> Result<Self, String> {
-        let opts = |name: &str, help: &str, extra: &[(&str, &str)]| {
-            let mut o = Opts::new(format!("sglang:{name}"), help);
-            for (k, v) in labels.iter().chain(extra) {
-                o = o.const_label(*k, *v);
-            }
-            o
+        let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+            labels.iter().chain(extra).copied().collect()
         };
-        let reg =
-            |c: Box<dyn prometheus::core::Collector>| r.register(c).map_err(|e| e.to_string());
-        let counter = |name: &str, help: &str, extra: &[(&str, &str)]| {
-            let c = IntCounter::with_opts(opts(name, help, extra)).map_err(|e| e.to_string())?;
-            reg(Box::new(c.clone()))?;
-            Ok::<_, String>(c)
+        let counter = |name: &str, help: &str, extra: &[(&'static str, &'static str)]| {
+            f.counter(name, help, &with(extra))
         };
-        let igauge = |name: &str, help: &str, extra: &[(&str, &str)]| {
-            let g = IntGauge::with_opts(opts(name, help, extra)).map_err(|e| e.to_string())?;
-            reg(Box::new(g.clone()))?;
-            Ok::<_, String>(g)
+        let igauge = |name: &str, help: &str, extra: &[(&'static str, &'static str)]| {
+            f.igauge(name, help, &with(extra))
         };
-        let hist = |name: &str, help: &str, extra: &[(&str, &str)], b: &[f64]| {
-            let o = HistogramOpts::from(opts(name, help, extra)).buckets(b.to_vec());
-            let h = Histogram::with_opts(o).map_err(|e| e.to_string())?;
-            reg(Box::new(h.clone()))?;
-            Ok::<_, String>(h)
+        let hist = |name: &str, help: &str, extra: &[(&'static str, &'static str)], b: &[f64]| {
+            f.hist(name, help, &with(extra), b)
         };
-        let vec = |name: &str, help: &str, extra: &[(&str, &str)], label: &str, values: &[&str]| {
-            let c =
-                IntCounterVec::new(opts(name, help, extra), &[label]).map_err(|e| e.to_string())?;
-            reg(Box::new(c.clone()))?;
-            for v in values {
-                c.with_label_values(&[v]);
-            }
-            Ok::<_, String>(c)
+        let vec = |name: &str,
+                   help: &str,
+                   extra: &[(&'static str, &'static str)],
+                   label: &str,
+                   values: &[&str]| {
+            f.counter_vec(name, help, &with(extra), label, values)
         };
         let dropped = vec(
             "hicache_dropped_tokens_total",
@@ -147,7 +132,7 @@ impl HiCacheMetrics {
                     "Storage-tier files skipped instead of loaded, by reason: truncated, foreign (another model, layout, dtype or block size), checksum, mismatch (another block)",
                     &file,
                     "reason",
-                    &["truncated", "foreign", "checksum", "mismatch"],
+                    &crate::kv::storage::Reject::ALL.map(crate::kv::storage::Reject::label),
                 )?,
                 used_bytes: igauge(
                     "hicache_storage_used_bytes",
@@ -222,34 +207,19 @@ pub(crate) struct PinMetrics {
 }
 
 impl PinMetrics {
-    pub(crate) fn new(r: &Registry, labels: &[(&str, &str)]) -> Result<Self, String> {
-        let opts = |name: &str, help: &str| {
-            let mut o = Opts::new(format!("sglang:{name}"), help);
-            for (k, v) in labels {
-                o = o.const_label(*k, *v);
-            }
-            o
-        };
-        let pinned_tokens = IntGauge::with_opts(opts(
+    pub(crate) fn new(f: super::Families<'_>, labels: &[(&str, &str)]) -> Result<Self, String> {
+        let pinned_tokens = f.igauge(
             "pinned_tokens",
             "Tokens of pinned KV blocks (kept in some tier until their pin expires)",
-        ))
-        .map_err(|e| e.to_string())?;
-        let unpinned = IntCounterVec::new(
-            opts(
-                "unpinned_blocks_total",
-                "Pinned blocks released, by reason: expired, request (unpin call), pressure (a waiting request needed the room)",
-            ),
-            &["reason"],
-        )
-        .map_err(|e| e.to_string())?;
-        for reason in ["expired", "request", "pressure"] {
-            unpinned.with_label_values(&[reason]);
-        }
-        r.register(Box::new(pinned_tokens.clone()))
-            .map_err(|e| e.to_string())?;
-        r.register(Box::new(unpinned.clone()))
-            .map_err(|e| e.to_string())?;
+            labels,
+        )?;
+        let unpinned = f.counter_vec(
+            "unpinned_blocks_total",
+            "Pinned blocks released, by reason: expired, request (unpin call), pressure (a waiting request needed the room)",
+            labels,
+            "reason",
+            &["expired", "request", "pressure"],
+        )?;
         Ok(PinMetrics {
             pinned_tokens,
             unpinned,

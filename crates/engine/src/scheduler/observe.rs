@@ -150,15 +150,12 @@ pub(super) fn finished(m: &EngineMetrics, s: &Seq, aborted: bool, now: Instant) 
     m.generation_tokens.inc_by(g);
     let cached = s.cached.unwrap_or(0);
     let (host, storage) = s.tier_tokens;
-    for (source, n) in [
-        ("device", cached.saturating_sub(host + storage)),
-        ("host", host),
-        ("storage_file", storage),
-    ] {
-        if n > 0 {
-            m.cached_tokens
-                .with_label_values(&[source])
-                .inc_by(n as u64);
+    let c = &m.cached_tokens;
+    c.device
+        .inc_by(cached.saturating_sub(host + storage) as u64);
+    for (series, n) in [(&c.host, host), (&c.storage, storage)] {
+        if let (Some(series), true) = (series, n > 0) {
+            series.inc_by(n as u64);
         }
     }
     m.e2e.observe(now.duration_since(s.arrival).as_secs_f64());
