@@ -87,8 +87,9 @@ impl KvArgs {
         }
         let pin = self.router_pin_ttl_secs;
         anyhow::ensure!(
-            (0.0..=86400.0).contains(&pin),
-            "--router-pin-ttl-secs must be between 0 and 86400, got {pin}"
+            (0.0..=dynamo_protocols::MAX_PIN_TTL_SECS).contains(&pin),
+            "--router-pin-ttl-secs must be between 0 and {}, got {pin}",
+            dynamo_protocols::MAX_PIN_TTL_SECS
         );
         if let Some(b) = self.kv_cache_block_size {
             anyhow::ensure!(b > 0, "--kv-cache-block-size must be > 0");

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynamo_engine::pins::MAX_PIN_TTL;
+use dynamo_engine::pins::pin_ttl;
 use dynamo_engine::Engine;
 use dynamo_protocols::kv_events::{kv_pin_subject, PinReply, PinRequest};
 use dynamo_runtime::{DistributedRuntime, EngineRoutes, RouteError, RouteFuture};
@@ -28,13 +28,7 @@ async fn apply(engine: &Engine, req: PinRequest) -> Result<usize, String> {
     }
     let ttl = match req.ttl_secs {
         None => DEFAULT_TTL,
-        Some(s) if s > 0.0 && s <= MAX_PIN_TTL.as_secs_f64() => Duration::from_secs_f64(s),
-        Some(s) => {
-            return Err(format!(
-                "ttl_secs must be more than 0 and at most {}, got {s}",
-                MAX_PIN_TTL.as_secs()
-            ))
-        }
+        Some(s) => pin_ttl(s).map_err(|e| format!("ttl_secs: {e}"))?,
     };
     engine
         .pin_blocks(req.block_hashes, ttl)

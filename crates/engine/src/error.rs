@@ -57,7 +57,7 @@ pub enum RequestError {
     Choices { got: u32, max: u32 },
     #[error("{0}")]
     Disaggregated(&'static str),
-    #[error("cache pin TTL must be more than 0 and at most 86400 seconds, got {0}")]
+    #[error("a pin TTL must be more than 0 and at most 86400 seconds, got {0}")]
     PinTtl(String),
 }
 

@@ -4,23 +4,27 @@
 
 use std::time::Duration;
 
+use dynamo_protocols::MAX_PIN_TTL_SECS;
 use tokio::sync::oneshot;
 
 use crate::scheduler::Cmd;
 use crate::{Engine, EngineError, RequestError};
 
 /// The longest pin.
-pub const MAX_PIN_TTL: Duration = Duration::from_secs(86_400);
+pub const MAX_PIN_TTL: Duration = Duration::from_secs(MAX_PIN_TTL_SECS as u64);
+
+/// A pin TTL in seconds, checked (more than 0, at most [`MAX_PIN_TTL`]).
+pub fn pin_ttl(secs: f64) -> Result<Duration, RequestError> {
+    if secs > 0.0 && secs <= MAX_PIN_TTL_SECS {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(RequestError::PinTtl(secs.to_string()))
+    }
+}
 
 /// A request's `cache_pin_ttl_secs`, checked.
 pub(crate) fn request_ttl(secs: Option<f64>) -> Result<Option<Duration>, RequestError> {
-    match secs {
-        None => Ok(None),
-        Some(s) if s > 0.0 && s <= MAX_PIN_TTL.as_secs_f64() => {
-            Ok(Some(Duration::from_secs_f64(s)))
-        }
-        Some(s) => Err(RequestError::PinTtl(s.to_string())),
-    }
+    secs.map(pin_ttl).transpose()
 }
 
 impl Engine {

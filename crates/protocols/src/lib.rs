@@ -17,5 +17,5 @@ pub use kv_events::{KvCacheEvent, KvCacheEventData, LoadReport, RouterEvent};
 pub use model_card::ModelCard;
 pub use request::{
     EngineOutput, FinishReason, PreprocessedRequest, SamplingOptions, StopConditions, TokenLogprob,
-    Usage, MAX_CHOICES, MAX_TOP_LOGPROBS,
+    Usage, MAX_CHOICES, MAX_PIN_TTL_SECS, MAX_TOP_LOGPROBS,
 };

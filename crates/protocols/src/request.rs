@@ -32,11 +32,15 @@ pub struct PreprocessedRequest {
     /// their choice's [`EngineOutput::index`].
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub n: u32,
-    /// Pin the prompt's KV blocks on the worker for this many seconds once it is computed
-    /// (`nvext.cache_control`, or the KV router's `--router-pin-ttl-secs`).
+    /// Pin the prompt's KV blocks on the worker for this many seconds (more than 0, at most
+    /// [`MAX_PIN_TTL_SECS`]) once it is computed (`nvext.cache_control`, or the KV router's
+    /// `--router-pin-ttl-secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_pin_ttl_secs: Option<f64>,
 }
+
+/// The longest a KV pin may last, in seconds (a day), wherever a pin is asked for.
+pub const MAX_PIN_TTL_SECS: f64 = 86_400.0;
 
 impl PreprocessedRequest {
     /// A request for `token_ids` with every option at its default (engine sampling defaults,

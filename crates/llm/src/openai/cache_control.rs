@@ -3,12 +3,11 @@
 //! as `"<n>s"`, `"<n>m"`, `"<n>h"` or a number of seconds; 5 minutes when absent). The worker
 //! pins the prompt's blocks for the TTL once they are computed.
 
+use dynamo_protocols::MAX_PIN_TTL_SECS;
 use serde_json::Value;
 
 use super::error::ApiError;
 
-/// The longest pin a request may ask for.
-pub const MAX_TTL_SECS: f64 = 24.0 * 3600.0;
 /// The TTL when `ttl` is absent.
 pub const DEFAULT_TTL_SECS: f64 = 300.0;
 
@@ -42,9 +41,9 @@ pub fn ttl_secs(v: &Value) -> Result<f64, ApiError> {
             )))
         }
     };
-    if !(secs > 0.0 && secs <= MAX_TTL_SECS) {
+    if !(secs > 0.0 && secs <= MAX_PIN_TTL_SECS) {
         return Err(bad(format!(
-            "ttl must be more than 0 and at most {MAX_TTL_SECS} seconds, got {secs}"
+            "ttl must be more than 0 and at most {MAX_PIN_TTL_SECS} seconds, got {secs}"
         )));
     }
     Ok(secs)
