@@ -20,15 +20,6 @@ const EVENT_WINDOW: usize = 4096;
 /// Blocks or events per answer message (keeps messages well under NATS's 1 MB payload).
 const CHUNK: usize = 4096;
 
-/// Which of [`LocalState`]'s lower tiers an event's medium names (`None`: the device tier).
-fn lower_tier(m: Option<Medium>) -> Option<usize> {
-    match m {
-        None | Some(Medium::Device) => None,
-        Some(Medium::Host) => Some(0),
-        Some(Medium::Disk) => Some(1),
-    }
-}
-
 /// The worker's mirror of its own cache (device tier as a tree, lower tiers as sets),
 /// rebuilt from the events it publishes.
 #[derive(Debug, Default)]
@@ -44,7 +35,7 @@ pub struct LocalState {
 impl LocalState {
     pub fn apply(&mut self, ev: &KvCacheEvent) {
         match &ev.data {
-            KvCacheEventData::Stored(s) => match lower_tier(s.medium) {
+            KvCacheEventData::Stored(s) => match Medium::lower_index(s.medium) {
                 None => {
                     let mut parent = s.parent_hash;
                     for b in &s.blocks {
@@ -60,7 +51,7 @@ impl LocalState {
             },
             KvCacheEventData::Removed(r) => {
                 for h in &r.block_hashes {
-                    match lower_tier(r.medium) {
+                    match Medium::lower_index(r.medium) {
                         None => self.blocks.remove(h).map(|_| ()),
                         Some(t) => self.lower[t].remove(h).map(|_| ()),
                     };

@@ -126,6 +126,18 @@ pub enum Medium {
     Disk,
 }
 
+impl Medium {
+    /// The tiers below the device, in order: the index of `medium`'s among them (`None`: the
+    /// device tier, also when the field is absent).
+    pub fn lower_index(medium: Option<Medium>) -> Option<usize> {
+        match medium {
+            None | Some(Medium::Device) => None,
+            Some(Medium::Host) => Some(0),
+            Some(Medium::Disk) => Some(1),
+        }
+    }
+}
+
 /// A run of blocks stored under `parent_hash` (`None`: at the root), in prefix order. In a
 /// lower tier (`medium` host or disk) the blocks are a set, each named by its sequence hash,
 /// and `parent_hash` is `None`: those tiers keep blocks without their ancestors.

@@ -29,11 +29,7 @@ pub struct LowerTiers {
 }
 
 fn tier(m: Medium) -> Option<usize> {
-    match m {
-        Medium::Device => None,
-        Medium::Host => Some(0),
-        Medium::Disk => Some(1),
-    }
+    Medium::lower_index(Some(m))
 }
 
 impl LowerTiers {
