@@ -53,6 +53,20 @@ async fn cached_from(c: &Cluster, w: usize, source: &str) -> f64 {
         .sum()
 }
 
+/// [`cached_from`] once it reaches `want` (the engine counts a request just after its last
+/// token), or after 5 s.
+async fn cached_reaching(c: &Cluster, w: usize, source: &str, want: f64) -> f64 {
+    let mut got = 0.0;
+    for _ in 0..100 {
+        got = cached_from(c, w, source).await;
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_router_prefers_the_worker_holding_the_prefix_in_its_host_tier() {
     let mut c = Cluster::start(&[("DYN_ROUTER_MODE", "kv")]);
@@ -101,16 +115,10 @@ async fn kv_router_prefers_the_worker_holding_the_prefix_in_its_host_tier() {
         again["usage"]["prompt_tokens_details"]["cached_tokens"], 144,
         "routed to A, which loaded the 9 blocks back (B would have had 32): {again}"
     );
-    // The engine counts a request just after its last token: poll.
-    let mut got = 0.0;
-    for _ in 0..100 {
-        got = cached_from(&c, 0, "host").await - before;
-        if got >= 144.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(got, 144.0);
+    assert_eq!(
+        cached_reaching(&c, 0, "host", before + 144.0).await - before,
+        144.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,15 +173,7 @@ async fn a_restarted_worker_serves_a_prefix_from_its_storage_directory() {
         again["usage"]["prompt_tokens_details"]["cached_tokens"], 144,
         "{again}"
     );
-    let mut got = 0.0;
-    for _ in 0..100 {
-        got = cached_from(&c, 0, "storage_file").await;
-        if got >= 144.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(got, 144.0);
+    assert_eq!(cached_reaching(&c, 0, "storage_file", 144.0).await, 144.0);
     // Every hierarchy family the docs list is served, with a `# TYPE`.
     let m = c.worker_metrics(0).await;
     for f in HICACHE_FAMILIES {
