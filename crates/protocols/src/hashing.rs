@@ -36,6 +36,13 @@ pub fn next_sequence_hash(prev: u64, local: u64) -> u64 {
     xxh3_64_with_seed(&buf, KV_HASH_SEED)
 }
 
+/// The sequence hash of block `tokens` after a block with sequence hash `prev` (`None`: the
+/// first block of a prompt, whose sequence hash is its local hash).
+pub fn block_sequence_hash(prev: Option<u64>, tokens: &[u32]) -> u64 {
+    let local = local_block_hash(tokens);
+    prev.map_or(local, |p| next_sequence_hash(p, local))
+}
+
 /// Chain local hashes into sequence hashes: `seq[0] = local[0]`,
 /// `seq[i] = xxh3(le(seq[i-1]) ‖ le(local[i]), 1337)`.
 pub fn sequence_hashes(local: &[u64]) -> Vec<u64> {

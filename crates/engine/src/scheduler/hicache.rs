@@ -17,7 +17,7 @@ use crate::kv::storage::{self, BlockRef, FileStore};
 use crate::kv::{BlockBytes, HiCacheConfig, HostTier, NodeId, Tiers, WritePolicy};
 use crate::metrics::{EngineMetrics, HiCacheMetrics};
 use crate::EngineError;
-use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
+use dynamo_protocols::hashing::{block_sequence_hash, local_block_hash};
 use dynamo_protocols::kv_events::Medium;
 
 /// Waiting requests whose load-back is staged per forward pass (those admitted next).
@@ -107,6 +107,24 @@ pub(super) fn keep(
     }
 }
 
+/// Export pool block `block` (holding `b`) into the host tier; the bytes copied, or `None`
+/// when the export failed.
+fn copy_to_host(
+    exec: &dyn crate::executor::Executor,
+    tiers: &mut Tiers,
+    m: Option<&HiCacheMetrics>,
+    page: usize,
+    block: u32,
+    b: BlockRef,
+    pinned: bool,
+) -> Option<u64> {
+    let mut out = Vec::new();
+    exec.export_blocks(&[block], &mut out).ok()?;
+    let n = out.len() as u64;
+    keep(tiers, m, page, b, out.into(), false, pinned);
+    Some(n)
+}
+
 impl Scheduler {
     fn hicache_metrics(&self) -> Option<&HiCacheMetrics> {
         self.metrics.as_deref().and_then(|m| m.hicache.as_ref())
@@ -136,20 +154,18 @@ impl Scheduler {
             let reason = if tiers.policy == WritePolicy::WriteThroughSelective && !pinned {
                 Some("not_selected")
             } else {
-                let mut out = Vec::new();
-                match self.exec.export_blocks(&[ev.block], &mut out) {
-                    Ok(()) => {
-                        bytes += out.len() as u64;
+                let b = BlockRef {
+                    hash: ev.seq_hash,
+                    parent: ev.parent_hash,
+                    tokens: ev.tokens,
+                };
+                match copy_to_host(&*self.exec, tiers, m, page, ev.block, b, pinned) {
+                    Some(n) => {
+                        bytes += n;
                         copied += 1;
-                        let b = BlockRef {
-                            hash: ev.seq_hash,
-                            parent: ev.parent_hash,
-                            tokens: ev.tokens,
-                        };
-                        keep(tiers, m, page, b, out.into(), false, pinned);
                         None
                     }
-                    Err(_) => Some("export_failed"),
+                    None => Some("export_failed"),
                 }
             };
             if let (Some(r), Some(m)) = (reason, m) {
@@ -180,21 +196,16 @@ impl Scheduler {
             if tiers.host.contains(hash) {
                 continue;
             }
-            let mut out = Vec::new();
-            if self
-                .exec
-                .export_blocks(&[self.pool.block_of(n)], &mut out)
-                .is_ok()
-            {
-                bytes += out.len() as u64;
+            let b = BlockRef {
+                hash,
+                parent: self.pool.parent_hash_of(n),
+                tokens: self.pool.tokens_of(n).into(),
+            };
+            let pinned = self.pins.contains(hash);
+            let block = self.pool.block_of(n);
+            if let Some(n) = copy_to_host(&*self.exec, tiers, m, page, block, b, pinned) {
+                bytes += n;
                 copied += 1;
-                let b = BlockRef {
-                    hash,
-                    parent: self.pool.parent_hash_of(n),
-                    tokens: self.pool.tokens_of(n).into(),
-                };
-                let pinned = self.pins.contains(hash);
-                keep(tiers, m, page, b, out.into(), false, pinned);
             }
         }
         self.local.host_backups += copied;
@@ -279,10 +290,8 @@ impl Scheduler {
             return false;
         }
         let k = held.len();
-        let h = local_block_hash(&s.tokens[k * page..(k + 1) * page]);
-        let seq = held
-            .last()
-            .map_or(h, |&n| next_sequence_hash(self.pool.seq_hash_of(n), h));
+        let prev = held.last().map(|&n| self.pool.seq_hash_of(n));
+        let seq = block_sequence_hash(prev, &s.tokens[k * page..(k + 1) * page]);
         tiers.host.contains(seq)
     }
 
@@ -309,8 +318,7 @@ impl Scheduler {
         let (mut loaded, mut from_storage, mut bytes) = (0usize, 0usize, 0u64);
         for k in held.len()..full {
             let tokens = &s.tokens[k * page..(k + 1) * page];
-            let h = local_block_hash(tokens);
-            let seq = hash.map_or(h, |p| next_sequence_hash(p, h));
+            let seq = block_sequence_hash(hash, tokens);
             let tiers = self.tiers.as_mut().expect("checked above");
             let Some(hit) = tiers.host.get(seq, tokens) else {
                 break;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::{Cmd, Scheduler, Seq};
 use crate::kv::storage::{BlockRef, PrefetchEnd, Prefetched, StoreNews};
-use dynamo_protocols::hashing::{local_block_hash, next_sequence_hash};
+use dynamo_protocols::hashing::block_sequence_hash;
 use dynamo_protocols::kv_events::Medium;
 
 /// A request's prefetch in flight.
@@ -75,9 +75,8 @@ impl Scheduler {
         let mut fetch = Vec::new();
         for k in 0..full {
             let tokens = &s.tokens[k * page..(k + 1) * page];
-            let h = local_block_hash(tokens);
             let parent = hash;
-            let seq = parent.map_or(h, |p| next_sequence_hash(p, h));
+            let seq = block_sequence_hash(parent, tokens);
             hash = Some(seq);
             if k < device || tiers.host.contains(seq) {
                 continue;
