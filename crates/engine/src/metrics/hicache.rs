@@ -18,12 +18,13 @@ const PAGES: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0];
 const BANDWIDTH: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0];
 
 /// The `reason` values of `hicache_dropped_tokens_total`.
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "host_full",
     "not_selected",
     "export_failed",
     "storage_cap",
     "storage_queue_full",
+    "storage_write_failed",
 ];
 /// The `outcome` values of `hicache_prefetch_outcomes_total`.
 pub const PREFETCH_OUTCOMES: [&str; 5] = ["complete", "partial", "timeout", "failed", "cancelled"];
